@@ -1,0 +1,65 @@
+package failpoint
+
+import "sort"
+
+// Crash points. Each durable write has one on both sides.
+const (
+	// Coordinator, around the COMMIT decision and phase two.
+	CoordBeforeDecision  = "coord-before-decision"  // all voted yes, COMMIT not yet logged
+	CoordAfterDecision   = "coord-after-decision"   // COMMIT fsynced, no branch told yet
+	CoordBetweenCommits  = "coord-between-commits"  // one branch committed, others not yet
+	CoordBeforeEnd       = "coord-before-end"       // every branch acknowledged, END not yet written
+	CoordAfterEnd        = "coord-after-end"        // END handed to the log
+	CoordBeforeOnePhase  = "coord-before-one-phase" // single branch, before its local commit
+	CoordAfterOnePhase   = "coord-after-one-phase"  // single branch committed, caller not told
+	CoordAfterPrepareAll = "coord-after-prepare"    // every branch prepared, before the decision is made
+
+	// WAL, around each bbolt commit (fsync).
+	WALBeforeSync    = "wal-before-sync"
+	WALAfterSync     = "wal-after-sync"
+	WALBeforeCompact = "wal-before-compact"
+	WALAfterCompact  = "wal-after-compact"
+
+	// PostgreSQL participant.
+	PGBeforePrepare  = "pg-before-prepare"
+	PGAfterPrepare   = "pg-after-prepare"
+	PGBeforeCommit   = "pg-before-commit-prepared"
+	PGAfterCommit    = "pg-after-commit-prepared"
+	PGBeforeRollback = "pg-before-rollback-prepared"
+	PGAfterRollback  = "pg-after-rollback-prepared"
+
+	// Embedded key-value participant.
+	KVBeforePrepare = "kv-before-prepare"
+	KVAfterPrepare  = "kv-after-prepare"
+	KVBeforeCommit  = "kv-before-commit"
+	KVAfterCommit   = "kv-after-commit"
+
+	// Recovery, around resolving one branch.
+	RecoveryBeforeResolve = "recovery-before-resolve"
+	RecoveryAfterResolve  = "recovery-after-resolve"
+)
+
+var all = []string{
+	CoordBeforeDecision, CoordAfterDecision, CoordBetweenCommits, CoordBeforeEnd, CoordAfterEnd,
+	CoordBeforeOnePhase, CoordAfterOnePhase, CoordAfterPrepareAll,
+	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact,
+	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
+	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
+	RecoveryBeforeResolve, RecoveryAfterResolve,
+}
+
+// Names lists every crash point, sorted.
+func Names() []string {
+	out := append([]string(nil), all...)
+	sort.Strings(out)
+	return out
+}
+
+func known(name string) bool {
+	for _, n := range all {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}

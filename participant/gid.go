@@ -1,0 +1,127 @@
+package participant
+
+import (
+	"fmt"
+	"strings"
+)
+
+// MaxGTRIDLen is the longest transaction part (prefix.coordinator.txid) a
+// gid may have, so that it also fits a MySQL XA gtrid.
+const MaxGTRIDLen = 64
+
+// MaxBranchLen is the longest branch qualifier, so that it fits a MySQL XA
+// bqual.
+const MaxBranchLen = 64
+
+// DefaultPrefix is the gid prefix used when none is configured.
+const DefaultPrefix = "txc"
+
+// GID names one branch of a global transaction at its database:
+// <prefix>.<coordinatorID>.<TxID>.<branch>. Only [A-Za-z0-9._-] appear in a
+// valid gid, and prefix, coordinator id and branch contain no dot.
+type GID struct {
+	Prefix      string
+	Coordinator string
+	TxID        TxID
+	Branch      string
+}
+
+// NewGID builds and validates a gid.
+func NewGID(prefix, coordinator string, id TxID, branch string) (GID, error) {
+	g := GID{Prefix: prefix, Coordinator: coordinator, TxID: id, Branch: branch}
+	if err := g.Validate(); err != nil {
+		return GID{}, err
+	}
+	return g, nil
+}
+
+// Validate checks every part of g.
+func (g GID) Validate() error {
+	if err := ValidateName("prefix", g.Prefix); err != nil {
+		return err
+	}
+	if err := ValidateName("coordinator id", g.Coordinator); err != nil {
+		return err
+	}
+	if g.TxID.IsZero() {
+		return fmt.Errorf("%w: zero transaction id", ErrBadGID)
+	}
+	if err := ValidateName("branch", g.Branch); err != nil {
+		return err
+	}
+	if n := len(g.GTRID()); n > MaxGTRIDLen {
+		return fmt.Errorf("%w: transaction part %q is %d bytes, at most %d allowed (shorten the prefix or coordinator id)", ErrBadGID, g.GTRID(), n, MaxGTRIDLen)
+	}
+	if len(g.Branch) > MaxBranchLen {
+		return fmt.Errorf("%w: branch %q is longer than %d bytes", ErrBadGID, g.Branch, MaxBranchLen)
+	}
+	return nil
+}
+
+// ValidateName checks a gid component other than the transaction id: one to
+// 64 characters of [A-Za-z0-9_-]. what names the component in the error.
+func ValidateName(what, s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty %s", ErrBadGID, what)
+	}
+	if len(s) > 64 {
+		return fmt.Errorf("%w: %s %q is longer than 64 bytes", ErrBadGID, what, s)
+	}
+	for i := 0; i < len(s); i++ {
+		if !nameByte(s[i]) {
+			return fmt.Errorf("%w: %s %q has byte %q at %d; only A-Z a-z 0-9 _ - are allowed", ErrBadGID, what, s, s[i], i)
+		}
+	}
+	return nil
+}
+
+func nameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
+}
+
+// GTRID returns the transaction part: <prefix>.<coordinatorID>.<TxID>.
+func (g GID) GTRID() string {
+	return g.Prefix + "." + g.Coordinator + "." + g.TxID.String()
+}
+
+// String returns the full gid.
+func (g GID) String() string { return g.GTRID() + "." + g.Branch }
+
+// IsZero reports whether g is the zero value.
+func (g GID) IsZero() bool { return g == GID{} }
+
+// Owned reports whether g was issued by the coordinator with this prefix
+// and id. Branches that are not owned are foreign and never touched
+// automatically.
+func (g GID) Owned(prefix, coordinator string) bool {
+	return g.Prefix == prefix && g.Coordinator == coordinator
+}
+
+// ParseGID parses and validates a gid string. Strings from a database scan
+// that are not ours fail with ErrBadGID; callers treat those as foreign.
+func ParseGID(s string) (GID, error) {
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return GID{}, fmt.Errorf("%w: %q: want <prefix>.<coordinator>.<txid>.<branch>", ErrBadGID, s)
+	}
+	id, err := ParseTxID(parts[2])
+	if err != nil {
+		return GID{}, fmt.Errorf("%w: %q: %v", ErrBadGID, s, err)
+	}
+	g := GID{Prefix: parts[0], Coordinator: parts[1], TxID: id, Branch: parts[3]}
+	if err := g.Validate(); err != nil {
+		return GID{}, err
+	}
+	if g.String() != s {
+		// Upper-case hex in the txid: not a gid we would have written.
+		return GID{}, fmt.Errorf("%w: %q is not in canonical form", ErrBadGID, s)
+	}
+	return g, nil
+}
+
+// QuoteLiteral returns s as a SQL string literal ('...' with quotes
+// doubled). It is used for statements such as PREPARE TRANSACTION that
+// accept only a literal; callers validate s first.
+func QuoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}

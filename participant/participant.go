@@ -1,0 +1,133 @@
+// Package participant defines what the coordinator asks of a resource that
+// takes part in two-phase commit, the gid that names a branch at its
+// database, and the votes and errors a branch can give.
+//
+// A Resource is a durable store registered with the coordinator (one
+// PostgreSQL database, one embedded key-value file, one remote service). A
+// Branch is one transaction's live work at a resource, from enlistment to
+// prepare. After prepare, the branch is known by its gid alone, and phase
+// two and recovery talk to the Resource.
+package participant
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+var (
+	// ErrBadGID reports a malformed gid or gid component.
+	ErrBadGID = errors.New("participant: malformed gid")
+	// ErrBadTxID reports a malformed transaction id.
+	ErrBadTxID = errors.New("participant: malformed transaction id")
+	// ErrUnknownBranch reports that the resource holds no prepared branch with
+	// that gid. After COMMIT it is success only if the log holds COMMIT for
+	// the transaction (the branch was committed before); after ROLLBACK it is
+	// success (presumed abort).
+	ErrUnknownBranch = errors.New("participant: no such prepared branch")
+	// ErrBusy reports that another session is finishing the branch right now;
+	// retry later.
+	ErrBusy = errors.New("participant: branch is busy")
+	// ErrOutcomeUnknown reports that a commit was sent but its result was
+	// lost (for example the connection dropped): it may or may not have
+	// happened.
+	ErrOutcomeUnknown = errors.New("participant: outcome unknown")
+	// ErrBranchDone reports use of a branch after it was prepared, committed
+	// or rolled back.
+	ErrBranchDone = errors.New("participant: branch already finished")
+	// ErrBadVote reports a participant answer that is not a valid vote.
+	ErrBadVote = errors.New("participant: invalid vote")
+)
+
+// Vote is a branch's answer to prepare. The zero value is invalid.
+type Vote int
+
+const (
+	// VoteYes: the branch is durably prepared and will commit or roll back
+	// on request.
+	VoteYes Vote = 1 + iota
+	// VoteNo: the branch cannot commit and has rolled back its work.
+	VoteNo
+	// VoteReadOnly: the branch changed nothing, has already finished, and
+	// leaves the transaction.
+	VoteReadOnly
+)
+
+func (v Vote) String() string {
+	switch v {
+	case VoteYes:
+		return "yes"
+	case VoteNo:
+		return "no"
+	case VoteReadOnly:
+		return "read-only"
+	}
+	return fmt.Sprintf("Vote(%d)", int(v))
+}
+
+// Valid reports whether v is one of the defined votes.
+func (v Vote) Valid() bool { return v >= VoteYes && v <= VoteReadOnly }
+
+// Resource is a durable store that can hold prepared branches.
+//
+// Every method is idempotent (DESIGN I6): a second Commit or Rollback of the
+// same gid does nothing more. Commit and Rollback return ErrUnknownBranch
+// when the resource holds no prepared branch with that gid, ErrBusy when
+// another session is finishing it, and ErrOutcomeUnknown when the request
+// was sent but its result was lost.
+type Resource interface {
+	// Name is the resource's unique name in the coordinator's registry and
+	// in the log.
+	Name() string
+	// Begin starts a branch with the given gid.
+	Begin(ctx context.Context, gid GID) (Branch, error)
+	// Commit commits the prepared branch gid.
+	Commit(ctx context.Context, gid GID) error
+	// Rollback rolls back the prepared branch gid.
+	Rollback(ctx context.Context, gid GID) error
+	// Prepared lists the prepared branches the resource holds, ours and
+	// foreign alike.
+	Prepared(ctx context.Context) ([]Prepared, error)
+}
+
+// Branch is one transaction's work at a resource, before phase two.
+type Branch interface {
+	// GID names the branch.
+	GID() GID
+	// Resource is where the branch lives.
+	Resource() Resource
+	// Prepare makes the branch's work durable and votes. VoteYes is given
+	// only for a branch the resource really holds prepared; a branch that saw
+	// any error votes VoteNo (with the cause as error) and is rolled back.
+	// VoteReadOnly means the branch changed nothing and is already finished.
+	Prepare(ctx context.Context) (Vote, error)
+	// CommitOnePhase commits the branch without prepare, for a transaction
+	// with a single branch. A lost result is ErrOutcomeUnknown.
+	CommitOnePhase(ctx context.Context) error
+	// Abort rolls back a branch that has not been prepared. It is safe to
+	// call after Prepare voted no or read-only, and twice.
+	Abort(ctx context.Context) error
+}
+
+// Prepared is one prepared branch found by a resource scan.
+type Prepared struct {
+	// Raw is the identifier as the resource stores it.
+	Raw string
+	// GID is the parsed gid; zero if Raw is not a gid of any txcoord (it is
+	// then foreign).
+	GID GID
+	// Since is when the branch was prepared, if the resource knows.
+	Since time.Time
+	// Owner is the database role or process that prepared it, if known.
+	Owner string
+	// Database is the database it belongs to, if the resource has several.
+	Database string
+}
+
+// Enlister is what a transaction offers to resource adapters so that they
+// can enlist a branch without importing the coordinator. *coordinator.Tx
+// implements it.
+type Enlister interface {
+	Enlist(ctx context.Context, r Resource) (Branch, error)
+}
