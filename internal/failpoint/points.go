@@ -5,14 +5,13 @@ import "sort"
 // Crash points. Each durable write has one on both sides.
 const (
 	// Coordinator, around the COMMIT decision and phase two.
-	CoordBeforeDecision  = "coord-before-decision"  // all voted yes, COMMIT not yet logged
-	CoordAfterDecision   = "coord-after-decision"   // COMMIT fsynced, no branch told yet
-	CoordBetweenCommits  = "coord-between-commits"  // one branch committed, others not yet
-	CoordBeforeEnd       = "coord-before-end"       // every branch acknowledged, END not yet written
-	CoordAfterEnd        = "coord-after-end"        // END handed to the log
-	CoordBeforeOnePhase  = "coord-before-one-phase" // single branch, before its local commit
-	CoordAfterOnePhase   = "coord-after-one-phase"  // single branch committed, caller not told
-	CoordAfterPrepareAll = "coord-after-prepare"    // every branch prepared, before the decision is made
+	CoordBeforeDecision = "coord-before-decision"  // all voted yes, COMMIT not yet logged
+	CoordAfterDecision  = "coord-after-decision"   // COMMIT fsynced, no branch told yet
+	CoordBetweenCommits = "coord-between-commits"  // one branch committed, others not yet
+	CoordBeforeEnd      = "coord-before-end"       // every branch acknowledged, END not yet written
+	CoordAfterEnd       = "coord-after-end"        // END handed to the log
+	CoordBeforeOnePhase = "coord-before-one-phase" // single branch, before its local commit
+	CoordAfterOnePhase  = "coord-after-one-phase"  // single branch committed, caller not told
 
 	// WAL, around each bbolt commit (fsync).
 	WALBeforeSync    = "wal-before-sync"
@@ -41,7 +40,7 @@ const (
 
 var all = []string{
 	CoordBeforeDecision, CoordAfterDecision, CoordBetweenCommits, CoordBeforeEnd, CoordAfterEnd,
-	CoordBeforeOnePhase, CoordAfterOnePhase, CoordAfterPrepareAll,
+	CoordBeforeOnePhase, CoordAfterOnePhase,
 	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact,
 	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,

@@ -1,0 +1,379 @@
+// Package coordinator is the two-phase commit coordinator as a library:
+// begin a global transaction, enlist a branch at each resource, do the work,
+// and commit atomically, with presumed abort, group-committed decisions and
+// recovery after a crash.
+//
+//	c, err := coordinator.New(ctx, coordinator.Config{ID: "orders-1", Log: log, Resources: []participant.Resource{a, b}})
+//	tx, err := c.Begin(ctx)
+//	ba, err := a.Enlist(ctx, tx) // a *postgres.Resource: ba is a pinned connection
+//	... ba.ExecContext(ctx, "UPDATE ...")
+//	err = tx.Commit(ctx)
+//	switch coordinator.OutcomeOf(err) { case coordinator.Committed: ...; case coordinator.Aborted: ...; case coordinator.Unknown: ... }
+//
+// The protocol itself is the pure state machine in package protocol; this
+// package performs its effects.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/internal/backoff"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/recovery"
+	"github.com/txcoord/txcoord/wal"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	// ID is the coordinator id in every gid it issues: [A-Za-z0-9_-], unique
+	// among coordinators sharing a database. Required.
+	ID string
+	// Prefix starts every gid (default participant.DefaultPrefix).
+	Prefix string
+	// Log is the decision log. Required. The coordinator does not close it.
+	Log wal.Log
+	// Resources are every resource a transaction may enlist; recovery scans
+	// them. Names must be unique.
+	Resources []participant.Resource
+	// PrepareTimeout bounds phase one (default 10s). The caller's context
+	// deadline bounds it too.
+	PrepareTimeout time.Duration
+	// CallTimeout bounds each phase-two or rollback call (default 30s).
+	CallTimeout time.Duration
+	// RetryBase and RetryMax shape phase-two retries: capped exponential
+	// backoff with jitter (defaults 10ms and 5s). Phase two never gives up.
+	RetryBase, RetryMax time.Duration
+	// InDoubtTimeout: a prepared branch of ours that no live transaction
+	// owns is resolved by the periodic recovery pass once older than this,
+	// and any prepared branch older than this is reported (default 1m).
+	InDoubtTimeout time.Duration
+	// RecoveryInterval is the period of the recovery loop (default 10s);
+	// negative disables the loop.
+	RecoveryInterval time.Duration
+	// SkipStartupRecovery leaves the start-up pass to the caller (Recover).
+	SkipStartupRecovery bool
+	// Logger receives structured logs (default: discard).
+	Logger *slog.Logger
+	// Seed seeds retry jitter (0: random).
+	Seed uint64
+}
+
+// Coordinator runs global transactions. It is safe for concurrent use.
+type Coordinator struct {
+	cfg       Config
+	log       wal.Log
+	resources map[string]participant.Resource
+	logger    *slog.Logger
+
+	ctx    context.Context // lives until Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	live    map[participant.TxID]*Tx
+	closed  bool
+	failed  error // a decision write failed: no new commits
+	lastRec *recovery.Report
+
+	randMu sync.Mutex
+	rand   *rand.Rand
+
+	recoverMu sync.Mutex // one recovery pass at a time
+
+	stats counters
+}
+
+type counters struct {
+	begun, committed, aborted, unknown, onePhase, readOnly, retries atomic.Uint64
+}
+
+// Stats counts what a coordinator did since it started.
+type Stats struct {
+	Begun, Committed, Aborted, Unknown uint64
+	OnePhase                           uint64 // single-branch commits without a log write
+	ReadOnly                           uint64 // commits where every branch was read-only
+	Retries                            uint64 // phase-two commit retries
+	Live                               int
+	Log                                wal.Stats
+}
+
+// New starts a coordinator: it validates cfg, runs the start-up recovery
+// pass (unless SkipStartupRecovery) and starts the recovery loop.
+func New(ctx context.Context, cfg Config) (*Coordinator, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = participant.DefaultPrefix
+	}
+	if err := participant.ValidateName("prefix", cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if err := participant.ValidateName("coordinator id", cfg.ID); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	// The longest transaction part a gid can have must fit.
+	probe := participant.GID{Prefix: cfg.Prefix, Coordinator: cfg.ID, TxID: participant.TxID{0x01}, Branch: "0"}
+	if len(probe.GTRID()) > participant.MaxGTRIDLen {
+		return nil, fmt.Errorf("%w: prefix %q and id %q make gids longer than %d bytes", ErrConfig, cfg.Prefix, cfg.ID, participant.MaxGTRIDLen)
+	}
+	if cfg.Log == nil {
+		return nil, fmt.Errorf("%w: no log", ErrConfig)
+	}
+	if cfg.PrepareTimeout <= 0 {
+		cfg.PrepareTimeout = 10 * time.Second
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 30 * time.Second
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = backoff.Default.Base
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = backoff.Default.Max
+	}
+	if cfg.RetryMax < cfg.RetryBase {
+		return nil, fmt.Errorf("%w: RetryMax %v is below RetryBase %v", ErrConfig, cfg.RetryMax, cfg.RetryBase)
+	}
+	if cfg.InDoubtTimeout <= 0 {
+		cfg.InDoubtTimeout = time.Minute
+	}
+	if cfg.RecoveryInterval == 0 {
+		cfg.RecoveryInterval = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	c := &Coordinator{
+		cfg:       cfg,
+		log:       cfg.Log,
+		resources: map[string]participant.Resource{},
+		logger:    cfg.Logger,
+		live:      map[participant.TxID]*Tx{},
+		rand:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+	}
+	for _, r := range cfg.Resources {
+		if r == nil {
+			return nil, fmt.Errorf("%w: nil resource", ErrConfig)
+		}
+		if err := participant.ValidateName("resource name", r.Name()); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+		if _, dup := c.resources[r.Name()]; dup {
+			return nil, fmt.Errorf("%w: two resources named %q", ErrConfig, r.Name())
+		}
+		c.resources[r.Name()] = r
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if !cfg.SkipStartupRecovery {
+		if _, err := c.recover(ctx, true); err != nil {
+			c.cancel()
+			return nil, fmt.Errorf("coordinator: start-up recovery: %w", err)
+		}
+	}
+	if cfg.RecoveryInterval > 0 {
+		c.wg.Add(1)
+		go c.recoveryLoop()
+	}
+	return c, nil
+}
+
+// Close stops the coordinator: new transactions are refused, phase-two
+// retries stop (their decisions stay in the log and are driven again after
+// a restart), and Close waits for every goroutine it owns. It does not close
+// the log or the resources. Safe to call twice.
+func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// ID returns the coordinator id.
+func (c *Coordinator) ID() string { return c.cfg.ID }
+
+// Stats returns counters since start.
+func (c *Coordinator) Stats() Stats {
+	c.mu.Lock()
+	n := len(c.live)
+	c.mu.Unlock()
+	return Stats{
+		Begun: c.stats.begun.Load(), Committed: c.stats.committed.Load(), Aborted: c.stats.aborted.Load(),
+		Unknown: c.stats.unknown.Load(), OnePhase: c.stats.onePhase.Load(), ReadOnly: c.stats.readOnly.Load(),
+		Retries: c.stats.retries.Load(), Live: n, Log: c.log.Stats(),
+	}
+}
+
+// Begin starts a global transaction. Nothing is written.
+func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	id, err := participant.NewTxID()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	if c.failed != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLogFailed, c.failed)
+	}
+	t := &Tx{c: c, id: id, started: time.Now(), state: protocol.StateActive, done: make(chan struct{})}
+	c.live[id] = t
+	c.stats.begun.Add(1)
+	return t, nil
+}
+
+// Do runs fn in a new transaction: it commits if fn returns nil and rolls
+// back otherwise, returning fn's error wrapped in ErrAborted. The result
+// follows Commit's rules (see OutcomeOf).
+func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := fn(ctx, tx); err != nil {
+		rbErr := tx.Rollback(ctx)
+		if rbErr != nil && !errors.Is(rbErr, ErrAborted) {
+			return fmt.Errorf("%w: %w (rollback: %v)", ErrAborted, err, rbErr)
+		}
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	return tx.Commit(ctx)
+}
+
+func (c *Coordinator) isLive(id participant.TxID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.live[id]
+	return ok
+}
+
+func (c *Coordinator) forget(t *Tx) {
+	c.mu.Lock()
+	delete(c.live, t.id)
+	c.mu.Unlock()
+}
+
+func (c *Coordinator) fail(err error) {
+	c.mu.Lock()
+	if c.failed == nil {
+		c.failed = err
+	}
+	c.mu.Unlock()
+	c.logger.Error("coordinator: decision not durable; refusing new commits until restart", "err", err)
+}
+
+func (c *Coordinator) machineConfig() protocol.Config {
+	c.randMu.Lock()
+	r := rand.New(rand.NewPCG(c.rand.Uint64(), c.rand.Uint64()))
+	c.randMu.Unlock()
+	return protocol.Config{Backoff: backoff.Policy{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}, Rand: r}
+}
+
+// TxStatus describes a live transaction.
+type TxStatus struct {
+	TxID     participant.TxID
+	State    protocol.State
+	Started  time.Time
+	Branches []BranchStatus
+	Retries  int
+	Cause    error
+}
+
+// BranchStatus describes one branch of a live transaction.
+type BranchStatus struct {
+	Resource string
+	GID      participant.GID
+	State    protocol.BranchState
+	Attempts int
+	LastErr  error
+}
+
+// Transactions lists the live transactions, oldest first.
+func (c *Coordinator) Transactions() []TxStatus {
+	c.mu.Lock()
+	txs := make([]*Tx, 0, len(c.live))
+	for _, t := range c.live {
+		txs = append(txs, t)
+	}
+	c.mu.Unlock()
+	out := make([]TxStatus, 0, len(txs))
+	for _, t := range txs {
+		out = append(out, t.Status())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out
+}
+
+// Recover runs a recovery pass now and reports what it did.
+func (c *Coordinator) Recover(ctx context.Context) (*recovery.Report, error) {
+	return c.recover(ctx, false)
+}
+
+func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Report, error) {
+	c.mu.Lock()
+	failed := c.failed
+	c.mu.Unlock()
+	if failed != nil {
+		// The log's contents are unknown: presumed abort is unsafe.
+		return nil, fmt.Errorf("%w: %v", ErrLogFailed, failed)
+	}
+	c.recoverMu.Lock()
+	defer c.recoverMu.Unlock()
+	rs := make([]participant.Resource, 0, len(c.resources))
+	for _, r := range c.resources {
+		rs = append(rs, r)
+	}
+	cfg := recovery.Config{
+		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs,
+		InDoubtTimeout: c.cfg.InDoubtTimeout, CallTimeout: c.cfg.CallTimeout, Logger: c.logger,
+	}
+	if !startup {
+		cfg.Live = c.isLive
+	}
+	rep, err := recovery.Pass(ctx, cfg)
+	if err == nil {
+		c.mu.Lock()
+		c.lastRec = rep
+		c.mu.Unlock()
+		for _, s := range rep.Stale {
+			c.logger.Warn("prepared branch in doubt", "resource", s.Resource, "gid", s.GID, "age", s.Age.Round(time.Second), "state", s.What, "err", s.Err)
+		}
+	}
+	return rep, err
+}
+
+func (c *Coordinator) recoveryLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.RecoveryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+			if _, err := c.recover(c.ctx, false); err != nil && c.ctx.Err() == nil {
+				c.logger.Warn("recovery pass failed", "err", err)
+			}
+			if _, err := c.log.Compact(c.ctx); err != nil && c.ctx.Err() == nil {
+				c.logger.Warn("log compaction failed", "err", err)
+			}
+		}
+	}
+}

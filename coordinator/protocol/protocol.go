@@ -1,0 +1,500 @@
+// Package protocol is the two-phase commit protocol for one transaction
+// (presumed abort), as a pure state machine: events in, effects out. It does
+// no I/O and reads no clock; the engine in package coordinator performs the
+// effects in the order given and feeds back what happened. Every
+// interleaving of votes, timeouts, log results and acknowledgements can so
+// be tested without a database or a sleep.
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/txcoord/txcoord/internal/backoff"
+	"github.com/txcoord/txcoord/participant"
+)
+
+var (
+	// ErrPrepareTimeout is the abort cause when a branch did not vote within
+	// the prepare timeout.
+	ErrPrepareTimeout = errors.New("protocol: prepare timed out")
+	// ErrVotedNo is the abort cause when a branch voted no without an error.
+	ErrVotedNo = errors.New("protocol: branch voted no")
+	// ErrRolledBack is the abort cause of an application rollback.
+	ErrRolledBack = errors.New("protocol: rolled back by the application")
+)
+
+// State is a transaction's protocol state. The zero value is invalid.
+type State uint8
+
+const (
+	StateActive     State = 1 + iota // branches enlist and work
+	StatePreparing                   // phase one: waiting for votes
+	StateOnePhase                    // single branch: local commit in flight
+	StateLogging                     // all voted yes: COMMIT record being forced
+	StateCommitting                  // COMMIT durable: phase two
+	StateAborting                    // rolling back branches
+	StateCommitted                   // terminal
+	StateAborted                     // terminal
+	StateUnknown                     // terminal here: the outcome cannot be told (recovery decides)
+)
+
+var stateNames = [...]string{"", "active", "preparing", "one-phase", "logging", "committing", "aborting", "committed", "aborted", "unknown"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) && s != 0 {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("State(%d)", uint8(s))
+}
+
+// Terminal reports whether no more protocol steps follow s.
+func (s State) Terminal() bool {
+	return s == StateCommitted || s == StateAborted || s == StateUnknown
+}
+
+// Outcome is what the caller hears (DESIGN I5). The zero value is invalid.
+type Outcome uint8
+
+const (
+	OutcomeCommitted Outcome = 1 + iota
+	OutcomeAborted
+	OutcomeUnknown
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeCommitted:
+		return "committed"
+	case OutcomeAborted:
+		return "aborted"
+	case OutcomeUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
+// BranchState is one branch's state. The zero value is invalid.
+type BranchState uint8
+
+const (
+	BranchActive      BranchState = 1 + iota // enlisted, working
+	BranchPreparing                          // prepare sent
+	BranchPrepared                           // voted yes
+	BranchReadOnly                           // voted read-only: left the transaction
+	BranchFailed                             // voted no, or prepare failed: being rolled back
+	BranchTimedOut                           // no vote within the prepare timeout; cleaned when its prepare returns
+	BranchCommitting                         // commit sent
+	BranchCommitted                          // commit acknowledged
+	BranchRollingBack                        // rollback sent
+	BranchRolledBack                         // rollback done (or attempted; recovery finishes it)
+)
+
+var branchNames = [...]string{"", "active", "preparing", "prepared", "read-only", "failed", "timed-out", "committing", "committed", "rolling-back", "rolled-back"}
+
+func (s BranchState) String() string {
+	if int(s) < len(branchNames) && s != 0 {
+		return branchNames[s]
+	}
+	return fmt.Sprintf("BranchState(%d)", uint8(s))
+}
+
+// Event is an input to the machine.
+type Event interface{ event() }
+
+// Commit asks to commit the transaction.
+type Commit struct{}
+
+// Rollback asks to roll the transaction back before it commits.
+type Rollback struct{ Cause error }
+
+// Voted is a branch's answer to prepare.
+type Voted struct {
+	Branch int
+	Vote   participant.Vote
+	Err    error
+}
+
+// PrepareTimedOut says the prepare timeout passed.
+type PrepareTimedOut struct{}
+
+// DecisionLogged reports the result of forcing the COMMIT record. A non-nil
+// Err means the record may or may not be durable.
+type DecisionLogged struct{ Err error }
+
+// OnePhaseDone reports a single branch's local commit.
+type OnePhaseDone struct{ Err error }
+
+// CommitDone reports one phase-two commit attempt.
+type CommitDone struct {
+	Branch int
+	Err    error
+}
+
+// RollbackDone reports one rollback attempt.
+type RollbackDone struct {
+	Branch int
+	Err    error
+}
+
+func (Commit) event()          {}
+func (Rollback) event()        {}
+func (Voted) event()           {}
+func (PrepareTimedOut) event() {}
+func (DecisionLogged) event()  {}
+func (OnePhaseDone) event()    {}
+func (CommitDone) event()      {}
+func (RollbackDone) event()    {}
+
+// Effect is an output of the machine, to be performed in order.
+type Effect interface{ effect() }
+
+// SendPrepare asks the engine to prepare these branches in parallel.
+type SendPrepare struct{ Branches []int }
+
+// CancelPrepares asks the engine to cancel prepares still in flight: the
+// decision is already ABORT.
+type CancelPrepares struct{}
+
+// SendCommitOnePhase asks the engine to commit the single branch locally.
+type SendCommitOnePhase struct{ Branch int }
+
+// LogCommit asks the engine to append the COMMIT record naming these
+// branches and wait for its fsync.
+type LogCommit struct{ Branches []int }
+
+// SendCommit asks the engine to commit a prepared branch after Delay.
+// Attempt counts from 1.
+type SendCommit struct {
+	Branch  int
+	Attempt int
+	Delay   time.Duration
+}
+
+// SendRollback asks the engine to roll a branch back: abort its local work,
+// and when MayBePrepared, also roll back its gid at the resource (the branch
+// voted yes, or its prepare failed in a way that leaves its fate unknown).
+type SendRollback struct {
+	Branch        int
+	MayBePrepared bool
+}
+
+// LogEnd asks the engine to append the END record (not forced).
+type LogEnd struct{}
+
+// Report tells the caller the outcome. It is emitted once.
+type Report struct {
+	Outcome Outcome
+	Err     error // the abort cause, or why the outcome is unknown
+}
+
+func (SendPrepare) effect()        {}
+func (CancelPrepares) effect()     {}
+func (SendCommitOnePhase) effect() {}
+func (LogCommit) effect()          {}
+func (SendCommit) effect()         {}
+func (SendRollback) effect()       {}
+func (LogEnd) effect()             {}
+func (Report) effect()             {}
+
+// Config tunes the machine.
+type Config struct {
+	Backoff backoff.Policy // phase-two retry delays
+	Rand    *rand.Rand     // jitter source; nil uses the global one
+}
+
+// BranchInfo is a snapshot of one branch.
+type BranchInfo struct {
+	State    BranchState
+	Attempts int   // phase-two commit attempts so far
+	LastErr  error // the last error seen for this branch
+}
+
+type branch struct {
+	state         BranchState
+	attempts      int
+	lastErr       error
+	maybePrepared bool
+}
+
+// Machine is the protocol for one transaction. It is not safe for
+// concurrent use; the engine serialises events.
+type Machine struct {
+	cfg      Config
+	state    State
+	branches []branch
+	cause    error // abort cause
+	reported bool
+	waiting  int // votes, commits or rollbacks still expected
+	late     int // timed-out prepares still to return
+}
+
+// New returns a machine for a transaction with n branches, in StateActive.
+func New(n int, cfg Config) *Machine {
+	m := &Machine{cfg: cfg, state: StateActive, branches: make([]branch, n)}
+	for i := range m.branches {
+		m.branches[i].state = BranchActive
+	}
+	return m
+}
+
+// State returns the transaction's state.
+func (m *Machine) State() State { return m.state }
+
+// Cause returns the abort cause, if any.
+func (m *Machine) Cause() error { return m.cause }
+
+// Branch returns a snapshot of branch i.
+func (m *Machine) Branch(i int) BranchInfo {
+	b := m.branches[i]
+	return BranchInfo{State: b.state, Attempts: b.attempts, LastErr: b.lastErr}
+}
+
+// Branches returns how many branches the transaction has.
+func (m *Machine) Branches() int { return len(m.branches) }
+
+// Retries returns the number of phase-two commit attempts beyond the first,
+// over all branches.
+func (m *Machine) Retries() int {
+	n := 0
+	for _, b := range m.branches {
+		if b.attempts > 1 {
+			n += b.attempts - 1
+		}
+	}
+	return n
+}
+
+// Settled reports whether the machine is terminal and no late prepare is
+// still outstanding: the engine may forget the transaction.
+func (m *Machine) Settled() bool { return m.state.Terminal() && m.late == 0 }
+
+// Step feeds one event and returns the effects to perform, in order. An
+// event that is illegal in the current state is a bug in the engine and
+// panics with both names.
+func (m *Machine) Step(ev Event) []Effect {
+	switch ev := ev.(type) {
+	case Commit:
+		m.expect(ev, StateActive)
+		return m.commit()
+	case Rollback:
+		m.expect(ev, StateActive)
+		m.cause = ev.Cause
+		if m.cause == nil {
+			m.cause = ErrRolledBack
+		}
+		return m.abort()
+	case Voted:
+		return m.voted(ev)
+	case PrepareTimedOut:
+		if m.state != StatePreparing {
+			return nil // the votes won the race; nothing to do
+		}
+		for i := range m.branches {
+			if m.branches[i].state == BranchPreparing {
+				m.branches[i].state = BranchTimedOut
+				m.branches[i].lastErr = ErrPrepareTimeout
+				m.waiting--
+				m.late++
+				if m.cause == nil {
+					m.cause = ErrPrepareTimeout
+				}
+			}
+		}
+		return m.decide()
+	case DecisionLogged:
+		m.expect(ev, StateLogging)
+		if ev.Err != nil {
+			m.state = StateUnknown
+			return []Effect{m.report(OutcomeUnknown, ev.Err)}
+		}
+		m.state = StateCommitting
+		var effs []Effect
+		for i := range m.branches {
+			if m.branches[i].state == BranchPrepared {
+				m.branches[i].state = BranchCommitting
+				m.branches[i].attempts = 1
+				m.waiting++
+				effs = append(effs, SendCommit{Branch: i, Attempt: 1})
+			}
+		}
+		return effs
+	case OnePhaseDone:
+		m.expect(ev, StateOnePhase)
+		switch {
+		case ev.Err == nil:
+			m.branches[0].state = BranchCommitted
+			m.state = StateCommitted
+			return []Effect{m.report(OutcomeCommitted, nil)}
+		case errors.Is(ev.Err, participant.ErrOutcomeUnknown):
+			m.branches[0].lastErr = ev.Err
+			m.state = StateUnknown
+			return []Effect{m.report(OutcomeUnknown, ev.Err)}
+		default:
+			m.branches[0].lastErr = ev.Err
+			m.cause = ev.Err
+			m.state = StateAborting
+			m.branches[0].state = BranchRollingBack
+			m.waiting = 1
+			return []Effect{SendRollback{Branch: 0}}
+		}
+	case CommitDone:
+		m.expect(ev, StateCommitting)
+		b := &m.branches[ev.Branch]
+		if b.state != BranchCommitting {
+			panic(fmt.Sprintf("protocol: commit result for branch %d in state %v", ev.Branch, b.state))
+		}
+		// The log holds COMMIT, so a branch the resource no longer knows was
+		// committed by an earlier attempt (DESIGN I6).
+		if ev.Err == nil || errors.Is(ev.Err, participant.ErrUnknownBranch) {
+			b.state = BranchCommitted
+			m.waiting--
+			if m.waiting == 0 {
+				m.state = StateCommitted
+				return []Effect{LogEnd{}, m.report(OutcomeCommitted, nil)}
+			}
+			return nil
+		}
+		b.lastErr = ev.Err
+		b.attempts++
+		return []Effect{SendCommit{Branch: ev.Branch, Attempt: b.attempts, Delay: m.cfg.Backoff.Delay(b.attempts-1, m.cfg.Rand)}}
+	case RollbackDone:
+		b := &m.branches[ev.Branch]
+		if ev.Err != nil && !errors.Is(ev.Err, participant.ErrUnknownBranch) {
+			b.lastErr = ev.Err
+		}
+		if b.state == BranchTimedOut {
+			// Cleanup of a late prepare after the outcome was reported.
+			b.state = BranchRolledBack
+			return nil
+		}
+		m.expect(ev, StateAborting)
+		if b.state != BranchRollingBack {
+			panic(fmt.Sprintf("protocol: rollback result for branch %d in state %v", ev.Branch, b.state))
+		}
+		b.state = BranchRolledBack
+		m.waiting--
+		if m.waiting == 0 {
+			m.state = StateAborted
+			return []Effect{m.report(OutcomeAborted, m.cause)}
+		}
+		return nil
+	}
+	panic(fmt.Sprintf("protocol: unknown event %T in state %v", ev, m.state))
+}
+
+func (m *Machine) expect(ev Event, want State) {
+	if m.state != want {
+		panic(fmt.Sprintf("protocol: event %T in state %v, want %v", ev, m.state, want))
+	}
+}
+
+func (m *Machine) report(o Outcome, err error) Effect {
+	if m.reported {
+		panic(fmt.Sprintf("protocol: second report (%v) in state %v", o, m.state))
+	}
+	m.reported = true
+	return Report{Outcome: o, Err: err}
+}
+
+func (m *Machine) commit() []Effect {
+	switch len(m.branches) {
+	case 0:
+		m.state = StateCommitted
+		return []Effect{m.report(OutcomeCommitted, nil)}
+	case 1:
+		m.state = StateOnePhase
+		m.branches[0].state = BranchCommitting
+		return []Effect{SendCommitOnePhase{Branch: 0}}
+	}
+	m.state = StatePreparing
+	all := make([]int, len(m.branches))
+	for i := range m.branches {
+		all[i] = i
+		m.branches[i].state = BranchPreparing
+	}
+	m.waiting = len(all)
+	return []Effect{SendPrepare{Branches: all}}
+}
+
+func (m *Machine) voted(ev Voted) []Effect {
+	b := &m.branches[ev.Branch]
+	if b.state == BranchTimedOut {
+		// A prepare that returned after the timeout: whatever it says, the
+		// transaction is aborted; roll the branch back.
+		m.late--
+		if ev.Err != nil {
+			b.lastErr = ev.Err
+		}
+		return []Effect{SendRollback{Branch: ev.Branch, MayBePrepared: ev.Err != nil || ev.Vote == participant.VoteYes}}
+	}
+	m.expect(ev, StatePreparing)
+	if b.state != BranchPreparing {
+		panic(fmt.Sprintf("protocol: vote from branch %d in state %v", ev.Branch, b.state))
+	}
+	m.waiting--
+	var effs []Effect
+	switch {
+	case ev.Err != nil:
+		b.state, b.lastErr, b.maybePrepared = BranchFailed, ev.Err, true
+	case !ev.Vote.Valid():
+		b.state, b.lastErr, b.maybePrepared = BranchFailed, fmt.Errorf("%w: %d", participant.ErrBadVote, int(ev.Vote)), true
+	case ev.Vote == participant.VoteNo:
+		b.state, b.lastErr = BranchFailed, ErrVotedNo
+	case ev.Vote == participant.VoteReadOnly:
+		b.state = BranchReadOnly
+	default:
+		b.state, b.maybePrepared = BranchPrepared, true
+	}
+	if b.state == BranchFailed && m.cause == nil {
+		m.cause = b.lastErr
+		if m.waiting > 0 {
+			effs = append(effs, CancelPrepares{})
+		}
+	}
+	return append(effs, m.decide()...)
+}
+
+// decide runs once every branch has voted or timed out.
+func (m *Machine) decide() []Effect {
+	if m.waiting > 0 {
+		return nil
+	}
+	if m.cause != nil {
+		return m.abort()
+	}
+	var yes []int
+	for i, b := range m.branches {
+		if b.state == BranchPrepared {
+			yes = append(yes, i)
+		}
+	}
+	if len(yes) == 0 {
+		m.state = StateCommitted // every branch was read-only
+		return []Effect{m.report(OutcomeCommitted, nil)}
+	}
+	m.state = StateLogging
+	return []Effect{LogCommit{Branches: yes}}
+}
+
+// abort rolls back every branch that may hold work.
+func (m *Machine) abort() []Effect {
+	m.state = StateAborting
+	var effs []Effect
+	for i := range m.branches {
+		b := &m.branches[i]
+		switch b.state {
+		case BranchActive, BranchFailed, BranchPrepared:
+			effs = append(effs, SendRollback{Branch: i, MayBePrepared: b.maybePrepared})
+			b.state = BranchRollingBack
+			m.waiting++
+		}
+	}
+	if m.waiting == 0 {
+		m.state = StateAborted
+		return []Effect{m.report(OutcomeAborted, m.cause)}
+	}
+	return effs
+}

@@ -1,0 +1,396 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/wal"
+)
+
+var _ participant.Enlister = (*Tx)(nil)
+
+// Tx is one global transaction. Enlist, Commit and Rollback may be called
+// from different goroutines, but a transaction is finished once.
+type Tx struct {
+	c       *Coordinator
+	id      participant.TxID
+	started time.Time
+
+	mu        sync.Mutex
+	branches  []participant.Branch
+	finishing bool
+	m         *protocol.Machine
+	state     protocol.State // before the machine exists
+	decided   chan struct{}  // closed when COMMIT is durable
+	done      chan struct{}  // closed when the outcome is known
+	result    error
+}
+
+// ID returns the transaction id.
+func (t *Tx) ID() participant.TxID { return t.id }
+
+// Enlist starts a branch of the transaction at r, which must be registered
+// with the coordinator. Adapters offer typed sugar over it, for example
+// (*postgres.Resource).Enlist.
+func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Branch, error) {
+	if reg, ok := t.c.resources[r.Name()]; !ok || reg != r {
+		return nil, fmt.Errorf("%w: %q; pass it in Config.Resources so recovery can find its branches", ErrUnknownResource, r.Name())
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.finishing {
+		return nil, ErrTxDone
+	}
+	gid, err := participant.NewGID(t.c.cfg.Prefix, t.c.cfg.ID, t.id, strconv.Itoa(len(t.branches)))
+	if err != nil {
+		return nil, err
+	}
+	b, err := r.Begin(ctx, gid)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: enlist %s: %w", r.Name(), err)
+	}
+	t.branches = append(t.branches, b)
+	return b, nil
+}
+
+// Commit commits the transaction atomically across its branches and
+// returns one of three outcomes (see OutcomeOf): nil when every branch
+// committed; an error wrapping ErrAborted when every branch rolled back (or
+// will, by recovery); an error wrapping ErrCommitPending when the decision
+// is durable but phase two is still going (ctx ended first); otherwise the
+// outcome is unknown (ErrOutcomeUnknown): the transaction id tells where to
+// look. ctx bounds phase one (with Config.PrepareTimeout); once the
+// decision is logged, phase two no longer depends on ctx.
+func (t *Tx) Commit(ctx context.Context) error {
+	return t.finish(ctx, protocol.Commit{})
+}
+
+// Rollback rolls the transaction back. It returns nil once every branch was
+// asked to roll back; a branch that could not be reached is rolled back by
+// recovery later (no COMMIT is logged).
+func (t *Tx) Rollback(ctx context.Context) error {
+	err := t.finish(ctx, protocol.Rollback{Cause: protocol.ErrRolledBack})
+	if errors.Is(err, protocol.ErrRolledBack) {
+		return nil
+	}
+	return err
+}
+
+// Status returns a snapshot of the transaction.
+func (t *Tx) Status() TxStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := TxStatus{TxID: t.id, Started: t.started, State: t.state}
+	for i, b := range t.branches {
+		bs := BranchStatus{Resource: b.Resource().Name(), GID: b.GID(), State: protocol.BranchActive}
+		if t.m != nil {
+			info := t.m.Branch(i)
+			bs.State, bs.Attempts, bs.LastErr = info.State, info.Attempts, info.LastErr
+		}
+		s.Branches = append(s.Branches, bs)
+	}
+	if t.m != nil {
+		s.State, s.Retries, s.Cause = t.m.State(), t.m.Retries(), t.m.Cause()
+	}
+	return s
+}
+
+func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
+	t.mu.Lock()
+	if t.finishing {
+		t.mu.Unlock()
+		return ErrTxDone
+	}
+	t.finishing = true
+	branches := append([]participant.Branch(nil), t.branches...)
+	t.m = protocol.New(len(branches), t.c.machineConfig())
+	t.decided = make(chan struct{})
+	t.mu.Unlock()
+
+	c := t.c
+	c.mu.Lock()
+	var refuse error
+	switch {
+	case c.closed:
+		refuse = ErrClosed
+	case c.failed != nil:
+		refuse = fmt.Errorf("%w: %v", ErrLogFailed, c.failed)
+	}
+	if refuse == nil {
+		c.wg.Add(1)
+	}
+	c.mu.Unlock()
+	if refuse != nil {
+		for _, b := range branches {
+			_ = b.Abort(ctx)
+		}
+		c.forget(t)
+		if _, ok := ev.(protocol.Rollback); ok {
+			return nil
+		}
+		c.stats.aborted.Add(1)
+		return fmt.Errorf("%w: %w", ErrAborted, refuse)
+	}
+
+	prepCtx, cancelPrep := context.WithTimeout(ctx, c.cfg.PrepareTimeout)
+	d := &driver{t: t, branches: branches, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
+		events: make(chan protocol.Event, 2*len(branches)+2)}
+	t.mu.Lock()
+	first := t.m.Step(ev)
+	t.mu.Unlock()
+	go d.run(first)
+
+	for {
+		select {
+		case <-t.done:
+			return t.result
+		case <-ctx.Done():
+			select {
+			case <-t.done:
+				return t.result
+			case <-t.decided:
+				return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
+			default:
+			}
+			// Before the decision, the outcome follows quickly: phase one
+			// is bounded by ctx and the log write by an fsync.
+			select {
+			case <-t.done:
+				return t.result
+			case <-t.decided:
+				return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
+			}
+		}
+	}
+}
+
+// driver performs one transaction's effects and feeds results back to its
+// machine. It runs in a goroutine owned by the coordinator.
+type driver struct {
+	t          *Tx
+	branches   []participant.Branch
+	prepCtx    context.Context
+	cancelPrep context.CancelFunc
+	callerCtx  context.Context
+	events     chan protocol.Event
+	inflight   int
+	reported   bool
+}
+
+func (d *driver) step(ev protocol.Event) []protocol.Effect {
+	d.t.mu.Lock()
+	defer d.t.mu.Unlock()
+	return d.t.m.Step(ev)
+}
+
+func (d *driver) state() protocol.State {
+	d.t.mu.Lock()
+	defer d.t.mu.Unlock()
+	return d.t.m.State()
+}
+
+func (d *driver) run(effs []protocol.Effect) {
+	t, c := d.t, d.t.c
+	defer c.wg.Done()
+	defer d.cancelPrep()
+	var prepDone <-chan struct{}
+	stopping := false
+	for {
+		for len(effs) > 0 {
+			e := effs[0]
+			effs = effs[1:]
+			if _, ok := e.(protocol.SendPrepare); ok {
+				prepDone = d.prepCtx.Done()
+			}
+			if next := d.perform(e, stopping); next != nil {
+				effs = append(effs, d.step(next)...)
+			}
+		}
+		t.mu.Lock()
+		settled := t.m.Settled()
+		state := t.m.State()
+		t.mu.Unlock()
+		if state != protocol.StatePreparing {
+			prepDone = nil
+		}
+		if (settled || stopping) && d.inflight == 0 {
+			break
+		}
+		select {
+		case ev := <-d.events:
+			d.inflight--
+			if stopping {
+				continue
+			}
+			effs = d.step(ev)
+			if cd, ok := ev.(protocol.CommitDone); ok && cd.Err == nil && d.state() == protocol.StateCommitting {
+				// One branch committed, at least one not yet acknowledged.
+				failpoint.Hit(failpoint.CoordBetweenCommits)
+			}
+		case <-prepDone:
+			prepDone = nil
+			effs = d.step(protocol.PrepareTimedOut{})
+		case <-c.ctx.Done():
+			if !stopping {
+				stopping = true
+				d.cancelPrep()
+			}
+			// Drain what is in flight; its contexts are ending too.
+			if d.inflight > 0 {
+				ev := <-d.events
+				d.inflight--
+				_ = ev
+			}
+		}
+	}
+	t.mu.Lock()
+	state := t.m.State()
+	t.mu.Unlock()
+	if !d.reported {
+		// The coordinator closed before the outcome was known.
+		switch state {
+		case protocol.StateCommitting, protocol.StateCommitted:
+			d.report(protocol.Report{Outcome: protocol.OutcomeCommitted})
+			t.result = fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ErrClosed)
+		default:
+			d.report(protocol.Report{Outcome: protocol.OutcomeUnknown, Err: ErrClosed})
+		}
+	}
+	c.mu.Lock()
+	keep := state == protocol.StateUnknown && c.failed != nil
+	c.mu.Unlock()
+	if !keep {
+		c.forget(t)
+	}
+}
+
+// perform carries out one effect. A synchronous effect returns the event
+// it produced; an asynchronous one starts a goroutine that sends its event.
+func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
+	t, c := d.t, d.t.c
+	switch e := e.(type) {
+	case protocol.SendPrepare:
+		for _, i := range e.Branches {
+			d.spawn(func() protocol.Event {
+				v, err := d.branches[i].Prepare(d.prepCtx)
+				return protocol.Voted{Branch: i, Vote: v, Err: err}
+			})
+		}
+	case protocol.CancelPrepares:
+		d.cancelPrep()
+	case protocol.SendCommitOnePhase:
+		d.spawn(func() protocol.Event {
+			failpoint.Hit(failpoint.CoordBeforeOnePhase)
+			err := d.branches[e.Branch].CommitOnePhase(d.callerCtx)
+			if err == nil {
+				failpoint.Hit(failpoint.CoordAfterOnePhase)
+			}
+			return protocol.OnePhaseDone{Err: err}
+		})
+	case protocol.LogCommit:
+		rec := wal.Record{Kind: wal.KindCommit, TxID: t.id, Time: time.Now().UTC(), Epoch: c.log.Epoch()}
+		for _, i := range e.Branches {
+			b := d.branches[i]
+			rec.Branches = append(rec.Branches, wal.Branch{Resource: b.Resource().Name(), GID: b.GID()})
+		}
+		failpoint.Hit(failpoint.CoordBeforeDecision)
+		// Not the caller's context: once asked, the record is written or
+		// the log has failed; a cancelled wait would make the outcome
+		// unknown for nothing.
+		_, err := c.log.Append(c.ctx, rec)
+		if err != nil {
+			if c.ctx.Err() == nil {
+				c.fail(err)
+			}
+			return protocol.DecisionLogged{Err: err}
+		}
+		failpoint.Hit(failpoint.CoordAfterDecision)
+		close(t.decided)
+		return protocol.DecisionLogged{}
+	case protocol.SendCommit:
+		if stopping || c.ctx.Err() != nil {
+			return nil // left to recovery after restart
+		}
+		if e.Attempt > 1 {
+			c.stats.retries.Add(1)
+		}
+		b := d.branches[e.Branch]
+		d.spawn(func() protocol.Event {
+			if e.Delay > 0 {
+				tm := time.NewTimer(e.Delay)
+				select {
+				case <-tm.C:
+				case <-c.ctx.Done():
+					tm.Stop()
+					return protocol.CommitDone{Branch: e.Branch, Err: c.ctx.Err()}
+				}
+			}
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+			defer cancel()
+			err := b.Resource().Commit(ctx, b.GID())
+			if err != nil {
+				c.logger.Debug("phase two commit failed; will retry", "txid", t.id, "gid", b.GID(), "attempt", e.Attempt, "err", err)
+			}
+			return protocol.CommitDone{Branch: e.Branch, Err: err}
+		})
+	case protocol.SendRollback:
+		b := d.branches[e.Branch]
+		d.spawn(func() protocol.Event {
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+			defer cancel()
+			err := b.Abort(ctx)
+			if e.MayBePrepared {
+				if rerr := b.Resource().Rollback(ctx, b.GID()); rerr != nil && !errors.Is(rerr, participant.ErrUnknownBranch) {
+					err = rerr
+				}
+			}
+			if err != nil {
+				c.logger.Warn("rollback failed; recovery will finish it", "txid", t.id, "gid", b.GID(), "err", err)
+			}
+			return protocol.RollbackDone{Branch: e.Branch, Err: err}
+		})
+	case protocol.LogEnd:
+		failpoint.Hit(failpoint.CoordBeforeEnd)
+		if err := c.log.End(t.id); err != nil {
+			c.logger.Warn("END record not written; recovery will write it", "txid", t.id, "err", err)
+		}
+		failpoint.Hit(failpoint.CoordAfterEnd)
+	case protocol.Report:
+		d.report(e)
+	default:
+		panic(fmt.Sprintf("coordinator: unknown effect %T", e))
+	}
+	return nil
+}
+
+func (d *driver) spawn(f func() protocol.Event) {
+	d.inflight++
+	go func() { d.events <- f() }()
+}
+
+func (d *driver) report(r protocol.Report) {
+	t, c := d.t, d.t.c
+	d.reported = true
+	switch r.Outcome {
+	case protocol.OutcomeCommitted:
+		t.result = nil
+		c.stats.committed.Add(1)
+		if len(d.branches) == 1 {
+			c.stats.onePhase.Add(1)
+		}
+	case protocol.OutcomeAborted:
+		t.result = fmt.Errorf("%w (%s): %w", ErrAborted, t.id, r.Err)
+		c.stats.aborted.Add(1)
+	default:
+		t.result = fmt.Errorf("%w (%s): %w", ErrOutcomeUnknown, t.id, r.Err)
+		c.stats.unknown.Add(1)
+	}
+	close(t.done)
+}
