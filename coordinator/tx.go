@@ -200,14 +200,25 @@ func (d *driver) run(effs []protocol.Effect) {
 	t, c := d.t, d.t.c
 	defer c.wg.Done()
 	defer d.cancelPrep()
-	var prepDone <-chan struct{}
+	// Phase one ends at the prepare timeout or when the caller gives up;
+	// a cancel of the prepares by the machine itself (a branch voted no)
+	// only hurries them and is not a timeout.
+	var prepDone <-chan time.Time
+	var callerDone <-chan struct{}
+	var prepTimer *time.Timer
+	defer func() {
+		if prepTimer != nil {
+			prepTimer.Stop()
+		}
+	}()
 	stopping := false
 	for {
 		for len(effs) > 0 {
 			e := effs[0]
 			effs = effs[1:]
 			if _, ok := e.(protocol.SendPrepare); ok {
-				prepDone = d.prepCtx.Done()
+				prepTimer = time.NewTimer(c.cfg.PrepareTimeout)
+				prepDone, callerDone = prepTimer.C, d.callerCtx.Done()
 			}
 			if next := d.perform(e, stopping); next != nil {
 				effs = append(effs, d.step(next)...)
@@ -218,7 +229,7 @@ func (d *driver) run(effs []protocol.Effect) {
 		state := t.m.State()
 		t.mu.Unlock()
 		if state != protocol.StatePreparing {
-			prepDone = nil
+			prepDone, callerDone = nil, nil
 		}
 		if (settled || stopping) && d.inflight == 0 {
 			break
@@ -235,7 +246,12 @@ func (d *driver) run(effs []protocol.Effect) {
 				failpoint.Hit(failpoint.CoordBetweenCommits)
 			}
 		case <-prepDone:
-			prepDone = nil
+			prepDone, callerDone = nil, nil
+			d.cancelPrep()
+			effs = d.step(protocol.PrepareTimedOut{})
+		case <-callerDone:
+			prepDone, callerDone = nil, nil
+			d.cancelPrep()
 			effs = d.step(protocol.PrepareTimedOut{})
 		case <-c.ctx.Done():
 			if !stopping {

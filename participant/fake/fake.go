@@ -47,6 +47,7 @@ type Resource struct {
 	mu         sync.Mutex
 	hooks      Hooks
 	prepared   map[string]participant.GID
+	since      map[string]time.Time
 	committed  map[string]bool
 	rolledBack map[string]bool
 	journal    []Call
@@ -57,6 +58,7 @@ func New(name string) *Resource {
 	return &Resource{
 		name:       name,
 		prepared:   map[string]participant.GID{},
+		since:      map[string]time.Time{},
 		committed:  map[string]bool{},
 		rolledBack: map[string]bool{},
 	}
@@ -148,7 +150,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 	defer r.mu.Unlock()
 	out := make([]participant.Prepared, 0, len(r.prepared))
 	for raw, g := range r.prepared {
-		out = append(out, participant.Prepared{Raw: raw, GID: g, Since: time.Unix(0, 0)})
+		out = append(out, participant.Prepared{Raw: raw, GID: g, Since: r.since[raw]})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Raw < out[j].Raw })
 	return out, nil
@@ -160,6 +162,7 @@ func (r *Resource) AddPrepared(raw string) {
 	g, _ := participant.ParseGID(raw)
 	r.mu.Lock()
 	r.prepared[raw] = g
+	r.since[raw] = time.Now()
 	r.mu.Unlock()
 }
 
@@ -192,6 +195,13 @@ func (r *Resource) PreparedCount() int {
 	return len(r.prepared)
 }
 
+func (r *Resource) markPrepared(g participant.GID) {
+	r.mu.Lock()
+	r.prepared[g.String()] = g
+	r.since[g.String()] = time.Now()
+	r.mu.Unlock()
+}
+
 // Branch is a fake branch.
 type Branch struct {
 	r    *Resource
@@ -217,17 +227,13 @@ func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
 	if h := b.r.hooksNow().Prepare; h != nil {
 		if v, err, ok := h(ctx, b.gid); ok {
 			if err == nil && v == participant.VoteYes {
-				b.r.mu.Lock()
-				b.r.prepared[b.gid.String()] = b.gid
-				b.r.mu.Unlock()
+				b.r.markPrepared(b.gid)
 			}
 			b.r.log("prepare", b.gid, err)
 			return v, err
 		}
 	}
-	b.r.mu.Lock()
-	b.r.prepared[b.gid.String()] = b.gid
-	b.r.mu.Unlock()
+	b.r.markPrepared(b.gid)
 	b.r.log("prepare", b.gid, nil)
 	return participant.VoteYes, nil
 }

@@ -1,0 +1,168 @@
+package recovery
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/fake"
+	"github.com/txcoord/txcoord/wal"
+)
+
+func gid(t *testing.T, coord string, branch string) participant.GID {
+	t.Helper()
+	id, err := participant.NewTxID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := participant.NewGID(participant.DefaultPrefix, coord, id, branch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func sameTx(t *testing.T, g participant.GID, branch string) participant.GID {
+	t.Helper()
+	h, err := participant.NewGID(g.Prefix, g.Coordinator, g.TxID, branch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func commitRecord(t *testing.T, log wal.Log, bs ...wal.Branch) {
+	t.Helper()
+	if _, err := log.Append(context.Background(), wal.Record{Kind: wal.KindCommit, TxID: bs[0].GID.TxID, Branches: bs}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPendingCommitIsDrivenToTheEnd(t *testing.T) {
+	log := wal.NewMem()
+	a, b := fake.New("a"), fake.New("b")
+	g0 := gid(t, "c1", "0")
+	g1 := sameTx(t, g0, "1")
+	a.AddPrepared(g0.String())
+	b.AddPrepared(g1.String())
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: g0}, wal.Branch{Resource: "b", GID: g1})
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsCommitted(g0.String()) || !b.IsCommitted(g1.String()) || rep.Redriven != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	d, _ := log.Lookup(g0.TxID)
+	if !d.Ended {
+		t.Fatal("END not written")
+	}
+}
+
+func TestI3RecoveryNeverContradictsALoggedCommit(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	g := gid(t, "c1", "0")
+	a.AddPrepared(g.String())
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: g})
+	// Old enough to be resolved by a periodic pass too.
+	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, Live: func(participant.TxID) bool { return false }, Now: func() time.Time { return time.Now().Add(time.Hour) }, InDoubtTimeout: time.Minute}
+	a.SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error { return errors.New("down") }})
+	rep, _ := Pass(context.Background(), cfg)
+	if a.IsRolledBack(g.String()) || !a.IsPrepared(g.String()) || len(rep.Unfinished) != 1 {
+		t.Fatalf("a logged COMMIT was contradicted or dropped: %+v", rep)
+	}
+	a.SetHooks(fake.Hooks{})
+	if _, err := Pass(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsCommitted(g.String()) {
+		t.Fatal("not committed once the resource came back")
+	}
+}
+
+func TestI4PresumedAbortRollsBackOrphansAndReportsStaleOnes(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	orphan := gid(t, "c1", "0")
+	a.AddPrepared(orphan.String())
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsRolledBack(orphan.String()) || rep.RolledBack != 1 || a.PreparedCount() != 0 {
+		t.Fatalf("orphan not rolled back: %+v", rep)
+	}
+}
+
+func TestI7ForeignBranchesAreNeverTouched(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	other := gid(t, "someone-else", "0")
+	a.AddPrepared(other.String())
+	a.AddPrepared("my_app_prepared_xact")
+	otherPrefix, _ := participant.NewGID("xyz", "c1", other.TxID, "0")
+	a.AddPrepared(otherPrefix.String())
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, InDoubtTimeout: time.Nanosecond, Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.PreparedCount() != 3 || rep.Foreign != 3 {
+		t.Fatalf("foreign branches touched: %+v", rep)
+	}
+	for _, c := range a.Journal() {
+		if c.Op == "commit" || c.Op == "rollback" {
+			t.Fatalf("call on a foreign branch: %+v", c)
+		}
+	}
+	// All three are older than the in-doubt timeout: reported, not touched.
+	if len(rep.Stale) != 3 {
+		t.Fatalf("stale %+v", rep.Stale)
+	}
+}
+
+func TestLiveAndYoungBranchesAreLeftAlone(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	live := gid(t, "c1", "0")
+	young := gid(t, "c1", "0")
+	a.AddPrepared(live.String())
+	a.AddPrepared(young.String())
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a},
+		Live: func(id participant.TxID) bool { return id == live.TxID }, InDoubtTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.PreparedCount() != 2 || rep.SkippedLive != 1 || rep.SkippedYoung != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
+func TestI6CommitOfAnAlreadyCommittedBranchIsDone(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	g := gid(t, "c1", "0")
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: g}) // branch already committed: the resource no longer holds it
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}})
+	if err != nil || rep.Redriven != 1 || len(rep.Errors) != 0 {
+		t.Fatalf("report %+v err %v", rep, err)
+	}
+}
+
+func TestUnregisteredResourceKeepsTheDecisionPending(t *testing.T) {
+	log := wal.NewMem()
+	g := gid(t, "c1", "0")
+	commitRecord(t, log, wal.Branch{Resource: "gone", GID: g})
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Unfinished) != 1 || !errors.Is(rep.Err(), ErrUnknownResource) {
+		t.Fatalf("report %+v", rep)
+	}
+	if p, _ := log.Pending(); len(p) != 1 {
+		t.Fatal("decision dropped")
+	}
+}
