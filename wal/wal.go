@@ -40,6 +40,10 @@ var (
 	ErrNotFound = errors.New("wal: no decision record")
 	// ErrBadRecord reports a record that is invalid before it is written.
 	ErrBadRecord = errors.New("wal: invalid record")
+	// ErrBadFile reports a log file that cannot be read as a log at all: not
+	// a bbolt file, truncated, missing its buckets, or of an unknown format
+	// version. The error names the path.
+	ErrBadFile = errors.New("wal: not a readable log file")
 )
 
 // CorruptError names where a corrupt record was found.

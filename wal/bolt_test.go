@@ -1,0 +1,620 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+func tempPath(t testing.TB) string { return filepath.Join(t.TempDir(), "wal.db") }
+
+// reopen closes l and opens its file again.
+func reopen(t *testing.T, l *Bolt, opts BoltOptions) *Bolt {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	return openBolt(t, l.Path(), opts)
+}
+
+func TestReopenKeepsPendingAndEndedDecisions(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	want := map[uint64]Record{}
+	for i := uint64(1); i <= 3; i++ {
+		r := commitRec(t, testID(i))
+		r.LSN = mustAppend(t, l, r)
+		want[i] = r
+	}
+	if err := l.End(testID(2)); err != nil {
+		t.Fatal(err)
+	}
+	l = reopen(t, l, BoltOptions{})
+	for i, r := range want {
+		d, err := l.Lookup(testID(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameDecision(t, d, r)
+		if d.Ended != (i == 2) {
+			t.Fatalf("tx %d: Ended %v", i, d.Ended)
+		}
+	}
+	p, _ := l.Pending()
+	if len(p) != 2 || p[0].TxID != testID(1) || p[1].TxID != testID(3) {
+		t.Fatalf("pending %+v", p)
+	}
+}
+
+func TestReopenEpochGrowsByOnePerOpen(t *testing.T) {
+	path := tempPath(t)
+	for want := uint64(1); want <= 4; want++ {
+		l, err := OpenBolt(path, BoltOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Epoch() != want {
+			t.Fatalf("epoch %d, want %d", l.Epoch(), want)
+		}
+		lsn := mustAppend(t, l, commitRec(t, testID(want)))
+		d, _ := l.Lookup(testID(want))
+		if d.Epoch != want || d.LSN != lsn {
+			t.Fatalf("record epoch %d, want %d", d.Epoch, want)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestReopenEndThenCloseIsDurable(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: time.Hour})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	if err := l.End(testID(1)); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.Stats(); s.Ends != 0 {
+		t.Fatalf("END written before any sync: Ends %d", s.Ends)
+	}
+	l = reopen(t, l, BoltOptions{})
+	if d, err := l.Lookup(testID(1)); err != nil || !d.Ended {
+		t.Fatalf("after Close and reopen: %+v, %v; want ended", d, err)
+	}
+}
+
+func TestReopenLSNsAreNotReusedAfterCompaction(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := l.Lookup(testID(1))
+	if n, err := l.Compact(context.Background()); n != 1 || err != nil {
+		t.Fatalf("Compact = %d, %v", n, err)
+	}
+	l = reopen(t, l, BoltOptions{})
+	if lsn := mustAppend(t, l, commitRec(t, testID(2))); lsn <= d.EndLSN {
+		t.Fatalf("LSN %d reused (END of compacted tx was %d)", lsn, d.EndLSN)
+	}
+}
+
+func TestEndRidesOnTheNextDecisionSync(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: time.Hour})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	before := l.Stats()
+	mustAppend(t, l, commitRec(t, testID(2)))
+	s := l.Stats()
+	if s.Syncs != before.Syncs+1 || s.Ends != 1 || s.MaxBatch < 2 {
+		t.Fatalf("stats before %+v after %+v: want one sync carrying the END and the decision", before, s)
+	}
+}
+
+func TestEndIsWrittenAfterEndFlushDelay(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: 5 * time.Millisecond})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Stats().Ends != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("END not written after EndFlushDelay")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestFlushWritesQueuedEnds(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: time.Hour})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.Stats(); s.Ends != 1 {
+		t.Fatalf("Ends %d after Flush", s.Ends)
+	}
+}
+
+func TestCompactDropsQueuedEndsAndReopensCleanly(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: time.Hour})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	mustAppend(t, l, commitRec(t, testID(2)))
+	_ = l.End(testID(1))
+	if n, err := l.Compact(context.Background()); n != 1 || err != nil {
+		t.Fatalf("Compact = %d, %v", n, err)
+	}
+	l = reopen(t, l, BoltOptions{})
+	if _, err := l.Lookup(testID(1)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("compacted tx: %v", err)
+	}
+	if _, err := l.Lookup(testID(2)); err != nil {
+		t.Fatal(err)
+	}
+	path := l.Path()
+	_ = l.Close()
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		if n := tx.Bucket(bucketTx).Stats().KeyN; n != 1 {
+			t.Errorf("tx bucket has %d keys, want 1", n)
+		}
+		return nil
+	})
+}
+
+// Keys are fixed-width and exact: a peer's log matched tx-1 to tx-10 by
+// key prefix and lost branches.
+func TestTxKeysAreExactNeverPrefixMatched(t *testing.T) {
+	a, b := testID(0x1), testID(0x10)
+	if !bytes.Equal(a[:15], b[:15]) || !strings.HasPrefix(a.String(), b.String()[:34]) {
+		t.Fatal("test ids should share a prefix")
+	}
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	mustAppend(t, l, commitRec(t, a, "pg-a"))
+	if _, err := l.Lookup(b); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Lookup(%s) found %s's decision: %v", b, a, err)
+	}
+	_ = l.End(b)
+	if d, _ := l.Lookup(a); d.Ended {
+		t.Fatalf("End(%s) ended %s", b, a)
+	}
+	mustAppend(t, l, commitRec(t, b, "pg-b", "pg-c"))
+	_ = l.End(a)
+	l = reopen(t, l, BoltOptions{})
+	da, _ := l.Lookup(a)
+	db, _ := l.Lookup(b)
+	if !da.Ended || db.Ended || len(db.Branches) != 2 || db.Branches[0].Resource != "pg-b" || len(da.Branches) != 1 {
+		t.Fatalf("after reopen:\n%s %+v\n%s %+v", a, da, b, db)
+	}
+	path := l.Path()
+	_ = l.Close()
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketTx).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if len(k) != 16 {
+				t.Errorf("tx key %x is %d bytes, want 16", k, len(k))
+			}
+		}
+		if k, _ := c.Seek(a[:15]); !bytes.Equal(k, a[:]) {
+			t.Errorf("seek by prefix landed on %x", k)
+		}
+		return nil
+	})
+}
+
+func TestGroupCommitSharesSyncsBetween64Writers(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	const writers, each = 64, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				r := commitRec(t, testID(uint64(w*each+i+1)))
+				if _, err := l.Append(context.Background(), r); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	s := l.Stats()
+	t.Logf("%d appends in %d syncs (%.1f per sync), largest batch %d", s.Appends, s.Syncs, float64(s.Appends)/float64(s.Syncs), s.MaxBatch)
+	if s.Appends != writers*each || s.Syncs >= s.Appends {
+		t.Fatalf("stats %+v: want %d appends in fewer syncs", s, writers*each)
+	}
+	l = reopen(t, l, BoltOptions{})
+	for n := uint64(1); n <= writers*each; n++ {
+		if _, err := l.Lookup(testID(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := l.Stats(); s.Pending != writers*each {
+		t.Fatalf("pending %d after reopen", s.Pending)
+	}
+}
+
+func TestNoGroupCommitSyncsEachDecision(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{NoGroupCommit: true})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 5 {
+				if _, err := l.Append(context.Background(), commitRec(t, testID(uint64(w*5+i+1)))); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if s := l.Stats(); s.Syncs != s.Appends || s.MaxBatch != 1 {
+		t.Fatalf("stats %+v: want one sync per decision", s)
+	}
+}
+
+func TestConcurrentSameDecisionGetsOneLSN(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	r := commitRec(t, testID(1))
+	lsns := make([]uint64, 16)
+	var wg sync.WaitGroup
+	for i := range lsns {
+		wg.Go(func() { lsns[i] = mustAppend(t, l, r) })
+	}
+	wg.Wait()
+	for _, lsn := range lsns {
+		if lsn != lsns[0] {
+			t.Fatalf("LSNs %v", lsns)
+		}
+	}
+	if s := l.Stats(); s.Appends != 1 {
+		t.Fatalf("Appends %d", s.Appends)
+	}
+}
+
+// blockWriter makes the writer stop inside its next write transaction
+// until release is closed; entered is closed when it got there.
+func blockWriter(l *Bolt) (entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	setWriteHook(l, func() error {
+		once.Do(func() { close(entered); <-release })
+		return nil
+	})
+	return entered, release
+}
+
+func TestAppendContextEndingWhileQueuedWithdrawsTheRecord(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	entered, release := blockWriter(l)
+	first := make(chan error, 1)
+	go func() { _, err := l.Append(context.Background(), commitRec(t, testID(1))); first <- err }()
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := l.Append(ctx, commitRec(t, testID(2))); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued append: err %v, want DeadlineExceeded", err)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l = reopen(t, l, BoltOptions{})
+	if _, err := l.Lookup(testID(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("withdrawn record was written: %v", err)
+	}
+}
+
+func TestAppendContextEndingInFlightReportsTheRealOutcome(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	entered, release := blockWriter(l)
+	ctx, cancel := context.WithCancel(context.Background())
+	type res struct {
+		lsn uint64
+		err error
+	}
+	done := make(chan res, 1)
+	go func() { lsn, err := l.Append(ctx, commitRec(t, testID(1))); done <- res{lsn, err} }()
+	<-entered
+	cancel()
+	close(release)
+	r := <-done
+	if r.err != nil || r.lsn == 0 {
+		t.Fatalf("in-flight append: %d, %v; want its durable LSN", r.lsn, r.err)
+	}
+}
+
+func TestDiskFailureFailsTheAppendAndEveryLaterWrite(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	diskErr := errors.New("injected: input/output error")
+	setWriteHook(l, func() error { return diskErr })
+	_, err := l.Append(context.Background(), commitRec(t, testID(2)))
+	if !errors.Is(err, ErrFailed) || !errors.Is(err, diskErr) {
+		t.Fatalf("append on failing disk: err %v, want ErrFailed and the cause", err)
+	}
+	if _, err := l.Lookup(testID(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("failed record is visible: %v", err)
+	}
+	setWriteHook(l, nil)
+	if _, err := l.Append(context.Background(), commitRec(t, testID(3))); !errors.Is(err, ErrFailed) {
+		t.Fatalf("later append: %v, want ErrFailed", err)
+	}
+	if err := l.End(testID(1)); !errors.Is(err, ErrFailed) {
+		t.Fatalf("End: %v", err)
+	}
+	if err := l.Flush(context.Background()); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Flush: %v", err)
+	}
+	if _, err := l.Compact(context.Background()); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Compact: %v", err)
+	}
+	if err := l.Close(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Close: %v, want the failure reported", err)
+	}
+	l = openBolt(t, l.Path(), BoltOptions{})
+	if _, err := l.Lookup(testID(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Lookup(testID(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("record of the failed write: %v", err)
+	}
+}
+
+func TestDiskFailureDuringCompactionFailsTheLog(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	_ = l.Flush(context.Background())
+	setWriteHook(l, func() error { return errors.New("injected") })
+	if _, err := l.Compact(context.Background()); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Compact: %v", err)
+	}
+	if _, err := l.Append(context.Background(), commitRec(t, testID(2))); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append after failed compaction: %v", err)
+	}
+}
+
+func TestLockSecondOpenFailsQuickly(t *testing.T) {
+	path := tempPath(t)
+	l := openBolt(t, path, BoltOptions{})
+	start := time.Now()
+	_, err := OpenBolt(path, BoltOptions{LockTimeout: 100 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("second open: %v; want ErrLocked naming %s", err, path)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("second open took %v", el)
+	}
+	_ = l.Close()
+	l2 := openBolt(t, path, BoltOptions{LockTimeout: 100 * time.Millisecond})
+	if l2.Epoch() != 2 {
+		t.Fatalf("epoch %d", l2.Epoch())
+	}
+}
+
+// withBolt runs fn in a write transaction on the closed log file at path.
+func withBolt(t *testing.T, path string, fn func(tx *bbolt.Tx) error) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// closedLog writes three decisions and one END to a new file and returns
+// its path and the decisions' LSNs.
+func closedLog(t *testing.T) (string, []uint64) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	var lsns []uint64
+	for i := uint64(1); i <= 3; i++ {
+		lsns = append(lsns, mustAppend(t, l, commitRec(t, testID(i))))
+	}
+	_ = l.End(testID(1))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return l.Path(), lsns
+}
+
+func wantCorrupt(t *testing.T, path, bucket string, key uint64, reason string) {
+	t.Helper()
+	_, err := OpenBolt(path, BoltOptions{})
+	var ce *CorruptError
+	if !errors.Is(err, ErrCorrupt) || !errors.As(err, &ce) {
+		t.Fatalf("open: %v; want *CorruptError", err)
+	}
+	if ce.Path != path || ce.Bucket != bucket || ce.Key != key || !strings.Contains(ce.Reason, reason) {
+		t.Fatalf("got %v; want %s bucket %q key %d reason containing %q", ce, path, bucket, key, reason)
+	}
+}
+
+func TestCorruptFlippedByteFailsOpenNamingTheKey(t *testing.T) {
+	path, lsns := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		lb := tx.Bucket(bucketLog)
+		v := bytes.Clone(lb.Get(u64(lsns[1])))
+		v[len(v)/2] ^= 0x01
+		return lb.Put(u64(lsns[1]), v)
+	})
+	wantCorrupt(t, path, BucketLog, lsns[1], "checksum")
+}
+
+func TestCorruptTruncatedRecordFailsOpen(t *testing.T) {
+	path, lsns := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		lb := tx.Bucket(bucketLog)
+		v := bytes.Clone(lb.Get(u64(lsns[2])))
+		return lb.Put(u64(lsns[2]), v[:len(v)-7])
+	})
+	wantCorrupt(t, path, BucketLog, lsns[2], "checksum")
+}
+
+func TestCorruptUnknownRecordVersionFailsOpen(t *testing.T) {
+	path, lsns := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		lb := tx.Bucket(bucketLog)
+		v := bytes.Clone(lb.Get(u64(lsns[0])))
+		v[0] = 2
+		return lb.Put(u64(lsns[0]), reseal(v))
+	})
+	wantCorrupt(t, path, BucketLog, lsns[0], "version 2")
+}
+
+func TestCorruptEndWithoutDecisionFailsOpen(t *testing.T) {
+	path, _ := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		v, _ := EncodeRecord(Record{Kind: KindEnd, TxID: testID(77)})
+		return tx.Bucket(bucketLog).Put(u64(1000), v)
+	})
+	wantCorrupt(t, path, BucketLog, 1000, "without its decision")
+}
+
+func TestCorruptSecondDecisionForOneTxFailsOpen(t *testing.T) {
+	path, _ := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		r := commitRec(t, testID(2))
+		r.Kind = KindAbort
+		v, _ := EncodeRecord(r)
+		return tx.Bucket(bucketLog).Put(u64(1000), v)
+	})
+	wantCorrupt(t, path, BucketLog, 1000, "second decision")
+}
+
+func TestCorruptMissingTxIndexEntryFailsOpen(t *testing.T) {
+	path, lsns := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		id := testID(3)
+		return tx.Bucket(bucketTx).Delete(id[:])
+	})
+	wantCorrupt(t, path, BucketTx, lsns[2], "no matching entry")
+}
+
+func TestCorruptStrayTxIndexEntryFailsOpen(t *testing.T) {
+	path, _ := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		id := testID(0x10)
+		return tx.Bucket(bucketTx).Put(id[:], u64(2))
+	})
+	wantCorrupt(t, path, BucketTx, 2, "holds no decision")
+}
+
+func TestBadFileGarbageFailsOpen(t *testing.T) {
+	path := tempPath(t)
+	garbage := bytes.Repeat([]byte("not a bbolt file "), 4096)
+	if err := os.WriteFile(path, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenBolt(path, BoltOptions{})
+	if !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("open garbage: %v; want ErrBadFile naming the path", err)
+	}
+	t.Log(err)
+}
+
+func TestBadFileTruncatedFailsOpen(t *testing.T) {
+	for _, keep := range []func(size int64) int64{
+		func(size int64) int64 { return size / 2 },
+		func(int64) int64 { return 100 },
+		func(int64) int64 { return 4096 + 100 },
+	} {
+		l := openBolt(t, tempPath(t), BoltOptions{})
+		var wg sync.WaitGroup
+		for w := range 20 {
+			wg.Go(func() {
+				for i := range 15 {
+					r := commitRec(t, testID(uint64(w*15+i+1)), "pg-a", "pg-b", "pg-c", "pg-d")
+					r.Who, r.Why = strings.Repeat("w", 200), strings.Repeat("y", 400)
+					r.Kind, r.Heuristic = KindAbort, true
+					mustAppend(t, l, r)
+				}
+			})
+		}
+		wg.Wait()
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(l.Path())
+		n := keep(fi.Size())
+		if err := os.Truncate(l.Path(), n); err != nil {
+			t.Fatal(err)
+		}
+		_, err := OpenBolt(l.Path(), BoltOptions{})
+		if !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), l.Path()) {
+			t.Fatalf("open file truncated from %d to %d bytes: %v; want ErrBadFile", fi.Size(), n, err)
+		}
+		t.Log(err)
+	}
+}
+
+func TestBadFileUnknownFormatVersionFailsOpen(t *testing.T) {
+	path, _ := closedLog(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyVersion, binary.BigEndian.AppendUint64(nil, 99))
+	})
+	_, err := OpenBolt(path, BoltOptions{})
+	if !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "format version 99") {
+		t.Fatalf("open: %v; want ErrBadFile naming version 99", err)
+	}
+}
+
+func TestBadFileOtherBboltFileFailsOpen(t *testing.T) {
+	path := tempPath(t)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("users"))
+		return err
+	})
+	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrBadFile) {
+		t.Fatalf("open: %v; want ErrBadFile", err)
+	}
+}
+
+func TestRecordsWalksMoreThanOneChunk(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	const n = recordsChunk*2 + 3
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				mustAppend(t, l, commitRec(t, testID(uint64(i+1))))
+			}
+		})
+	}
+	wg.Wait()
+	var last uint64
+	count := 0
+	err := l.Records(func(r Record) error {
+		if r.LSN <= last {
+			t.Fatalf("LSN %d after %d", r.LSN, last)
+		}
+		last = r.LSN
+		count++
+		// fn runs outside a bbolt transaction, so it may write.
+		if count == 1 {
+			_ = l.End(r.TxID)
+			return l.Flush(context.Background())
+		}
+		return nil
+	})
+	if err != nil || count < n {
+		t.Fatalf("Records: %d records, %v; want at least %d", count, err, n)
+	}
+}
