@@ -362,6 +362,10 @@ func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 			defer cancel()
 			err := b.Abort(ctx)
+			if e.MayBePrepared && errors.Is(err, participant.ErrBranchDone) {
+				// A prepared branch is known by its gid alone now.
+				err = nil
+			}
 			if e.MayBePrepared {
 				if rerr := b.Resource().Rollback(ctx, b.GID()); rerr != nil && !errors.Is(rerr, participant.ErrUnknownBranch) {
 					err = rerr
