@@ -1,0 +1,415 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/participant"
+)
+
+// Branch is one transaction's work in a PostgreSQL database, on one
+// connection pinned from BEGIN to PREPARE TRANSACTION (or COMMIT, or
+// ROLLBACK), after which the connection goes back to the pool.
+//
+// ExecContext, QueryContext and QueryRowContext run statements in the
+// branch and remember any error they return: a branch that saw an error
+// votes no. Conn gives the raw connection for anything else; errors met
+// there are the application's to handle (for example with savepoints), and
+// Prepare still votes no if PostgreSQL considers the transaction failed.
+//
+// A Branch is used by one goroutine at a time; concurrent calls are
+// serialised. After Prepare, CommitOnePhase or Abort its statement methods
+// return participant.ErrBranchDone.
+type Branch struct {
+	r   *Resource
+	gid participant.GID
+
+	mu       chanMutex
+	conn     *sql.Conn
+	err      error // first error a statement method returned
+	pid      int   // the backend's process id, known once check ran
+	state    state
+	prepared bool // Prepare ran: vote and voteErr hold its answer
+	vote     participant.Vote
+	voteErr  error
+}
+
+var _ participant.Branch = (*Branch)(nil)
+
+// state is where a branch is in its life. The zero value is invalid.
+type state int
+
+const (
+	stateActive     state = 1 + iota // BEGIN ran; the connection is pinned
+	statePrepared                    // PREPARE TRANSACTION succeeded
+	stateCommitted                   // COMMIT succeeded (one phase)
+	stateReadOnly                    // wrote nothing; committed locally by Prepare
+	stateRolledBack                  // rolled back, by ROLLBACK or by closing the session
+	stateInDoubt                     // the connection was lost during COMMIT
+)
+
+func (s state) String() string {
+	switch s {
+	case stateActive:
+		return "active"
+	case statePrepared:
+		return "prepared"
+	case stateCommitted:
+		return "committed"
+	case stateReadOnly:
+		return "committed read-only"
+	case stateRolledBack:
+		return "rolled back"
+	case stateInDoubt:
+		return "in doubt"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// chanMutex is a mutex whose lock honours a context while it waits, so
+// that a call waiting for another to finish on the same branch can give up.
+// A free mutex is taken even if the context is done, so that clean-up
+// calls with a dead context still run.
+type chanMutex struct{ ch chan struct{} }
+
+func (m *chanMutex) init() {
+	if m.ch == nil {
+		m.ch = make(chan struct{}, 1)
+	}
+}
+
+func (m *chanMutex) lock(ctx context.Context) error {
+	select {
+	case m.ch <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case m.ch <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (m *chanMutex) unlock() { <-m.ch }
+
+func newBranch(r *Resource, gid participant.GID, conn *sql.Conn) *Branch {
+	b := &Branch{r: r, gid: gid, conn: conn, state: stateActive}
+	b.mu.init()
+	return b
+}
+
+// GID returns the branch's gid.
+func (b *Branch) GID() participant.GID { return b.gid }
+
+// Resource returns the resource the branch belongs to.
+func (b *Branch) Resource() participant.Resource { return b.r }
+
+// Conn returns the pinned connection for direct use. Do not end the
+// transaction on it (COMMIT, ROLLBACK, PREPARE TRANSACTION): the branch
+// does that. Errors on it are not recorded by the branch. After the branch
+// is finished the connection is closed and its methods return
+// sql.ErrConnDone.
+func (b *Branch) Conn() *sql.Conn { return b.conn }
+
+// Err returns the first error a statement method of the branch returned,
+// or nil.
+func (b *Branch) Err() error {
+	if b.mu.lock(context.Background()) != nil {
+		return nil
+	}
+	defer b.mu.unlock()
+	return b.err
+}
+
+func (b *Branch) doneErr() error {
+	return fmt.Errorf("%w: postgres: %s: branch %s is %s", participant.ErrBranchDone, b.r.name, b.gid, b.state)
+}
+
+// see records err as the branch's first error. b.mu is held.
+func (b *Branch) see(err error) {
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+}
+
+// ExecContext runs a statement in the branch.
+func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := b.mu.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer b.mu.unlock()
+	if b.state != stateActive {
+		return nil, b.doneErr()
+	}
+	res, err := b.conn.ExecContext(ctx, query, args...)
+	b.see(err)
+	return res, err
+}
+
+// QueryContext runs a query in the branch. Errors met while reading the
+// rows are not recorded; close the rows before Prepare.
+func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if err := b.mu.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer b.mu.unlock()
+	if b.state != stateActive {
+		return nil, b.doneErr()
+	}
+	rows, err := b.conn.QueryContext(ctx, query, args...)
+	b.see(err)
+	return rows, err
+}
+
+// Row is the result of QueryRowContext. Its Scan records errors in the
+// branch, except sql.ErrNoRows.
+type Row struct {
+	b   *Branch
+	row *sql.Row
+	err error
+}
+
+// QueryRowContext runs a query expected to return at most one row.
+func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *Row {
+	if err := b.mu.lock(ctx); err != nil {
+		return &Row{b: b, err: err}
+	}
+	defer b.mu.unlock()
+	if b.state != stateActive {
+		return &Row{b: b, err: b.doneErr()}
+	}
+	row := b.conn.QueryRowContext(ctx, query, args...)
+	b.see(row.Err())
+	return &Row{b: b, row: row, err: row.Err()}
+}
+
+// Scan copies the row's columns into dest, as sql.Row.Scan does.
+func (r *Row) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	err := r.row.Scan(dest...)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		if r.b.mu.lock(context.Background()) == nil {
+			r.b.see(err)
+			r.b.mu.unlock()
+		}
+	}
+	return err
+}
+
+// Err returns the query's error, if any, without scanning.
+func (r *Row) Err() error { return r.err }
+
+// Prepare votes on the branch:
+//   - a branch that saw an error, or whose transaction PostgreSQL has
+//     aborted (for example after an error on Conn), is rolled back and
+//     votes participant.VoteNo with an error wrapping ErrRolledBack and the
+//     cause;
+//   - a branch that wrote nothing (no transaction id assigned) commits
+//     locally and votes participant.VoteReadOnly;
+//   - otherwise PREPARE TRANSACTION runs: participant.VoteYes if it
+//     succeeded; participant.VoteNo with PostgreSQL's error if it failed
+//     (temporary tables, LISTEN, exported snapshots, deferred constraints).
+//
+// If the connection is lost while PREPARE TRANSACTION is in flight, the
+// branch is rolled back by gid on another connection and votes no; if that
+// fails too, the error wraps participant.ErrOutcomeUnknown: the branch may
+// be left prepared, and rolling back its gid (presumed abort) resolves it.
+//
+// A second call returns the first answer.
+func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
+	if err := b.mu.lock(ctx); err != nil {
+		return participant.VoteNo, err
+	}
+	defer b.mu.unlock()
+	if b.prepared {
+		return b.vote, b.voteErr
+	}
+	if b.state != stateActive {
+		return participant.VoteNo, b.doneErr()
+	}
+	b.vote, b.voteErr = b.prepare(ctx)
+	b.prepared = true
+	return b.vote, b.voteErr
+}
+
+func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
+	if err := b.check(ctx); err != nil {
+		return participant.VoteNo, err
+	}
+	if b.state == stateReadOnly {
+		return participant.VoteReadOnly, nil
+	}
+	failpoint.Hit(failpoint.PGBeforePrepare)
+	_, err := b.conn.ExecContext(ctx, "PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
+	if err == nil {
+		failpoint.Hit(failpoint.PGAfterPrepare)
+		b.finish(statePrepared, false)
+		return participant.VoteYes, nil
+	}
+	if !outcomeUnknown(ctx, err) {
+		// A failed PREPARE TRANSACTION rolls the transaction back.
+		b.rollback(ctx)
+		return participant.VoteNo, fmt.Errorf("%w: %s: prepare %s: %w", ErrRolledBack, b.r.name, b.gid, err)
+	}
+	b.finish(stateRolledBack, true)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if rerr := b.rollbackLostPrepare(cctx); rerr != nil {
+		return participant.VoteNo, fmt.Errorf("%w: postgres: %s: prepare %s: connection lost, and rolling back the gid failed (%v); the branch may be left prepared: %w",
+			participant.ErrOutcomeUnknown, b.r.name, b.gid, rerr, err)
+	}
+	return participant.VoteNo, fmt.Errorf("%w: %s: prepare %s: %w", ErrRolledBack, b.r.name, b.gid, err)
+}
+
+// rollbackLostPrepare makes sure a PREPARE TRANSACTION whose connection was
+// lost leaves nothing prepared. The branch's backend may still be running
+// it (or not yet have read it), so it waits until that backend is gone or
+// outside any transaction, then rolls back the gid on another connection.
+func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
+	for {
+		var busy bool
+		err := b.r.db.QueryRowContext(ctx,
+			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle')", b.pid).Scan(&busy)
+		if err != nil {
+			return err
+		}
+		if !busy {
+			break
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	err := b.r.Rollback(ctx, b.gid)
+	if errors.Is(err, participant.ErrUnknownBranch) {
+		return nil
+	}
+	return err
+}
+
+// check makes sure the branch's transaction can still commit: it has seen
+// no error, and PostgreSQL does not consider it aborted. A transaction that
+// wrote nothing is committed here and the branch finished as read-only.
+// Any failure rolls the branch back and is returned wrapping
+// ErrRolledBack. b.mu is held.
+func (b *Branch) check(ctx context.Context) error {
+	if b.err != nil {
+		b.rollback(ctx)
+		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
+	}
+	// In an aborted transaction every statement fails (SQLSTATE 25P02),
+	// while PREPARE TRANSACTION and COMMIT would answer ROLLBACK without
+	// an error. Nothing runs on the connection between this query and the
+	// statement that follows it.
+	var xid sql.NullString
+	err := b.conn.QueryRowContext(ctx, "SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()").Scan(&xid, &b.pid)
+	if err != nil {
+		if outcomeUnknown(ctx, err) {
+			// Nothing was committed or prepared: the transaction ends with
+			// its session.
+			b.finish(stateRolledBack, true)
+		} else {
+			b.rollback(ctx)
+		}
+		return fmt.Errorf("%w: %s: branch %s: transaction failed: %w", ErrRolledBack, b.r.name, b.gid, err)
+	}
+	if xid.Valid {
+		return nil
+	}
+	if _, err := b.conn.ExecContext(ctx, "COMMIT"); err != nil {
+		// A read-only transaction can still fail to commit (a
+		// serialization failure under SERIALIZABLE): its reads do not
+		// count.
+		b.finish(stateRolledBack, true)
+		return fmt.Errorf("%w: %s: branch %s: commit of a read-only transaction: %w", ErrRolledBack, b.r.name, b.gid, err)
+	}
+	b.finish(stateReadOnly, false)
+	return nil
+}
+
+// CommitOnePhase commits the branch without prepare. An error wrapping
+// ErrRolledBack means the work was rolled back (the branch saw an error,
+// PostgreSQL had aborted the transaction, or COMMIT failed); one wrapping
+// participant.ErrOutcomeUnknown means the connection was lost while COMMIT
+// was in flight, so the work may or may not be committed.
+func (b *Branch) CommitOnePhase(ctx context.Context) error {
+	if err := b.mu.lock(ctx); err != nil {
+		return err
+	}
+	defer b.mu.unlock()
+	if b.state != stateActive {
+		return b.doneErr()
+	}
+	if err := b.check(ctx); err != nil {
+		return err
+	}
+	if b.state != stateActive { // read-only: committed by check
+		return nil
+	}
+	_, err := b.conn.ExecContext(ctx, "COMMIT")
+	if err == nil {
+		b.finish(stateCommitted, false)
+		return nil
+	}
+	if outcomeUnknown(ctx, err) {
+		b.finish(stateInDoubt, true)
+		return fmt.Errorf("%w: postgres: %s: commit %s: %w", participant.ErrOutcomeUnknown, b.r.name, b.gid, err)
+	}
+	// An error reply to COMMIT (a deferred constraint, a serialization
+	// failure) ends the transaction rolled back.
+	b.rollback(ctx)
+	return fmt.Errorf("%w: %s: commit %s: %w", ErrRolledBack, b.r.name, b.gid, err)
+}
+
+// Abort rolls back a branch that was not prepared and returns its
+// connection. It returns nil if the branch was already rolled back, voted
+// no or read-only, or was aborted before; it returns
+// participant.ErrBranchDone for a branch that is prepared (roll that back
+// with Resource.Rollback) or committed. If ROLLBACK cannot be sent, the
+// connection is closed instead, which rolls the transaction back.
+func (b *Branch) Abort(ctx context.Context) error {
+	if err := b.mu.lock(ctx); err != nil {
+		// Another call holds the branch; it finishes or rolls it back.
+		return err
+	}
+	defer b.mu.unlock()
+	switch b.state {
+	case stateActive:
+	case stateRolledBack, stateReadOnly:
+		return nil
+	default:
+		return b.doneErr()
+	}
+	b.rollback(ctx)
+	return nil
+}
+
+// rollback runs ROLLBACK and finishes the branch, closing the connection
+// instead of pooling it if ROLLBACK fails. b.mu is held.
+func (b *Branch) rollback(ctx context.Context) {
+	_, err := b.conn.ExecContext(ctx, "ROLLBACK")
+	b.finish(stateRolledBack, err != nil)
+}
+
+// finish releases the pinned connection: back to the pool when the session
+// is known to be outside any transaction, else closed. b.mu is held.
+func (b *Branch) finish(st state, discardConn bool) {
+	if discardConn {
+		discard(b.conn)
+	} else {
+		_ = b.conn.Close()
+	}
+	b.state = st
+}
