@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/wal"
+)
+
+type transferOptions struct {
+	duration time.Duration
+	warmup   time.Duration
+	workers  []int
+	accounts int
+	modes    []string
+	output   string
+}
+
+const (
+	modeIndependent = "independent"
+	modePlain2PC    = "plain-2pc"
+	modeTxcoord     = "txcoord"
+)
+
+var allModes = []string{modeIndependent, modePlain2PC, modeTxcoord}
+
+func newTransferCmd() *cobra.Command {
+	o := &transferOptions{}
+	cmd := &cobra.Command{
+		Use:   "transfer",
+		Short: "Transfers across two PostgreSQL servers: txcoord against a plain 2PC loop and independent commits",
+		Long: `Starts two throwaway PostgreSQL servers (fsync on) and runs the same transfer
+(UPDATE one account in each database) in three modes, at each worker count:
+
+  independent  BEGIN; UPDATE; COMMIT at each database in turn: no atomicity, the ceiling
+  plain-2pc    a hand-written loop: BEGIN; UPDATE; PREPARE TRANSACTION at both, then
+               COMMIT PREPARED at both; no coordinator, no log
+  txcoord      the coordinator library with its bbolt log (fsync on)
+
+The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
+		Example: `  txbench transfer --duration 5s --workers 1,8,32
+  txbench transfer --modes txcoord,plain-2pc --workers 8 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runTransfer(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	cmd.Flags().DurationVar(&o.duration, "duration", 5*time.Second, "measured time per mode and worker count")
+	cmd.Flags().DurationVar(&o.warmup, "warmup", time.Second, "unmeasured time before each measurement")
+	cmd.Flags().IntSliceVar(&o.workers, "workers", []int{1, 8, 32}, "worker counts")
+	cmd.Flags().IntVar(&o.accounts, "accounts", 10000, "accounts per database (more accounts, less contention)")
+	cmd.Flags().StringSliceVar(&o.modes, "modes", allModes, "modes to run: "+strings.Join(allModes, ","))
+	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+type result struct {
+	Mode     string        `json:"mode"`
+	Workers  int           `json:"workers"`
+	Done     int64         `json:"transfers"`
+	Errors   int64         `json:"errors"`
+	TPS      float64       `json:"tps"`
+	P50      time.Duration `json:"p50_ns"`
+	P99      time.Duration `json:"p99_ns"`
+	Relative float64       `json:"relative_to_plain_2pc,omitempty"`
+	Syncs    uint64        `json:"wal_fsyncs,omitempty"`
+}
+
+func (o *transferOptions) validate() error {
+	if o.duration <= 0 {
+		return fmt.Errorf("--duration must be positive, got %v", o.duration)
+	}
+	if o.warmup < 0 {
+		return fmt.Errorf("--warmup must not be negative, got %v", o.warmup)
+	}
+	if len(o.workers) == 0 {
+		return errors.New("--workers needs at least one count")
+	}
+	for _, w := range o.workers {
+		if w < 1 || w > 90 {
+			return fmt.Errorf("--workers: %d is outside 1..90 (each worker holds two connections per server)", w)
+		}
+	}
+	if o.accounts < 1 {
+		return fmt.Errorf("--accounts must be at least 1, got %d", o.accounts)
+	}
+	for _, m := range o.modes {
+		ok := false
+		for _, k := range allModes {
+			ok = ok || m == k
+		}
+		if !ok {
+			return fmt.Errorf("--modes: unknown mode %q (want %s)", m, strings.Join(allModes, ", "))
+		}
+	}
+	if o.output != "table" && o.output != "json" {
+		return fmt.Errorf("--output: want table or json, got %q", o.output)
+	}
+	return nil
+}
+
+func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var srv [2]*pgtest.Server
+	var db [2]*sql.DB
+	var res [2]*postgres.Resource
+	for i, name := range []string{"bank_a", "bank_b"} {
+		s, err := pgtest.Start(ctx, pgtest.Options{})
+		if err != nil {
+			return err
+		}
+		defer s.Stop()
+		srv[i] = s
+		if err := s.CreateDB(ctx, name); err != nil {
+			return err
+		}
+		d, err := sql.Open("postgres", s.DSN(name))
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		d.SetMaxIdleConns(200)
+		db[i] = d
+		if _, err := d.ExecContext(ctx, `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`); err != nil {
+			return err
+		}
+		if _, err := d.ExecContext(ctx, `INSERT INTO accounts SELECT g, 1000000 FROM generate_series(0, $1 - 1) g`, o.accounts); err != nil {
+			return err
+		}
+		if _, err := d.ExecContext(ctx, `VACUUM ANALYZE accounts`); err != nil {
+			return err
+		}
+		r, err := postgres.New(ctx, name, d, postgres.Options{Database: name})
+		if err != nil {
+			return err
+		}
+		res[i] = r
+	}
+	dir, err := os.MkdirTemp("", "txbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	c, err := coordinator.New(ctx, coordinator.Config{ID: "bench", Log: log, Resources: []participant.Resource{res[0], res[1]}})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	if o.output == "table" {
+		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration)
+	}
+	var results []result
+	var gidSeq atomic.Uint64
+	for _, w := range o.workers {
+		for _, m := range o.modes {
+			var op func(ctx context.Context, r *rand.Rand) error
+			switch m {
+			case modeIndependent:
+				op = func(ctx context.Context, r *rand.Rand) error { return independent(ctx, db, r, o.accounts) }
+			case modePlain2PC:
+				op = func(ctx context.Context, r *rand.Rand) error {
+					return plain2PC(ctx, db, r, o.accounts, gidSeq.Add(1))
+				}
+			case modeTxcoord:
+				op = func(ctx context.Context, r *rand.Rand) error { return viaTxcoord(ctx, c, res, r, o.accounts) }
+			}
+			before := log.Stats().Syncs
+			r := measure(ctx, w, o.warmup, o.duration, op)
+			r.Mode = m
+			if m == modeTxcoord {
+				r.Syncs = log.Stats().Syncs - before
+			}
+			results = append(results, r)
+		}
+	}
+	for i := range results {
+		for _, b := range results {
+			if b.Mode == modePlain2PC && b.Workers == results[i].Workers && b.TPS > 0 {
+				results[i].Relative = results[i].TPS / b.TPS
+			}
+		}
+	}
+	for i := range db {
+		var n int
+		if err := db[i].QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_xacts`).Scan(&n); err != nil {
+			return err
+		}
+		if n != 0 {
+			return fmt.Errorf("%d prepared transactions left at server %d", n, i)
+		}
+	}
+	if o.output == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc\terrors\t")
+	for _, r := range results {
+		rel := "-"
+		if r.Relative > 0 {
+			rel = strconv.FormatFloat(r.Relative*100, 'f', 1, 64) + "%"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%d\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), rel, r.Errors)
+	}
+	return tw.Flush()
+}
+
+// measure runs op from w workers: warmup, then d measured.
+func measure(ctx context.Context, w int, warmup, d time.Duration, op func(context.Context, *rand.Rand) error) result {
+	var (
+		mu        sync.Mutex
+		lat       []time.Duration
+		errs      int64
+		measuring atomic.Bool
+		stop      atomic.Bool
+		wg        sync.WaitGroup
+	)
+	for i := 0; i < w; i++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(seed, 42))
+			var mine []time.Duration
+			var myErrs int64
+			for !stop.Load() {
+				t0 := time.Now()
+				err := op(ctx, r)
+				if measuring.Load() {
+					if err != nil {
+						myErrs++
+					} else {
+						mine = append(mine, time.Since(t0))
+					}
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			errs += myErrs
+			mu.Unlock()
+		}(uint64(i) + 1)
+	}
+	time.Sleep(warmup)
+	measuring.Store(true)
+	start := time.Now()
+	time.Sleep(d)
+	measuring.Store(false)
+	elapsed := time.Since(start)
+	stop.Store(true)
+	wg.Wait()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r := result{Workers: w, Done: int64(len(lat)), Errors: errs, TPS: float64(len(lat)) / elapsed.Seconds()}
+	if len(lat) > 0 {
+		r.P50 = lat[len(lat)*50/100]
+		r.P99 = lat[len(lat)*99/100]
+	}
+	return r
+}
+
+const debit = `UPDATE accounts SET balance = balance - 1 WHERE id = $1`
+const credit = `UPDATE accounts SET balance = balance + 1 WHERE id = $1`
+
+// independent commits each side on its own: the ceiling, with no atomicity.
+func independent(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int) error {
+	for i, q := range []string{debit, credit} {
+		tx, err := db[i].BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, q, r.IntN(accounts)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// plain2PC is the hand-written loop: the same statements txcoord sends,
+// with no coordinator and no log.
+func plain2PC(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int, seq uint64) error {
+	gid := "bench_plain_" + strconv.FormatUint(seq, 10)
+	var conns [2]*sql.Conn
+	for i, q := range []string{debit, credit} {
+		conn, err := db[i].Conn(ctx)
+		if err != nil {
+			return err
+		}
+		conns[i] = conn
+		defer conn.Close()
+		if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
+			return err
+		}
+		if _, err := conn.ExecContext(ctx, q, r.IntN(accounts)); err != nil {
+			conn.ExecContext(ctx, "ROLLBACK")
+			return err
+		}
+	}
+	for i := range conns {
+		if _, err := conns[i].ExecContext(ctx, "PREPARE TRANSACTION "+participant.QuoteLiteral(gid)); err != nil {
+			return err
+		}
+	}
+	for i := range conns {
+		if _, err := conns[i].ExecContext(ctx, "COMMIT PREPARED "+participant.QuoteLiteral(gid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// viaTxcoord runs the transfer through the coordinator library.
+func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgres.Resource, r *rand.Rand, accounts int) error {
+	return c.Do(ctx, func(ctx context.Context, tx *coordinator.Tx) error {
+		for i, q := range []string{debit, credit} {
+			b, err := res[i].Enlist(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if _, err := b.ExecContext(ctx, q, r.IntN(accounts)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
