@@ -17,7 +17,7 @@ pg:
 ## test: every test, with the race detector, against real PostgreSQL servers
 ## that the tests start themselves.
 test: pg vet
-	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+	scripts/gotest.sh -race -count=1 -timeout 9m $(PKGS)
 
 ## demo: bank transfers across two PostgreSQL databases (or the embedded
 ## store when PostgreSQL cannot be had), then an invariant check.

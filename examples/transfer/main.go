@@ -52,7 +52,7 @@ type bank interface {
 func main() {
 	workers := flag.Int("workers", 8, "concurrent workers")
 	transfers := flag.Int("transfers", 1000, "transfers in all")
-	accounts := flag.Int("accounts", 20, "accounts in each bank")
+	accounts := flag.Int("accounts", 100, "accounts in each bank")
 	failRate := flag.Float64("fail", 0.1, "share of transfers the receiving bank rejects on purpose (0..1)")
 	embedded := flag.Bool("embedded", false, "use two embedded key-value stores instead of PostgreSQL")
 	flag.Parse()
