@@ -1,0 +1,46 @@
+package failpoint
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestArmRejectsUnknownPointsAndBadCounts(t *testing.T) {
+	for _, spec := range []string{"no-such-point", CoordAfterDecision + ":0", CoordAfterDecision + ":x", CoordAfterDecision + ":-1"} {
+		if err := Arm(spec); err == nil {
+			t.Errorf("Arm(%q) accepted", spec)
+		}
+	}
+	if err := Arm("nope"); err == nil || !strings.Contains(err.Error(), CoordAfterDecision) {
+		t.Errorf("the error should list the known points: %v", err)
+	}
+}
+
+func TestHitCrashesAtTheNthHitOfTheArmedPointOnly(t *testing.T) {
+	crashed := 0
+	old := onCrash
+	onCrash = func() { crashed++ }
+	defer func() { onCrash = old; _ = Arm("") }()
+	if err := Arm(CoordAfterDecision + ":3"); err != nil {
+		t.Fatal(err)
+	}
+	Hit(CoordBeforeDecision)
+	Hit(CoordAfterDecision)
+	Hit(CoordAfterDecision)
+	if crashed != 0 {
+		t.Fatal("crashed early")
+	}
+	Hit(CoordAfterDecision)
+	if crashed != 1 {
+		t.Fatalf("crashed %d times at the third hit", crashed)
+	}
+	Hit(CoordAfterDecision)
+	if crashed != 1 {
+		t.Fatal("crashed again after the third hit")
+	}
+	_ = Arm("")
+	Hit(CoordAfterDecision)
+	if crashed != 1 {
+		t.Fatal("disarmed point crashed")
+	}
+}
