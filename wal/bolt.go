@@ -170,7 +170,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if err := precheck(path, opts); err != nil {
 		return nil, err
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.boltTimeout()})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.boltTimeout(), NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 	if err != nil {
 		return nil, openError(path, opts, err)
 	}

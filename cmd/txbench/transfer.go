@@ -34,6 +34,7 @@ type transferOptions struct {
 	accounts int
 	modes    []string
 	output   string
+	logKind  string
 }
 
 const (
@@ -71,6 +72,7 @@ The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
 	cmd.Flags().IntVar(&o.accounts, "accounts", 10000, "accounts per database (more accounts, less contention)")
 	cmd.Flags().StringSliceVar(&o.modes, "modes", allModes, "modes to run: "+strings.Join(allModes, ","))
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().StringVar(&o.logKind, "log", "bolt", "txcoord's log: bolt (durable), or mem (not durable: shows the log's share of the cost)")
 	return cmd
 }
 
@@ -112,6 +114,9 @@ func (o *transferOptions) validate() error {
 		if !ok {
 			return fmt.Errorf("--modes: unknown mode %q (want %s)", m, strings.Join(allModes, ", "))
 		}
+	}
+	if o.logKind != "bolt" && o.logKind != "mem" {
+		return fmt.Errorf("--log: want bolt or mem, got %q", o.logKind)
 	}
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("--output: want table or json, got %q", o.output)
@@ -166,9 +171,13 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
-	if err != nil {
-		return err
+	var log wal.Log = wal.NewMem()
+	if o.logKind == "bolt" {
+		bl, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
+		if err != nil {
+			return err
+		}
+		log = bl
 	}
 	defer log.Close()
 	c, err := coordinator.New(ctx, coordinator.Config{ID: "bench", Log: log, Resources: []participant.Resource{res[0], res[1]}})
