@@ -93,14 +93,13 @@ type Coordinator struct {
 }
 
 type counters struct {
-	begun, committed, aborted, unknown, onePhase, readOnly, retries atomic.Uint64
+	begun, committed, aborted, unknown, onePhase, retries atomic.Uint64
 }
 
 // Stats counts what a coordinator did since it started.
 type Stats struct {
 	Begun, Committed, Aborted, Unknown uint64
 	OnePhase                           uint64 // single-branch commits without a log write
-	ReadOnly                           uint64 // commits where every branch was read-only
 	Retries                            uint64 // phase-two commit retries
 	Live                               int
 	Log                                wal.Stats
@@ -211,7 +210,7 @@ func (c *Coordinator) Stats() Stats {
 	c.mu.Unlock()
 	return Stats{
 		Begun: c.stats.begun.Load(), Committed: c.stats.committed.Load(), Aborted: c.stats.aborted.Load(),
-		Unknown: c.stats.unknown.Load(), OnePhase: c.stats.onePhase.Load(), ReadOnly: c.stats.readOnly.Load(),
+		Unknown: c.stats.unknown.Load(), OnePhase: c.stats.onePhase.Load(),
 		Retries: c.stats.retries.Load(), Live: n, Log: c.log.Stats(),
 	}
 }

@@ -104,30 +104,19 @@ func (r *Resource) Begin(ctx context.Context, gid participant.GID) (participant.
 
 // Commit implements participant.Resource.
 func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
-	if h := r.hooksNow().Commit; h != nil {
-		if err := h(ctx, gid); err != nil {
-			r.log("commit", gid, err)
-			return err
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var err error
-	if _, ok := r.prepared[gid.String()]; ok {
-		delete(r.prepared, gid.String())
-		r.committed[gid.String()] = true
-	} else {
-		err = fmt.Errorf("fake %s: commit %s: %w", r.name, gid, participant.ErrUnknownBranch)
-	}
-	r.journal = append(r.journal, Call{Op: "commit", GID: gid.String(), Err: err})
-	return err
+	return r.resolve(ctx, "commit", r.hooksNow().Commit, r.committed, gid)
 }
 
 // Rollback implements participant.Resource.
 func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
-	if h := r.hooksNow().Rollback; h != nil {
-		if err := h(ctx, gid); err != nil {
-			r.log("rollback", gid, err)
+	return r.resolve(ctx, "rollback", r.hooksNow().Rollback, r.rolledBack, gid)
+}
+
+// resolve finishes a prepared branch into the set done, after the hook.
+func (r *Resource) resolve(ctx context.Context, op string, hook func(context.Context, participant.GID) error, done map[string]bool, gid participant.GID) error {
+	if hook != nil {
+		if err := hook(ctx, gid); err != nil {
+			r.log(op, gid, err)
 			return err
 		}
 	}
@@ -136,11 +125,11 @@ func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
 	var err error
 	if _, ok := r.prepared[gid.String()]; ok {
 		delete(r.prepared, gid.String())
-		r.rolledBack[gid.String()] = true
+		done[gid.String()] = true
 	} else {
-		err = fmt.Errorf("fake %s: rollback %s: %w", r.name, gid, participant.ErrUnknownBranch)
+		err = fmt.Errorf("fake %s: %s %s: %w", r.name, op, gid, participant.ErrUnknownBranch)
 	}
-	r.journal = append(r.journal, Call{Op: "rollback", GID: gid.String(), Err: err})
+	r.journal = append(r.journal, Call{Op: op, GID: gid.String(), Err: err})
 	return err
 }
 
