@@ -150,9 +150,6 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	seed := cfg.Seed
-	if seed == 0 {
-		seed = rand.Uint64()
-	}
 	c := &Coordinator{
 		cfg:       cfg,
 		log:       cfg.Log,
@@ -279,10 +276,14 @@ func (c *Coordinator) fail(err error) {
 }
 
 func (c *Coordinator) machineConfig() protocol.Config {
-	c.randMu.Lock()
-	r := rand.New(rand.NewPCG(c.rand.Uint64(), c.rand.Uint64()))
-	c.randMu.Unlock()
-	return protocol.Config{Backoff: backoff.Policy{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}, Rand: r}
+	cfg := protocol.Config{Backoff: backoff.Policy{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}}
+	if c.cfg.Seed != 0 {
+		// Reproducible jitter for tests; otherwise the global source.
+		c.randMu.Lock()
+		cfg.Rand = rand.New(rand.NewPCG(c.rand.Uint64(), c.rand.Uint64()))
+		c.randMu.Unlock()
+	}
+	return cfg
 }
 
 // TxStatus describes a live transaction.

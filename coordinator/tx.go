@@ -124,7 +124,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 		refuse = fmt.Errorf("%w: %v", ErrLogFailed, c.failed)
 	}
 	if refuse == nil {
-		c.wg.Add(1)
+		c.wg.Add(1) // held by the driver until the transaction settles
 	}
 	c.mu.Unlock()
 	if refuse != nil {
@@ -142,37 +142,35 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	prepCtx, cancelPrep := context.WithTimeout(ctx, c.cfg.PrepareTimeout)
 	d := &driver{t: t, branches: branches, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
 		events: make(chan protocol.Event, 2*len(branches)+2)}
-	t.mu.Lock()
-	first := t.m.Step(ev)
-	t.mu.Unlock()
-	go d.run(first)
+	d.effs = d.step(ev)
 
-	for {
-		select {
-		case <-t.done:
-			return t.result
-		case <-ctx.Done():
-			select {
-			case <-t.done:
-				return t.result
-			case <-t.decided:
-				return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
-			default:
-			}
-			// Before the decision, the outcome follows quickly: phase one
-			// is bounded by ctx and the log write by an fsync.
-			select {
-			case <-t.done:
-				return t.result
-			case <-t.decided:
-				return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
-			}
-		}
+	// The caller's goroutine drives the protocol until the outcome is known;
+	// what remains (phase-two retries, cleanup of late prepares) goes on in
+	// a goroutine the coordinator owns.
+	if d.loop(ctx.Done()) {
+		d.close()
+		return t.result
+	}
+	go func() {
+		d.loop(nil)
+		d.close()
+	}()
+	select {
+	case <-t.done:
+		return t.result
+	default:
+	}
+	select {
+	case <-t.decided:
+		return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
+	case <-t.done:
+		return t.result
 	}
 }
 
 // driver performs one transaction's effects and feeds results back to its
-// machine. It runs in a goroutine owned by the coordinator.
+// machine. It runs in the caller's goroutine until the outcome is known,
+// then, if anything is left, in a goroutine owned by the coordinator.
 type driver struct {
 	t          *Tx
 	branches   []participant.Branch
@@ -180,8 +178,15 @@ type driver struct {
 	cancelPrep context.CancelFunc
 	callerCtx  context.Context
 	events     chan protocol.Event
+	effs       []protocol.Effect // effects not yet performed
 	inflight   int
 	reported   bool
+	stopping   bool
+	selfCancel bool // the prepares were cancelled because a branch voted no
+	prepDone   <-chan struct{}
+	fallback   *time.Timer // prepare timeout after a self-cancel
+	commitCtx  context.Context
+	commitEnd  context.CancelFunc
 }
 
 func (d *driver) step(ev protocol.Event) []protocol.Effect {
@@ -190,85 +195,97 @@ func (d *driver) step(ev protocol.Event) []protocol.Effect {
 	return d.t.m.Step(ev)
 }
 
-func (d *driver) state() protocol.State {
+func (d *driver) state() (protocol.State, bool) {
 	d.t.mu.Lock()
 	defer d.t.mu.Unlock()
-	return d.t.m.State()
+	return d.t.m.State(), d.t.m.Settled()
 }
 
-func (d *driver) run(effs []protocol.Effect) {
-	t, c := d.t, d.t.c
-	defer c.wg.Done()
-	defer d.cancelPrep()
-	// Phase one ends at the prepare timeout or when the caller gives up;
-	// a cancel of the prepares by the machine itself (a branch voted no)
-	// only hurries them and is not a timeout.
-	var prepDone <-chan time.Time
-	var callerDone <-chan struct{}
-	var prepTimer *time.Timer
-	defer func() {
-		if prepTimer != nil {
-			prepTimer.Stop()
-		}
-	}()
-	stopping := false
+// loop performs effects and feeds events until the transaction settles
+// (true), or, when callerDone is not nil, until the outcome is reported or
+// the caller gives up after the decision (false).
+func (d *driver) loop(callerDone <-chan struct{}) bool {
+	c := d.t.c
 	for {
-		for len(effs) > 0 {
-			e := effs[0]
-			effs = effs[1:]
-			if _, ok := e.(protocol.SendPrepare); ok {
-				prepTimer = time.NewTimer(c.cfg.PrepareTimeout)
-				prepDone, callerDone = prepTimer.C, d.callerCtx.Done()
-			}
-			if next := d.perform(e, stopping); next != nil {
-				effs = append(effs, d.step(next)...)
+		for len(d.effs) > 0 {
+			e := d.effs[0]
+			d.effs = d.effs[1:]
+			if next := d.perform(e, len(d.effs) == 0); next != nil {
+				d.effs = append(d.effs, d.step(next)...)
 			}
 		}
-		t.mu.Lock()
-		settled := t.m.Settled()
-		state := t.m.State()
-		t.mu.Unlock()
-		if state != protocol.StatePreparing {
-			prepDone, callerDone = nil, nil
+		state, settled := d.state()
+		if (settled || d.stopping) && d.inflight == 0 {
+			return true
 		}
-		if (settled || stopping) && d.inflight == 0 {
-			break
+		if callerDone != nil && d.reported {
+			return false
+		}
+		var prepDone <-chan struct{}
+		var fallback <-chan time.Time
+		if state == protocol.StatePreparing {
+			prepDone = d.prepDone
+			if d.fallback != nil {
+				fallback = d.fallback.C
+			}
+		}
+		var gaveUp <-chan struct{}
+		if callerDone != nil && state == protocol.StateCommitting {
+			gaveUp = callerDone
 		}
 		select {
 		case ev := <-d.events:
 			d.inflight--
-			if stopping {
+			if d.stopping {
 				continue
 			}
-			effs = d.step(ev)
-			if cd, ok := ev.(protocol.CommitDone); ok && cd.Err == nil && d.state() == protocol.StateCommitting {
-				// One branch committed, at least one not yet acknowledged.
-				failpoint.Hit(failpoint.CoordBetweenCommits)
+			d.effs = d.step(ev)
+			if cd, ok := ev.(protocol.CommitDone); ok && cd.Err == nil {
+				if st, _ := d.state(); st == protocol.StateCommitting {
+					// One branch committed, at least one not yet acknowledged.
+					failpoint.Hit(failpoint.CoordBetweenCommits)
+				}
 			}
 		case <-prepDone:
-			prepDone, callerDone = nil, nil
-			d.cancelPrep()
-			effs = d.step(protocol.PrepareTimedOut{})
-		case <-callerDone:
-			prepDone, callerDone = nil, nil
-			d.cancelPrep()
-			effs = d.step(protocol.PrepareTimedOut{})
+			d.prepDone = nil
+			if d.selfCancel {
+				// Not a timeout: the prepares were told to hurry. Keep the
+				// prepare timeout for a participant that ignores that.
+				d.fallback = time.NewTimer(c.cfg.PrepareTimeout)
+				continue
+			}
+			d.effs = d.step(protocol.PrepareTimedOut{})
+		case <-fallback:
+			d.effs = d.step(protocol.PrepareTimedOut{})
+		case <-gaveUp:
+			return false
 		case <-c.ctx.Done():
-			if !stopping {
-				stopping = true
+			if !d.stopping {
+				d.stopping = true
 				d.cancelPrep()
 			}
 			// Drain what is in flight; its contexts are ending too.
 			if d.inflight > 0 {
-				ev := <-d.events
+				<-d.events
 				d.inflight--
-				_ = ev
 			}
 		}
 	}
-	t.mu.Lock()
-	state := t.m.State()
-	t.mu.Unlock()
+}
+
+// close releases what the driver holds once the transaction settled or the
+// coordinator closed.
+func (d *driver) close() {
+	t, c := d.t, d.t.c
+	defer c.wg.Done()
+	d.cancelPrep()
+	if d.fallback != nil {
+		d.fallback.Stop()
+	}
+	if d.commitEnd != nil {
+		d.commitEnd()
+	}
+	state, _ := d.state()
 	if !d.reported {
 		// The coordinator closed before the outcome was known.
 		switch state {
@@ -288,21 +305,25 @@ func (d *driver) run(effs []protocol.Effect) {
 }
 
 // perform carries out one effect. A synchronous effect returns the event
-// it produced; an asynchronous one starts a goroutine that sends its event.
-func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
+// it produced; an asynchronous one sends its event to d.events, from a new
+// goroutine, or from this one when it is the last effect queued (nothing
+// else would run in parallel with it).
+func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 	t, c := d.t, d.t.c
 	switch e := e.(type) {
 	case protocol.SendPrepare:
-		for _, i := range e.Branches {
-			d.spawn(func() protocol.Event {
+		d.prepDone = d.prepCtx.Done()
+		for k, i := range e.Branches {
+			d.run(last && k == len(e.Branches)-1, func() protocol.Event {
 				v, err := d.branches[i].Prepare(d.prepCtx)
 				return protocol.Voted{Branch: i, Vote: v, Err: err}
 			})
 		}
 	case protocol.CancelPrepares:
+		d.selfCancel = true
 		d.cancelPrep()
 	case protocol.SendCommitOnePhase:
-		d.spawn(func() protocol.Event {
+		d.run(last, func() protocol.Event {
 			failpoint.Hit(failpoint.CoordBeforeOnePhase)
 			err := d.branches[e.Branch].CommitOnePhase(d.callerCtx)
 			if err == nil {
@@ -331,25 +352,33 @@ func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
 		close(t.decided)
 		return protocol.DecisionLogged{}
 	case protocol.SendCommit:
-		if stopping || c.ctx.Err() != nil {
+		if d.stopping || c.ctx.Err() != nil {
 			return nil // left to recovery after restart
 		}
 		if e.Attempt > 1 {
 			c.stats.retries.Add(1)
 		}
 		b := d.branches[e.Branch]
-		d.spawn(func() protocol.Event {
-			if e.Delay > 0 {
-				tm := time.NewTimer(e.Delay)
-				select {
-				case <-tm.C:
-				case <-c.ctx.Done():
-					tm.Stop()
-					return protocol.CommitDone{Branch: e.Branch, Err: c.ctx.Err()}
+		if e.Attempt == 1 && d.commitCtx == nil {
+			// First attempts share one deadline.
+			d.commitCtx, d.commitEnd = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+		}
+		d.run(last && e.Delay == 0, func() protocol.Event {
+			ctx := d.commitCtx
+			if e.Attempt > 1 {
+				if e.Delay > 0 {
+					tm := time.NewTimer(e.Delay)
+					select {
+					case <-tm.C:
+					case <-c.ctx.Done():
+						tm.Stop()
+						return protocol.CommitDone{Branch: e.Branch, Err: c.ctx.Err()}
+					}
 				}
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+				defer cancel()
 			}
-			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
-			defer cancel()
 			err := b.Resource().Commit(ctx, b.GID())
 			if err != nil {
 				c.logger.Debug("phase two commit failed; will retry", "txid", t.id, "gid", b.GID(), "attempt", e.Attempt, "err", err)
@@ -358,7 +387,7 @@ func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
 		})
 	case protocol.SendRollback:
 		b := d.branches[e.Branch]
-		d.spawn(func() protocol.Event {
+		d.run(last, func() protocol.Event {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 			defer cancel()
 			err := b.Abort(ctx)
@@ -390,8 +419,14 @@ func (d *driver) perform(e protocol.Effect, stopping bool) protocol.Event {
 	return nil
 }
 
-func (d *driver) spawn(f func() protocol.Event) {
+// run performs f inline or in a new goroutine; either way its event
+// arrives on d.events.
+func (d *driver) run(inline bool, f func() protocol.Event) {
 	d.inflight++
+	if inline {
+		d.events <- f()
+		return
+	}
 	go func() { d.events <- f() }()
 }
 

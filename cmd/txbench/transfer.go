@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +37,8 @@ type transferOptions struct {
 	modes    []string
 	output   string
 	logKind  string
+	rounds   int
+	profile  string
 }
 
 const (
@@ -72,6 +76,8 @@ The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
 	cmd.Flags().IntVar(&o.accounts, "accounts", 10000, "accounts per database (more accounts, less contention)")
 	cmd.Flags().StringSliceVar(&o.modes, "modes", allModes, "modes to run: "+strings.Join(allModes, ","))
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of this process to `file`")
+	cmd.Flags().IntVar(&o.rounds, "rounds", 3, "measure each mode this many times, alternating modes, and report the median (the machine's noise is large)")
 	cmd.Flags().StringVar(&o.logKind, "log", "bolt", "txcoord's log: bolt (durable), or mem (not durable: shows the log's share of the cost)")
 	return cmd
 }
@@ -86,6 +92,14 @@ type result struct {
 	P99      time.Duration `json:"p99_ns"`
 	Relative float64       `json:"relative_to_plain_2pc,omitempty"`
 	Syncs    uint64        `json:"wal_fsyncs,omitempty"`
+	// CPU is the whole machine's busy CPU time per transfer (databases
+	// included), 0 where it cannot be read.
+	CPU time.Duration `json:"cpu_per_transfer_ns,omitempty"`
+	// ClientCPU is this process's share of CPU: the coordinator, the
+	// drivers and the benchmark loop.
+	ClientCPU time.Duration `json:"client_cpu_per_transfer_ns,omitempty"`
+	// Rounds lists every round's throughput; the row is the median round.
+	Rounds []float64 `json:"rounds_tps"`
 }
 
 func (o *transferOptions) validate() error {
@@ -114,6 +128,9 @@ func (o *transferOptions) validate() error {
 		if !ok {
 			return fmt.Errorf("--modes: unknown mode %q (want %s)", m, strings.Join(allModes, ", "))
 		}
+	}
+	if o.rounds < 1 {
+		return fmt.Errorf("--rounds must be at least 1, got %d", o.rounds)
 	}
 	if o.logKind != "bolt" && o.logKind != "mem" {
 		return fmt.Errorf("--log: want bolt or mem, got %q", o.logKind)
@@ -186,31 +203,48 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	}
 	defer c.Close()
 
+	if o.profile != "" {
+		f, err := os.Create(o.profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if o.output == "table" {
-		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration)
+		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run, median of %d alternating rounds\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration, o.rounds)
 	}
 	var results []result
 	var gidSeq atomic.Uint64
 	for _, w := range o.workers {
-		for _, m := range o.modes {
-			var op func(ctx context.Context, r *rand.Rand) error
-			switch m {
-			case modeIndependent:
-				op = func(ctx context.Context, r *rand.Rand) error { return independent(ctx, db, r, o.accounts) }
-			case modePlain2PC:
-				op = func(ctx context.Context, r *rand.Rand) error {
-					return plain2PC(ctx, db, r, o.accounts, gidSeq.Add(1))
+		runs := map[string][]result{}
+		for round := 0; round < o.rounds; round++ {
+			for _, m := range o.modes {
+				var op func(ctx context.Context, r *rand.Rand) error
+				switch m {
+				case modeIndependent:
+					op = func(ctx context.Context, r *rand.Rand) error { return independent(ctx, db, r, o.accounts) }
+				case modePlain2PC:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return plain2PC(ctx, db, r, o.accounts, gidSeq.Add(1))
+					}
+				case modeTxcoord:
+					op = func(ctx context.Context, r *rand.Rand) error { return viaTxcoord(ctx, c, res, r, o.accounts) }
 				}
-			case modeTxcoord:
-				op = func(ctx context.Context, r *rand.Rand) error { return viaTxcoord(ctx, c, res, r, o.accounts) }
+				before := log.Stats().Syncs
+				r := measure(ctx, w, o.warmup, o.duration, op)
+				r.Mode = m
+				if m == modeTxcoord {
+					r.Syncs = log.Stats().Syncs - before
+				}
+				runs[m] = append(runs[m], r)
 			}
-			before := log.Stats().Syncs
-			r := measure(ctx, w, o.warmup, o.duration, op)
-			r.Mode = m
-			if m == modeTxcoord {
-				r.Syncs = log.Stats().Syncs - before
-			}
-			results = append(results, r)
+		}
+		for _, m := range o.modes {
+			results = append(results, median(runs[m]))
 		}
 	}
 	for i := range results {
@@ -235,15 +269,26 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return enc.Encode(results)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc\terrors\t")
+	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
 	for _, r := range results {
 		rel := "-"
 		if r.Relative > 0 {
 			rel = strconv.FormatFloat(r.Relative*100, 'f', 1, 64) + "%"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%d\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), rel, r.Errors)
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%v\t%v\t%d\t%s\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), rel, r.CPU.Round(time.Microsecond), r.ClientCPU.Round(time.Microsecond), r.Errors, fmtRounds(r.Rounds))
 	}
 	return tw.Flush()
+}
+
+// median returns the run with the median throughput, with its rounds'
+// throughputs attached.
+func median(rs []result) result {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].TPS < rs[j].TPS })
+	m := rs[len(rs)/2]
+	for _, r := range rs {
+		m.Rounds = append(m.Rounds, math.Round(r.TPS))
+	}
+	return m
 }
 
 // measure runs op from w workers: warmup, then d measured.
@@ -283,14 +328,22 @@ func measure(ctx context.Context, w int, warmup, d time.Duration, op func(contex
 	time.Sleep(warmup)
 	measuring.Store(true)
 	start := time.Now()
+	cpu0, cpuOK := busyCPU()
+	self0 := selfCPU()
 	time.Sleep(d)
 	measuring.Store(false)
+	cpu1, _ := busyCPU()
+	self1 := selfCPU()
 	elapsed := time.Since(start)
 	stop.Store(true)
 	wg.Wait()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	r := result{Workers: w, Done: int64(len(lat)), Errors: errs, TPS: float64(len(lat)) / elapsed.Seconds()}
 	if len(lat) > 0 {
+		if cpuOK {
+			r.CPU = (cpu1 - cpu0) / time.Duration(len(lat))
+		}
+		r.ClientCPU = (self1 - self0) / time.Duration(len(lat))
 		r.P50 = lat[len(lat)*50/100]
 		r.P99 = lat[len(lat)*99/100]
 	}
@@ -365,4 +418,12 @@ func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgre
 		}
 		return nil
 	})
+}
+
+func fmtRounds(rs []float64) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = strconv.FormatFloat(r, 'f', 0, 64)
+	}
+	return strings.Join(parts, " ")
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/txcoord/txcoord/internal/failpoint"
@@ -31,7 +32,6 @@ type Branch struct {
 	mu       chanMutex
 	conn     *sql.Conn
 	err      error // first error a statement method returned
-	pid      int   // the backend's process id, known once check ran
 	state    state
 	prepared bool // Prepare ran: vote and voteErr hold its answer
 	vote     participant.Vote
@@ -47,7 +47,7 @@ const (
 	stateActive     state = 1 + iota // BEGIN ran; the connection is pinned
 	statePrepared                    // PREPARE TRANSACTION succeeded
 	stateCommitted                   // COMMIT succeeded (one phase)
-	stateReadOnly                    // wrote nothing; committed locally by Prepare
+	stateReadOnly                    // wrote nothing; ended locally by Prepare
 	stateRolledBack                  // rolled back, by ROLLBACK or by closing the session
 	stateInDoubt                     // the connection was lost during COMMIT
 )
@@ -212,8 +212,9 @@ func (r *Row) Err() error { return r.err }
 //     aborted (for example after an error on Conn), is rolled back and
 //     votes participant.VoteNo with an error wrapping ErrRolledBack and the
 //     cause;
-//   - a branch that wrote nothing (no transaction id assigned) commits
-//     locally and votes participant.VoteReadOnly;
+//   - a branch that wrote nothing (no transaction id assigned) ends
+//     locally (rolled back: there is nothing to keep) and votes
+//     participant.VoteReadOnly;
 //   - otherwise PREPARE TRANSACTION runs: participant.VoteYes if it
 //     succeeded; participant.VoteNo with PostgreSQL's error if it failed
 //     (temporary tables, LISTEN, exported snapshots, deferred constraints).
@@ -241,21 +242,32 @@ func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
 }
 
 func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
-	if err := b.check(ctx); err != nil {
-		return participant.VoteNo, err
-	}
-	if b.state == stateReadOnly {
-		return participant.VoteReadOnly, nil
+	if b.err != nil {
+		b.rollback(ctx)
+		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
 	}
 	failpoint.Hit(failpoint.PGBeforePrepare)
-	_, err := b.conn.ExecContext(ctx, "PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
+	// One round trip: the check, then PREPARE TRANSACTION, in one simple
+	// query. If the check fails, PostgreSQL runs nothing after it.
+	_, err := b.conn.ExecContext(ctx, checkStmt+"; PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
 	if err == nil {
 		failpoint.Hit(failpoint.PGAfterPrepare)
-		b.finish(statePrepared, false)
+		// The session is outside any transaction now; keep it for phase two.
+		b.r.hold(b.gid.String(), b.conn)
+		b.state = statePrepared
 		return participant.VoteYes, nil
 	}
+	if isReadOnly(err) {
+		// Nothing was written: rolling back loses nothing.
+		b.rollback(ctx)
+		if b.state == stateRolledBack {
+			b.state = stateReadOnly
+		}
+		return participant.VoteReadOnly, nil
+	}
 	if !outcomeUnknown(ctx, err) {
-		// A failed PREPARE TRANSACTION rolls the transaction back.
+		// A failed check or PREPARE TRANSACTION leaves the transaction
+		// aborted: roll it back.
 		b.rollback(ctx)
 		return participant.VoteNo, fmt.Errorf("%w: %s: prepare %s: %w", ErrRolledBack, b.r.name, b.gid, err)
 	}
@@ -269,15 +281,34 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 	return participant.VoteNo, fmt.Errorf("%w: %s: prepare %s: %w", ErrRolledBack, b.r.name, b.gid, err)
 }
 
+// readOnlyMarker is in the error checkStmt raises for a transaction that
+// wrote nothing.
+const readOnlyMarker = "txcoord: read-only branch"
+
+// checkStmt fails in an aborted transaction (SQLSTATE 25P02: there
+// PREPARE TRANSACTION and COMMIT would answer ROLLBACK without an error),
+// and fails with readOnlyMarker (SQLSTATE 22P02) in a transaction that has
+// no transaction id, i.e. wrote nothing. The marker is built at run time so
+// that the planner cannot fold it into an error for every transaction.
+const checkStmt = "SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN ('" + readOnlyMarker + " ' || pg_backend_pid())::int END"
+
+// isReadOnly reports whether err is checkStmt's read-only signal.
+func isReadOnly(err error) bool {
+	return SQLState(err) == "22P02" && strings.Contains(err.Error(), readOnlyMarker)
+}
+
 // rollbackLostPrepare makes sure a PREPARE TRANSACTION whose connection was
-// lost leaves nothing prepared. The branch's backend may still be running
-// it (or not yet have read it), so it waits until that backend is gone or
-// outside any transaction, then rolls back the gid on another connection.
+// lost leaves nothing prepared. A backend may still be running it, so it
+// waits until no backend is running a statement naming this gid, then
+// rolls the gid back on another connection. (A backend that had the bytes
+// but had not started the statement can still prepare it afterwards; the
+// recovery pass rolls that back: no COMMIT was logged.)
 func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 	for {
 		var busy bool
 		err := b.r.db.QueryRowContext(ctx,
-			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle')", b.pid).Scan(&busy)
+			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle' AND strpos(query, $1) > 0)",
+			"PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String())).Scan(&busy)
 		if err != nil {
 			return err
 		}
@@ -299,46 +330,6 @@ func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 	return err
 }
 
-// check makes sure the branch's transaction can still commit: it has seen
-// no error, and PostgreSQL does not consider it aborted. A transaction that
-// wrote nothing is committed here and the branch finished as read-only.
-// Any failure rolls the branch back and is returned wrapping
-// ErrRolledBack. b.mu is held.
-func (b *Branch) check(ctx context.Context) error {
-	if b.err != nil {
-		b.rollback(ctx)
-		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
-	}
-	// In an aborted transaction every statement fails (SQLSTATE 25P02),
-	// while PREPARE TRANSACTION and COMMIT would answer ROLLBACK without
-	// an error. Nothing runs on the connection between this query and the
-	// statement that follows it.
-	var xid sql.NullString
-	err := b.conn.QueryRowContext(ctx, "SELECT pg_current_xact_id_if_assigned()::text, pg_backend_pid()").Scan(&xid, &b.pid)
-	if err != nil {
-		if outcomeUnknown(ctx, err) {
-			// Nothing was committed or prepared: the transaction ends with
-			// its session.
-			b.finish(stateRolledBack, true)
-		} else {
-			b.rollback(ctx)
-		}
-		return fmt.Errorf("%w: %s: branch %s: transaction failed: %w", ErrRolledBack, b.r.name, b.gid, err)
-	}
-	if xid.Valid {
-		return nil
-	}
-	if _, err := b.conn.ExecContext(ctx, "COMMIT"); err != nil {
-		// A read-only transaction can still fail to commit (a
-		// serialization failure under SERIALIZABLE): its reads do not
-		// count.
-		b.finish(stateRolledBack, true)
-		return fmt.Errorf("%w: %s: branch %s: commit of a read-only transaction: %w", ErrRolledBack, b.r.name, b.gid, err)
-	}
-	b.finish(stateReadOnly, false)
-	return nil
-}
-
 // CommitOnePhase commits the branch without prepare. An error wrapping
 // ErrRolledBack means the work was rolled back (the branch saw an error,
 // PostgreSQL had aborted the transaction, or COMMIT failed); one wrapping
@@ -352,15 +343,20 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 	if b.state != stateActive {
 		return b.doneErr()
 	}
-	if err := b.check(ctx); err != nil {
-		return err
+	if b.err != nil {
+		b.rollback(ctx)
+		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
 	}
-	if b.state != stateActive { // read-only: committed by check
-		return nil
-	}
-	_, err := b.conn.ExecContext(ctx, "COMMIT")
+	_, err := b.conn.ExecContext(ctx, checkStmt+"; COMMIT")
 	if err == nil {
 		b.finish(stateCommitted, false)
+		return nil
+	}
+	if isReadOnly(err) {
+		b.rollback(ctx)
+		if b.state == stateRolledBack {
+			b.state = stateReadOnly
+		}
 		return nil
 	}
 	if outcomeUnknown(ctx, err) {
