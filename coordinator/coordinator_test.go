@@ -456,3 +456,41 @@ func TestI1AtomicityUnderRandomFaults(t *testing.T) {
 		t.Fatalf("the fault mix produced committed=%d aborted=%d; both must occur", committed, aborted)
 	}
 }
+
+func TestCloseDuringPhaseTwoLeavesTheDecisionForRestart(t *testing.T) {
+	r := newRig(t, 2, nil)
+	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+		return fmt.Errorf("database down: %w", fake.ErrInjected)
+	}})
+	tx, bs := r.begin(t)
+	errc := make(chan error, 1)
+	go func() { errc <- tx.Commit(context.Background()) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st := r.c.Transactions(); len(st) == 1 && st[0].Retries > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("phase two never retried")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.c.Close()
+	err := <-errc
+	if !errors.Is(err, ErrCommitPending) || !errors.Is(err, ErrClosed) || OutcomeOf(err) != Committed {
+		t.Fatalf("commit cut short by Close: %v", err)
+	}
+	if p, _ := r.log.Pending(); len(p) != 1 || p[0].TxID != tx.ID() {
+		t.Fatalf("pending after close: %+v", p)
+	}
+	// A restart on the same log finishes it.
+	r.rs[1].SetHooks(fake.Hooks{})
+	c2, err := New(context.Background(), Config{ID: "test", Log: r.log.Restart(), Resources: []participant.Resource{r.rs[0], r.rs[1]}, RecoveryInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if n := r.atomicity(t, bs); n != 2 {
+		t.Fatalf("%d of 2 committed after restart", n)
+	}
+}

@@ -290,8 +290,7 @@ func (d *driver) close() {
 		// The coordinator closed before the outcome was known.
 		switch state {
 		case protocol.StateCommitting, protocol.StateCommitted:
-			d.report(protocol.Report{Outcome: protocol.OutcomeCommitted})
-			t.result = fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ErrClosed)
+			d.report(protocol.Report{Outcome: protocol.OutcomeCommitted, Err: ErrClosed})
 		default:
 			d.report(protocol.Report{Outcome: protocol.OutcomeUnknown, Err: ErrClosed})
 		}
@@ -436,6 +435,10 @@ func (d *driver) report(r protocol.Report) {
 	switch r.Outcome {
 	case protocol.OutcomeCommitted:
 		t.result = nil
+		if r.Err != nil {
+			// Decided, but phase two was cut short by Close.
+			t.result = fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, r.Err)
+		}
 		c.stats.committed.Add(1)
 		if len(d.branches) == 1 {
 			c.stats.onePhase.Add(1)

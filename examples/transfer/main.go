@@ -253,6 +253,9 @@ func openPostgres(ctx context.Context, accounts int) (bank, bank, error) {
 			srv.Stop()
 			return nil, nil, err
 		}
+		// database/sql keeps two idle connections by default; every branch
+		// beyond that would start a new server process.
+		db.SetMaxIdleConns(64)
 		pb := &pgBank{srv: srv, db: db}
 		if _, err := db.ExecContext(ctx, `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))`); err != nil {
 			pb.close()

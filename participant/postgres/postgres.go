@@ -65,7 +65,16 @@ type Options struct {
 	// ErrWrongDatabase if current_database() differs. Empty means no check
 	// in New; Open fills it from the DSN.
 	Database string
+	// MaxIdleConns is how many idle connections a pool that Open creates
+	// keeps (default DefaultMaxIdleConns). database/sql keeps only two by
+	// default, so every concurrent branch beyond two would open a new
+	// server connection (a new backend process) and close it again. For a
+	// *sql.DB passed to New, set db.SetMaxIdleConns yourself.
+	MaxIdleConns int
 }
+
+// DefaultMaxIdleConns is Open's idle-pool size.
+const DefaultMaxIdleConns = 64
 
 // Resource is one PostgreSQL database taking part in two-phase commit. Its
 // methods are safe for concurrent use.
@@ -233,6 +242,10 @@ func Open(ctx context.Context, name, driverName, dsn string, opts Options) (*Res
 	if opts.Database == "" {
 		opts.Database = dbname
 	}
+	if opts.MaxIdleConns <= 0 {
+		opts.MaxIdleConns = DefaultMaxIdleConns
+	}
+	db.SetMaxIdleConns(opts.MaxIdleConns)
 	r, err := New(ctx, name, db, opts)
 	if err != nil {
 		_ = db.Close()
