@@ -237,7 +237,8 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 
 // Do runs fn in a new transaction: it commits if fn returns nil and rolls
 // back otherwise, returning fn's error wrapped in ErrAborted. The result
-// follows Commit's rules (see OutcomeOf).
+// follows Commit's rules (see OutcomeOf). If fn commits or rolls back the
+// transaction itself and returns an error, that error is returned as is.
 func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
 	tx, err := c.Begin(ctx)
 	if err != nil {
@@ -245,6 +246,11 @@ func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *T
 	}
 	if err := fn(ctx, tx); err != nil {
 		rbErr := tx.Rollback(ctx)
+		if errors.Is(rbErr, ErrTxDone) {
+			// fn finished the transaction itself (it may have committed):
+			// its error is the outcome, not an abort.
+			return err
+		}
 		if rbErr != nil && !errors.Is(rbErr, ErrAborted) {
 			return fmt.Errorf("%w: %w (rollback: %v)", ErrAborted, err, rbErr)
 		}

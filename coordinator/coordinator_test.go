@@ -494,3 +494,28 @@ func TestCloseDuringPhaseTwoLeavesTheDecisionForRestart(t *testing.T) {
 		t.Fatalf("%d of 2 committed after restart", n)
 	}
 }
+
+func TestI5DoNeverCallsACommittedTransactionAborted(t *testing.T) {
+	r := newRig(t, 2, nil)
+	errAfter := errors.New("failed after commit")
+	var bs []participant.Branch
+	err := r.c.Do(context.Background(), func(ctx context.Context, tx *Tx) error {
+		for _, f := range r.rs {
+			b, err := tx.Enlist(ctx, f)
+			if err != nil {
+				return err
+			}
+			bs = append(bs, b)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return err
+		}
+		return errAfter
+	})
+	if errors.Is(err, ErrAborted) || !errors.Is(err, errAfter) {
+		t.Fatalf("Do after fn committed: %v", err)
+	}
+	if n := r.atomicity(t, bs); n != 2 {
+		t.Fatal("not committed")
+	}
+}

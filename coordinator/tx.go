@@ -249,9 +249,14 @@ func (d *driver) loop(callerDone <-chan struct{}) bool {
 		case <-prepDone:
 			d.prepDone = nil
 			if d.selfCancel {
-				// Not a timeout: the prepares were told to hurry. Keep the
-				// prepare timeout for a participant that ignores that.
-				d.fallback = time.NewTimer(c.cfg.PrepareTimeout)
+				// Not a timeout: the prepares were told to hurry. Keep what
+				// is left of the prepare timeout for a participant that
+				// ignores that.
+				left := c.cfg.PrepareTimeout
+				if dl, ok := d.prepCtx.Deadline(); ok {
+					left = max(time.Until(dl), 0)
+				}
+				d.fallback = time.NewTimer(left)
 				continue
 			}
 			d.effs = d.step(protocol.PrepareTimedOut{})
@@ -342,7 +347,10 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		// unknown for nothing.
 		_, err := c.log.Append(c.ctx, rec)
 		if err != nil {
-			if c.ctx.Err() == nil {
+			// A record refused before it was written (invalid, or
+			// contradicting one already logged) says nothing about the
+			// disk; anything else may or may not be durable.
+			if c.ctx.Err() == nil && !errors.Is(err, wal.ErrBadRecord) && !errors.Is(err, wal.ErrConflict) {
 				c.fail(err)
 			}
 			return protocol.DecisionLogged{Err: err}

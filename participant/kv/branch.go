@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -223,8 +224,9 @@ func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
 
 // CommitOnePhase validates the branch as Prepare does and applies its
 // writes in one fsynced transaction, without a prepared entry. A conflict
-// is an error wrapping ErrConflict and nothing is applied. A second call
-// returns the first result.
+// is an error wrapping ErrConflict and nothing is applied; a failed write
+// wraps participant.ErrOutcomeUnknown. A second call returns the first
+// result.
 func (b *Branch) CommitOnePhase(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -250,7 +252,14 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		err = b.s.validateReadOnly(ops)
 	}
 	b.finish(branchCommitted)
-	if err != nil {
+	switch {
+	case err == nil:
+	case writes && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrClosed) &&
+		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded):
+		// The write itself failed: an fsync error may still have left it
+		// on disk.
+		b.err = fmt.Errorf("%w: kv: commit %s: %w", participant.ErrOutcomeUnknown, b.raw, err)
+	default:
 		b.err = fmt.Errorf("kv: commit %s: %w", b.raw, err)
 	}
 	return b.err

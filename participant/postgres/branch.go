@@ -47,7 +47,7 @@ const (
 	stateActive     state = 1 + iota // BEGIN ran; the connection is pinned
 	statePrepared                    // PREPARE TRANSACTION succeeded
 	stateCommitted                   // COMMIT succeeded (one phase)
-	stateReadOnly                    // wrote nothing; ended locally by Prepare
+	stateReadOnly                    // wrote nothing; committed locally by Prepare
 	stateRolledBack                  // rolled back, by ROLLBACK or by closing the session
 	stateInDoubt                     // the connection was lost during COMMIT
 )
@@ -212,9 +212,8 @@ func (r *Row) Err() error { return r.err }
 //     aborted (for example after an error on Conn), is rolled back and
 //     votes participant.VoteNo with an error wrapping ErrRolledBack and the
 //     cause;
-//   - a branch that wrote nothing (no transaction id assigned) ends
-//     locally (rolled back: there is nothing to keep) and votes
-//     participant.VoteReadOnly;
+//   - a branch that wrote nothing (no transaction id assigned) commits
+//     locally and votes participant.VoteReadOnly;
 //   - otherwise PREPARE TRANSACTION runs: participant.VoteYes if it
 //     succeeded; participant.VoteNo with PostgreSQL's error if it failed
 //     (temporary tables, LISTEN, exported snapshots, deferred constraints).
@@ -252,16 +251,12 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 	_, err := b.conn.ExecContext(ctx, checkStmt+"; PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
 	if err == nil {
 		failpoint.Hit(failpoint.PGAfterPrepare)
-		// The session is outside any transaction now; keep it for phase two.
-		b.r.hold(b.gid.String(), b.conn)
-		b.state = statePrepared
+		b.finish(statePrepared, false)
 		return participant.VoteYes, nil
 	}
 	if isReadOnly(err) {
-		// Nothing was written: rolling back loses nothing.
-		b.rollback(ctx)
-		if b.state == stateRolledBack {
-			b.state = stateReadOnly
+		if err := b.commitReadOnly(ctx); err != nil {
+			return participant.VoteNo, err
 		}
 		return participant.VoteReadOnly, nil
 	}
@@ -285,12 +280,38 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 // wrote nothing.
 const readOnlyMarker = "txcoord: read-only branch"
 
-// checkStmt fails in an aborted transaction (SQLSTATE 25P02: there
-// PREPARE TRANSACTION and COMMIT would answer ROLLBACK without an error),
-// and fails with readOnlyMarker (SQLSTATE 22P02) in a transaction that has
-// no transaction id, i.e. wrote nothing. The marker is built at run time so
-// that the planner cannot fold it into an error for every transaction.
-const checkStmt = "SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN ('" + readOnlyMarker + " ' || pg_backend_pid())::int END"
+// checkStmt goes in front of PREPARE TRANSACTION or COMMIT, in the same
+// simple query: PostgreSQL runs nothing after a statement that fails.
+//   - In an aborted transaction it fails (SQLSTATE 25P02), where PREPARE
+//     TRANSACTION and COMMIT would answer ROLLBACK without an error.
+//   - In a transaction with no transaction id, one that wrote nothing, it
+//     fails with readOnlyMarker (SQLSTATE 22P02) inside a savepoint, so that
+//     the transaction can still commit locally (commitReadOnly). The marker
+//     is built at run time so that the planner cannot fold it into an error
+//     for every transaction.
+const checkStmt = "SAVEPOINT txcoord_check; " +
+	"SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN ('" + readOnlyMarker + " ' || pg_backend_pid())::int END; " +
+	"RELEASE SAVEPOINT txcoord_check"
+
+// commitReadOnly commits a branch whose check said it wrote nothing: it
+// leaves the failed savepoint and commits locally (a NOTIFY, say, is
+// delivered). An error wraps ErrRolledBack, or participant.ErrOutcomeUnknown
+// if the connection was lost during COMMIT. b.mu is held.
+func (b *Branch) commitReadOnly(ctx context.Context) error {
+	_, err := b.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT txcoord_check; COMMIT")
+	if err == nil {
+		b.finish(stateReadOnly, false)
+		return nil
+	}
+	if outcomeUnknown(ctx, err) {
+		b.finish(stateInDoubt, true)
+		return fmt.Errorf("%w: postgres: %s: commit of read-only %s: %w", participant.ErrOutcomeUnknown, b.r.name, b.gid, err)
+	}
+	// A read-only transaction can still fail to commit (a serialization
+	// failure under SERIALIZABLE): its reads do not count.
+	b.rollback(ctx)
+	return fmt.Errorf("%w: %s: commit of read-only %s: %w", ErrRolledBack, b.r.name, b.gid, err)
+}
 
 // isReadOnly reports whether err is checkStmt's read-only signal.
 func isReadOnly(err error) bool {
@@ -353,11 +374,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		return nil
 	}
 	if isReadOnly(err) {
-		b.rollback(ctx)
-		if b.state == stateRolledBack {
-			b.state = stateReadOnly
-		}
-		return nil
+		return b.commitReadOnly(ctx)
 	}
 	if outcomeUnknown(ctx, err) {
 		b.finish(stateInDoubt, true)

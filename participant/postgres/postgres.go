@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,88 +82,6 @@ type Resource struct {
 	db       *sql.DB
 	database string
 	owned    bool
-
-	// held keeps the connection that prepared a branch until its COMMIT
-	// PREPARED or ROLLBACK PREPARED: finishing a prepared transaction in the
-	// session that prepared it costs the server markedly less than in
-	// another one.
-	heldMu sync.Mutex
-	held   map[string]heldConn
-}
-
-type heldConn struct {
-	conn  *sql.Conn
-	since time.Time
-}
-
-// Bounds on held connections: past them a prepared branch's connection
-// goes back to the pool at once, and its phase two takes a pooled one.
-const (
-	maxHeld     = 256
-	maxHeldTime = time.Minute
-)
-
-// hold keeps conn for the phase two of gid, or returns it to the pool.
-func (r *Resource) hold(gid string, conn *sql.Conn) {
-	now := time.Now()
-	var release []*sql.Conn
-	r.heldMu.Lock()
-	if r.held == nil {
-		r.held = map[string]heldConn{}
-	}
-	for g, h := range r.held {
-		if now.Sub(h.since) > maxHeldTime {
-			release = append(release, h.conn)
-			delete(r.held, g)
-		}
-	}
-	if len(r.held) < maxHeld {
-		r.held[gid] = heldConn{conn: conn, since: now}
-		conn = nil
-	}
-	r.heldMu.Unlock()
-	if conn != nil {
-		release = append(release, conn)
-	}
-	for _, c := range release {
-		_ = c.Close()
-	}
-}
-
-// take returns the connection held for gid, if any.
-func (r *Resource) take(gid string) *sql.Conn {
-	r.heldMu.Lock()
-	defer r.heldMu.Unlock()
-	h, ok := r.held[gid]
-	if !ok {
-		return nil
-	}
-	delete(r.held, gid)
-	return h.conn
-}
-
-// valid reports whether the driver still considers conn usable, without
-// sending anything.
-func valid(conn *sql.Conn) bool {
-	ok := true
-	_ = conn.Raw(func(dc any) error {
-		if v, is := dc.(driver.Validator); is {
-			ok = v.IsValid()
-		}
-		return nil
-	})
-	return ok
-}
-
-// releaseHeld returns every held connection to the pool.
-func (r *Resource) releaseHeld() {
-	r.heldMu.Lock()
-	held := r.held
-	r.held = nil
-	r.heldMu.Unlock()
-	for _, h := range held {
-		_ = h.conn.Close()
-	}
 }
 
 var _ participant.Resource = (*Resource)(nil)
@@ -258,7 +175,6 @@ func Open(ctx context.Context, name, driverName, dsn string, opts Options) (*Res
 // Close closes the connection pool if Open opened it. It does not touch
 // prepared branches.
 func (r *Resource) Close() error {
-	r.releaseHeld()
 	if !r.owned {
 		return nil
 	}
@@ -327,7 +243,28 @@ func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
 // Rollback runs ROLLBACK PREPARED for gid on a pooled connection. Its
 // errors are those of Commit.
 func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
-	return r.finishPrepared(ctx, gid, "ROLLBACK PREPARED ", failpoint.PGBeforeRollback, failpoint.PGAfterRollback)
+	return r.finishPrepared(ctx, gid, rollbackPrepared, failpoint.PGBeforeRollback, failpoint.PGAfterRollback)
+}
+
+const rollbackPrepared = "ROLLBACK PREPARED "
+
+// retryRollback sends ROLLBACK PREPARED once more on a fresh connection
+// after the first one's result was lost; a gid already gone is success.
+func (r *Resource) retryRollback(ctx context.Context, gid participant.GID) error {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = conn.ExecContext(ctx, rollbackPrepared+participant.QuoteLiteral(gid.String()))
+	if err != nil && outcomeUnknown(ctx, err) {
+		discard(conn)
+		return err
+	}
+	_ = conn.Close()
+	if err == nil || SQLState(err) == "42704" {
+		return nil
+	}
+	return err
 }
 
 func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt, before, after string) error {
@@ -337,22 +274,13 @@ func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt
 	what := strings.ToLower(strings.TrimSpace(stmt))
 	// One connection for the one statement: a pooled *sql.DB would retry
 	// on a fresh connection after a lost one and turn "outcome unknown"
-	// into "no such prepared transaction". Preferably the one that
-	// prepared the branch.
-	conn := r.take(gid.String())
-	if conn != nil && !valid(conn) {
-		// The session that prepared died or was cancelled since.
-		discard(conn)
-		conn = nil
-	}
-	if conn == nil {
-		var err error
-		if conn, err = r.db.Conn(ctx); err != nil {
-			return fmt.Errorf("postgres: %s: %s %s: %w", r.name, what, gid, err)
-		}
+	// into "no such prepared transaction".
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: %s: %s %s: %w", r.name, what, gid, err)
 	}
 	failpoint.Hit(before)
-	_, err := conn.ExecContext(ctx, stmt+participant.QuoteLiteral(gid.String()))
+	_, err = conn.ExecContext(ctx, stmt+participant.QuoteLiteral(gid.String()))
 
 	if err == nil {
 		failpoint.Hit(after)
@@ -361,6 +289,14 @@ func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt
 	}
 	if outcomeUnknown(ctx, err) {
 		discard(conn)
+		if stmt == rollbackPrepared && ctx.Err() == nil {
+			// Rolling back twice is safe where committing twice to learn
+			// the outcome is not: no COMMIT is logged for this gid, so
+			// "no such prepared transaction" on a second try is success.
+			if err2 := r.retryRollback(ctx, gid); err2 == nil {
+				return nil
+			}
+		}
 		return fmt.Errorf("%w: postgres: %s: %s %s: %w", participant.ErrOutcomeUnknown, r.name, what, gid, err)
 	}
 	_ = conn.Close()

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
@@ -434,15 +437,11 @@ func TestBranchPinsOneConnectionAndReturnsItAfterPrepare(t *testing.T) {
 		if vote, err := b.Prepare(ctx); err != nil || vote != participant.VoteYes {
 			t.Fatalf("Prepare = %v, %v", vote, err)
 		}
-		// The session that prepared is kept for phase two, the rest pooled.
-		if st := r.DB().Stats(); st.InUse != 1 || st.Idle != 3 {
-			t.Errorf("after prepare: %d in use, %d idle; want the preparing session held and the rest pooled", st.InUse, st.Idle)
+		if st := r.DB().Stats(); st.InUse != 0 || st.Idle != 4 {
+			t.Errorf("after prepare: %d in use, %d idle; want every connection back in the pool", st.InUse, st.Idle)
 		}
 		if err := r.Commit(ctx, b.GID()); err != nil {
 			t.Fatal(err)
-		}
-		if st := r.DB().Stats(); st.InUse != 0 || st.Idle != 4 {
-			t.Errorf("after commit: %d in use, %d idle; want every connection back in the pool", st.InUse, st.Idle)
 		}
 		if n := count(t, db, table); n != 5 {
 			t.Fatalf("rows = %d, want 5", n)
@@ -771,4 +770,37 @@ func TestEnlistReturnsTheConcreteBranch(t *testing.T) {
 	if err := b.Abort(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A branch that wrote nothing commits locally rather than rolling back, so
+// what it did outside tables (here a NOTIFY) still happens.
+func TestReadOnlyBranchCommitsLocallySoItsNotifyIsDelivered(t *testing.T) {
+	forDrivers(t, func(t *testing.T, driver string) {
+		ctx := testCtx(t)
+		listener, err := pgx.Connect(ctx, srv.DSN(appDB))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer listener.Close(ctx)
+		channel := "txcoord_test_" + driver
+		if _, err := listener.Exec(ctx, "LISTEN "+channel); err != nil {
+			t.Fatal(err)
+		}
+		r := openResource(t, srv, driver, appDB)
+		b := begin(t, r, "b1")
+		mustExec(t, b, "NOTIFY "+channel+", 'hello'")
+		vote, err := b.Prepare(ctx)
+		if err != nil || vote != participant.VoteReadOnly {
+			t.Fatalf("Prepare = %v, %v; want read-only", vote, err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		n, err := listener.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatalf("no notification from the read-only branch: %v", err)
+		}
+		if n.Payload != "hello" {
+			t.Fatalf("payload %q", n.Payload)
+		}
+	})
 }
