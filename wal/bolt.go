@@ -27,14 +27,23 @@ const (
 	DefaultEndFlushDelay = 50 * time.Millisecond
 )
 
-// fileFormat is the layout version stored in the meta bucket.
-const fileFormat = 1
+// File layout versions, stored in the meta bucket. Version 1 kept an
+// on-disk index of decisions (bucket BucketTx) beside the log; version 2
+// has only the log, from which the in-memory index is rebuilt at open, so
+// that a commit writes one bucket. OpenBolt checks a version-1 file's
+// index against its log and upgrades the file to version 2.
+const (
+	fileFormat1 = 1
+	fileFormat  = 2
+)
 
 // Bucket names and meta keys of the log file.
 const (
 	BucketMeta = "meta" // format version and epoch
 	BucketLog  = "log"  // 8-byte big-endian LSN -> encoded record
-	BucketTx   = "tx"   // 16-byte TxID -> 8-byte LSN of its decision
+	// BucketTx is the index of version-1 files: 16-byte TxID -> 8-byte LSN
+	// of its decision. OpenBolt checks it and deletes it.
+	BucketTx = "tx"
 )
 
 var (
@@ -84,39 +93,50 @@ func (o BoltOptions) boltTimeout() time.Duration {
 
 // Bolt is the durable Log, kept in a bbolt file.
 //
-// One writer goroutine owns every write. Append queues its record and
-// waits; the writer takes everything queued, writes it in one bbolt commit
-// (one fsync) and then answers every waiter, so concurrent decisions share
-// a sync without any timer. END records ride on the next commit; when no
-// decision comes, the writer writes them after EndFlushDelay.
+// Writes are led, not handed off: Append, Flush and Compact queue their
+// request, and if no commit is in progress the calling goroutine becomes
+// the leader and writes everything queued in one bbolt commit (one fsync)
+// itself. Requests queued while a commit runs wait; when it returns, the
+// leader answers the requests it took and passes leadership to the first
+// request still queued, whose goroutine then writes all that is queued by
+// then. Concurrent decisions thus share a sync without any timer, and a
+// lone writer pays no goroutine handoff. END records ride on the next
+// commit; when none comes, a background goroutine writes them after
+// EndFlushDelay.
 //
-// An in-memory index of decisions, loaded at open, answers Lookup, Pending
-// and Stats without reading the file.
+// An in-memory index of decisions, rebuilt at open from the records
+// themselves, answers Lookup, Pending and Stats without reading the file.
 type Bolt struct {
 	path  string
 	opts  BoltOptions
 	db    *bbolt.DB
 	epoch uint64
 
-	kick chan struct{} // wakes the writer; capacity 1
+	kick chan struct{} // wakes the END flusher; capacity 1
 	stop chan struct{} // closed by Close
-	done chan struct{} // closed when the writer has returned
+	done chan struct{} // closed when the END flusher has returned
 
 	closeOnce sync.Once
 	closeErr  error
 	dbMu      sync.RWMutex // held for reading around each View; Close takes it to close db
 
-	mu        sync.Mutex
-	closed    bool
-	failed    error // non-nil once a write failed; wraps ErrFailed and the cause
-	queue     []*request
-	ends      []pendingEnd
+	mu      sync.Mutex
+	idle    sync.Cond // on mu; broadcast when writing becomes false
+	closed  bool
+	failed  error // non-nil once a write failed; wraps ErrFailed and the cause
+	writing bool  // a leader owns the write path; only it writes to db
+	queue   []*request
+	ends    []pendingEnd
+	// endsSince is when the oldest END record in ends was queued.
 	endsSince time.Time
-	next      uint64 // next LSN
-	byTx      map[participant.TxID]*Decision
-	stats     Stats
-	// writeHook, if set, runs inside every write transaction of the writer
-	// and compaction; an error fails that write as a disk error would.
+	// endsWatched is set while the END flusher will look at ends again
+	// without being woken.
+	endsWatched bool
+	next        uint64 // next LSN
+	byTx        map[participant.TxID]*Decision
+	stats       Stats
+	// writeHook, if set, runs inside every write transaction (commits and
+	// compaction); an error fails that write as a disk error would.
 	writeHook func() error
 }
 
@@ -132,22 +152,25 @@ type reqState uint8
 
 const (
 	stateQueued    reqState = iota // waiting in Bolt.queue
-	stateTaken                     // the writer has it
-	stateCancelled                 // its caller left before the writer took it
+	stateLeading                   // still queued; its goroutine is told to lead
+	stateTaken                     // a leader has it
+	stateCancelled                 // its caller left before a leader took it
 )
 
 type request struct {
 	kind  reqKind
+	final bool        // reqFlush from Close: write every END record
 	rec   Record      // reqAppend: Time and Epoch filled in
 	val   []byte      // reqAppend: the encoded record
 	state reqState    // guarded by Bolt.mu
-	done  chan result // capacity 1; receives exactly one result
+	done  chan result // capacity 1; one lead signal at most, then one result
 }
 
 type result struct {
-	lsn uint64
-	n   int
-	err error
+	lead bool // not a result: the receiver is to lead the next commit
+	lsn  uint64
+	n    int
+	err  error
 }
 
 func (r *request) answer(res result) { r.done <- res }
@@ -184,11 +207,12 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		next: 1,
 		byTx: map[participant.TxID]*Decision{},
 	}
+	b.idle.L = &b.mu
 	if err := b.load(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
-	go b.run()
+	go b.flushEnds()
 	return b, nil
 }
 
@@ -242,7 +266,8 @@ func precheck(path string, opts BoltOptions) error {
 }
 
 // load reads and checks the whole file, builds the index, then stores the
-// next epoch (creating the buckets of a new file).
+// next epoch (creating the buckets of a new file, upgrading a version-1
+// file).
 func (b *Bolt) load() (err error) {
 	defer func() {
 		// bbolt panics on some damaged pages.
@@ -251,7 +276,7 @@ func (b *Bolt) load() (err error) {
 		}
 	}()
 	var fresh bool
-	var epoch uint64
+	var epoch, ver uint64
 	err = b.db.View(func(tx *bbolt.Tx) error {
 		mb := tx.Bucket(bucketMeta)
 		if mb == nil {
@@ -266,19 +291,25 @@ func (b *Bolt) load() (err error) {
 			fresh = true
 			return nil
 		}
-		ver, err := b.metaUint(mb, keyVersion)
-		if err != nil {
+		var err error
+		if ver, err = b.metaUint(mb, keyVersion); err != nil {
 			return err
 		}
-		if ver != fileFormat {
-			return fmt.Errorf("%w: %s has format version %d; this build reads version %d", ErrBadFile, b.path, ver, fileFormat)
+		if ver != fileFormat && ver != fileFormat1 {
+			return fmt.Errorf("%w: %s has format version %d; this build reads versions %d and %d", ErrBadFile, b.path, ver, fileFormat1, fileFormat)
 		}
 		if epoch, err = b.metaUint(mb, keyEpoch); err != nil {
 			return err
 		}
-		lb, xb := tx.Bucket(bucketLog), tx.Bucket(bucketTx)
-		if lb == nil || xb == nil {
-			return fmt.Errorf("%w: %s lacks bucket %q or %q", ErrBadFile, b.path, BucketLog, BucketTx)
+		lb := tx.Bucket(bucketLog)
+		if lb == nil {
+			return fmt.Errorf("%w: %s lacks bucket %q", ErrBadFile, b.path, BucketLog)
+		}
+		var xb *bbolt.Bucket
+		if ver == fileFormat1 {
+			if xb = tx.Bucket(bucketTx); xb == nil {
+				return fmt.Errorf("%w: %s (format version 1) lacks bucket %q", ErrBadFile, b.path, BucketTx)
+			}
 		}
 		return b.loadRecords(lb, xb)
 	})
@@ -291,15 +322,18 @@ func (b *Bolt) load() (err error) {
 		if err != nil {
 			return err
 		}
-		if fresh {
+		if fresh || ver == fileFormat1 {
 			if err := mb.Put(keyVersion, u64(fileFormat)); err != nil {
 				return err
 			}
 		}
-		for _, name := range [][]byte{bucketLog, bucketTx} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+		if ver == fileFormat1 {
+			if err := tx.DeleteBucket(bucketTx); err != nil {
 				return err
 			}
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketLog); err != nil {
+			return err
 		}
 		return mb.Put(keyEpoch, u64(epoch))
 	})
@@ -342,8 +376,12 @@ func (b *Bolt) decodeAt(k, v []byte) (Record, error) {
 	return rec, nil
 }
 
-// loadRecords reads every record, checks the state transitions and the tx
-// index, and fills b.byTx, b.next and b.stats.
+// loadRecords reads every record, checks the state transitions and, in a
+// version-1 file (xb not nil), the tx index, and fills b.byTx and b.next.
+//
+// The next LSN is one past the largest key, or past the log bucket's
+// sequence, which compaction raises to every LSN it deletes, so that an LSN
+// is never reused.
 func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 	var last uint64
 	c := lb.Cursor()
@@ -358,9 +396,11 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 			if d, ok := b.byTx[rec.TxID]; ok {
 				return b.corrupt(BucketLog, rec.LSN, "second decision %v for %s (first: %v at key %d)", rec.Kind, rec.TxID, d.Kind, d.LSN)
 			}
-			iv := xb.Get(rec.TxID[:])
-			if len(iv) != 8 || binary.BigEndian.Uint64(iv) != rec.LSN {
-				return b.corrupt(BucketTx, rec.LSN, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", rec.TxID, rec.LSN, BucketTx, iv)
+			if xb != nil {
+				iv := xb.Get(rec.TxID[:])
+				if len(iv) != 8 || binary.BigEndian.Uint64(iv) != rec.LSN {
+					return b.corrupt(BucketTx, rec.LSN, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", rec.TxID, rec.LSN, BucketTx, iv)
+				}
 			}
 			b.byTx[rec.TxID] = &Decision{Record: rec}
 		case KindEnd:
@@ -374,8 +414,23 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 			d.Ended, d.EndLSN = true, rec.LSN
 		}
 	}
+	if xb != nil {
+		if err := b.checkIndex(xb); err != nil {
+			return err
+		}
+	}
+	if seq := lb.Sequence(); seq > last {
+		last = seq
+	}
+	b.next = last + 1
+	return nil
+}
+
+// checkIndex checks that the tx index of a version-1 file names exactly
+// the decisions of its log.
+func (b *Bolt) checkIndex(xb *bbolt.Bucket) error {
 	n := 0
-	c = xb.Cursor()
+	c := xb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 16 || len(v) != 8 {
 			return b.corrupt(BucketTx, 0, "entry %x -> %x: want a 16-byte id and an 8-byte LSN", k, v)
@@ -390,10 +445,6 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 	if n != len(b.byTx) {
 		return b.corrupt(BucketTx, 0, "%d entries for %d decisions", n, len(b.byTx))
 	}
-	if seq := lb.Sequence(); seq > last {
-		last = seq
-	}
-	b.next = last + 1
 	return nil
 }
 
@@ -402,25 +453,104 @@ func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 // Path returns the log file's path.
 func (b *Bolt) Path() string { return b.path }
 
-// wake makes the writer look at the queue.
-func (b *Bolt) wake() {
+// watchEndsLocked makes sure the END flusher will look at queued END
+// records, waking it if it is not already waiting on their deadline.
+func (b *Bolt) watchEndsLocked() {
+	if b.endsWatched {
+		return
+	}
+	b.endsWatched = true
 	select {
 	case b.kick <- struct{}{}:
 	default:
 	}
 }
 
-// enqueueLocked adds r to the queue; it fails if the log is closed or failed.
-func (b *Bolt) enqueueLocked(r *request) error {
-	if b.closed {
-		return ErrClosed
+// submit queues r and returns its result. If no commit is in progress the
+// caller leads one at once; otherwise it waits, and leads a later commit if
+// the leader of the current one passes leadership to it.
+func (b *Bolt) submit(ctx context.Context, r *request) (res result, cancelled bool) {
+	r.done = make(chan result, 1)
+	b.mu.Lock()
+	if b.closed && !r.final {
+		b.mu.Unlock()
+		return result{err: ErrClosed}, false
 	}
 	if b.failed != nil {
-		return b.failed
+		err := b.failed
+		b.mu.Unlock()
+		return result{err: err}, false
 	}
-	r.done = make(chan result, 1)
 	b.queue = append(b.queue, r)
-	return nil
+	lead := !b.writing
+	b.writing = true
+	b.mu.Unlock()
+	if lead {
+		b.lead()
+	}
+	return b.await(ctx, r)
+}
+
+// await waits for r's result, leading commits when told to. If ctx ends
+// while r is still queued, r is withdrawn and cancelled is true; once a
+// leader has taken r, await waits for that commit's real result. A caller
+// told to lead does so even if ctx has ended, so that the requests queued
+// behind it are written; its own request is then withdrawn first.
+func (b *Bolt) await(ctx context.Context, r *request) (result, bool) {
+	for {
+		var res result
+		select {
+		case res = <-r.done:
+		case <-ctx.Done():
+			b.mu.Lock()
+			if r.state == stateQueued {
+				r.state = stateCancelled
+				b.mu.Unlock()
+				return result{err: ctx.Err()}, true
+			}
+			b.mu.Unlock()
+			res = <-r.done
+		}
+		if !res.lead {
+			return res, false
+		}
+		b.mu.Lock()
+		withdrawn := ctx.Err() != nil
+		if withdrawn {
+			r.state = stateCancelled
+		} else {
+			r.state = stateQueued
+		}
+		b.mu.Unlock()
+		b.lead()
+		if withdrawn {
+			return result{err: ctx.Err()}, true
+		}
+	}
+}
+
+// lead runs one commit; the caller must have set b.writing. Afterwards it
+// passes leadership to the first request still queued or, if there is
+// none, leaves the write path free.
+func (b *Bolt) lead() {
+	b.step()
+	b.mu.Lock()
+	for _, r := range b.queue {
+		if r.state == stateQueued {
+			r.state = stateLeading
+			b.mu.Unlock()
+			r.done <- result{lead: true}
+			return
+		}
+	}
+	clear(b.queue)
+	b.queue = b.queue[:0]
+	b.writing = false
+	if len(b.ends) > 0 && b.failed == nil {
+		b.watchEndsLocked()
+	}
+	b.idle.Broadcast()
+	b.mu.Unlock()
 }
 
 // existingLocked answers an append for a transaction already decided.
@@ -436,7 +566,7 @@ func existingLocked(d *Decision, rec *Record) (uint64, error) {
 //
 // If ctx ends while the record is still queued, the record is withdrawn
 // and Append returns ctx.Err(): a context error always means the record
-// was not written. Once the writer has taken the record, Append waits for
+// was not written. Once a leader has taken the record, Append waits for
 // that one commit and reports its real result, so that a caller never
 // hears "not written" about a record that may be durable.
 func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
@@ -465,27 +595,7 @@ func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	r := &request{kind: reqAppend, rec: rec, val: val}
-	b.mu.Lock()
-	err = b.enqueueLocked(r)
-	b.mu.Unlock()
-	if err != nil {
-		return 0, err
-	}
-	b.wake()
-	select {
-	case res := <-r.done:
-		return res.lsn, res.err
-	case <-ctx.Done():
-	}
-	b.mu.Lock()
-	if r.state == stateQueued {
-		r.state = stateCancelled
-		b.mu.Unlock()
-		return 0, ctx.Err()
-	}
-	b.mu.Unlock()
-	res := <-r.done
+	res, _ := b.submit(ctx, &request{kind: reqAppend, rec: rec, val: val})
 	return res.lsn, res.err
 }
 
@@ -514,54 +624,33 @@ func (b *Bolt) End(txid participant.TxID) error {
 	d.Ended, d.EndLSN = true, lsn
 	if len(b.ends) == 0 {
 		b.endsSince = time.Now()
-		defer b.wake()
 	}
 	b.ends = append(b.ends, pendingEnd{lsn: lsn, val: val})
+	b.watchEndsLocked()
 	return nil
 }
 
-// Flush implements Log.
+// Flush implements Log. If ctx ends before a commit has taken the flush,
+// Flush returns ctx.Err(); after that it waits for the commit.
 func (b *Bolt) Flush(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r := &request{kind: reqFlush}
-	b.mu.Lock()
-	err := b.enqueueLocked(r)
-	b.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	b.wake()
-	select {
-	case res := <-r.done:
-		return res.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	res, _ := b.submit(ctx, &request{kind: reqFlush})
+	return res.err
 }
 
-// Compact implements Log. It deletes the decision and END records and the
-// index entry of every ended transaction in one bbolt commit. END records
-// still queued for such transactions are dropped rather than written.
+// Compact implements Log. It deletes the decision and END records of every
+// ended transaction in one bbolt commit. END records
+// still queued for such transactions are dropped rather than written. If
+// ctx ends before a leader has taken the request, Compact returns
+// ctx.Err(); after that it waits for the compaction.
 func (b *Bolt) Compact(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	r := &request{kind: reqCompact}
-	b.mu.Lock()
-	err := b.enqueueLocked(r)
-	b.mu.Unlock()
-	if err != nil {
-		return 0, err
-	}
-	b.wake()
-	select {
-	case res := <-r.done:
-		return res.n, res.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
+	res, _ := b.submit(ctx, &request{kind: reqCompact})
+	return res.n, res.err
 }
 
 func copyDecision(d *Decision) Decision {
@@ -664,9 +753,10 @@ func (b *Bolt) Stats() Stats {
 	return s
 }
 
-// Close implements Log: it stops taking requests, lets the writer finish
-// everything queued (END records included), and closes the file. It
-// returns the log's failure, if a write failed. Later calls return nil.
+// Close implements Log: it stops taking requests, writes everything queued
+// (END records included), waits for the last commit to return, and closes
+// the file. It returns the log's failure, if a write failed. Later calls
+// return nil.
 func (b *Bolt) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
@@ -674,7 +764,13 @@ func (b *Bolt) Close() error {
 		b.mu.Unlock()
 		close(b.stop)
 		<-b.done
+		// Queued after every request admitted before closed was set, the
+		// final flush is taken only with or after all of them.
+		b.submit(context.Background(), &request{kind: reqFlush, final: true})
 		b.mu.Lock()
+		for b.writing {
+			b.idle.Wait()
+		}
 		failed := b.failed
 		b.mu.Unlock()
 		b.dbMu.Lock()
@@ -688,8 +784,9 @@ func (b *Bolt) Close() error {
 	return b.closeErr
 }
 
-// run is the writer goroutine.
-func (b *Bolt) run() {
+// flushEnds is the background goroutine that writes END records which
+// waited EndFlushDelay with no commit to ride on. It returns on Close.
+func (b *Bolt) flushEnds() {
 	defer close(b.done)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -699,52 +796,60 @@ func (b *Bolt) run() {
 		case <-b.kick:
 		case <-timer.C:
 		case <-b.stop:
-			for b.step(true).more {
-			}
 			return
 		}
-		st := b.step(false)
-		if st.more {
-			b.wake()
-		}
-		if st.endsWait > 0 {
-			timer.Reset(st.endsWait)
-		} else {
+		b.mu.Lock()
+		if len(b.ends) == 0 || b.failed != nil {
+			b.endsWatched = false
+			b.mu.Unlock()
 			timer.Stop()
+			continue
 		}
+		if wait := b.opts.EndFlushDelay - time.Since(b.endsSince); wait > 0 {
+			b.mu.Unlock()
+			timer.Reset(wait)
+			continue
+		}
+		// Due. A leader busy now watches the END records again when it
+		// leaves the write path with some still queued.
+		b.endsWatched = false
+		if b.writing {
+			b.mu.Unlock()
+			continue
+		}
+		b.writing = true
+		b.mu.Unlock()
+		b.lead()
 	}
-}
-
-type stepResult struct {
-	more     bool          // requests or END records are left to write now
-	endsWait time.Duration // END records are left, to write after this long
 }
 
 type dup struct{ r, of *request }
 
-// step takes what is queued and writes it. With final set, END records are
-// written whatever their age.
-func (b *Bolt) step(final bool) stepResult {
+// step takes what is queued, writes it in one bbolt commit, and answers
+// every request it took. The caller leads (b.writing is set).
+func (b *Bolt) step() {
 	b.mu.Lock()
 	if b.failed != nil {
 		err := b.failed
 		for _, r := range b.queue {
-			if r.state == stateQueued {
+			if r.state == stateQueued || r.state == stateLeading {
 				r.state = stateTaken
 				r.answer(result{err: err})
 			}
 		}
-		b.queue, b.ends = nil, nil
+		clear(b.queue)
+		b.queue, b.ends = b.queue[:0], nil
 		b.mu.Unlock()
-		return stepResult{}
+		return
 	}
 	var (
 		appends   []*request
 		dups      []dup
 		flushes   []*request
 		compacts  []*request
-		inBatch   = map[participant.TxID]*request{}
+		inBatch   map[participant.TxID]*request
 		remaining []*request
+		final     bool
 	)
 	for i, r := range b.queue {
 		if r.state == stateCancelled {
@@ -770,17 +875,22 @@ func (b *Bolt) step(final bool) stepResult {
 				}
 				continue
 			}
+			if inBatch == nil {
+				inBatch = map[participant.TxID]*request{}
+			}
 			r.rec.LSN = b.next
 			b.next++
 			inBatch[r.rec.TxID] = r
 			appends = append(appends, r)
 		case reqFlush:
 			flushes = append(flushes, r)
+			final = final || r.final
 		case reqCompact:
 			compacts = append(compacts, r)
 		}
 	}
-	b.queue = remaining
+	clear(b.queue)
+	b.queue = append(b.queue[:0], remaining...)
 	var ends []pendingEnd
 	endsDue := len(b.ends) > 0 && time.Since(b.endsSince) >= b.opts.EndFlushDelay
 	if final || endsDue || len(appends) > 0 || len(flushes) > 0 {
@@ -826,19 +936,6 @@ func (b *Bolt) step(final bool) stepResult {
 			r.answer(result{n: n, err: err})
 		}
 	}
-
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var st stepResult
-	if b.failed != nil {
-		st.more = len(b.queue) > 0
-		return st
-	}
-	st.more = len(b.queue) > 0 || (final && len(b.ends) > 0)
-	if len(b.ends) > 0 {
-		st.endsWait = max(b.opts.EndFlushDelay-time.Since(b.endsSince), time.Nanosecond)
-	}
-	return st
 }
 
 // write stores decisions and END records in one bbolt commit.
@@ -850,25 +947,21 @@ func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) e
 				return err
 			}
 		}
-		lb, xb := tx.Bucket(bucketLog), tx.Bucket(bucketTx)
-		top := lb.Sequence()
+		lb := tx.Bucket(bucketLog)
+		// Keys only grow: fill each leaf before starting the next, which
+		// keeps the tree, and the pages a commit rewrites, fewer.
+		lb.FillPercent = 1
 		for _, e := range ends {
 			if err := lb.Put(u64(e.lsn), e.val); err != nil {
 				return err
 			}
-			top = max(top, e.lsn)
 		}
 		for _, r := range appends {
-			k := u64(r.rec.LSN)
-			if err := lb.Put(k, r.val); err != nil {
+			if err := lb.Put(u64(r.rec.LSN), r.val); err != nil {
 				return err
 			}
-			if err := xb.Put(r.rec.TxID[:], k); err != nil {
-				return err
-			}
-			top = max(top, r.rec.LSN)
 		}
-		return lb.SetSequence(top)
+		return nil
 	})
 	if err != nil {
 		return err
@@ -903,7 +996,8 @@ func (b *Bolt) compact(hook func() error) (int, error) {
 				return err
 			}
 		}
-		lb, xb := tx.Bucket(bucketLog), tx.Bucket(bucketTx)
+		lb := tx.Bucket(bucketLog)
+		top := lb.Sequence()
 		for _, v := range victims {
 			if err := lb.Delete(u64(v.lsn)); err != nil {
 				return err
@@ -911,11 +1005,11 @@ func (b *Bolt) compact(hook func() error) (int, error) {
 			if err := lb.Delete(u64(v.endLSN)); err != nil {
 				return err
 			}
-			if err := xb.Delete(v.id[:]); err != nil {
-				return err
-			}
+			top = max(top, v.lsn, v.endLSN)
 		}
-		return nil
+		// Keys deleted here may have been the largest; the sequence keeps
+		// their LSNs from being handed out again after a restart.
+		return lb.SetSequence(top)
 	})
 	if err == nil {
 		failpoint.Hit(failpoint.WALAfterCompact)

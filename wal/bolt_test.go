@@ -162,8 +162,8 @@ func TestCompactDropsQueuedEndsAndReopensCleanly(t *testing.T) {
 	path := l.Path()
 	_ = l.Close()
 	withBolt(t, path, func(tx *bbolt.Tx) error {
-		if n := tx.Bucket(bucketTx).Stats().KeyN; n != 1 {
-			t.Errorf("tx bucket has %d keys, want 1", n)
+		if n := tx.Bucket(bucketLog).Stats().KeyN; n != 1 {
+			t.Errorf("log bucket has %d keys, want 1", n)
 		}
 		return nil
 	})
@@ -196,17 +196,33 @@ func TestTxKeysAreExactNeverPrefixMatched(t *testing.T) {
 	path := l.Path()
 	_ = l.Close()
 	withBolt(t, path, func(tx *bbolt.Tx) error {
-		c := tx.Bucket(bucketTx).Cursor()
+		if tx.Bucket(bucketTx) != nil {
+			t.Errorf("file has an index bucket %q", BucketTx)
+		}
+		c := tx.Bucket(bucketLog).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if len(k) != 16 {
-				t.Errorf("tx key %x is %d bytes, want 16", k, len(k))
+			if len(k) != 8 {
+				t.Errorf("log key %x is %d bytes, want 8", k, len(k))
 			}
 		}
+		return nil
+	})
+	// A version-1 file kept an on-disk index keyed by the whole id.
+	toFormat1(t, path)
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketTx).Cursor()
 		if k, _ := c.Seek(a[:15]); !bytes.Equal(k, a[:]) {
 			t.Errorf("seek by prefix landed on %x", k)
 		}
 		return nil
 	})
+	l = openBolt(t, path, BoltOptions{})
+	if da, _ := l.Lookup(a); !da.Ended || len(da.Branches) != 1 {
+		t.Fatalf("after upgrade: %s %+v", a, da)
+	}
+	if db, _ := l.Lookup(b); db.Ended || len(db.Branches) != 2 {
+		t.Fatalf("after upgrade: %s %+v", b, db)
+	}
 }
 
 func TestGroupCommitSharesSyncsBetween64Writers(t *testing.T) {
@@ -499,8 +515,63 @@ func TestCorruptSecondDecisionForOneTxFailsOpen(t *testing.T) {
 	wantCorrupt(t, path, BucketLog, 1000, "second decision")
 }
 
-func TestCorruptMissingTxIndexEntryFailsOpen(t *testing.T) {
+// toFormat1 turns the closed log file at path into a version-1 file: it
+// adds the tx index that version kept beside the log.
+func toFormat1(t *testing.T, path string) {
+	t.Helper()
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		xb, err := tx.CreateBucket(bucketTx)
+		if err != nil {
+			return err
+		}
+		c := tx.Bucket(bucketLog).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			rec, err := DecodeRecord(v)
+			if err != nil {
+				return err
+			}
+			if rec.Kind != KindEnd {
+				if err := xb.Put(rec.TxID[:], k); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(keyVersion, u64(fileFormat1))
+	})
+}
+
+func TestFormat1FileIsCheckedAndUpgraded(t *testing.T) {
 	path, lsns := closedLog(t)
+	toFormat1(t, path)
+	l := openBolt(t, path, BoltOptions{})
+	for i, lsn := range lsns {
+		d, err := l.Lookup(testID(uint64(i + 1)))
+		if err != nil || d.LSN != lsn || d.Ended != (i == 0) {
+			t.Fatalf("tx %d: %+v, %v; want LSN %d", i+1, d, err, lsn)
+		}
+	}
+	mustAppend(t, l, commitRec(t, testID(4)))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	withBolt(t, path, func(tx *bbolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyVersion); binary.BigEndian.Uint64(v) != fileFormat {
+			t.Errorf("format version %x after upgrade, want %d", v, fileFormat)
+		}
+		if tx.Bucket(bucketTx) != nil {
+			t.Errorf("index bucket %q kept after upgrade", BucketTx)
+		}
+		return nil
+	})
+	l = openBolt(t, path, BoltOptions{})
+	if s := l.Stats(); s.Pending != 3 {
+		t.Fatalf("pending %d after upgrade and reopen, want 3", s.Pending)
+	}
+}
+
+func TestCorruptMissingTxIndexEntryInFormat1FailsOpen(t *testing.T) {
+	path, lsns := closedLog(t)
+	toFormat1(t, path)
 	withBolt(t, path, func(tx *bbolt.Tx) error {
 		id := testID(3)
 		return tx.Bucket(bucketTx).Delete(id[:])
@@ -508,8 +579,9 @@ func TestCorruptMissingTxIndexEntryFailsOpen(t *testing.T) {
 	wantCorrupt(t, path, BucketTx, lsns[2], "no matching entry")
 }
 
-func TestCorruptStrayTxIndexEntryFailsOpen(t *testing.T) {
+func TestCorruptStrayTxIndexEntryInFormat1FailsOpen(t *testing.T) {
 	path, _ := closedLog(t)
+	toFormat1(t, path)
 	withBolt(t, path, func(tx *bbolt.Tx) error {
 		id := testID(0x10)
 		return tx.Bucket(bucketTx).Put(id[:], u64(2))
