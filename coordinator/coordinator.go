@@ -61,6 +61,11 @@ type Config struct {
 	RecoveryInterval time.Duration
 	// SkipStartupRecovery leaves the start-up pass to the caller (Recover).
 	SkipStartupRecovery bool
+	// OwnerWait bounds how long New waits to claim the coordinator id at
+	// each resource that can guard it (participant.Guard; PostgreSQL does,
+	// with an advisory lock), while another process holds it (default 10s):
+	// a previous process that was just killed may take a moment to let go.
+	OwnerWait time.Duration
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 	// Seed seeds retry jitter (0: random).
@@ -77,6 +82,8 @@ type Coordinator struct {
 	ctx    context.Context // lives until Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	releases []func() error // owner claims at the resources
 
 	mu      sync.Mutex
 	live    map[participant.TxID]*Tx
@@ -149,6 +156,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.OwnerWait <= 0 {
+		cfg.OwnerWait = 10 * time.Second
+	}
 	seed := cfg.Seed
 	c := &Coordinator{
 		cfg:       cfg,
@@ -170,10 +180,14 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 		c.resources[r.Name()] = r
 	}
+	if err := c.claim(ctx); err != nil {
+		return nil, err
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if !cfg.SkipStartupRecovery {
 		if _, err := c.recover(ctx, true); err != nil {
 			c.cancel()
+			c.unclaim()
 			return nil, fmt.Errorf("coordinator: start-up recovery: %w", err)
 		}
 	}
@@ -190,11 +204,51 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 // the log or the resources. Safe to call twice.
 func (c *Coordinator) Close() error {
 	c.mu.Lock()
+	already := c.closed
 	c.closed = true
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
+	if !already {
+		c.unclaim()
+	}
 	return nil
+}
+
+// claim makes sure no other running coordinator uses this id at any
+// resource that can tell (participant.Guard): two would take each other's
+// prepared branches for their own.
+func (c *Coordinator) claim(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.OwnerWait)
+	defer cancel()
+	owner := c.cfg.Prefix + "." + c.cfg.ID
+	names := make([]string, 0, len(c.resources))
+	for n := range c.resources {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		g, ok := c.resources[n].(participant.Guard)
+		if !ok {
+			continue
+		}
+		release, err := g.Guard(ctx, owner)
+		if err != nil {
+			c.unclaim()
+			return fmt.Errorf("coordinator: claim id %s at %s: %w", owner, n, err)
+		}
+		c.releases = append(c.releases, release)
+	}
+	return nil
+}
+
+func (c *Coordinator) unclaim() {
+	for _, release := range c.releases {
+		if err := release(); err != nil {
+			c.logger.Warn("releasing the coordinator id claim", "err", err)
+		}
+	}
+	c.releases = nil
 }
 
 // ID returns the coordinator id.

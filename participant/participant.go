@@ -131,3 +131,19 @@ type Prepared struct {
 type Enlister interface {
 	Enlist(ctx context.Context, r Resource) (Branch, error)
 }
+
+// ErrOwnerRunning reports that another running coordinator holds the same
+// coordinator id at a resource.
+var ErrOwnerRunning = errors.New("participant: another coordinator with this id is running")
+
+// Guard is implemented by resources that can make sure only one running
+// coordinator uses a coordinator id against them: two coordinators with one
+// id would each take the other's prepared branches for its own and resolve
+// them at recovery.
+type Guard interface {
+	// Guard claims owner (the gid prefix and coordinator id) at the
+	// resource, waiting until ctx ends while another process holds it
+	// (then it returns an error wrapping ErrOwnerRunning). The claim lasts
+	// until release is called or the process dies.
+	Guard(ctx context.Context, owner string) (release func() error, err error)
+}

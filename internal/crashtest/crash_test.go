@@ -347,13 +347,15 @@ func (r *rig) check(t *testing.T, label string) (transfers, deposits int) {
 	return len(sets[0]), deposits
 }
 
+func testingChild() bool { return os.Getenv(envMode) != "" }
+
 // TestKillAtEveryCrashPoint kills the coordinator with SIGKILL at every
 // crash point, CRASHTEST_RUNS times each (20 by default), in the middle of
 // concurrent random transfers across two real PostgreSQL servers; restarts
 // it on the same log; and checks atomicity and that nothing stays
 // prepared. CRASHTEST_SEED replays a run.
 func TestKillAtEveryCrashPoint(t *testing.T) {
-	if os.Getenv(envMode) != "" {
+	if testingChild() {
 		t.Skip("child")
 	}
 	seed := uint64(time.Now().UnixNano())
