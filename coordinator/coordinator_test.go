@@ -519,3 +519,32 @@ func TestI5DoNeverCallsACommittedTransactionAborted(t *testing.T) {
 		t.Fatal("not committed")
 	}
 }
+
+func TestCallerDeadlineEndsTheWaitEvenWhenACommitHangs(t *testing.T) {
+	r := newRig(t, 2, func(c *Config) { c.CallTimeout = time.Hour })
+	release := make(chan struct{})
+	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	tx, bs := r.begin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := tx.Commit(ctx)
+	if !errors.Is(err, ErrCommitPending) {
+		t.Fatalf("err %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("caller waited %v for a hung commit", el)
+	}
+	close(release)
+	r.waitIdle(t)
+	if n := r.atomicity(t, bs); n != 2 {
+		t.Fatal("not committed")
+	}
+}

@@ -370,7 +370,9 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 			// First attempts share one deadline.
 			d.commitCtx, d.commitEnd = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 		}
-		d.run(last && e.Delay == 0, func() protocol.Event {
+		// Never inline: the caller may give up during phase two
+		// (ErrCommitPending) while a commit hangs until CallTimeout.
+		d.run(false, func() protocol.Event {
 			ctx := d.commitCtx
 			if e.Attempt > 1 {
 				if e.Delay > 0 {
