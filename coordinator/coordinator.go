@@ -132,6 +132,11 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.Log == nil {
 		return nil, fmt.Errorf("%w: no log", ErrConfig)
 	}
+	if o, ok := cfg.Log.(interface{ Owner() string }); ok {
+		if owner, want := o.Owner(), cfg.Prefix+"."+cfg.ID; owner != "" && owner != want {
+			return nil, fmt.Errorf("%w: %w: the log belongs to %q, this coordinator is %q", ErrConfig, wal.ErrWrongOwner, owner, want)
+		}
+	}
 	if cfg.PrepareTimeout <= 0 {
 		cfg.PrepareTimeout = 10 * time.Second
 	}

@@ -548,3 +548,15 @@ func TestCallerDeadlineEndsTheWaitEvenWhenACommitHangs(t *testing.T) {
 		t.Fatal("not committed")
 	}
 }
+
+func TestALogOfAnotherCoordinatorIsRefused(t *testing.T) {
+	log, err := wal.OpenBolt(t.TempDir()+"/other.wal", wal.BoltOptions{Owner: "txc.someone-else"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	_, err = New(context.Background(), Config{ID: "test", Log: log, RecoveryInterval: -1})
+	if !errors.Is(err, ErrConfig) || !errors.Is(err, wal.ErrWrongOwner) {
+		t.Fatalf("err %v", err)
+	}
+}

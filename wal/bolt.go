@@ -52,6 +52,7 @@ var (
 	bucketTx   = []byte(BucketTx)
 	keyVersion = []byte("version")
 	keyEpoch   = []byte("epoch")
+	keyOwner   = []byte("owner")
 )
 
 // recordsChunk is how many records Records decodes per bbolt read
@@ -71,6 +72,12 @@ type BoltOptions struct {
 	// EndFlushDelay is how long END records may wait in memory when no
 	// decision is being written. Zero means DefaultEndFlushDelay.
 	EndFlushDelay time.Duration
+	// Owner names the coordinator the log belongs to (its gid prefix and
+	// id, e.g. "txc.orders-1"). The first open with an owner stores it;
+	// a later open naming another owner fails with ErrWrongOwner, since the
+	// log's decisions are only meaningful for the gids of that coordinator.
+	// Empty skips the check.
+	Owner string
 }
 
 func (o BoltOptions) withDefaults() BoltOptions {
@@ -111,6 +118,7 @@ type Bolt struct {
 	opts  BoltOptions
 	db    *bbolt.DB
 	epoch uint64
+	owner string
 
 	kick chan struct{} // wakes the END flusher; capacity 1
 	stop chan struct{} // closed by Close
@@ -277,6 +285,7 @@ func (b *Bolt) load() (err error) {
 	}()
 	var fresh bool
 	var epoch, ver uint64
+	var owner string
 	err = b.db.View(func(tx *bbolt.Tx) error {
 		mb := tx.Bucket(bucketMeta)
 		if mb == nil {
@@ -300,6 +309,10 @@ func (b *Bolt) load() (err error) {
 		}
 		if epoch, err = b.metaUint(mb, keyEpoch); err != nil {
 			return err
+		}
+		owner = string(mb.Get(keyOwner))
+		if b.opts.Owner != "" && owner != "" && owner != b.opts.Owner {
+			return fmt.Errorf("%w: %s belongs to coordinator %q, not %q", ErrWrongOwner, b.path, owner, b.opts.Owner)
 		}
 		lb := tx.Bucket(bucketLog)
 		if lb == nil {
@@ -335,14 +348,25 @@ func (b *Bolt) load() (err error) {
 		if _, err := tx.CreateBucketIfNotExists(bucketLog); err != nil {
 			return err
 		}
+		if owner == "" && b.opts.Owner != "" {
+			if err := mb.Put(keyOwner, []byte(b.opts.Owner)); err != nil {
+				return err
+			}
+			owner = b.opts.Owner
+		}
 		return mb.Put(keyEpoch, u64(epoch))
 	})
 	if err != nil {
 		return fmt.Errorf("wal: open %s: store epoch: %w", b.path, err)
 	}
 	b.epoch = epoch
+	b.owner = owner
 	return nil
 }
+
+// Owner returns the coordinator the log belongs to, or "" if none was
+// ever named (see BoltOptions.Owner).
+func (b *Bolt) Owner() string { return b.owner }
 
 func (b *Bolt) metaUint(mb *bbolt.Bucket, key []byte) (uint64, error) {
 	v := mb.Get(key)

@@ -36,6 +36,9 @@ var (
 	// refuses every later write: what is on disk is unknown until the
 	// process restarts and reads it back.
 	ErrFailed = errors.New("wal: log failed; restart to recover")
+	// ErrWrongOwner reports a log opened for another coordinator than the
+	// one that wrote it.
+	ErrWrongOwner = errors.New("wal: log belongs to another coordinator")
 	// ErrNotFound reports a transaction with no decision record.
 	ErrNotFound = errors.New("wal: no decision record")
 	// ErrBadRecord reports a record that is invalid before it is written.

@@ -190,7 +190,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	defer os.RemoveAll(dir)
 	var log wal.Log = wal.NewMem()
 	if o.logKind == "bolt" {
-		bl, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
+		bl, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{Owner: "txc.bench"})
 		if err != nil {
 			return err
 		}

@@ -94,7 +94,7 @@ func run(workers, transfers, accounts int, failRate float64, embedded bool) erro
 	defer a.close()
 	defer b.close()
 
-	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
+	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{Owner: "txc.demo"})
 	if err != nil {
 		return err
 	}

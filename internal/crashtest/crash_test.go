@@ -112,7 +112,7 @@ func child(mode string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	seed, _ := strconv.ParseUint(os.Getenv(envSeed), 10, 64)
-	log, err := wal.OpenBolt(os.Getenv(envWAL), wal.BoltOptions{LockTimeout: 5 * time.Second})
+	log, err := wal.OpenBolt(os.Getenv(envWAL), wal.BoltOptions{LockTimeout: 5 * time.Second, Owner: "txc." + coordinatorID})
 	if err != nil {
 		return err
 	}
