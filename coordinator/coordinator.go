@@ -84,6 +84,7 @@ type Coordinator struct {
 	wg     sync.WaitGroup
 
 	releases []func() error // owner claims at the resources
+	started  time.Time
 
 	mu      sync.Mutex
 	live    map[participant.TxID]*Tx
@@ -171,6 +172,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		resources: map[string]participant.Resource{},
 		logger:    cfg.Logger,
 		live:      map[participant.TxID]*Tx{},
+		started:   time.Now(),
 		rand:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 	}
 	for _, r := range cfg.Resources {
@@ -408,6 +410,7 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	cfg := recovery.Config{
 		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs,
 		InDoubtTimeout: c.cfg.InDoubtTimeout, CallTimeout: c.cfg.CallTimeout, Logger: c.logger,
+		RunStart: c.started,
 	}
 	if !startup {
 		cfg.Live = c.isLive

@@ -37,6 +37,10 @@ type Config struct {
 	// ours is resolved only once it is older than this; any prepared branch
 	// older than this is reported as stale.
 	InDoubtTimeout time.Duration
+	// RunStart is when this coordinator run began: a prepared branch of a
+	// transaction begun before it belongs to an earlier run and is resolved
+	// without waiting for InDoubtTimeout.
+	RunStart time.Time
 	// CallTimeout bounds each call to a resource (default 30s).
 	CallTimeout time.Duration
 	// Now is the clock (default time.Now).
@@ -118,6 +122,12 @@ type pass struct {
 }
 
 func (p *pass) live(id participant.TxID) bool { return p.cfg.Live != nil && p.cfg.Live(id) }
+
+// earlierRun reports whether g's transaction began before this run.
+func (p *pass) earlierRun(g participant.GID) bool {
+	t := g.TxID.Time()
+	return !p.cfg.RunStart.IsZero() && !t.IsZero() && t.Before(p.cfg.RunStart)
+}
 
 func (p *pass) fail(err error) {
 	p.rep.Errors = append(p.rep.Errors, err)
@@ -236,7 +246,7 @@ func (p *pass) scan(ctx context.Context, r participant.Resource) {
 			p.rep.SkippedLive++
 			p.rep.Actions = append(p.rep.Actions, act)
 			continue
-		case p.cfg.Live != nil && !stale:
+		case p.cfg.Live != nil && !stale && !p.earlierRun(pr.GID):
 			act.What = "skip-young"
 			p.rep.SkippedYoung++
 			p.rep.Actions = append(p.rep.Actions, act)

@@ -166,3 +166,18 @@ func TestUnregisteredResourceKeepsTheDecisionPending(t *testing.T) {
 		t.Fatal("decision dropped")
 	}
 }
+
+func TestBranchesOfAnEarlierRunAreResolvedWithoutWaiting(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	old := gid(t, "c1", "0")
+	a.AddPrepared(old.String())
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a},
+		Live: func(participant.TxID) bool { return false }, InDoubtTimeout: time.Hour, RunStart: time.Now().Add(time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsRolledBack(old.String()) || rep.SkippedYoung != 0 {
+		t.Fatalf("a branch from an earlier run waited for the in-doubt timeout: %+v", rep)
+	}
+}
