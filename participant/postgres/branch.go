@@ -32,6 +32,7 @@ type Branch struct {
 	mu       chanMutex
 	conn     *sql.Conn
 	err      error // first error a statement method returned
+	wrote    bool  // a statement method reported affected rows: the transaction has an id
 	state    state
 	prepared bool // Prepare ran: vote and voteErr hold its answer
 	vote     participant.Vote
@@ -149,6 +150,13 @@ func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sq
 	}
 	res, err := b.conn.ExecContext(ctx, query, args...)
 	b.see(err)
+	if err == nil && !b.wrote {
+		// Rows changed means a transaction id; a SELECT run through Exec
+		// may count rows too, which only costs the read-only shortcut.
+		if n, rerr := res.RowsAffected(); rerr == nil && n > 0 {
+			b.wrote = true
+		}
+	}
 	return res, err
 }
 
@@ -248,7 +256,7 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 	failpoint.Hit(failpoint.PGBeforePrepare)
 	// One round trip: the check, then PREPARE TRANSACTION, in one simple
 	// query. If the check fails, PostgreSQL runs nothing after it.
-	_, err := b.conn.ExecContext(ctx, checkStmt+"; PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
+	_, err := b.conn.ExecContext(ctx, b.check()+"; PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
 	if err == nil {
 		failpoint.Hit(failpoint.PGAfterPrepare)
 		b.finish(statePrepared, false)
@@ -292,6 +300,20 @@ const readOnlyMarker = "txcoord: read-only branch"
 const checkStmt = "SAVEPOINT txcoord_check; " +
 	"SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN ('" + readOnlyMarker + " ' || pg_backend_pid())::int END; " +
 	"RELEASE SAVEPOINT txcoord_check"
+
+// abortedStmt is checkStmt without the read-only test, for a branch known
+// to have written: SAVEPOINT fails in an aborted transaction (25P02) and
+// costs the server less than a SELECT.
+const abortedStmt = "SAVEPOINT txcoord_check; RELEASE SAVEPOINT txcoord_check"
+
+// check returns the statement that goes in front of PREPARE TRANSACTION or
+// COMMIT. b.mu is held.
+func (b *Branch) check() string {
+	if b.wrote {
+		return abortedStmt
+	}
+	return checkStmt
+}
 
 // commitReadOnly commits a branch whose check said it wrote nothing: it
 // leaves the failed savepoint and commits locally (a NOTIFY, say, is
@@ -368,7 +390,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		b.rollback(ctx)
 		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
 	}
-	_, err := b.conn.ExecContext(ctx, checkStmt+"; COMMIT")
+	_, err := b.conn.ExecContext(ctx, b.check()+"; COMMIT")
 	if err == nil {
 		b.finish(stateCommitted, false)
 		return nil

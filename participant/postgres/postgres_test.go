@@ -804,3 +804,39 @@ func TestReadOnlyBranchCommitsLocallySoItsNotifyIsDelivered(t *testing.T) {
 		}
 	})
 }
+
+// Whatever the branch's wrappers saw, the vote follows what PostgreSQL
+// holds: a write made only through Conn is prepared, and a branch whose
+// Exec counted rows of a SELECT (so it skips the read-only test) is still
+// prepared and committed correctly.
+func TestVoteFollowsTheServerWhateverTheWrappersSaw(t *testing.T) {
+	forDrivers(t, func(t *testing.T, driver string) {
+		ctx := testCtx(t)
+		db := rawDB(t, srv, appDB)
+		table := newTable(t, db)
+		r := openResource(t, srv, driver, appDB)
+
+		b := begin(t, r, "b1")
+		if _, err := b.Conn().ExecContext(ctx, "INSERT INTO "+table+" VALUES ('via-conn')"); err != nil {
+			t.Fatal(err)
+		}
+		if vote, err := b.Prepare(ctx); err != nil || vote != participant.VoteYes {
+			t.Fatalf("write through Conn: Prepare = %v, %v; want yes", vote, err)
+		}
+		if err := r.Commit(ctx, b.GID()); err != nil {
+			t.Fatal(err)
+		}
+
+		c := begin(t, r, "b2")
+		mustExec(t, c, "SELECT * FROM "+table)
+		if vote, err := c.Prepare(ctx); err != nil || vote != participant.VoteYes {
+			t.Fatalf("counted SELECT: Prepare = %v, %v; want yes", vote, err)
+		}
+		if err := r.Commit(ctx, c.GID()); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, db, table); n != 1 {
+			t.Fatalf("rows = %d, want 1", n)
+		}
+	})
+}
