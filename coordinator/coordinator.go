@@ -83,8 +83,8 @@ type Coordinator struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	releases []func() error // owner claims at the resources
-	started  time.Time
+	claims  []participant.Claim // owner claims at the resources
+	started time.Time
 
 	mu      sync.Mutex
 	live    map[participant.TxID]*Tx
@@ -239,23 +239,34 @@ func (c *Coordinator) claim(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		release, err := g.Guard(ctx, owner)
+		cl, err := g.Guard(ctx, owner)
 		if err != nil {
 			c.unclaim()
 			return fmt.Errorf("coordinator: claim id %s at %s: %w", owner, n, err)
 		}
-		c.releases = append(c.releases, release)
+		c.claims = append(c.claims, cl)
 	}
 	return nil
 }
 
 func (c *Coordinator) unclaim() {
-	for _, release := range c.releases {
-		if err := release(); err != nil {
+	for _, cl := range c.claims {
+		if err := cl.Release(); err != nil {
 			c.logger.Warn("releasing the coordinator id claim", "err", err)
 		}
 	}
-	c.releases = nil
+	c.claims = nil
+}
+
+// checkClaims makes sure this coordinator still holds its id everywhere
+// before a recovery pass resolves anything.
+func (c *Coordinator) checkClaims(ctx context.Context) error {
+	for _, cl := range c.claims {
+		if err := cl.Check(ctx); err != nil {
+			return fmt.Errorf("coordinator: lost the claim on id %s.%s; not resolving anything: %w", c.cfg.Prefix, c.cfg.ID, err)
+		}
+	}
+	return nil
 }
 
 // ID returns the coordinator id.
@@ -403,6 +414,10 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	}
 	c.recoverMu.Lock()
 	defer c.recoverMu.Unlock()
+	if err := c.checkClaims(ctx); err != nil {
+		c.logger.Error("recovery pass refused", "err", err)
+		return nil, err
+	}
 	rs := make([]participant.Resource, 0, len(c.resources))
 	for _, r := range c.resources {
 		rs = append(rs, r)

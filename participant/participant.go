@@ -138,12 +138,23 @@ var ErrOwnerRunning = errors.New("participant: another coordinator with this id 
 
 // Guard is implemented by resources that can make sure only one running
 // coordinator uses a coordinator id against them: two coordinators with one
-// id would each take the other's prepared branches for its own and resolve
+// id would each take the other's prepared branches for their own and resolve
 // them at recovery.
 type Guard interface {
 	// Guard claims owner (the gid prefix and coordinator id) at the
 	// resource, waiting until ctx ends while another process holds it
 	// (then it returns an error wrapping ErrOwnerRunning). The claim lasts
-	// until release is called or the process dies.
-	Guard(ctx context.Context, owner string) (release func() error, err error)
+	// until it is released or the process dies.
+	Guard(ctx context.Context, owner string) (Claim, error)
+}
+
+// Claim is a held Guard claim.
+type Claim interface {
+	// Check makes sure the claim still holds, taking it again if it was
+	// lost (its session ended, say after a server restart) and nobody else
+	// took it meanwhile; otherwise it fails, wrapping ErrOwnerRunning if
+	// another process holds it now.
+	Check(ctx context.Context) error
+	// Release gives the claim up.
+	Release() error
 }

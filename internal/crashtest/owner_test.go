@@ -52,3 +52,54 @@ func TestSecondCoordinatorWithTheSameIDIsRefused(t *testing.T) {
 	}
 	b.Close()
 }
+
+// A claim lost with its session (a server restart, a terminated backend)
+// is taken again before a recovery pass; if another process took it
+// meanwhile, the pass refuses to resolve anything.
+func TestLostClaimIsRetakenOrRecoveryRefuses(t *testing.T) {
+	if testingChild() {
+		t.Skip("child")
+	}
+	r := setup(t)
+	ctx := context.Background()
+	var res []participant.Resource
+	for i, name := range []string{"bank_a", "bank_b"} {
+		p, err := postgres.Open(ctx, name, "postgres", r.dsn[i], postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		res = append(res, p)
+	}
+	log, err := wal.OpenBolt(filepath.Join(t.TempDir(), "c.wal"), wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	c, err := coordinator.New(ctx, coordinator.Config{ID: "claims", Log: log, Resources: res, RecoveryInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cut := func() {
+		for _, db := range r.db {
+			if _, err := db.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cut()
+	if _, err := c.Recover(ctx); err != nil {
+		t.Fatalf("recovery after the claim's session ended: %v", err)
+	}
+	cut()
+	thief, err := res[0].(*postgres.Resource).Guard(ctx, "txc.claims")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer thief.Release()
+	if _, err := c.Recover(ctx); !errors.Is(err, participant.ErrOwnerRunning) {
+		t.Fatalf("recovery while another process holds the id: %v, want ErrOwnerRunning", err)
+	}
+}

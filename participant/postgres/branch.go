@@ -150,9 +150,9 @@ func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sq
 	}
 	res, err := b.conn.ExecContext(ctx, query, args...)
 	b.see(err)
-	if err == nil && !b.wrote {
-		// Rows changed means a transaction id; a SELECT run through Exec
-		// may count rows too, which only costs the read-only shortcut.
+	if err == nil && !b.wrote && isDML(query) {
+		// Rows changed by INSERT, UPDATE, DELETE or MERGE means the
+		// transaction has an id: the read-only test can be skipped.
 		if n, rerr := res.RowsAffected(); rerr == nil && n > 0 {
 			b.wrote = true
 		}
@@ -300,6 +300,21 @@ const readOnlyMarker = "txcoord: read-only branch"
 const checkStmt = "SAVEPOINT txcoord_check; " +
 	"SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN ('" + readOnlyMarker + " ' || pg_backend_pid())::int END; " +
 	"RELEASE SAVEPOINT txcoord_check"
+
+// isDML reports whether query starts with INSERT, UPDATE, DELETE or MERGE
+// (a SELECT counts rows too, but may have no transaction id).
+func isDML(query string) bool {
+	q := strings.TrimLeft(query, " \t\r\n(")
+	for _, kw := range [...]string{"INSERT", "UPDATE", "DELETE", "MERGE"} {
+		if len(q) > len(kw) && strings.EqualFold(q[:len(kw)], kw) {
+			switch q[len(kw)] {
+			case ' ', '\t', '\r', '\n':
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // abortedStmt is checkStmt without the read-only test, for a branch known
 // to have written: SAVEPOINT fails in an aborted transaction (25P02) and

@@ -788,7 +788,8 @@ func TestReadOnlyBranchCommitsLocallySoItsNotifyIsDelivered(t *testing.T) {
 		}
 		r := openResource(t, srv, driver, appDB)
 		b := begin(t, r, "b1")
-		mustExec(t, b, "NOTIFY "+channel+", 'hello'")
+		// pg_notify through Exec: its SELECT counts a row, yet writes nothing.
+		mustExec(t, b, "SELECT pg_notify('"+channel+"', 'hello')")
 		vote, err := b.Prepare(ctx)
 		if err != nil || vote != participant.VoteReadOnly {
 			t.Fatalf("Prepare = %v, %v; want read-only", vote, err)
@@ -827,16 +828,35 @@ func TestVoteFollowsTheServerWhateverTheWrappersSaw(t *testing.T) {
 			t.Fatal(err)
 		}
 
+		// Exec of a SELECT counts rows but writes nothing: still read-only.
 		c := begin(t, r, "b2")
 		mustExec(t, c, "SELECT * FROM "+table)
-		if vote, err := c.Prepare(ctx); err != nil || vote != participant.VoteYes {
-			t.Fatalf("counted SELECT: Prepare = %v, %v; want yes", vote, err)
+		if vote, err := c.Prepare(ctx); err != nil || vote != participant.VoteReadOnly {
+			t.Fatalf("counted SELECT: Prepare = %v, %v; want read-only", vote, err)
 		}
-		if err := r.Commit(ctx, c.GID()); err != nil {
+		// A DML statement that changed rows skips the read-only test.
+		d := begin(t, r, "b3")
+		mustExec(t, d, "  update "+table+" SET k = k")
+		if vote, err := d.Prepare(ctx); err != nil || vote != participant.VoteYes {
+			t.Fatalf("update: Prepare = %v, %v; want yes", vote, err)
+		}
+		if err := r.Commit(ctx, d.GID()); err != nil {
 			t.Fatal(err)
 		}
 		if n := count(t, db, table); n != 1 {
 			t.Fatalf("rows = %d, want 1", n)
 		}
 	})
+}
+
+func TestIsDMLRecognisesOnlyRowChangingStatements(t *testing.T) {
+	for q, want := range map[string]bool{
+		"INSERT INTO t VALUES (1)": true, " update t set a=1": true, "(DELETE FROM t)": true,
+		"merge into t using s on true when matched then delete": true, "SELECT 1": false,
+		"WITH x AS (SELECT 1) UPDATE t SET a=1": false, "UPDATEX": false, "insert": false,
+	} {
+		if got := isDML(q); got != want {
+			t.Errorf("isDML(%q) = %v, want %v", q, got, want)
+		}
+	}
 }
