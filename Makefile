@@ -2,6 +2,7 @@ GO       ?= go
 PKGS     ?= ./...
 FUZZTIME ?= 20s
 BENCHTIME ?= 5s
+BENCHROUNDS ?= 5
 
 .PHONY: all build test demo bench fuzz vet check-fmt pg
 
@@ -30,7 +31,7 @@ demo:
 ## independent commits, all in one run.
 bench: pg
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
-	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --workers 1,8,32
+	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
 
 ## fuzz: each fuzz target for FUZZTIME.
 fuzz:
