@@ -83,15 +83,17 @@ The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
 }
 
 type result struct {
-	Mode     string        `json:"mode"`
-	Workers  int           `json:"workers"`
-	Done     int64         `json:"transfers"`
-	Errors   int64         `json:"errors"`
-	TPS      float64       `json:"tps"`
-	P50      time.Duration `json:"p50_ns"`
-	P99      time.Duration `json:"p99_ns"`
-	Relative float64       `json:"relative_to_plain_2pc,omitempty"`
-	Syncs    uint64        `json:"wal_fsyncs,omitempty"`
+	Mode    string        `json:"mode"`
+	Workers int           `json:"workers"`
+	Done    int64         `json:"transfers"`
+	Errors  int64         `json:"errors"`
+	TPS     float64       `json:"tps"`
+	P50     time.Duration `json:"p50_ns"`
+	P99     time.Duration `json:"p99_ns"`
+	// Relative is the median over rounds of this mode's throughput over
+	// plain-2pc's in the same round.
+	Relative float64 `json:"relative_to_plain_2pc,omitempty"`
+	Syncs    uint64  `json:"wal_fsyncs,omitempty"`
 	// CPU is the whole machine's busy CPU time per transfer (databases
 	// included), 0 where it cannot be read.
 	CPU time.Duration `json:"cpu_per_transfer_ns,omitempty"`
@@ -244,14 +246,9 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 			}
 		}
 		for _, m := range o.modes {
-			results = append(results, median(runs[m]))
-		}
-	}
-	for i := range results {
-		for _, b := range results {
-			if b.Mode == modePlain2PC && b.Workers == results[i].Workers && b.TPS > 0 {
-				results[i].Relative = results[i].TPS / b.TPS
-			}
+			r := median(runs[m])
+			r.Relative = pairedRatio(runs[m], runs[modePlain2PC])
+			results = append(results, r)
 		}
 	}
 	for i := range db {
@@ -269,7 +266,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return enc.Encode(results)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
+	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc (paired)\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
 	for _, r := range results {
 		rel := "-"
 		if r.Relative > 0 {
@@ -280,12 +277,34 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	return tw.Flush()
 }
 
-// median returns the run with the median throughput, with its rounds'
-// throughputs attached.
-func median(rs []result) result {
+// pairedRatio is the median over rounds of a mode's throughput divided by
+// plain-2pc's in the same round: the machine's drift (checkpoints, a noisy
+// neighbour) hits both runs of a round alike, so the ratio is steadier
+// than a ratio of medians. 0 when there is no plain-2pc run.
+func pairedRatio(mode, plain []result) float64 {
+	if len(plain) != len(mode) || len(plain) == 0 {
+		return 0
+	}
+	ratios := make([]float64, 0, len(mode))
+	for i := range mode {
+		if plain[i].TPS > 0 {
+			ratios = append(ratios, mode[i].TPS/plain[i].TPS)
+		}
+	}
+	if len(ratios) == 0 {
+		return 0
+	}
+	sort.Float64s(ratios)
+	return ratios[len(ratios)/2]
+}
+
+// median returns the run with the median throughput, with every round's
+// throughput attached in round order.
+func median(runs []result) result {
+	rs := append([]result(nil), runs...)
 	sort.Slice(rs, func(i, j int) bool { return rs[i].TPS < rs[j].TPS })
 	m := rs[len(rs)/2]
-	for _, r := range rs {
+	for _, r := range runs {
 		m.Rounds = append(m.Rounds, math.Round(r.TPS))
 	}
 	return m
