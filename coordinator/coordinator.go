@@ -86,14 +86,13 @@ type Coordinator struct {
 	claims  []participant.Claim // owner claims at the resources
 	started time.Time
 
-	mu      sync.Mutex
-	live    map[participant.TxID]*Tx
-	closed  bool
-	failed  error // a decision write failed: no new commits
-	lastRec *recovery.Report
+	mu     sync.Mutex
+	live   map[participant.TxID]*Tx
+	closed bool
+	failed error // a decision write failed: no new commits
 
 	randMu sync.Mutex
-	rand   *rand.Rand
+	rand   *rand.Rand // per-transaction jitter seeds, only with Config.Seed
 
 	recoverMu sync.Mutex // one recovery pass at a time
 
@@ -165,7 +164,6 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.OwnerWait <= 0 {
 		cfg.OwnerWait = 10 * time.Second
 	}
-	seed := cfg.Seed
 	c := &Coordinator{
 		cfg:       cfg,
 		log:       cfg.Log,
@@ -173,7 +171,6 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		logger:    cfg.Logger,
 		live:      map[participant.TxID]*Tx{},
 		started:   time.Now(),
-		rand:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 	}
 	for _, r := range cfg.Resources {
 		if r == nil {
@@ -189,6 +186,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if err := c.claim(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Seed != 0 {
+		c.rand = rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if !cfg.SkipStartupRecovery {
@@ -355,7 +355,7 @@ func (c *Coordinator) fail(err error) {
 
 func (c *Coordinator) machineConfig() protocol.Config {
 	cfg := protocol.Config{Backoff: backoff.Policy{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}}
-	if c.cfg.Seed != 0 {
+	if c.rand != nil {
 		// Reproducible jitter for tests; otherwise the global source.
 		c.randMu.Lock()
 		cfg.Rand = rand.New(rand.NewPCG(c.rand.Uint64(), c.rand.Uint64()))
@@ -432,9 +432,6 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	}
 	rep, err := recovery.Pass(ctx, cfg)
 	if err == nil {
-		c.mu.Lock()
-		c.lastRec = rep
-		c.mu.Unlock()
 		for _, s := range rep.Stale {
 			c.logger.Warn("prepared branch in doubt", "resource", s.Resource, "gid", s.GID, "age", s.Age.Round(time.Second), "state", s.What, "err", s.Err)
 		}

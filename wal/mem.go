@@ -24,7 +24,6 @@ type Mem struct {
 	recs    map[uint64]Record
 	byTx    map[participant.TxID]*Decision
 	stats   Stats
-	appendH func(Record)
 }
 
 // NewMem returns an empty in-memory log at epoch 1.
@@ -53,14 +52,6 @@ func (m *Mem) Restart() *Mem {
 func (m *Mem) SetFail(err error) {
 	m.mu.Lock()
 	m.failErr = err
-	m.mu.Unlock()
-}
-
-// OnAppend installs a hook called with each decision record as it becomes
-// durable (before Append returns).
-func (m *Mem) OnAppend(fn func(Record)) {
-	m.mu.Lock()
-	m.appendH = fn
 	m.mu.Unlock()
 }
 
@@ -101,9 +92,6 @@ func (m *Mem) Append(ctx context.Context, rec Record) (uint64, error) {
 	m.stats.Syncs++
 	if m.stats.MaxBatch == 0 {
 		m.stats.MaxBatch = 1
-	}
-	if m.appendH != nil {
-		m.appendH(rec)
 	}
 	return rec.LSN, nil
 }

@@ -21,15 +21,19 @@ func TestPairedRatioComparesRunsOfTheSameRound(t *testing.T) {
 }
 
 func TestTransferFlagsThatMakeNoSenseAreRefused(t *testing.T) {
-	for _, args := range [][]string{
-		{"--duration", "0s"}, {"--workers", "0"}, {"--workers", "500"}, {"--modes", "fast"},
-		{"--rounds", "0"}, {"--log", "tape"}, {"-o", "xml"}, {"--accounts", "0"},
+	for _, c := range []struct {
+		args []string
+		want string // the error names the flag
+	}{
+		{[]string{"--duration", "0s"}, "--duration"}, {[]string{"--workers", "0"}, "--workers"},
+		{[]string{"--workers", "500"}, "--workers"}, {[]string{"--modes", "fast"}, "--modes"},
+		{[]string{"--rounds", "0"}, "--rounds"}, {[]string{"--log", "tape"}, "--log"},
+		{[]string{"-o", "xml"}, "--output"}, {[]string{"--accounts", "0"}, "--accounts"},
 	} {
 		cmd := newRootCmd()
-		cmd.SetArgs(append([]string{"transfer"}, args...))
-		err := cmd.Execute()
-		if err == nil || !strings.Contains(err.Error(), strings.TrimLeft(args[0], "-")) {
-			t.Errorf("%v: err %v, want one naming the flag", args, err)
+		cmd.SetArgs(append([]string{"transfer"}, c.args...))
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want one naming %s", c.args, err, c.want)
 		}
 	}
 }

@@ -98,17 +98,7 @@ func TestChild(t *testing.T) {
 	os.Exit(0)
 }
 
-var start = time.Now()
-
-func trace(what string) {
-	if os.Getenv("CRASHTEST_TRACE") != "" {
-		fmt.Fprintf(os.Stderr, "%v %s\n", time.Since(start), what)
-	}
-}
-
 func child(mode string) error {
-	trace("child start")
-	defer trace("child end")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	seed, _ := strconv.ParseUint(os.Getenv(envSeed), 10, 64)
@@ -117,7 +107,6 @@ func child(mode string) error {
 		return err
 	}
 	defer log.Close()
-	trace("log open")
 	var banks [2]*postgres.Resource
 	for i, env := range []string{envDSNA, envDSNB} {
 		name := []string{"bank_a", "bank_b"}[i]
@@ -128,7 +117,6 @@ func child(mode string) error {
 		defer r.Close()
 		banks[i] = r
 	}
-	trace("resources open")
 	interval := 20 * time.Millisecond
 	if mode == "recover" {
 		interval = -1
@@ -142,7 +130,6 @@ func child(mode string) error {
 	}
 	defer c.Close()
 	if mode == "recover" {
-		trace("recovered")
 		return nil
 	}
 	var wg sync.WaitGroup
@@ -256,11 +243,7 @@ func (r *rig) spawn(t *testing.T, mode, crash string, seed uint64) (killed bool)
 		envSeed+"="+strconv.FormatUint(seed, 10), failpoint.EnvVar+"="+crash,
 		// The race detector otherwise waits a second at every exit.
 		"GORACE=atexit_sleep_ms=0")
-	t0 := time.Now()
 	out, err := cmd.CombinedOutput()
-	if os.Getenv("CRASHTEST_TRACE") != "" {
-		t.Logf("%s %s: %v\n%s", mode, crash, time.Since(t0), out)
-	}
 	if err == nil {
 		return false
 	}

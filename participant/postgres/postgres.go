@@ -248,58 +248,27 @@ func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
 
 const rollbackPrepared = "ROLLBACK PREPARED "
 
-// retryRollback sends ROLLBACK PREPARED once more on a fresh connection
-// after the first one's result was lost; a gid already gone is success.
-func (r *Resource) retryRollback(ctx context.Context, gid participant.GID) error {
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = conn.ExecContext(ctx, rollbackPrepared+participant.QuoteLiteral(gid.String()))
-	if err != nil && outcomeUnknown(ctx, err) {
-		discard(conn)
-		return err
-	}
-	_ = conn.Close()
-	if err == nil || SQLState(err) == "42704" {
-		return nil
-	}
-	return err
-}
-
 func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt, before, after string) error {
 	if err := gid.Validate(); err != nil {
 		return err
 	}
 	what := strings.ToLower(strings.TrimSpace(stmt))
-	// One connection for the one statement: a pooled *sql.DB would retry
-	// on a fresh connection after a lost one and turn "outcome unknown"
-	// into "no such prepared transaction".
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("postgres: %s: %s %s: %w", r.name, what, gid, err)
-	}
-	failpoint.Hit(before)
-	_, err = conn.ExecContext(ctx, stmt+participant.QuoteLiteral(gid.String()))
-
-	if err == nil {
-		failpoint.Hit(after)
-		_ = conn.Close()
-		return nil
-	}
-	if outcomeUnknown(ctx, err) {
-		discard(conn)
-		if stmt == rollbackPrepared && ctx.Err() == nil {
-			// Rolling back twice is safe where committing twice to learn
-			// the outcome is not: no COMMIT is logged for this gid, so
-			// "no such prepared transaction" on a second try is success.
-			if err2 := r.retryRollback(ctx, gid); err2 == nil {
-				return nil
-			}
+	q := stmt + participant.QuoteLiteral(gid.String())
+	lost, err := r.execAlone(ctx, q, before, after)
+	if lost && stmt == rollbackPrepared && ctx.Err() == nil {
+		// Rolling back twice is safe where committing twice to learn the
+		// outcome is not: no COMMIT is logged for this gid, so "no such
+		// prepared transaction" on a second try is success.
+		if lost2, err2 := r.execAlone(ctx, q, "", ""); !lost2 && (err2 == nil || SQLState(err2) == "42704") {
+			return nil
 		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case lost:
 		return fmt.Errorf("%w: postgres: %s: %s %s: %w", participant.ErrOutcomeUnknown, r.name, what, gid, err)
 	}
-	_ = conn.Close()
 	switch SQLState(err) {
 	case "42704":
 		return fmt.Errorf("%w: postgres: %s: %s %s: %w", participant.ErrUnknownBranch, r.name, what, gid, err)
@@ -307,6 +276,31 @@ func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt
 		return fmt.Errorf("%w: postgres: %s: %s %s: %w", participant.ErrBusy, r.name, what, gid, err)
 	}
 	return fmt.Errorf("postgres: %s: %s %s: %w", r.name, what, gid, err)
+}
+
+// execAlone runs one statement on a connection of its own: a pooled
+// *sql.DB would retry on a fresh connection after a lost one and turn
+// "outcome unknown" into "no such prepared transaction". lost reports that
+// the statement may or may not have run. The crash points before and after
+// bracket the statement.
+func (r *Resource) execAlone(ctx context.Context, q, before, after string) (lost bool, err error) {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	failpoint.Hit(before)
+	_, err = conn.ExecContext(ctx, q)
+	switch {
+	case err == nil:
+		failpoint.Hit(after)
+		_ = conn.Close()
+		return false, nil
+	case outcomeUnknown(ctx, err):
+		discard(conn)
+		return true, err
+	}
+	_ = conn.Close()
+	return false, err
 }
 
 // Prepared lists the prepared transactions of this resource's database
