@@ -30,6 +30,8 @@ import (
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/recovery"
 	"github.com/txcoord/txcoord/wal"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Config configures a coordinator.
@@ -56,6 +58,12 @@ type Config struct {
 	// owns is resolved by the periodic recovery pass once older than this,
 	// and any prepared branch older than this is reported (default 1m).
 	InDoubtTimeout time.Duration
+	// KeepEnded is how long a finished decision stays in the log after its
+	// END before compaction removes it (default 1h): until then the log
+	// still answers "committed" for it. A transaction begun longer ago than
+	// this with no decision record is reported as forgotten (unknown), not
+	// aborted.
+	KeepEnded time.Duration
 	// RecoveryInterval is the period of the recovery loop (default 10s);
 	// negative disables the loop.
 	RecoveryInterval time.Duration
@@ -70,12 +78,35 @@ type Config struct {
 	Logger *slog.Logger
 	// Seed seeds retry jitter (0: random).
 	Seed uint64
+	// Observe, if set, is called as each phase of a transaction ends, with
+	// its duration and error (for latency metrics). It runs on the
+	// coordinator's goroutines and must not block.
+	Observe func(p Phase, d time.Duration, err error)
+	// Tracer makes a span for the prepare, decision and commit phases of
+	// each transaction, children of the span in Commit's context (default:
+	// no spans).
+	Tracer trace.Tracer
 }
+
+// Phase names a phase of a transaction for Config.Observe.
+type Phase string
+
+const (
+	// PhasePrepare: from the first PREPARE sent to the last vote (or the
+	// prepare timeout).
+	PhasePrepare Phase = "prepare"
+	// PhaseDecision: writing the COMMIT record, until it is durable.
+	PhaseDecision Phase = "decision"
+	// PhaseCommit: from the first phase-two COMMIT to the last
+	// acknowledgement, retries included.
+	PhaseCommit Phase = "commit"
+)
 
 // Coordinator runs global transactions. It is safe for concurrent use.
 type Coordinator struct {
 	cfg       Config
 	log       wal.Log
+	resMu     sync.RWMutex
 	resources map[string]participant.Resource
 	logger    *slog.Logger
 
@@ -89,7 +120,8 @@ type Coordinator struct {
 	mu     sync.Mutex
 	live   map[participant.TxID]*Tx
 	closed bool
-	failed error // a decision write failed: no new commits
+	failed error             // a decision write failed: no new commits
+	stale  []recovery.Action // branches the last recovery pass left in doubt
 
 	randMu sync.Mutex
 	rand   *rand.Rand // per-transaction jitter seeds, only with Config.Seed
@@ -158,8 +190,14 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.RecoveryInterval == 0 {
 		cfg.RecoveryInterval = 10 * time.Second
 	}
+	if cfg.KeepEnded <= 0 {
+		cfg.KeepEnded = time.Hour
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Tracer == nil {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
 	if cfg.OwnerWait <= 0 {
 		cfg.OwnerWait = 10 * time.Second
@@ -267,6 +305,206 @@ func (c *Coordinator) checkClaims(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// AddResource registers a resource after start, for participants that
+// make themselves known while the coordinator runs (remote services).
+// Adding the same resource again does nothing; another resource under a
+// registered name is refused. Recovery scans it from its next pass. The
+// coordinator id is not claimed at resources added this way.
+func (c *Coordinator) AddResource(r participant.Resource) error {
+	if r == nil {
+		return fmt.Errorf("%w: nil resource", ErrConfig)
+	}
+	if err := participant.ValidateName("resource name", r.Name()); err != nil {
+		return fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c.resMu.Lock()
+	defer c.resMu.Unlock()
+	if old, ok := c.resources[r.Name()]; ok {
+		if old == r {
+			return nil
+		}
+		return fmt.Errorf("%w: another resource is already registered as %q", ErrConfig, r.Name())
+	}
+	c.resources[r.Name()] = r
+	return nil
+}
+
+// Resource returns the registered resource with that name.
+func (c *Coordinator) Resource(name string) (participant.Resource, bool) {
+	c.resMu.RLock()
+	defer c.resMu.RUnlock()
+	r, ok := c.resources[name]
+	return r, ok
+}
+
+// Resources lists the registered resources by name.
+func (c *Coordinator) Resources() []participant.Resource { return c.resourceList() }
+
+func (c *Coordinator) resourceList() []participant.Resource {
+	c.resMu.RLock()
+	defer c.resMu.RUnlock()
+	rs := make([]participant.Resource, 0, len(c.resources))
+	for _, r := range c.resources {
+		rs = append(rs, r)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Name() < rs[j].Name() })
+	return rs
+}
+
+// Prefix returns the gid prefix.
+func (c *Coordinator) Prefix() string { return c.cfg.Prefix }
+
+// Log returns the coordinator's log.
+func (c *Coordinator) Log() wal.Log { return c.log }
+
+// Tx returns the live transaction with that id, if this run is driving it.
+func (c *Coordinator) Tx(id participant.TxID) (*Tx, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.live[id]
+	return t, ok
+}
+
+// Resolution is what a participant holding a prepared branch of a
+// transaction should do with it.
+type Resolution int
+
+const (
+	// Wait: the transaction is still undecided (or its outcome is
+	// unknown); ask again later.
+	Wait Resolution = iota
+	// CommitBranch: COMMIT is logged; the branch must commit.
+	CommitBranch
+	// RollbackBranch: no COMMIT is logged and the transaction is not being
+	// decided, so it aborted (presumed abort), or an abort is logged.
+	RollbackBranch
+)
+
+func (r Resolution) String() string {
+	switch r {
+	case CommitBranch:
+		return "commit"
+	case RollbackBranch:
+		return "rollback"
+	}
+	return "wait"
+}
+
+// ResolveBranch tells what the participant holding prepared branch g must
+// do with it. A live transaction answers from its state: Wait while it is
+// undecided, and a branch that did not join before the decision must roll
+// back. Otherwise the log answers: COMMIT for a branch it names, or
+// presumed abort (DESIGN I4) for a transaction with no decision record.
+// After a failed decision write it answers Wait: the log's contents are
+// unknown until a restart.
+func (c *Coordinator) ResolveBranch(g participant.GID) (Resolution, error) {
+	if !g.Owned(c.cfg.Prefix, c.cfg.ID) {
+		return Wait, fmt.Errorf("%w: %s was not issued by coordinator %s.%s", participant.ErrBadGID, g, c.cfg.Prefix, c.cfg.ID)
+	}
+	return c.resolve(g.TxID, &g)
+}
+
+// ResolveTx is ResolveBranch for any branch that took part in transaction
+// id.
+func (c *Coordinator) ResolveTx(id participant.TxID) (Resolution, error) {
+	return c.resolve(id, nil)
+}
+
+func (c *Coordinator) resolve(id participant.TxID, g *participant.GID) (Resolution, error) {
+	c.mu.Lock()
+	t, live := c.live[id]
+	failed := c.failed
+	c.mu.Unlock()
+	if live {
+		t.mu.Lock()
+		finishing, state := t.finishing, t.state
+		if t.m != nil {
+			state = t.m.State()
+		}
+		member := g == nil
+		for _, b := range t.branches {
+			if g != nil && b.GID() == *g {
+				member = true
+			}
+		}
+		t.mu.Unlock()
+		switch {
+		case !finishing:
+			return Wait, nil
+		case state == protocol.StateCommitting || state == protocol.StateCommitted:
+			if member {
+				return CommitBranch, nil
+			}
+			return RollbackBranch, nil
+		case state == protocol.StateAborting || state == protocol.StateAborted:
+			return RollbackBranch, nil
+		case state == protocol.StatePreparing && !member:
+			return RollbackBranch, nil
+		}
+		return Wait, nil
+	}
+	d, err := c.log.Lookup(id)
+	switch {
+	case err == nil && d.Kind == wal.KindCommit:
+		if g == nil {
+			return CommitBranch, nil
+		}
+		for _, b := range d.Branches {
+			if b.GID == *g {
+				return CommitBranch, nil
+			}
+		}
+		return RollbackBranch, nil
+	case err == nil:
+		return RollbackBranch, nil
+	case errors.Is(err, wal.ErrNotFound):
+		if failed != nil {
+			return Wait, nil
+		}
+		if g == nil && c.Forgotten(id) {
+			// A COMMIT ended long ago may have been compacted away. (A
+			// participant asking about a branch it still holds prepared
+			// can rely on presumed abort: END needs every branch's
+			// acknowledgement.)
+			return Wait, nil
+		}
+		return RollbackBranch, nil
+	}
+	return Wait, err
+}
+
+// Forgotten reports whether transaction id began so long ago that a
+// finished decision for it may have been compacted out of the log (see
+// Config.KeepEnded): its absence from the log no longer means it aborted.
+func (c *Coordinator) Forgotten(id participant.TxID) bool {
+	t := id.Time()
+	return t.IsZero() || t.Before(time.Now().Add(-c.cfg.KeepEnded))
+}
+
+// InDoubt counts the decided transactions this run is not driving whose
+// phase two is unfinished, and the prepared branches the last recovery pass
+// left in doubt, with the age of the oldest of either.
+func (c *Coordinator) InDoubt() (n int, oldest time.Duration) {
+	now := time.Now()
+	if pending, err := c.log.Pending(); err == nil {
+		for _, d := range pending {
+			if c.isLive(d.TxID) {
+				continue
+			}
+			n++
+			oldest = max(oldest, now.Sub(d.Time))
+		}
+	}
+	c.mu.Lock()
+	stale := c.stale
+	c.mu.Unlock()
+	for _, s := range stale {
+		n++
+		oldest = max(oldest, s.Age)
+	}
+	return n, oldest
 }
 
 // ID returns the coordinator id.
@@ -418,10 +656,7 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 		c.logger.Error("recovery pass refused", "err", err)
 		return nil, err
 	}
-	rs := make([]participant.Resource, 0, len(c.resources))
-	for _, r := range c.resources {
-		rs = append(rs, r)
-	}
+	rs := c.resourceList()
 	cfg := recovery.Config{
 		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs,
 		InDoubtTimeout: c.cfg.InDoubtTimeout, CallTimeout: c.cfg.CallTimeout, Logger: c.logger,
@@ -432,6 +667,9 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	}
 	rep, err := recovery.Pass(ctx, cfg)
 	if err == nil {
+		c.mu.Lock()
+		c.stale = rep.Stale
+		c.mu.Unlock()
 		for _, s := range rep.Stale {
 			c.logger.Warn("prepared branch in doubt", "resource", s.Resource, "gid", s.GID, "age", s.Age.Round(time.Second), "state", s.What, "err", s.Err)
 		}
@@ -451,7 +689,7 @@ func (c *Coordinator) recoveryLoop() {
 			if _, err := c.recover(c.ctx, false); err != nil && c.ctx.Err() == nil {
 				c.logger.Warn("recovery pass failed", "err", err)
 			}
-			if _, err := c.log.Compact(c.ctx); err != nil && c.ctx.Err() == nil {
+			if _, err := c.log.Compact(c.ctx, time.Now().Add(-c.cfg.KeepEnded)); err != nil && c.ctx.Err() == nil {
 				c.logger.Warn("log compaction failed", "err", err)
 			}
 		}

@@ -28,6 +28,9 @@ var (
 	// ErrLogFailed: a decision could not be made durable; the coordinator
 	// refuses new commits until restarted.
 	ErrLogFailed = errors.New("coordinator: log failed; refusing new commits")
+	// ErrDuplicateBranch: a branch with that gid already joined the
+	// transaction.
+	ErrDuplicateBranch = errors.New("coordinator: branch already registered")
 	// ErrConfig: the configuration is invalid.
 	ErrConfig = errors.New("coordinator: invalid configuration")
 )

@@ -12,6 +12,9 @@ import (
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/wal"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 var _ participant.Enlister = (*Tx)(nil)
@@ -40,7 +43,7 @@ func (t *Tx) ID() participant.TxID { return t.id }
 // with the coordinator. Adapters offer typed sugar over it, for example
 // (*postgres.Resource).Enlist.
 func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Branch, error) {
-	if reg, ok := t.c.resources[r.Name()]; !ok || reg != r {
+	if reg, ok := t.c.Resource(r.Name()); !ok || reg != r {
 		return nil, fmt.Errorf("%w: %q; pass it in Config.Resources so recovery can find its branches", ErrUnknownResource, r.Name())
 	}
 	t.mu.Lock()
@@ -58,6 +61,66 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 	}
 	t.branches = append(t.branches, b)
 	return b, nil
+}
+
+// Join adds a branch that its participant has already prepared under gid
+// (a remote service that prepared its own work): joining is the branch's
+// yes vote. r must be registered (see Coordinator.AddResource), gid must
+// belong to this transaction, and no other branch may have the same gid.
+// After the decision, phase two and recovery finish the branch through r.
+func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
+	if reg, ok := t.c.Resource(r.Name()); !ok || reg != r {
+		return fmt.Errorf("%w: %q", ErrUnknownResource, r.Name())
+	}
+	if err := gid.Validate(); err != nil {
+		return err
+	}
+	if gid.TxID != t.id || gid.Prefix != t.c.cfg.Prefix || gid.Coordinator != t.c.cfg.ID {
+		return fmt.Errorf("%w: gid %s does not belong to transaction %s.%s.%s", participant.ErrBadGID, gid, t.c.cfg.Prefix, t.c.cfg.ID, t.id)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.finishing {
+		return ErrTxDone
+	}
+	for _, b := range t.branches {
+		if b.GID() == gid {
+			return fmt.Errorf("%w: %s", ErrDuplicateBranch, gid)
+		}
+	}
+	t.branches = append(t.branches, &joined{r: r, gid: gid})
+	return nil
+}
+
+// joined is a branch its participant prepared before joining.
+type joined struct {
+	r   participant.Resource
+	gid participant.GID
+}
+
+func (j *joined) GID() participant.GID           { return j.gid }
+func (j *joined) Resource() participant.Resource { return j.r }
+func (j *joined) Prepare(context.Context) (participant.Vote, error) {
+	return participant.VoteYes, nil
+}
+
+// CommitOnePhase commits the prepared branch: with a single branch no
+// decision is logged, and a lost reply leaves the outcome unknown.
+func (j *joined) CommitOnePhase(ctx context.Context) error {
+	err := j.r.Commit(ctx, j.gid)
+	if errors.Is(err, participant.ErrUnknownBranch) {
+		return fmt.Errorf("%w: %s is no longer prepared at %s", participant.ErrOutcomeUnknown, j.gid, j.r.Name())
+	}
+	return err
+}
+
+// Abort rolls the prepared branch back.
+func (j *joined) Abort(ctx context.Context) error {
+	err := j.r.Rollback(ctx, j.gid)
+	if errors.Is(err, participant.ErrUnknownBranch) {
+		return nil
+	}
+	return err
 }
 
 // Commit commits the transaction atomically across its branches and
@@ -81,6 +144,24 @@ func (t *Tx) Rollback(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// Done is closed once the transaction's outcome is known to its caller
+// (Commit or Rollback returned, or would have).
+func (t *Tx) Done() <-chan struct{} { return t.done }
+
+// Result is what Commit returned (see OutcomeOf); valid once Done is
+// closed.
+func (t *Tx) Result() error {
+	<-t.done
+	return t.result
+}
+
+// Finishing reports whether Commit or Rollback was called.
+func (t *Tx) Finishing() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.finishing
 }
 
 // Status returns a snapshot of the transaction.
@@ -147,12 +228,12 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	// The caller's goroutine drives the protocol until the outcome is known;
 	// what remains (phase-two retries, cleanup of late prepares) goes on in
 	// a goroutine the coordinator owns.
-	if d.loop(ctx.Done()) {
+	if d.loop(true, ctx.Done()) {
 		d.close()
 		return t.result
 	}
 	go func() {
-		d.loop(nil)
+		d.loop(false, nil)
 		d.close()
 	}()
 	select {
@@ -187,6 +268,39 @@ type driver struct {
 	fallback   *time.Timer // prepare timeout after a self-cancel
 	commitCtx  context.Context
 	commitEnd  context.CancelFunc
+	prep       phase
+	commit     phase
+	abortTimer *time.Timer
+}
+
+// phase times one phase of a transaction and spans it.
+type phase struct {
+	start time.Time
+	span  trace.Span
+	ended bool
+}
+
+func (d *driver) begin(p *phase, name Phase, ctx context.Context) {
+	if !p.start.IsZero() {
+		return
+	}
+	p.start = time.Now()
+	_, p.span = d.t.c.cfg.Tracer.Start(ctx, "txcoord."+string(name), trace.WithAttributes(attribute.String("txcoord.txid", d.t.id.String())))
+}
+
+func (d *driver) end(p *phase, name Phase, err error) {
+	if p.start.IsZero() || p.ended {
+		return
+	}
+	p.ended = true
+	if err != nil {
+		p.span.RecordError(err)
+		p.span.SetStatus(codes.Error, err.Error())
+	}
+	p.span.End()
+	if f := d.t.c.cfg.Observe; f != nil {
+		f(name, time.Since(p.start), err)
+	}
 }
 
 func (d *driver) step(ev protocol.Event) []protocol.Effect {
@@ -202,9 +316,10 @@ func (d *driver) state() (protocol.State, bool) {
 }
 
 // loop performs effects and feeds events until the transaction settles
-// (true), or, when callerDone is not nil, until the outcome is reported or
-// the caller gives up after the decision (false).
-func (d *driver) loop(callerDone <-chan struct{}) bool {
+// (true), or, in the caller's goroutine (caller), until the outcome is
+// reported and what is left is calls in flight or the caller's context
+// can end, or the caller gives up after the decision (false).
+func (d *driver) loop(caller bool, callerDone <-chan struct{}) bool {
 	c := d.t.c
 	for {
 		for len(d.effs) > 0 {
@@ -218,7 +333,7 @@ func (d *driver) loop(callerDone <-chan struct{}) bool {
 		if (settled || d.stopping) && d.inflight == 0 {
 			return true
 		}
-		if callerDone != nil && d.reported {
+		if caller && d.reported && (callerDone != nil || d.inflight > 0) {
 			return false
 		}
 		var prepDone <-chan struct{}
@@ -232,6 +347,17 @@ func (d *driver) loop(callerDone <-chan struct{}) bool {
 		var gaveUp <-chan struct{}
 		if callerDone != nil && state == protocol.StateCommitting {
 			gaveUp = callerDone
+		}
+		// The abort is decided (no COMMIT will be logged): the caller
+		// waits for the rollbacks, but not for one that hangs past its
+		// call timeout (a database that swallows packets); recovery
+		// finishes it.
+		var abortWait <-chan time.Time
+		if caller && state == protocol.StateAborting && !d.reported {
+			if d.abortTimer == nil {
+				d.abortTimer = time.NewTimer(c.cfg.CallTimeout + time.Second)
+			}
+			abortWait = d.abortTimer.C
 		}
 		select {
 		case ev := <-d.events:
@@ -264,6 +390,13 @@ func (d *driver) loop(callerDone <-chan struct{}) bool {
 			d.effs = d.step(protocol.PrepareTimedOut{})
 		case <-gaveUp:
 			return false
+		case <-abortWait:
+			d.t.mu.Lock()
+			cause := d.t.m.Cause()
+			d.t.mu.Unlock()
+			c.logger.Warn("a rollback is still hanging; answering the caller, recovery will finish it", "txid", d.t.id)
+			d.report(protocol.Report{Outcome: protocol.OutcomeAborted, Err: cause})
+			return false
 		case <-c.ctx.Done():
 			if !d.stopping {
 				d.stopping = true
@@ -290,6 +423,10 @@ func (d *driver) close() {
 	if d.commitEnd != nil {
 		d.commitEnd()
 	}
+	if d.abortTimer != nil {
+		d.abortTimer.Stop()
+	}
+	d.end(&d.commit, PhaseCommit, ErrClosed) // unless it ended
 	state, _ := d.state()
 	if !d.reported {
 		// The coordinator closed before the outcome was known.
@@ -316,9 +453,13 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 	t, c := d.t, d.t.c
 	switch e := e.(type) {
 	case protocol.SendPrepare:
+		d.begin(&d.prep, PhasePrepare, d.callerCtx)
 		d.prepDone = d.prepCtx.Done()
-		for k, i := range e.Branches {
-			d.run(last && k == len(e.Branches)-1, func() protocol.Event {
+		// Never inline: a participant call that ignores its context (a
+		// driver blocked on a link that swallows packets) must not keep
+		// the prepare timeout from firing.
+		for _, i := range e.Branches {
+			d.run(false, func() protocol.Event {
 				v, err := d.branches[i].Prepare(d.prepCtx)
 				return protocol.Voted{Branch: i, Vote: v, Err: err}
 			})
@@ -336,6 +477,9 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 			return protocol.OnePhaseDone{Err: err}
 		})
 	case protocol.LogCommit:
+		d.end(&d.prep, PhasePrepare, nil)
+		var dec phase
+		d.begin(&dec, PhaseDecision, d.callerCtx)
 		rec := wal.Record{Kind: wal.KindCommit, TxID: t.id, Time: time.Now().UTC(), Epoch: c.log.Epoch()}
 		for _, i := range e.Branches {
 			b := d.branches[i]
@@ -346,6 +490,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		// the log has failed; a cancelled wait would make the outcome
 		// unknown for nothing.
 		_, err := c.log.Append(c.ctx, rec)
+		d.end(&dec, PhaseDecision, err)
 		if err != nil {
 			// A record refused before it was written (invalid, or
 			// contradicting one already logged) says nothing about the
@@ -366,6 +511,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 			c.stats.retries.Add(1)
 		}
 		b := d.branches[e.Branch]
+		d.begin(&d.commit, PhaseCommit, d.callerCtx)
 		if e.Attempt == 1 && d.commitCtx == nil {
 			// First attempts share one deadline.
 			d.commitCtx, d.commitEnd = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
@@ -415,6 +561,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 			return protocol.RollbackDone{Branch: e.Branch, Err: err}
 		})
 	case protocol.LogEnd:
+		d.end(&d.commit, PhaseCommit, nil)
 		failpoint.Hit(failpoint.CoordBeforeEnd)
 		if err := c.log.End(t.id); err != nil {
 			c.logger.Warn("END record not written; recovery will write it", "txid", t.id, "err", err)
@@ -441,7 +588,13 @@ func (d *driver) run(inline bool, f func() protocol.Event) {
 
 func (d *driver) report(r protocol.Report) {
 	t, c := d.t, d.t.c
+	if d.reported {
+		return // answered early (a rollback hung); the rest was background work
+	}
 	d.reported = true
+	if r.Outcome != protocol.OutcomeCommitted {
+		d.end(&d.prep, PhasePrepare, r.Err)
+	}
 	switch r.Outcome {
 	case protocol.OutcomeCommitted:
 		t.result = nil

@@ -78,6 +78,15 @@ type BoltOptions struct {
 	// log's decisions are only meaningful for the gids of that coordinator.
 	// Empty skips the check.
 	Owner string
+	// ReadOnly opens an existing log to read it with the server stopped
+	// (an inspection tool): it shares the lock with other readers, writes
+	// nothing (not even a new epoch), and refuses Append, End and Compact
+	// with ErrReadOnly.
+	ReadOnly bool
+	// OnSync, if set, is called after each bbolt commit that wrote records,
+	// with the number of decision and END records it made durable and how
+	// long the write and its fsyncs took (for metrics). It must not block.
+	OnSync func(decisions, ends int, d time.Duration)
 }
 
 func (o BoltOptions) withDefaults() BoltOptions {
@@ -166,12 +175,13 @@ const (
 )
 
 type request struct {
-	kind  reqKind
-	final bool        // reqFlush from Close: write every END record
-	rec   Record      // reqAppend: Time and Epoch filled in
-	val   []byte      // reqAppend: the encoded record
-	state reqState    // guarded by Bolt.mu
-	done  chan result // capacity 1; one lead signal at most, then one result
+	kind   reqKind
+	final  bool        // reqFlush from Close: write every END record
+	before time.Time   // reqCompact: remove what ended before this
+	rec    Record      // reqAppend: Time and Epoch filled in
+	val    []byte      // reqAppend: the encoded record
+	state  reqState    // guarded by Bolt.mu
+	done   chan result // capacity 1; one lead signal at most, then one result
 }
 
 type result struct {
@@ -201,7 +211,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	if err := precheck(path, opts); err != nil {
 		return nil, err
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.boltTimeout(), NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.boltTimeout(), NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, ReadOnly: opts.ReadOnly})
 	if err != nil {
 		return nil, openError(path, opts, err)
 	}
@@ -329,6 +339,13 @@ func (b *Bolt) load() (err error) {
 	if err != nil {
 		return err
 	}
+	if b.opts.ReadOnly {
+		if fresh {
+			return fmt.Errorf("%w: %s is empty: not a txcoord log", ErrBadFile, b.path)
+		}
+		b.epoch, b.owner = epoch, owner
+		return nil
+	}
 	epoch++
 	err = b.db.Update(func(tx *bbolt.Tx) error {
 		mb, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -435,7 +452,7 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 			if d.Ended {
 				return b.corrupt(BucketLog, rec.LSN, "second END for %s (first at key %d)", rec.TxID, d.EndLSN)
 			}
-			d.Ended, d.EndLSN = true, rec.LSN
+			d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
 		}
 	}
 	if xb != nil {
@@ -594,6 +611,9 @@ func existingLocked(d *Decision, rec *Record) (uint64, error) {
 // that one commit and reports its real result, so that a caller never
 // hears "not written" about a record that may be durable.
 func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
+	if b.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
 	if err := rec.Validate(); err != nil {
 		return 0, err
 	}
@@ -627,6 +647,9 @@ func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
 // decision, by Flush or Close, or after EndFlushDelay, whichever comes
 // first. Lookup and Pending see the transaction as ended at once.
 func (b *Bolt) End(txid participant.TxID) error {
+	if b.opts.ReadOnly {
+		return ErrReadOnly
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -639,13 +662,14 @@ func (b *Bolt) End(txid participant.TxID) error {
 	if !ok || d.Ended {
 		return nil
 	}
-	val, err := EncodeRecord(Record{Kind: KindEnd, TxID: txid, Time: time.Now().UTC(), Epoch: b.epoch})
+	now := time.Now().UTC()
+	val, err := EncodeRecord(Record{Kind: KindEnd, TxID: txid, Time: now, Epoch: b.epoch})
 	if err != nil {
 		return err
 	}
 	lsn := b.next
 	b.next++
-	d.Ended, d.EndLSN = true, lsn
+	d.Ended, d.EndLSN, d.EndTime = true, lsn, now
 	if len(b.ends) == 0 {
 		b.endsSince = time.Now()
 	}
@@ -669,11 +693,14 @@ func (b *Bolt) Flush(ctx context.Context) error {
 // still queued for such transactions are dropped rather than written. If
 // ctx ends before a leader has taken the request, Compact returns
 // ctx.Err(); after that it waits for the compaction.
-func (b *Bolt) Compact(ctx context.Context) (int, error) {
+func (b *Bolt) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
+	if b.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	res, _ := b.submit(ctx, &request{kind: reqCompact})
+	res, _ := b.submit(ctx, &request{kind: reqCompact, before: endedBefore})
 	return res.n, res.err
 }
 
@@ -925,7 +952,11 @@ func (b *Bolt) step() {
 
 	var err error
 	if len(appends) > 0 || len(ends) > 0 {
+		start := time.Now()
 		err = b.write(hook, appends, ends)
+		if err == nil && b.opts.OnSync != nil {
+			b.opts.OnSync(len(appends), len(ends), time.Since(start))
+		}
 	}
 
 	b.mu.Lock()
@@ -951,14 +982,12 @@ func (b *Bolt) step() {
 	for _, r := range flushes {
 		r.answer(result{err: err})
 	}
-	if len(compacts) > 0 {
+	for _, r := range compacts {
 		var n int
 		if err == nil {
-			n, err = b.compact(hook)
+			n, err = b.compact(hook, r.before)
 		}
-		for _, r := range compacts {
-			r.answer(result{n: n, err: err})
-		}
+		r.answer(result{n: n, err: err})
 	}
 }
 
@@ -995,20 +1024,28 @@ func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) e
 }
 
 // compact removes every ended transaction in one bbolt commit.
-func (b *Bolt) compact(hook func() error) (int, error) {
+func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 	type victim struct {
 		id          participant.TxID
 		lsn, endLSN uint64
 	}
 	var victims []victim
 	b.mu.Lock()
+	gone := map[uint64]bool{}
 	for id, d := range b.byTx {
-		if d.Ended {
+		if d.Ended && d.EndTime.Before(before) {
 			victims = append(victims, victim{id, d.LSN, d.EndLSN})
+			gone[d.EndLSN] = true
 		}
 	}
-	// Every queued END belongs to an ended transaction, removed here.
-	b.ends = nil
+	// An END of a removed transaction still in memory is never written.
+	kept := b.ends[:0]
+	for _, e := range b.ends {
+		if !gone[e.lsn] {
+			kept = append(kept, e)
+		}
+	}
+	b.ends = kept
 	b.mu.Unlock()
 	if len(victims) == 0 {
 		return 0, nil

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/txcoord/txcoord/participant"
 )
 
 func tempPath(t testing.TB) string { return filepath.Join(t.TempDir(), "wal.db") }
@@ -98,7 +100,7 @@ func TestReopenLSNsAreNotReusedAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, _ := l.Lookup(testID(1))
-	if n, err := l.Compact(context.Background()); n != 1 || err != nil {
+	if n, err := l.Compact(context.Background(), time.Now()); n != 1 || err != nil {
 		t.Fatalf("Compact = %d, %v", n, err)
 	}
 	l = reopen(t, l, BoltOptions{})
@@ -149,7 +151,7 @@ func TestCompactDropsQueuedEndsAndReopensCleanly(t *testing.T) {
 	mustAppend(t, l, commitRec(t, testID(1)))
 	mustAppend(t, l, commitRec(t, testID(2)))
 	_ = l.End(testID(1))
-	if n, err := l.Compact(context.Background()); n != 1 || err != nil {
+	if n, err := l.Compact(context.Background(), time.Now()); n != 1 || err != nil {
 		t.Fatalf("Compact = %d, %v", n, err)
 	}
 	l = reopen(t, l, BoltOptions{})
@@ -376,7 +378,7 @@ func TestDiskFailureFailsTheAppendAndEveryLaterWrite(t *testing.T) {
 	if err := l.Flush(context.Background()); !errors.Is(err, ErrFailed) {
 		t.Fatalf("Flush: %v", err)
 	}
-	if _, err := l.Compact(context.Background()); !errors.Is(err, ErrFailed) {
+	if _, err := l.Compact(context.Background(), time.Now()); !errors.Is(err, ErrFailed) {
 		t.Fatalf("Compact: %v", err)
 	}
 	if err := l.Close(); !errors.Is(err, ErrFailed) {
@@ -397,7 +399,7 @@ func TestDiskFailureDuringCompactionFailsTheLog(t *testing.T) {
 	_ = l.End(testID(1))
 	_ = l.Flush(context.Background())
 	setWriteHook(l, func() error { return errors.New("injected") })
-	if _, err := l.Compact(context.Background()); !errors.Is(err, ErrFailed) {
+	if _, err := l.Compact(context.Background(), time.Now()); !errors.Is(err, ErrFailed) {
 		t.Fatalf("Compact: %v", err)
 	}
 	if _, err := l.Append(context.Background(), commitRec(t, testID(2))); !errors.Is(err, ErrFailed) {
@@ -688,5 +690,58 @@ func TestRecordsWalksMoreThanOneChunk(t *testing.T) {
 	})
 	if err != nil || count < n {
 		t.Fatalf("Records: %d records, %v; want at least %d", count, err, n)
+	}
+}
+
+func TestReadOnlyOpenWritesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ro.wal")
+	if _, err := OpenBolt(path, BoltOptions{ReadOnly: true}); err == nil {
+		t.Fatal("a missing log opened read-only")
+	}
+	b, err := OpenBolt(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := participant.NewTxID()
+	g, _ := participant.NewGID("txc", "c1", id, "0")
+	if _, err := b.Append(context.Background(), Record{Kind: KindCommit, TxID: id, Branches: []Branch{{Resource: "db", GID: g}}}); err != nil {
+		t.Fatal(err)
+	}
+	epoch := b.Epoch()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := OpenBolt(path, BoltOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ro.Epoch() != epoch {
+		t.Fatalf("read-only epoch %d, want the last run's %d", ro.Epoch(), epoch)
+	}
+	if d, err := ro.Lookup(id); err != nil || d.Kind != KindCommit {
+		t.Fatalf("lookup: %v %v", d, err)
+	}
+	if _, err := ro.Append(context.Background(), Record{Kind: KindCommit, TxID: id, Branches: []Branch{{Resource: "db", GID: g}}}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("append: %v", err)
+	}
+	if err := ro.End(id); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("end: %v", err)
+	}
+	if _, err := ro.Compact(context.Background(), time.Now()); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("compact: %v", err)
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("a read-only open changed the file")
 	}
 }

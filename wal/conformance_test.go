@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // logMakers builds each Log implementation for the conformance suite.
@@ -228,7 +229,14 @@ func TestConformanceCompactRemovesOnlyEnded(t *testing.T) {
 		if err := l.Flush(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		n, err := l.Compact(context.Background())
+		// Kept while they ended after the cutoff: still answerable.
+		if n, err := l.Compact(context.Background(), time.Now().Add(-time.Hour)); n != 0 || err != nil {
+			t.Fatalf("Compact before an hour ago = %d, %v; want 0", n, err)
+		}
+		if d, err := l.Lookup(testID(1)); err != nil || !d.Ended || d.EndTime.IsZero() {
+			t.Fatalf("an ended decision kept: %+v %v", d, err)
+		}
+		n, err := l.Compact(context.Background(), time.Now())
 		if err != nil || n != 2 {
 			t.Fatalf("Compact = %d, %v; want 2", n, err)
 		}
@@ -248,7 +256,7 @@ func TestConformanceCompactRemovesOnlyEnded(t *testing.T) {
 		if s := l.Stats(); s.Compacted != 2 || s.Pending != 1 {
 			t.Fatalf("stats %+v", s)
 		}
-		if n, err := l.Compact(context.Background()); n != 0 || err != nil {
+		if n, err := l.Compact(context.Background(), time.Now()); n != 0 || err != nil {
 			t.Fatalf("second Compact = %d, %v", n, err)
 		}
 	})
@@ -279,6 +287,29 @@ func TestConformanceCloseTwiceThenRefuse(t *testing.T) {
 		}
 		if _, err := l.Lookup(testID(1)); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Lookup after Close: %v", err)
+		}
+	})
+}
+
+// Compacting a transaction whose END is still in memory removes it for
+// good: the END is never written after it (which would leave an END with
+// no decision for the next open).
+func TestConformanceCompactBeforeEndIsWritten(t *testing.T) {
+	conform(t, func(t *testing.T, l Log) {
+		mustAppend(t, l, commitRec(t, testID(1)))
+		mustAppend(t, l, commitRec(t, testID(2)))
+		_ = l.End(testID(1))
+		if n, err := l.Compact(context.Background(), time.Now().Add(time.Second)); n != 1 || err != nil {
+			t.Fatalf("Compact = %d, %v", n, err)
+		}
+		mustAppend(t, l, commitRec(t, testID(3)))
+		if err := l.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var kinds []Kind
+		_ = l.Records(func(r Record) error { kinds = append(kinds, r.Kind); return nil })
+		if !reflect.DeepEqual(kinds, []Kind{KindCommit, KindCommit}) {
+			t.Fatalf("records: %v", kinds)
 		}
 	})
 }

@@ -112,8 +112,9 @@ func (m *Mem) End(txid participant.TxID) error {
 	}
 	lsn := m.next
 	m.next++
-	m.recs[lsn] = Record{LSN: lsn, Kind: KindEnd, TxID: txid, Time: time.Now().UTC(), Epoch: m.epoch}
-	d.Ended, d.EndLSN = true, lsn
+	now := time.Now().UTC()
+	m.recs[lsn] = Record{LSN: lsn, Kind: KindEnd, TxID: txid, Time: now, Epoch: m.epoch}
+	d.Ended, d.EndLSN, d.EndTime = true, lsn, now
 	m.stats.Ends++
 	return nil
 }
@@ -174,7 +175,7 @@ func (m *Mem) Records(fn func(Record) error) error {
 }
 
 // Compact implements Log.
-func (m *Mem) Compact(ctx context.Context) (int, error) {
+func (m *Mem) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -182,7 +183,7 @@ func (m *Mem) Compact(ctx context.Context) (int, error) {
 	defer m.mu.Unlock()
 	n := 0
 	for id, d := range m.byTx {
-		if d.Ended {
+		if d.Ended && d.EndTime.Before(endedBefore) {
 			delete(m.recs, d.LSN)
 			delete(m.recs, d.EndLSN)
 			delete(m.byTx, id)

@@ -39,6 +39,8 @@ var (
 	// ErrWrongOwner reports a log opened for another coordinator than the
 	// one that wrote it.
 	ErrWrongOwner = errors.New("wal: log belongs to another coordinator")
+	// ErrReadOnly reports a write to a log opened read-only.
+	ErrReadOnly = errors.New("wal: log opened read-only")
 	// ErrNotFound reports a transaction with no decision record.
 	ErrNotFound = errors.New("wal: no decision record")
 	// ErrBadRecord reports a record that is invalid before it is written.
@@ -115,9 +117,10 @@ type Record struct {
 
 // Decision is the state of one decided transaction.
 type Decision struct {
-	Record        // the decision record (KindCommit or KindAbort)
-	Ended  bool   // an END record follows it
-	EndLSN uint64 // position of the END record, if ended
+	Record            // the decision record (KindCommit or KindAbort)
+	Ended   bool      // an END record follows it
+	EndLSN  uint64    // position of the END record, if ended
+	EndTime time.Time // when END was recorded, if ended
 }
 
 // Stats counts what a log did since it was opened.
@@ -152,8 +155,11 @@ type Log interface {
 	// Records calls fn for every record in log order, checking each
 	// checksum; a corrupt record stops the walk with a *CorruptError.
 	Records(fn func(Record) error) error
-	// Compact removes ended transactions from the log and returns how many.
-	Compact(ctx context.Context) (int, error)
+	// Compact removes transactions whose END was recorded before
+	// endedBefore (and is durable) and returns how many. Keeping ended
+	// decisions a while lets the log still answer "committed" for them:
+	// once removed, a transaction reads as never decided.
+	Compact(ctx context.Context, endedBefore time.Time) (int, error)
 	// Epoch is this run's number: one more than the previous run's.
 	Epoch() uint64
 	// Stats reports counters since open.

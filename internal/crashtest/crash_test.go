@@ -124,6 +124,8 @@ func child(mode string) error {
 	c, err := coordinator.New(ctx, coordinator.Config{
 		ID: coordinatorID, Log: log, Resources: []participant.Resource{banks[0], banks[1]},
 		RecoveryInterval: interval, RetryBase: time.Millisecond, RetryMax: 20 * time.Millisecond, Seed: seed,
+		// Compact at every pass, so that compaction is crashed into too.
+		KeepEnded: time.Millisecond,
 	})
 	if err != nil {
 		return err

@@ -33,6 +33,11 @@ const (
 	KVBeforeCommit  = "kv-before-commit"
 	KVAfterCommit   = "kv-after-commit"
 
+	// Participant SDK (a remote service), around registering a prepared
+	// branch with the coordinator.
+	SDKAfterPrepare  = "sdk-after-prepare"  // branch prepared, not yet registered
+	SDKAfterRegister = "sdk-after-register" // registered, the caller not yet told
+
 	// Recovery, around resolving one branch.
 	RecoveryBeforeResolve = "recovery-before-resolve"
 	RecoveryAfterResolve  = "recovery-after-resolve"
@@ -44,6 +49,7 @@ var all = []string{
 	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact,
 	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
+	SDKAfterPrepare, SDKAfterRegister,
 	RecoveryBeforeResolve, RecoveryAfterResolve,
 }
 

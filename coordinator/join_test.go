@@ -1,0 +1,219 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/fake"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+// joinPrepared plants a prepared branch at f, as a remote participant does
+// before it registers, and joins it to tx.
+func joinPrepared(t *testing.T, tx *Tx, f *fake.Resource, branch string) participant.GID {
+	t.Helper()
+	g, err := participant.NewGID(tx.c.cfg.Prefix, tx.c.cfg.ID, tx.ID(), branch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.AddPrepared(g.String())
+	if err := tx.Join(f, g); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func TestJoinedBranchesCommitAndRollBack(t *testing.T) {
+	r := newRig(t, 0, nil)
+	ctx := context.Background()
+	pay, inv := fake.New("pay"), fake.New("inv")
+	for _, f := range []*fake.Resource{pay, inv} {
+		if err := r.c.AddResource(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, _ := r.c.Begin(ctx)
+	g1, g2 := joinPrepared(t, tx, pay, "pay-1"), joinPrepared(t, tx, inv, "inv-1")
+	if res, _ := r.c.ResolveBranch(g1); res != Wait {
+		t.Fatalf("an active transaction's branch: %v, want wait", res)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pay.IsCommitted(g1.String()) || !inv.IsCommitted(g2.String()) {
+		t.Fatal("joined branches not committed")
+	}
+	if res, _ := r.c.ResolveBranch(g1); res != CommitBranch {
+		t.Fatalf("after COMMIT: %v", res)
+	}
+	stranger := g1
+	stranger.Branch = "pay-2" // prepared, never joined
+	if res, _ := r.c.ResolveBranch(stranger); res != RollbackBranch {
+		t.Fatalf("a branch not named in the COMMIT record: %v, want rollback", res)
+	}
+
+	tx2, _ := r.c.Begin(ctx)
+	g3 := joinPrepared(t, tx2, pay, "pay-3")
+	if err := tx2.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pay.IsRolledBack(g3.String()) {
+		t.Fatal("joined branch not rolled back")
+	}
+	if res, _ := r.c.ResolveBranch(g3); res != RollbackBranch {
+		t.Fatalf("after rollback: %v", res)
+	}
+}
+
+func TestJoinRefusals(t *testing.T) {
+	r := newRig(t, 0, nil)
+	ctx := context.Background()
+	pay := fake.New("pay")
+	tx, _ := r.c.Begin(ctx)
+	g, _ := participant.NewGID(r.c.cfg.Prefix, r.c.cfg.ID, tx.ID(), "pay-1")
+	if err := tx.Join(pay, g); !errors.Is(err, ErrUnknownResource) {
+		t.Fatalf("unregistered resource: %v", err)
+	}
+	if err := r.c.AddResource(pay); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.c.AddResource(pay); err != nil {
+		t.Fatalf("adding the same resource again: %v", err)
+	}
+	if err := r.c.AddResource(fake.New("pay")); !errors.Is(err, ErrConfig) {
+		t.Fatalf("another resource under a taken name: %v", err)
+	}
+	other, _ := participant.NewTxID()
+	for _, bad := range []participant.GID{
+		{Prefix: r.c.cfg.Prefix, Coordinator: r.c.cfg.ID, TxID: other, Branch: "pay-1"},
+		{Prefix: r.c.cfg.Prefix, Coordinator: "someone-else", TxID: tx.ID(), Branch: "pay-1"},
+		{Prefix: r.c.cfg.Prefix, Coordinator: r.c.cfg.ID, TxID: tx.ID(), Branch: "pay 1"},
+	} {
+		if err := tx.Join(pay, bad); !errors.Is(err, participant.ErrBadGID) {
+			t.Fatalf("join %v: %v", bad, err)
+		}
+	}
+	if err := tx.Join(pay, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Join(pay, g); !errors.Is(err, ErrDuplicateBranch) {
+		t.Fatalf("joined twice: %v", err)
+	}
+	if _, err := r.c.ResolveBranch(participant.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, participant.ErrBadGID) {
+		t.Fatalf("resolving another coordinator's gid: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Join(pay, g); !errors.Is(err, ErrTxDone) {
+		t.Fatalf("join after rollback: %v", err)
+	}
+}
+
+// A transaction forgotten by a restart has no decision: its branches are
+// told to roll back (presumed abort); after a failed decision write the
+// answer is wait.
+func TestResolveAfterRestart(t *testing.T) {
+	log := newRig(t, 0, nil).log
+	ctx := context.Background()
+	c, err := New(ctx, Config{ID: "test", Log: log, RecoveryInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	id, _ := participant.NewTxID()
+	if res, err := c.ResolveTx(id); err != nil || res != RollbackBranch {
+		t.Fatalf("unknown transaction: %v %v", res, err)
+	}
+	c.fail(errors.New("disk gone"))
+	if res, err := c.ResolveTx(id); err != nil || res != Wait {
+		t.Fatalf("after a failed decision write: %v %v, want wait", res, err)
+	}
+}
+
+func TestPhasesObservedAndTraced(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	var mu sync.Mutex
+	seen := map[Phase]int{}
+	r := newRig(t, 2, func(c *Config) {
+		c.Tracer = tp.Tracer("test")
+		c.Observe = func(p Phase, d time.Duration, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil && d > 0 {
+				seen[p]++
+			}
+		}
+	})
+	tx, _ := r.begin(t)
+	if err := tx.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := seen[PhaseCommit]
+		mu.Unlock()
+		if n == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[PhasePrepare] != 1 || seen[PhaseDecision] != 1 || seen[PhaseCommit] != 1 {
+		t.Fatalf("phases observed: %v", seen)
+	}
+	names := map[string]bool{}
+	for _, s := range rec.Ended() {
+		names[s.Name()] = true
+	}
+	for _, want := range []string{"txcoord.prepare", "txcoord.decision", "txcoord.commit"} {
+		if !names[want] {
+			t.Errorf("no %s span (got %v)", want, names)
+		}
+	}
+}
+
+// A committed transaction whose decision was compacted away is reported
+// as forgotten (wait), never as aborted; a young transaction with no
+// decision is aborted.
+func TestCompactedCommitIsNotReportedAborted(t *testing.T) {
+	r := newRig(t, 2, func(c *Config) { c.KeepEnded = 50 * time.Millisecond })
+	ctx := context.Background()
+	tx, _ := r.begin(t)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if d, err := r.log.Lookup(tx.ID()); err == nil && d.Ended {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no END")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if res, _ := r.c.ResolveTx(tx.ID()); res != CommitBranch {
+		t.Fatalf("before compaction: %v", res)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n, err := r.log.Compact(ctx, time.Now().Add(-r.c.cfg.KeepEnded)); n != 1 || err != nil {
+		t.Fatalf("compact: %d %v", n, err)
+	}
+	if res, _ := r.c.ResolveTx(tx.ID()); res != Wait {
+		t.Fatalf("after compaction: %v; want wait (forgotten), never rollback", res)
+	}
+	young, _ := participant.NewTxID()
+	if res, _ := r.c.ResolveTx(young); res != RollbackBranch {
+		t.Fatalf("a young transaction with no decision: %v", res)
+	}
+}
