@@ -1,0 +1,264 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/remote"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything `txcoord serve` needs. A YAML file gives it with the
+// same names as the flags (dashes as underscores); flags given on the
+// command line win.
+type Config struct {
+	Listen        string `yaml:"listen"`
+	MetricsListen string `yaml:"metrics_listen"`
+	DataDir       string `yaml:"data_dir"`
+	ID            string `yaml:"id"`
+	Prefix        string `yaml:"prefix"`
+	// Resources are PostgreSQL databases (name: DSN) this coordinator's
+	// transactions may use directly; recovery scans them.
+	Resources map[string]string `yaml:"resources"`
+	// Participants are remote services (name: host:port) known before they
+	// announce themselves.
+	Participants map[string]string `yaml:"participants"`
+
+	TxTimeout        time.Duration `yaml:"tx_timeout"`
+	MaxTxTimeout     time.Duration `yaml:"max_tx_timeout"`
+	PrepareTimeout   time.Duration `yaml:"prepare_timeout"`
+	CallTimeout      time.Duration `yaml:"call_timeout"`
+	InDoubtTimeout   time.Duration `yaml:"in_doubt_timeout"`
+	RecoveryInterval time.Duration `yaml:"recovery_interval"`
+	// StartupRecovery runs a recovery pass at start (default true).
+	StartupRecovery bool          `yaml:"startup_recovery"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	TLS            TLSConfig `yaml:"tls"`
+	ParticipantTLS TLSConfig `yaml:"participant_tls"`
+
+	// AdminTokenFile holds the tokens (one per line) that may make admin
+	// calls (resolve, recover); AdminCNs are client certificate common
+	// names that may. With neither, only loopback callers may.
+	AdminTokenFile string   `yaml:"admin_token_file"`
+	AdminCNs       []string `yaml:"admin_cns"`
+
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+	// Tracing: "none" (default), "stdout", or "otlp" (to OTLPEndpoint, or
+	// the OTEL_EXPORTER_OTLP_* environment).
+	Tracing      string `yaml:"tracing"`
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+}
+
+// TLSConfig is a certificate pair and a CA. For the server: Cert and Key
+// are its own, CA (if set) makes it verify client certificates. For calls
+// to participants: CA verifies them, Cert and Key are the client
+// certificate.
+type TLSConfig struct {
+	Cert       string `yaml:"cert"`
+	Key        string `yaml:"key"`
+	CA         string `yaml:"ca"`
+	ServerName string `yaml:"server_name"`
+}
+
+func (t TLSConfig) enabled() bool { return t.Cert != "" || t.Key != "" || t.CA != "" }
+
+func defaultConfig() Config {
+	return Config{
+		Listen:           "127.0.0.1:7070",
+		MetricsListen:    "127.0.0.1:9464",
+		ID:               "txcoord-1",
+		Prefix:           participant.DefaultPrefix,
+		TxTimeout:        time.Minute,
+		MaxTxTimeout:     10 * time.Minute,
+		PrepareTimeout:   10 * time.Second,
+		CallTimeout:      30 * time.Second,
+		InDoubtTimeout:   time.Minute,
+		RecoveryInterval: 10 * time.Second,
+		StartupRecovery:  true,
+		ShutdownTimeout:  30 * time.Second,
+		LogLevel:         "info",
+		LogFormat:        "text",
+		Tracing:          "none",
+	}
+}
+
+// loadFile reads a YAML config file over cfg; unknown keys are errors.
+func loadFile(path string, cfg *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// validate checks the whole configuration and says what is wrong with it.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen %q: want host:port", c.Listen)
+	}
+	if c.MetricsListen != "" && c.MetricsListen != "off" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("metrics-listen %q: want host:port, or off", c.MetricsListen)
+		}
+	}
+	if c.DataDir == "" {
+		bad("data-dir is required: the directory of the decision log")
+	}
+	if err := participant.ValidateName("id", c.ID); err != nil {
+		bad("id: %v", err)
+	}
+	if err := participant.ValidateName("prefix", c.Prefix); err != nil {
+		bad("prefix: %v", err)
+	}
+	for name, dsn := range c.Resources {
+		if err := participant.ValidateName("resource name", name); err != nil {
+			bad("resource: %v", err)
+		}
+		if strings.TrimSpace(dsn) == "" {
+			bad("resource %s: empty DSN", name)
+		}
+		if _, dup := c.Participants[name]; dup {
+			bad("%s is both a resource and a participant", name)
+		}
+	}
+	for name, addr := range c.Participants {
+		if err := participant.ValidateName("participant name", name); err != nil {
+			bad("participant: %v", err)
+		}
+		if err := remote.ValidateAddress(addr); err != nil {
+			bad("participant %s: %v", name, err)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"tx-timeout", c.TxTimeout}, {"max-tx-timeout", c.MaxTxTimeout}, {"prepare-timeout", c.PrepareTimeout}, {"call-timeout", c.CallTimeout}, {"in-doubt-timeout", c.InDoubtTimeout}, {"shutdown-timeout", c.ShutdownTimeout}} {
+		if d.v <= 0 {
+			bad("%s must be positive, not %v", d.name, d.v)
+		}
+	}
+	if c.MaxTxTimeout < c.TxTimeout {
+		bad("max-tx-timeout %v is below tx-timeout %v", c.MaxTxTimeout, c.TxTimeout)
+	}
+	if c.RecoveryInterval == 0 {
+		bad("recovery-interval must be positive (or negative to turn the periodic pass off)")
+	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		bad("tls-cert and tls-key go together")
+	}
+	if c.TLS.CA != "" && c.TLS.Cert == "" {
+		bad("tls-client-ca needs tls-cert and tls-key: client certificates are verified only over TLS")
+	}
+	if (c.ParticipantTLS.Cert == "") != (c.ParticipantTLS.Key == "") {
+		bad("participant-tls-cert and participant-tls-key go together")
+	}
+	if len(c.AdminCNs) > 0 && c.TLS.CA == "" {
+		bad("admin-cn needs tls-client-ca: client certificates are only verified with mutual TLS")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("log-format %q: want text or json", c.LogFormat)
+	}
+	switch c.Tracing {
+	case "none", "stdout", "otlp":
+	default:
+		bad("tracing %q: want none, stdout or otlp", c.Tracing)
+	}
+	return errors.Join(errs...)
+}
+
+// adminTokens reads the admin token file: one token per line, blank lines
+// and # comments ignored.
+func adminTokens(path string) ([]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("admin token file: %w", err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if len(line) < 16 {
+			return nil, fmt.Errorf("admin token file %s: a token shorter than 16 characters is too easy to guess", path)
+		}
+		out = append(out, line)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("admin token file %s holds no token", path)
+	}
+	return out, nil
+}
+
+// parsePairs parses repeated NAME=VALUE flags.
+func parsePairs(flag string, vals []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, v := range vals {
+		name, val, ok := strings.Cut(v, "=")
+		if !ok || name == "" || val == "" {
+			return nil, fmt.Errorf("--%s %q: want NAME=VALUE", flag, v)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--%s: %s given twice", flag, name)
+		}
+		out[name] = val
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// redactDSN hides the password in a DSN for logs.
+func redactDSN(dsn string) string {
+	if i := strings.Index(dsn, "://"); i >= 0 {
+		rest := dsn[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if colon := strings.Index(rest[:at], ":"); colon >= 0 {
+				return dsn[:i+3] + rest[:colon] + ":xxxxx" + rest[at:]
+			}
+		}
+		return dsn
+	}
+	var parts []string
+	for _, f := range strings.Fields(dsn) {
+		if strings.HasPrefix(strings.ToLower(f), "password=") {
+			f = "password=xxxxx"
+		}
+		parts = append(parts, f)
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,402 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/server"
+	"github.com/txcoord/txcoord/wal"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	_ "github.com/lib/pq"
+)
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "txcoord",
+		Short:         "The txcoord two-phase commit coordinator server",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCmd())
+	return root
+}
+
+func newServeCmd() *cobra.Command {
+	cfg := defaultConfig()
+	var configFile string
+	var resources, participants []string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the Coordinator gRPC API, health and metrics",
+		Long: `Serve the Coordinator gRPC API (proto/txcoord/v1), the gRPC health service
+and Prometheus metrics. Decisions are logged in DATA_DIR/txcoord.wal; a
+restart with the same data directory recovers every transaction left
+unfinished. SIGTERM or SIGINT stops it gracefully: new work is refused,
+calls in flight finish (within --shutdown-timeout), and phase two that is
+still running stays in the log for the next start.`,
+		Example: `  txcoord serve --data-dir /var/lib/txcoord --id orders-1 \
+      --participant payment=10.0.0.7:7002 --participant inventory=10.0.0.8:7003
+  txcoord serve --config /etc/txcoord.yaml
+  txcoord serve --data-dir ./data --resource ledger='postgres://txc@db1/ledger' \
+      --tls-cert server.pem --tls-key server-key.pem --tls-client-ca clients-ca.pem`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				fileCfg := defaultConfig()
+				if err := loadFile(configFile, &fileCfg); err != nil {
+					return err
+				}
+				// Flags given on the command line win over the file.
+				fs := pflag.NewFlagSet("file", pflag.ContinueOnError)
+				bindFlags(fs, &fileCfg)
+				var setErr error
+				cmd.Flags().Visit(func(f *pflag.Flag) {
+					if fs.Lookup(f.Name) != nil {
+						setErr = errors.Join(setErr, fs.Set(f.Name, f.Value.String()))
+					}
+				})
+				if setErr != nil {
+					return setErr
+				}
+				cfg = fileCfg
+			}
+			r, err := parsePairs("resource", resources)
+			if err != nil {
+				return err
+			}
+			p, err := parsePairs("participant", participants)
+			if err != nil {
+				return err
+			}
+			cfg.Resources = merge(cfg.Resources, r)
+			cfg.Participants = merge(cfg.Participants, p)
+			if err := cfg.validate(); err != nil {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML config file (keys as the flags, dashes as underscores)")
+	bindFlags(f, &cfg)
+	f.StringArrayVar(&resources, "resource", nil, "PostgreSQL resource NAME=DSN that recovery scans (repeatable)")
+	f.StringArrayVar(&participants, "participant", nil, "remote participant NAME=HOST:PORT known before it announces itself (repeatable)")
+	return cmd
+}
+
+// bindFlags binds the scalar settings of cfg to fs, with cfg's values as
+// defaults.
+func bindFlags(f *pflag.FlagSet, cfg *Config) {
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "HTTP address of /metrics and /healthz, or off")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the decision log (created if missing)")
+	f.StringVar(&cfg.ID, "id", cfg.ID, "coordinator id in every gid: unique among coordinators sharing a database")
+	f.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "gid prefix")
+	f.DurationVar(&cfg.TxTimeout, "tx-timeout", cfg.TxTimeout, "roll back a transaction not finished this long after Begin")
+	f.DurationVar(&cfg.MaxTxTimeout, "max-tx-timeout", cfg.MaxTxTimeout, "the longest timeout a Begin may ask for")
+	f.DurationVar(&cfg.PrepareTimeout, "prepare-timeout", cfg.PrepareTimeout, "bound on phase one")
+	f.DurationVar(&cfg.CallTimeout, "call-timeout", cfg.CallTimeout, "bound on each phase-two or rollback call")
+	f.DurationVar(&cfg.InDoubtTimeout, "in-doubt-timeout", cfg.InDoubtTimeout, "resolve an orphaned prepared branch once older than this")
+	f.DurationVar(&cfg.RecoveryInterval, "recovery-interval", cfg.RecoveryInterval, "period of the recovery pass (negative: off)")
+	f.BoolVar(&cfg.StartupRecovery, "startup-recovery", cfg.StartupRecovery, "run a recovery pass at start (off, with a negative --recovery-interval, leaves everything in doubt for an operator)")
+	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop waits for calls in flight")
+	f.StringVar(&cfg.TLS.Cert, "tls-cert", cfg.TLS.Cert, "server certificate (PEM); with --tls-key turns TLS on")
+	f.StringVar(&cfg.TLS.Key, "tls-key", cfg.TLS.Key, "server private key (PEM)")
+	f.StringVar(&cfg.TLS.CA, "tls-client-ca", cfg.TLS.CA, "CA (PEM) that client certificates must chain to (mutual TLS)")
+	f.StringVar(&cfg.ParticipantTLS.CA, "participant-tls-ca", cfg.ParticipantTLS.CA, "CA (PEM) that participants' certificates must chain to; turns TLS on for calls to participants")
+	f.StringVar(&cfg.ParticipantTLS.Cert, "participant-tls-cert", cfg.ParticipantTLS.Cert, "client certificate (PEM) presented to participants")
+	f.StringVar(&cfg.ParticipantTLS.Key, "participant-tls-key", cfg.ParticipantTLS.Key, "client private key (PEM) for participants")
+	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file of tokens (one per line) allowed to make admin calls (resolve, recover)")
+	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", cfg.AdminCNs, "client certificate common name allowed to make admin calls (repeatable; needs --tls-client-ca)")
+	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
+	f.StringVar(&cfg.Tracing, "tracing", cfg.Tracing, "OpenTelemetry spans: none, stdout, or otlp")
+	f.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/gRPC collector host:port for --tracing otlp (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+}
+
+func merge(a, b map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}
+
+func newLogger(cfg Config, w *os.File) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serve(ctx context.Context, cfg Config) error {
+	logger := newLogger(cfg, os.Stderr)
+
+	shutdownTracing, err := setupTracing(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing()
+
+	metrics := server.NewMetrics()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	walPath := filepath.Join(cfg.DataDir, "txcoord.wal")
+	log, err := wal.OpenBolt(walPath, wal.BoltOptions{Owner: cfg.Prefix + "." + cfg.ID, OnSync: metrics.ObserveSync})
+	if err != nil {
+		if errors.Is(err, wal.ErrLocked) {
+			return fmt.Errorf("%w: is another txcoord running on %s?", err, cfg.DataDir)
+		}
+		return err
+	}
+	defer func() {
+		if err := log.Close(); err != nil {
+			logger.Error("closing the log", "err", err)
+		}
+	}()
+
+	var resources []participant.Resource
+	for _, name := range sortedKeys(cfg.Resources) {
+		r, err := postgres.Open(ctx, name, "postgres", cfg.Resources[name], postgres.Options{})
+		if err != nil {
+			return fmt.Errorf("resource %s (%s): %w", name, redactDSN(cfg.Resources[name]), err)
+		}
+		defer r.Close()
+		resources = append(resources, r)
+	}
+
+	dialCreds, err := participantCreds(cfg.ParticipantTLS)
+	if err != nil {
+		return err
+	}
+	c, err := coordinator.New(ctx, coordinator.Config{
+		ID: cfg.ID, Prefix: cfg.Prefix, Log: log, Resources: resources,
+		PrepareTimeout: cfg.PrepareTimeout, CallTimeout: cfg.CallTimeout,
+		InDoubtTimeout: cfg.InDoubtTimeout, RecoveryInterval: cfg.RecoveryInterval,
+		// Remote participants must be registered before the first pass
+		// can reach them.
+		SkipStartupRecovery: true,
+		Logger:              logger, Observe: metrics.ObservePhase, Tracer: otel.Tracer("txcoord"),
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		Coordinator: c, TxTimeout: cfg.TxTimeout, MaxTxTimeout: cfg.MaxTxTimeout,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(dialCreds)},
+		Logger:      logger, Tracer: otel.Tracer("txcoord"),
+	})
+	if err != nil {
+		c.Close()
+		return err
+	}
+	for _, name := range sortedKeys(cfg.Participants) {
+		if _, err := srv.AddParticipant(name, cfg.Participants[name]); err != nil {
+			c.Close()
+			return fmt.Errorf("participant %s: %w", name, err)
+		}
+	}
+	metrics.Attach(c, srv)
+	if !cfg.StartupRecovery {
+		logger.Warn("start-up recovery pass skipped (--startup-recovery=false)")
+	} else if rep, err := c.Recover(ctx); err != nil {
+		logger.Warn("start-up recovery pass incomplete; the periodic pass goes on", "err", err)
+	} else {
+		logger.Info("start-up recovery pass", "redriven", rep.Redriven, "committed", rep.Committed, "rolled_back", rep.RolledBack, "unfinished", len(rep.Unfinished))
+	}
+
+	tokens, err := adminTokens(cfg.AdminTokenFile)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	policy := server.AdminPolicy{Tokens: tokens, CommonNames: cfg.AdminCNs, AllowLoopback: true}
+	if len(tokens) == 0 && len(cfg.AdminCNs) == 0 {
+		logger.Warn("no admin identity configured (--admin-token-file, --admin-cn): admin calls (resolve, recover) are accepted from loopback callers only")
+	}
+	opts := []grpc.ServerOption{grpc.UnaryInterceptor(policy.UnaryInterceptor())}
+	if cfg.TLS.enabled() {
+		creds, err := serverCreds(cfg.TLS)
+		if err != nil {
+			c.Close()
+			return err
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	gs := grpc.NewServer(opts...)
+	srv.Register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus("txcoord.v1.Coordinator", healthpb.HealthCheckResponse_SERVING)
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	var httpSrv *http.Server
+	if cfg.MetricsListen != "" && cfg.MetricsListen != "off" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", metrics.Handler())
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mlis, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			lis.Close()
+			c.Close()
+			return fmt.Errorf("metrics: %w", err)
+		}
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = httpSrv.Serve(mlis) }()
+	}
+
+	runCtx, stopRun := context.WithCancel(context.Background())
+	sweeper := make(chan struct{})
+	go func() { defer close(sweeper); srv.Run(runCtx) }()
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	logger.Info("txcoord serving", "listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "id", cfg.ID, "wal", walPath, "tls", cfg.TLS.enabled(), "mtls", cfg.TLS.CA != "")
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("stopping: refusing new calls, finishing those in flight", "timeout", cfg.ShutdownTimeout)
+	case serveErr = <-served:
+	}
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.ShutdownTimeout):
+		logger.Warn("calls still in flight after the shutdown timeout; stopping them (their decisions, if logged, are driven after restart)")
+		gs.Stop()
+	}
+	stopRun()
+	<-sweeper
+	// Phase two still running stays in the log; the next start drives it.
+	c.Close()
+	_ = srv.Close()
+	if httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	st := c.Stats()
+	logger.Info("txcoord stopped", "committed", st.Committed, "aborted", st.Aborted, "unknown", st.Unknown, "pending_decisions", st.Log.Pending)
+	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
+		return serveErr
+	}
+	return nil
+}
+
+func loadPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificates", path)
+	}
+	return pool, nil
+}
+
+func serverCreds(t TLSConfig) (credentials.TransportCredentials, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.CA != "" {
+		pool, err := loadPool(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("tls client CA: %w", err)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+func participantCreds(t TLSConfig) (credentials.TransportCredentials, error) {
+	if !t.enabled() {
+		return insecure.NewCredentials(), nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if t.CA != "" {
+		pool, err := loadPool(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("participant tls CA: %w", err)
+		}
+		tc.RootCAs = pool
+	}
+	if t.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("participant tls: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+func setupTracing(ctx context.Context, cfg Config) (func(), error) {
+	var exp sdktrace.SpanExporter
+	var err error
+	switch cfg.Tracing {
+	case "stdout":
+		exp, err = stdouttrace.New(stdouttrace.WithWriter(os.Stderr))
+	case "otlp":
+		var opts []otlptracegrpc.Option
+		if cfg.OTLPEndpoint != "" {
+			opts = append(opts, otlptracegrpc.WithEndpoint(cfg.OTLPEndpoint), otlptracegrpc.WithInsecure())
+		}
+		exp, err = otlptracegrpc.New(ctx, opts...)
+	default:
+		return func() {}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp))
+	otel.SetTracerProvider(tp)
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tp.Shutdown(sctx)
+	}, nil
+}

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/txcoord/txcoord/internal/testpki"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConfigRefusesNonsense(t *testing.T) {
+	cases := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "data-dir is required"},
+		{"listen", func(c *Config) { c.Listen = "7070" }, "listen"},
+		{"id", func(c *Config) { c.ID = "a.b" }, "id"},
+		{"negative timeout", func(c *Config) { c.TxTimeout = -time.Second }, "tx-timeout must be positive"},
+		{"max below default", func(c *Config) { c.MaxTxTimeout = time.Second }, "max-tx-timeout"},
+		{"half a key pair", func(c *Config) { c.TLS.Cert = "x.pem" }, "tls-cert and tls-key go together"},
+		{"client CA without TLS", func(c *Config) { c.TLS.CA = "ca.pem" }, "tls-client-ca needs tls-cert"},
+		{"participant address", func(c *Config) { c.Participants = map[string]string{"pay": "nowhere"} }, "participant pay"},
+		{"name both ways", func(c *Config) {
+			c.Participants = map[string]string{"pay": "h:1"}
+			c.Resources = map[string]string{"pay": "dbname=x"}
+		}, "both a resource and a participant"},
+		{"log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
+		{"tracing", func(c *Config) { c.Tracing = "zipkin" }, "tracing"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := defaultConfig()
+			c.DataDir = t.TempDir()
+			tc.mod(&c)
+			err := c.validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want an error saying %q, got %v", tc.want, err)
+			}
+		})
+	}
+	c := defaultConfig()
+	c.DataDir = "d"
+	if err := c.validate(); err != nil {
+		t.Fatalf("defaults with a data dir: %v", err)
+	}
+}
+
+func TestConfigFileThenFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "txcoord.yaml")
+	if err := os.WriteFile(file, []byte("listen: 127.0.0.1:1\ndata_dir: /nonexistent/x\nid: from-file\ntx_timeout: 45s\nparticipants:\n  pay: 127.0.0.1:2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newServeCmd()
+	cmd.SetArgs([]string{"--config", file, "--id", "from-flag", "--listen", "bad-address"})
+	cmd.SetOut(io.Discard)
+	err := cmd.Execute()
+	// The flag's listen wins over the file's, and is refused; the file's
+	// other settings are read (no "data-dir is required").
+	if err == nil || !strings.Contains(err.Error(), `listen "bad-address"`) || strings.Contains(err.Error(), "data-dir is required") {
+		t.Fatalf("got %v", err)
+	}
+	c := defaultConfig()
+	if err := loadFile(file, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.ID != "from-file" || c.TxTimeout != 45*time.Second || c.Participants["pay"] != "127.0.0.1:2" {
+		t.Fatalf("file read as %+v", c)
+	}
+	if err := os.WriteFile(file, []byte("lisen: 127.0.0.1:1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := loadFile(file, &c); err == nil || !strings.Contains(err.Error(), "lisen") {
+		t.Fatalf("a misspelt key: %v", err)
+	}
+}
+
+func TestRedactDSN(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://app:s3cret@db:5432/x?sslmode=disable": "postgres://app:xxxxx@db:5432/x?sslmode=disable",
+		"host=db user=app password=s3cret dbname=x":       "host=db user=app password=xxxxx dbname=x",
+		"postgres://app@db/x":                             "postgres://app@db/x",
+	} {
+		if got := redactDSN(in); got != want || strings.Contains(got, "s3cret") {
+			t.Errorf("redactDSN(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// The server with mutual TLS: a client without a certificate is refused,
+// one with a certificate signed by the CA begins a transaction; health and
+// metrics answer; cancelling (SIGTERM) stops it cleanly.
+func TestServeMutualTLSHealthMetricsAndStop(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.New(t)
+	caPath := ca.CAFile
+	sc, sk := ca.Server("server")
+	cc, ck := ca.Client("client")
+	cfg := defaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), freeAddr(t)
+	cfg.TLS = TLSConfig{Cert: sc, Key: sk, CA: caPath}
+	cfg.LogLevel = "warn"
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("serve did not stop within 20s of its context ending")
+		}
+	}()
+
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(caPath)
+	pool.AppendCertsFromPEM(caPEM)
+	call := func(withCert bool) error {
+		tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if withCert {
+			cert, err := tls.LoadX509KeyPair(cc, ck)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		defer ccancel()
+		hs, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: "txcoord.v1.Coordinator"}, grpc.WaitForReady(true))
+		if err != nil {
+			return err
+		}
+		if hs.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health: %v", hs.GetStatus())
+		}
+		_, err = txcoordv1.NewCoordinatorClient(conn).Begin(cctx, &txcoordv1.BeginRequest{})
+		return err
+	}
+	if err := call(true); err != nil {
+		t.Fatalf("with a client certificate: %v", err)
+	}
+	if err := call(false); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	resp, err := http.Get("http://" + cfg.MetricsListen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "txcoord_transactions_begun_total 1") {
+		t.Fatalf("metrics do not count the Begin:\n%s", body)
+	}
+}
+
+// Admin calls with an admin token file configured: refused without the
+// token, served with it.
+func TestServeAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "admin-tokens")
+	const tok = "s3cr3t-admin-token-0123"
+	if err := os.WriteFile(tokFile, []byte("# operators\n"+tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.AdminTokenFile = tokFile
+	cfg.LogLevel = "error"
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	api := txcoordv1.NewCoordinatorClient(conn)
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ccancel()
+	_, err = api.Recover(cctx, &txcoordv1.RecoverRequest{}, grpc.WaitForReady(true))
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("recover without the token: %v", err)
+	}
+	if _, err := api.Recover(metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+tok), &txcoordv1.RecoverRequest{}); err != nil {
+		t.Fatalf("recover with the token: %v", err)
+	}
+	if _, err := api.Begin(cctx, &txcoordv1.BeginRequest{}); err != nil {
+		t.Fatalf("begin needs no admin token: %v", err)
+	}
+}
+
+// A DSN's password never appears in what serve says about a resource it
+// cannot reach.
+func TestServeKeepsDSNSecrets(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.LogLevel = "error"
+	cfg.Resources = map[string]string{
+		"ledger": "postgres://app:hunter2-secret@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2",
+		"stock":  "host=127.0.0.1 port=1 user=app password=hunter3-secret dbname=stock sslmode=disable connect_timeout=2",
+	}
+	for name, dsn := range cfg.Resources {
+		c := cfg
+		c.Resources = map[string]string{name: dsn}
+		err := serve(context.Background(), c)
+		if err == nil {
+			t.Fatalf("%s: serve started with an unreachable database", name)
+		}
+		if strings.Contains(err.Error(), "hunter") {
+			t.Fatalf("the password leaked: %v", err)
+		}
+	}
+	if _, err := adminTokens(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Fatal("a missing admin token file was accepted")
+	}
+	short := filepath.Join(t.TempDir(), "short")
+	os.WriteFile(short, []byte("abc\n"), 0o600)
+	if _, err := adminTokens(short); err == nil || strings.Contains(err.Error(), "abc") {
+		t.Fatalf("a short token: %v", err)
+	}
+}

@@ -1,0 +1,89 @@
+package remote
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/txcoord/txcoord/participant"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+)
+
+// MetadataKey is the gRPC metadata key that carries a global transaction:
+// its gtrid, <prefix>.<coordinator id>.<txid>.
+const MetadataKey = "txcoord-gtrid"
+
+// Tx identifies a global transaction to the services it calls.
+type Tx struct {
+	Prefix      string
+	Coordinator string
+	ID          participant.TxID
+}
+
+// GTRID is the transaction part of the transaction's gids.
+func (t Tx) GTRID() string {
+	return t.Prefix + "." + t.Coordinator + "." + t.ID.String()
+}
+
+// GID is the gid of the transaction's branch named branch.
+func (t Tx) GID(branch string) (participant.GID, error) {
+	return participant.NewGID(t.Prefix, t.Coordinator, t.ID, branch)
+}
+
+// ParseGTRID parses and validates <prefix>.<coordinator id>.<txid>.
+func ParseGTRID(s string) (Tx, error) {
+	if strings.Count(s, ".") != 2 {
+		return Tx{}, fmt.Errorf("%w: gtrid %q: want <prefix>.<coordinator>.<txid>", participant.ErrBadGID, s)
+	}
+	g, err := participant.ParseGID(s + ".0")
+	if err != nil {
+		return Tx{}, err
+	}
+	return Tx{Prefix: g.Prefix, Coordinator: g.Coordinator, ID: g.TxID}, nil
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying tx: calls made with it through a client
+// with UnaryClientInterceptor join tx.
+func NewContext(ctx context.Context, tx Tx) context.Context {
+	return context.WithValue(ctx, ctxKey{}, tx)
+}
+
+// FromContext returns the transaction ctx carries, put there by NewContext
+// or, in a service, by UnaryServerInterceptor.
+func FromContext(ctx context.Context) (Tx, bool) {
+	tx, ok := ctx.Value(ctxKey{}).(Tx)
+	return tx, ok
+}
+
+// UnaryClientInterceptor sends the transaction in ctx (if any) to the
+// called service as gRPC metadata.
+func UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if tx, ok := FromContext(ctx); ok {
+			ctx = metadata.AppendToOutgoingContext(ctx, MetadataKey, tx.GTRID())
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// FromIncoming reads the transaction from a call's incoming metadata. ok is
+// false when the call carries none; a malformed one is an error.
+func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(MetadataKey)
+	switch len(vals) {
+	case 0:
+		return Tx{}, false, nil
+	case 1:
+	default:
+		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", participant.ErrBadGID, len(vals), MetadataKey)
+	}
+	tx, err = ParseGTRID(vals[0])
+	if err != nil {
+		return Tx{}, false, err
+	}
+	return tx, true, nil
+}

@@ -1,0 +1,382 @@
+package sdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/sdk"
+	"github.com/txcoord/txcoord/server"
+	"github.com/txcoord/txcoord/wal"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	_ "github.com/lib/pq"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var insecureDial = grpc.WithTransportCredentials(insecure.NewCredentials())
+
+// coord is a txcoord server on loopback over a bbolt log in dir.
+type coord struct {
+	c    *coordinator.Coordinator
+	srv  *server.Server
+	log  *wal.Bolt
+	gs   *grpc.Server
+	addr string
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func startCoord(t *testing.T, dir, addr string) *coord {
+	t.Helper()
+	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := coordinator.New(context.Background(), coordinator.Config{ID: "c1", Log: log, RecoveryInterval: -1,
+		InDoubtTimeout: time.Second, CallTimeout: 3 * time.Second, RetryBase: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{insecureDial}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go func() { _ = gs.Serve(lis) }()
+	ctx, stop := context.WithCancel(context.Background())
+	k := &coord{c: c, srv: srv, log: log, gs: gs, addr: lis.Addr().String(), stop: stop, done: make(chan struct{})}
+	go func() { defer close(k.done); srv.Run(ctx) }()
+	return k
+}
+
+func (k *coord) close() {
+	k.gs.Stop()
+	k.stop()
+	<-k.done
+	k.c.Close()
+	k.srv.Close()
+	k.log.Close()
+}
+
+// service is one participant service: its database and its gRPC server.
+type service struct {
+	p    *sdk.Participant
+	res  *postgres.Resource
+	gs   *grpc.Server
+	addr string
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func startService(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, mods ...func(*sdk.Config)) *service {
+	t.Helper()
+	ctx := context.Background()
+	res, err := postgres.Open(ctx, name, "postgres", dsn, postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := sdk.Config{Name: name, Address: lis.Addr().String(), Coordinator: coordConn, Resource: res,
+		InDoubtTimeout: time.Hour, CheckInterval: time.Hour, CallTimeout: 3 * time.Second}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	p, err := sdk.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
+	p.Register(gs)
+	go func() { _ = gs.Serve(lis) }()
+	rctx, stop := context.WithCancel(ctx)
+	s := &service{p: p, res: res, gs: gs, addr: lis.Addr().String(), stop: stop, done: make(chan struct{})}
+	go func() { defer close(s.done); _ = p.Run(rctx) }()
+	return s
+}
+
+func (s *service) close() {
+	s.gs.Stop()
+	s.stop()
+	<-s.done
+	s.res.Close()
+}
+
+const accounts, initial = 10, 100
+
+func setupDBs(t *testing.T) (*pgtest.Server, []string) {
+	t.Helper()
+	pg := pgtest.StartT(t, pgtest.Options{})
+	ctx := context.Background()
+	var dsns []string
+	for _, db := range []string{"bank_a", "bank_b"} {
+		if err := pg.CreateDB(ctx, db); err != nil {
+			t.Fatal(err)
+		}
+		res, err := postgres.Open(ctx, "setup", "postgres", pg.DSN(db), postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := res.DB().ExecContext(ctx, fmt.Sprintf(`CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL CHECK (balance >= 0));
+			INSERT INTO accounts SELECT g, %d FROM generate_series(1, %d) g`, initial, accounts)); err != nil {
+			t.Fatal(err)
+		}
+		res.Close()
+		dsns = append(dsns, pg.DSN(db))
+	}
+	return pg, dsns
+}
+
+func total(t *testing.T, svcs ...*service) int {
+	t.Helper()
+	sum := 0
+	for _, s := range svcs {
+		var n int
+		if err := s.res.DB().QueryRow("SELECT sum(balance) FROM accounts").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		sum += n
+	}
+	return sum
+}
+
+func prepared(t *testing.T, svcs ...*service) int {
+	t.Helper()
+	n := 0
+	for _, s := range svcs {
+		list, err := s.res.Prepared(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(list)
+	}
+	return n
+}
+
+func move(ctx context.Context, s *service, acct, delta int) error {
+	return s.p.Branch(ctx, func(ctx context.Context, b *postgres.Branch) error {
+		_, err := b.ExecContext(ctx, "UPDATE accounts SET balance = balance + $1 WHERE id = $2", delta, acct)
+		return err
+	})
+}
+
+// Transfers between two services' databases through a txcoord server:
+// every transfer commits in both or in neither.
+func TestTransfersAcrossServices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
+	defer a.close()
+	defer b.close()
+	cl := client.New(cc)
+	ctx := context.Background()
+
+	var mu sync.Mutex
+	outcomes := map[client.Outcome]int{}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 15; i++ {
+				n := w*15 + i
+				amount := 10 + n%7*10
+				err := cl.Run(ctx, func(ctx context.Context) error {
+					if err := move(ctx, a, 1+n%accounts, -amount); err != nil {
+						return err // overdraft: the CHECK constraint fails
+					}
+					if err := move(ctx, b, 1+(n*3)%accounts, amount); err != nil {
+						return err
+					}
+					if n%5 == 0 {
+						return errors.New("cancelled on purpose")
+					}
+					return nil
+				})
+				mu.Lock()
+				outcomes[client.OutcomeOf(err)]++
+				mu.Unlock()
+				if o := client.OutcomeOf(err); o == client.Unknown {
+					t.Errorf("transfer %d: outcome unknown: %v", n, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("outcomes: %v", outcomes)
+	if outcomes[client.Committed] == 0 || outcomes[client.Aborted] < 12 {
+		t.Fatalf("want commits and at least the 12 aborts on purpose, got %v", outcomes)
+	}
+	if got := total(t, a, b); got != 2*accounts*initial {
+		t.Fatalf("total %d, want %d", got, 2*accounts*initial)
+	}
+	if n := prepared(t, a, b); n != 0 {
+		t.Fatalf("%d branches left prepared", n)
+	}
+	st := k.c.Stats()
+	if int(st.Committed) != outcomes[client.Committed] {
+		t.Fatalf("coordinator counted %d commits, clients %d", st.Committed, outcomes[client.Committed])
+	}
+}
+
+// A branch prepared and registered, whose coordinator restarts before a
+// decision: the participant asks, hears "aborted" (presumed abort), and
+// rolls it back. A branch of a committed transaction whose participant was
+// unreachable in phase two commits when it asks.
+func TestParticipantSettlesInDoubtBranches(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	dir := t.TempDir()
+	k := startCoord(t, dir, "127.0.0.1:0")
+	addr := k.addr
+	cc, err := grpc.NewClient(addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
+	defer a.close()
+	defer b.close()
+	cl := client.New(cc)
+	ctx := context.Background()
+
+	// 1. Undecided, then the coordinator restarts.
+	tx, err := cl.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), a, 1, -10); err != nil {
+		t.Fatal(err)
+	}
+	if n := prepared(t, a); n != 1 {
+		t.Fatalf("want the branch prepared, got %d", n)
+	}
+	k.close()
+	k = startCoord(t, dir, addr)
+	if n, err := a.p.Settle(ctx); err != nil || n != 1 {
+		t.Fatalf("settle: %d %v", n, err)
+	}
+	if n := prepared(t, a); n != 0 || total(t, a) != accounts*initial {
+		t.Fatalf("after settling: %d prepared, total %d", n, total(t, a))
+	}
+	if err := tx.Commit(ctx); client.OutcomeOf(err) != client.Aborted {
+		t.Fatalf("commit after the coordinator forgot the transaction: %v; want aborted", err)
+	}
+
+	// 2. Committed while bank_b cannot be reached.
+	tx, err = cl.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), a, 2, -10); err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), b, 2, 10); err != nil {
+		t.Fatal(err)
+	}
+	b.gs.Stop() // phase two cannot reach bank_b
+	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	err = tx.Commit(cctx)
+	cancel()
+	if client.OutcomeOf(err) != client.Committed {
+		t.Fatalf("commit: %v", err)
+	}
+	if n, err := b.p.Settle(ctx); err != nil || n != 1 {
+		t.Fatalf("bank_b settle: %d %v", n, err)
+	}
+	k.close()
+	if n := prepared(t, a, b); n != 0 {
+		t.Fatalf("%d branches left prepared", n)
+	}
+	var a2, b2 int
+	if err := a.res.DB().QueryRow("SELECT balance FROM accounts WHERE id = 2").Scan(&a2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.res.DB().QueryRow("SELECT balance FROM accounts WHERE id = 2").Scan(&b2); err != nil {
+		t.Fatal(err)
+	}
+	if a2 != initial-10 || b2 != initial+10 {
+		t.Fatalf("balances %d and %d: the transfer did not land in both", a2, b2)
+	}
+}
+
+// Without anyone calling Settle: a branch prepared longer than the
+// in-doubt timeout asks the coordinator by itself.
+func TestInDoubtBranchAsksByItself(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	dir := t.TempDir()
+	k := startCoord(t, dir, "127.0.0.1:0")
+	addr := k.addr
+	cc, err := grpc.NewClient(addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a := startService(t, "bank_a", dsns[0], cc, func(c *sdk.Config) {
+		c.InDoubtTimeout, c.CheckInterval = 300*time.Millisecond, 50*time.Millisecond
+	})
+	defer a.close()
+	ctx := context.Background()
+	tx, err := client.New(cc).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), a, 1, -10); err != nil {
+		t.Fatal(err)
+	}
+	// While the transaction is live, asking changes nothing.
+	time.Sleep(600 * time.Millisecond)
+	if n := prepared(t, a); n != 1 {
+		t.Fatalf("a branch of a live transaction was resolved: %d prepared", n)
+	}
+	k.close()
+	k = startCoord(t, dir, addr)
+	defer k.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for prepared(t, a) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the in-doubt branch was not rolled back within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := total(t, a); got != accounts*initial {
+		t.Fatalf("total %d", got)
+	}
+	if st := a.p.Stats(); st.Resolved != 1 || st.Aborted != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
