@@ -1,0 +1,86 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
+)
+
+func newResolveCmd() *cobra.Command {
+	var commit, abort bool
+	var reason, operator string
+	cmd := &cobra.Command{
+		Use:   "resolve TXID (--commit | --abort) --reason TEXT",
+		Short: "Drive a stuck transaction to an outcome",
+		Long: `Drive a transaction to commit or abort now, and finish its prepared branches
+so that their locks are released.
+
+If the log holds a decision, only that decision may be driven: asking for the
+other one is refused (exit code 3) and nothing changes. Without a logged
+decision (the transaction was never decided, or its log was lost), the server
+finds the transaction's prepared branches at its resources and records your
+choice as a heuristic decision, with who, when and why, before carrying it out.
+A live, undecided transaction can only be aborted.`,
+		Example: `  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --abort --reason "client gone; rows locked since 02:10"
+  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --commit --reason "log restored from backup shows COMMIT"`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseTxIDArg(args[0])
+			if err != nil {
+				return err
+			}
+			if commit == abort {
+				return usageErr(errors.New("say --commit or --abort (exactly one)"))
+			}
+			if reason == "" {
+				return usageErr(errors.New("--reason is required: it is recorded with the decision"))
+			}
+			dec := txcoordv1.Decision_DECISION_ABORT
+			if commit {
+				dec = txcoordv1.Decision_DECISION_COMMIT
+			}
+			api, closeConn, err := dial()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			resp, err := api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id, Decision: dec, Reason: reason, Operator: operator})
+			if err != nil {
+				return rpcErr(err)
+			}
+			out := cmd.OutOrStdout()
+			if g.output == "json" {
+				if err := printJSON(out, resp); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(out, resp.GetAction())
+				tw := table(out)
+				for _, b := range resp.GetBranches() {
+					fmt.Fprintf(tw, "  %s\t%s\t%s\n", b.GetParticipant(), b.GetGid(), b.GetResult())
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			for _, b := range resp.GetBranches() {
+				if !b.GetOk() {
+					return fail(exitUnavailable, fmt.Errorf("branch %s at %s not finished: %s", b.GetGid(), b.GetParticipant(), b.GetResult()),
+						"the decision is logged; run `txctl recover` once the database is reachable, or wait for the next recovery pass")
+				}
+			}
+			return nil
+		},
+	}
+	user := os.Getenv("USER")
+	cmd.Flags().BoolVar(&commit, "commit", false, "commit the transaction")
+	cmd.Flags().BoolVar(&abort, "abort", false, "roll the transaction back")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded with a heuristic decision; required)")
+	cmd.Flags().StringVar(&operator, "operator", user, "who you are (recorded with a heuristic decision)")
+	return cmd
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	_ "github.com/lib/pq"
+	"github.com/spf13/cobra"
+	"github.com/txcoord/txcoord/participant"
+)
+
+// preparedRow is one prepared transaction found by scan.
+type preparedRow struct {
+	GID         string    `json:"gid"`
+	Kind        string    `json:"kind"` // txcoord or foreign
+	Coordinator string    `json:"coordinator,omitempty"`
+	TxID        string    `json:"txid,omitempty"`
+	Branch      string    `json:"branch,omitempty"`
+	Prepared    time.Time `json:"prepared"`
+	AgeSeconds  float64   `json:"age_seconds"`
+	Stale       bool      `json:"stale"`
+	Owner       string    `json:"owner"`
+	Database    string    `json:"database"`
+	XID         string    `json:"xid"`
+	Locks       int       `json:"locks"`
+	Relations   []string  `json:"relations"`
+}
+
+// scanQuery lists prepared transactions with the locks each holds. A
+// prepared transaction's locks stay in pg_locks with no pid, under the
+// virtual transaction that held its transaction id lock.
+const scanQuery = `
+WITH prep AS (
+  SELECT p.*, (SELECT l.virtualtransaction FROM pg_locks l
+               WHERE l.locktype = 'transactionid' AND l.transactionid = p.transaction AND l.pid IS NULL LIMIT 1) AS vt
+  FROM pg_prepared_xacts p)
+SELECT p.gid, p.prepared, p.owner, p.database, p.transaction::text,
+       (SELECT count(*) FROM pg_locks l WHERE l.virtualtransaction = p.vt AND l.pid IS NULL),
+       coalesce((SELECT array_agg(DISTINCT coalesce(c.relname, l.relation::text))
+                 FROM pg_locks l
+                 LEFT JOIN pg_class c ON c.oid = l.relation AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 WHERE l.virtualtransaction = p.vt AND l.pid IS NULL AND l.relation IS NOT NULL), '{}')
+FROM prep p
+ORDER BY p.prepared`
+
+func newScanCmd() *cobra.Command {
+	var dsn string
+	var stale time.Duration
+	cmd := &cobra.Command{
+		Use:   "scan --dsn DSN",
+		Short: "List every prepared transaction in a PostgreSQL server, with what it holds",
+		Long: `Connect to PostgreSQL directly (no txcoord server needed) and list every
+prepared transaction: txcoord's (with coordinator, transaction and branch
+parsed from the gid) and foreign ones, with its age, owner, database, and the
+locks it holds (relation names resolve for the database you connect to).
+A prepared transaction older than --stale is marked stale: it holds its locks
+until someone commits or rolls it back (txctl resolve, for txcoord's).`,
+		Example: `  txctl scan --dsn 'postgres://postgres@db1:5432/ledger?sslmode=disable'
+  txctl scan --dsn 'host=db1 user=postgres dbname=ledger' --stale 30s -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dsn == "" {
+				return usageErr(errors.New("--dsn is required"))
+			}
+			db, err := sql.Open("postgres", dsn)
+			if err != nil {
+				return usageErr(redactErr(err, dsn))
+			}
+			defer db.Close()
+			ctx, cancel := callCtx(cmd)
+			defer cancel()
+			rows, err := db.QueryContext(ctx, scanQuery)
+			if err != nil {
+				return fail(exitUnavailable, fmt.Errorf("scan: %w", redactErr(err, dsn)), "check --dsn; the role needs to read pg_prepared_xacts and pg_locks")
+			}
+			defer rows.Close()
+			var out []preparedRow
+			now := time.Now()
+			for rows.Next() {
+				var r preparedRow
+				var rels []byte
+				if err := rows.Scan(&r.GID, &r.Prepared, &r.Owner, &r.Database, &r.XID, &r.Locks, &rels); err != nil {
+					return fail(exitError, err, "")
+				}
+				r.Relations = parseArray(string(rels))
+				r.AgeSeconds = now.Sub(r.Prepared).Seconds()
+				r.Stale = now.Sub(r.Prepared) > stale
+				r.Kind = "foreign"
+				if g, err := participant.ParseGID(r.GID); err == nil {
+					r.Kind, r.Coordinator, r.TxID, r.Branch = "txcoord", g.Prefix+"."+g.Coordinator, g.TxID.String(), g.Branch
+				}
+				out = append(out, r)
+			}
+			if err := rows.Err(); err != nil {
+				return fail(exitUnavailable, err, "")
+			}
+			if out == nil {
+				out = []preparedRow{}
+			}
+			w := cmd.OutOrStdout()
+			if g.output == "json" {
+				return printJSON(w, map[string]any{"prepared": out})
+			}
+			if len(out) == 0 {
+				fmt.Fprintln(w, "no prepared transactions")
+				return nil
+			}
+			tw := table(w)
+			fmt.Fprintln(tw, "GID\tKIND\tAGE\tSTALE\tOWNER\tDATABASE\tLOCKS\tRELATIONS")
+			for _, r := range out {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%d\t%v\n", r.GID, r.Kind, roundAge(time.Duration(r.AgeSeconds*float64(time.Second))), r.Stale, r.Owner, r.Database, r.Locks, r.Relations)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&dsn, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value)")
+	cmd.Flags().DurationVar(&stale, "stale", time.Minute, "mark prepared transactions older than this as stale")
+	return cmd
+}
+
+// redactErr keeps the DSN's password out of an error message.
+func redactErr(err error, dsn string) error {
+	pw := dsnPassword(dsn)
+	if err == nil || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
+}
+
+// dsnPassword finds the password in a URL or key=value DSN.
+func dsnPassword(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			return pw
+		}
+		return u.Query().Get("password")
+	}
+	for _, f := range strings.Fields(dsn) {
+		if v, ok := strings.CutPrefix(f, "password="); ok {
+			return strings.Trim(v, "'")
+		}
+	}
+	return ""
+}
+
+// parseArray reads a PostgreSQL text array of simple names: {a,b}.
+func parseArray(s string) []string {
+	out := []string{}
+	if len(s) < 2 {
+		return out
+	}
+	cur := ""
+	for _, c := range s[1 : len(s)-1] {
+		switch c {
+		case ',':
+			out = append(out, cur)
+			cur = ""
+		case '"':
+		default:
+			cur += string(c)
+		}
+	}
+	if cur != "" {
+		out = append(out, cur)
+	}
+	return out
+}

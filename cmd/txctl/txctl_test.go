@@ -1,0 +1,521 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/spf13/cobra"
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/server"
+	"github.com/txcoord/txcoord/wal"
+	"go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+const coordID = "stuck-1"
+
+// The child: a coordinator that prepares a transfer across two databases
+// and is killed at the crash point named in TXCOORD_CRASH.
+func TestMain(m *testing.M) {
+	if os.Getenv("TXCTL_TEST_CHILD") == "1" {
+		os.Exit(child())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func child() int {
+	ctx := context.Background()
+	log, err := wal.OpenBolt(os.Getenv("TXCTL_TEST_WAL"), wal.BoltOptions{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 10
+	}
+	var rs []participant.Resource
+	var pgs []*postgres.Resource
+	for _, name := range []string{"ledger_a", "ledger_b"} {
+		r, err := postgres.Open(ctx, name, "postgres", os.Getenv("TXCTL_TEST_DSN_"+name), postgres.Options{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 11
+		}
+		rs, pgs = append(rs, r), append(pgs, r)
+	}
+	c, err := coordinator.New(ctx, coordinator.Config{ID: coordID, Log: log, Resources: rs, RecoveryInterval: -1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 12
+	}
+	err = c.Do(ctx, func(ctx context.Context, tx *coordinator.Tx) error {
+		fmt.Println(tx.ID())
+		for i, r := range pgs {
+			b, err := r.Enlist(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if _, err := b.ExecContext(ctx, "UPDATE accounts SET balance = balance + $1 WHERE id = 1", []int{-10, 10}[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	fmt.Fprintln(os.Stderr, "not killed:", err)
+	return 13
+}
+
+type fixture struct {
+	pg      *pgtest.Server
+	dsn     map[string]string
+	walPath string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{pg: pgtest.StartT(t, pgtest.Options{}), dsn: map[string]string{}, walPath: filepath.Join(t.TempDir(), "txcoord.wal")}
+	ctx := context.Background()
+	for _, name := range []string{"ledger_a", "ledger_b"} {
+		if err := f.pg.CreateDB(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		f.dsn[name] = f.pg.DSN(name)
+		db := f.db(t, name)
+		if _, err := db.Exec("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); INSERT INTO accounts VALUES (1, 100), (2, 100)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+func (f *fixture) db(t *testing.T, name string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", f.dsn[name])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// crash runs the child coordinator to the crash point and returns the id
+// of the transaction it left behind.
+func (f *fixture) crash(t *testing.T, point string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TXCTL_TEST_CHILD=1", "TXCOORD_CRASH="+point, "TXCTL_TEST_WAL="+f.walPath,
+		"TXCTL_TEST_DSN_ledger_a="+f.dsn["ledger_a"], "TXCTL_TEST_DSN_ledger_b="+f.dsn["ledger_b"])
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() >= 10 && ee.ExitCode() <= 13 {
+		t.Fatalf("child did not crash at %s: %v\n%s", point, err, stderr.String())
+	}
+	id := strings.TrimSpace(stdout.String())
+	if _, err := participant.ParseTxID(id); err != nil {
+		t.Fatalf("child printed %q: %v\n%s", id, err, stderr.String())
+	}
+	return id
+}
+
+// serve starts the coordinator again on the same log, recovery off, and
+// serves it on loopback; it returns the address.
+func (f *fixture) serve(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	log, err := wal.OpenBolt(f.walPath, wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []participant.Resource
+	for _, name := range []string{"ledger_a", "ledger_b"} {
+		r, err := postgres.Open(ctx, name, "postgres", f.dsn[name], postgres.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	c, err := coordinator.New(ctx, coordinator.Config{ID: coordID, Log: log, Resources: rs, RecoveryInterval: -1, SkipStartupRecovery: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(func() {
+		gs.Stop()
+		c.Close()
+		srv.Close()
+		log.Close()
+		for _, r := range rs {
+			r.(*postgres.Resource).Close()
+		}
+	})
+	return lis.Addr().String()
+}
+
+// txctl runs the command in-process and returns its exit code and output.
+func txctl(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// locked reports whether row 1 of accounts is locked by someone else.
+func locked(t *testing.T, db *sql.DB) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx, "SELECT balance FROM accounts WHERE id = 1 FOR UPDATE NOWAIT")
+	var pe *pq.Error
+	if errors.As(err, &pe) && pe.Code == "55P03" {
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false
+}
+
+func preparedCount(t *testing.T, db *sql.DB) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func mustJSON(t *testing.T, what, s string) map[string]any {
+	t.Helper()
+	var v map[string]any
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("%s -o json is not JSON: %v\n%s", what, err, s)
+	}
+	return v
+}
+
+// A coordinator killed between PREPARE and the decision, recovery off: the
+// row stays locked; txctl list shows the transaction in doubt with its
+// age; txctl resolve --abort finishes it and the row can be updated again.
+func TestStuckTransactionListedAndResolved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	f := newFixture(t)
+	id := f.crash(t, "coord-before-decision")
+	dbA, dbB := f.db(t, "ledger_a"), f.db(t, "ledger_b")
+	if !locked(t, dbA) || !locked(t, dbB) {
+		t.Fatal("the prepared branches do not hold the row locks")
+	}
+	addr := f.serve(t)
+	time.Sleep(20 * time.Millisecond)
+
+	code, out, errOut := txctl(t, "list", "--server", addr)
+	if code != exitOK || !strings.Contains(out, id) || !strings.Contains(out, "in-doubt") {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = txctl(t, "list", "--server", addr, "-o", "json", "--state", "in-doubt")
+	v := mustJSON(t, "list", out)
+	txs, _ := v["transactions"].([]any)
+	if code != exitOK || len(txs) != 1 {
+		t.Fatalf("list -o json: exit %d, %v", code, v)
+	}
+	tx := txs[0].(map[string]any)
+	if tx["txid"] != id || tx["state"] != "TX_STATE_IN_DOUBT" || len(tx["branches"].([]any)) != 2 {
+		t.Fatalf("listed %v", tx)
+	}
+	ageStr, _ := tx["age"].(string)
+	if ageStr == "" || ageStr == "0s" {
+		t.Fatalf("no age: %v", tx)
+	}
+	code, out, _ = txctl(t, "show", id, "--server", addr)
+	if code != exitOK || strings.Count(out, "prepared") < 2 || !strings.Contains(out, "none logged") {
+		t.Fatalf("show: exit %d\n%s", code, out)
+	}
+	if !locked(t, dbA) {
+		t.Fatal("looking at it released the lock")
+	}
+
+	code, out, errOut = txctl(t, "resolve", id, "--abort", "--reason", "coordinator died before deciding", "--operator", "alice", "--server", addr)
+	if code != exitOK {
+		t.Fatalf("resolve: exit %d\n%s%s", code, out, errOut)
+	}
+	if locked(t, dbA) || locked(t, dbB) || preparedCount(t, dbA)+preparedCount(t, dbB) != 0 {
+		t.Fatal("the branches still hold their locks after resolve")
+	}
+	if _, err := dbA.Exec("UPDATE accounts SET balance = balance + 1 WHERE id = 1"); err != nil {
+		t.Fatalf("the row cannot be updated: %v", err)
+	}
+	var bal int
+	if err := dbB.QueryRow("SELECT balance FROM accounts WHERE id = 1").Scan(&bal); err != nil || bal != 100 {
+		t.Fatalf("ledger_b balance %d (%v): the aborted credit landed", bal, err)
+	}
+	code, out, _ = txctl(t, "show", id, "--server", addr, "-o", "json")
+	v = mustJSON(t, "show", out)
+	dec, _ := v["decision"].(map[string]any)
+	if code != exitOK || dec == nil || dec["heuristic"] != true || !strings.Contains(fmt.Sprint(dec["who"]), "alice") || dec["why"] != "coordinator died before deciding" {
+		t.Fatalf("the heuristic decision is not recorded with who and why: %v", v)
+	}
+}
+
+// A transaction whose log holds COMMIT cannot be aborted by txctl: exit
+// code 3 with an explanation, and nothing changes; --commit drives it.
+func TestResolveRefusesToContradictTheLog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	f := newFixture(t)
+	id := f.crash(t, "coord-after-decision")
+	dbA, dbB := f.db(t, "ledger_a"), f.db(t, "ledger_b")
+	addr := f.serve(t)
+	code, out, errOut := txctl(t, "resolve", id, "--abort", "--reason", "try", "--server", addr)
+	if code != exitRefused || !strings.Contains(errOut, "COMMIT logged") || !strings.Contains(errOut, "never contradicted") {
+		t.Fatalf("resolve --abort on a logged COMMIT: exit %d\n%s%s", code, out, errOut)
+	}
+	if preparedCount(t, dbA) != 1 || preparedCount(t, dbB) != 1 {
+		t.Fatal("a refused resolve changed the branches")
+	}
+	code, out, _ = txctl(t, "show", id, "--server", addr, "-o", "json")
+	v := mustJSON(t, "show", out)
+	if v["state"] != "TX_STATE_COMMITTING" {
+		t.Fatalf("after the refusal: %v", v["state"])
+	}
+	code, out, errOut = txctl(t, "resolve", id, "--commit", "--reason", "drive the logged decision", "--server", addr, "-o", "json")
+	if code != exitOK {
+		t.Fatalf("resolve --commit: exit %d\n%s%s", code, out, errOut)
+	}
+	mustJSON(t, "resolve", out)
+	var a, b int
+	dbA.QueryRow("SELECT balance FROM accounts WHERE id = 1").Scan(&a)
+	dbB.QueryRow("SELECT balance FROM accounts WHERE id = 1").Scan(&b)
+	if a != 90 || b != 110 || preparedCount(t, dbA)+preparedCount(t, dbB) != 0 {
+		t.Fatalf("after driving COMMIT: balances %d, %d", a, b)
+	}
+	code, out, _ = txctl(t, "recover", "--server", addr, "-o", "json")
+	if code != exitOK {
+		t.Fatalf("recover: exit %d %s", code, out)
+	}
+	mustJSON(t, "recover", out)
+	code, out, _ = txctl(t, "scan", "--dsn", f.dsn["ledger_a"], "-o", "json")
+	if code != exitOK {
+		t.Fatalf("scan: exit %d %s", code, out)
+	}
+	if v := mustJSON(t, "scan", out); len(v["prepared"].([]any)) != 0 {
+		t.Fatalf("scan after resolve: %v", v)
+	}
+}
+
+// scan sees a prepared transaction, ours or foreign, and what it locks,
+// with no coordinator running.
+func TestScanWithoutCoordinator(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	f := newFixture(t)
+	id := f.crash(t, "coord-before-decision")
+	dbA := f.db(t, "ledger_a")
+	conn, err := dbA.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(context.Background(), "BEGIN; UPDATE accounts SET balance = 0 WHERE id = 2; PREPARE TRANSACTION 'someone-else''s'"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	t.Cleanup(func() { dbA.Exec("ROLLBACK PREPARED 'someone-else''s'") })
+	code, out, errOut := txctl(t, "scan", "--dsn", f.dsn["ledger_a"], "-o", "json")
+	if code != exitOK {
+		t.Fatalf("scan: exit %d %s%s", code, out, errOut)
+	}
+	rows := mustJSON(t, "scan", out)["prepared"].([]any)
+	kinds := map[string]map[string]any{}
+	n := 0
+	for _, r := range rows {
+		m := r.(map[string]any)
+		if m["database"] != "ledger_a" {
+			continue // the scan covers the whole server
+		}
+		n++
+		kinds[m["kind"].(string)] = m
+	}
+	ours, foreign := kinds["txcoord"], kinds["foreign"]
+	if n != 2 || len(rows) != 3 || ours == nil || foreign == nil || ours["txid"] != id || ours["coordinator"] != "txc."+coordID {
+		t.Fatalf("scan rows: %v", rows)
+	}
+	if rels := fmt.Sprint(ours["relations"]); !strings.Contains(rels, "accounts") || ours["locks"].(float64) < 1 {
+		t.Fatalf("what holds it: %v", ours)
+	}
+	code, out, _ = txctl(t, "scan", "--dsn", f.dsn["ledger_a"])
+	if code != exitOK || !strings.Contains(out, "someone-else's") || !strings.Contains(out, "foreign") {
+		t.Fatalf("scan table: %s", out)
+	}
+}
+
+// wal verify names the damaged record and exits 6; inspect, verify and
+// compact print JSON.
+func TestWALOffline(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "txcoord.wal")
+	log, err := wal.OpenBolt(path, wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var ids []participant.TxID
+	for i := 0; i < 3; i++ {
+		id, _ := participant.NewTxID()
+		g, _ := participant.NewGID("txc", "c1", id, "0")
+		if _, err := log.Append(ctx, wal.Record{Kind: wal.KindCommit, TxID: id, Branches: []wal.Branch{{Resource: "db", GID: g}}}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := log.End(ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"inspect", "verify"} {
+		code, out, errOut := txctl(t, "wal", sub, "--wal", path, "-o", "json")
+		if code != exitOK {
+			t.Fatalf("wal %s: exit %d %s", sub, code, errOut)
+		}
+		mustJSON(t, "wal "+sub, out)
+	}
+	code, out, _ := txctl(t, "wal", "inspect", "--wal", path)
+	if code != exitOK || strings.Count(out, "COMMIT") != 3 || !strings.Contains(out, ids[1].String()) {
+		t.Fatalf("inspect: %s", out)
+	}
+	code, out, errOut := txctl(t, "wal", "compact", "--wal", path, "-o", "json")
+	if v := mustJSON(t, "wal compact", out); code != exitOK || v["removed"].(float64) != 1 {
+		t.Fatalf("compact: exit %d %v %s", code, v, errOut)
+	}
+
+	// Damage the second record.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key uint64
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte(wal.BucketLog))
+		c := b.Cursor()
+		k, v := c.First()
+		k, v = c.Next()
+		key = binary.BigEndian.Uint64(k)
+		bad := append([]byte(nil), v...)
+		bad[len(bad)/2] ^= 0xff
+		return b.Put(append([]byte(nil), k...), bad)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	code, out, errOut = txctl(t, "wal", "verify", "--wal", path)
+	if code != exitCorrupt || !strings.Contains(errOut, fmt.Sprintf("key %d", key)) || !strings.Contains(errOut, `"log"`) {
+		t.Fatalf("verify of a damaged log: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, _ := txctl(t, "wal", "verify"); code != exitUsage {
+		t.Fatalf("verify without --wal: exit %d", code)
+	}
+
+	// A log held by a running server.
+	held, err := wal.OpenBolt(filepath.Join(t.TempDir(), "held.wal"), wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if code, _, errOut := txctl(t, "wal", "inspect", "--wal", held.Path()); code != exitLocked || !strings.Contains(errOut, "stop it first") {
+		t.Fatalf("inspect of a held log: exit %d %s", code, errOut)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"resolve", "not-a-txid", "--abort", "--reason", "x"},
+		{"list", "-o", "yaml"},
+		{"list", "--state", "sleeping"},
+		{"nonsense"},
+		{"list", "--timeout", "0s"},
+	} {
+		if code, _, errOut := txctl(t, args...); code != exitUsage || errOut == "" {
+			t.Errorf("%v: exit %d, %q", args, code, errOut)
+		}
+	}
+	id, _ := participant.NewTxID()
+	for _, args := range [][]string{
+		{"resolve", id.String(), "--reason", "x"},
+		{"resolve", id.String(), "--abort", "--commit", "--reason", "x"},
+		{"resolve", id.String(), "--abort"},
+	} {
+		if code, _, errOut := txctl(t, args...); code != exitUsage || errOut == "" {
+			t.Errorf("%v: exit %d, %q", args, code, errOut)
+		}
+	}
+}
+
+// Every command's help has examples; completion scripts are generated.
+func TestHelpAndCompletion(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if !c.Hidden && c.Name() != "help" && c.Name() != "completion" && c.Parent() != nil && c.Parent().Name() != "completion" {
+			if c.Example == "" {
+				t.Errorf("%q has no examples in --help", c.CommandPath())
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd())
+	for _, shell := range []string{"bash", "zsh", "fish"} {
+		code, out, errOut := txctl(t, "completion", shell)
+		if code != exitOK || !strings.Contains(out, "txctl") {
+			t.Fatalf("completion %s: exit %d %s", shell, code, errOut)
+		}
+	}
+}
+
+// A DSN's password never appears in txctl's output or errors.
+func TestScanKeepsDSNSecrets(t *testing.T) {
+	for _, dsn := range []string{
+		"postgres://app:hunter2-secret@127.0.0.1:1/x?sslmode=disable&connect_timeout=1",
+		"host=127.0.0.1 port=1 user=app password=hunter3-secret dbname=x sslmode=disable connect_timeout=1",
+		"postgres://app:hunter4-secret@127.0.0.1:1/x?sslmode=bogus",
+	} {
+		code, out, errOut := txctl(t, "scan", "--dsn", dsn, "--timeout", "3s")
+		if code == exitOK || strings.Contains(out+errOut, "hunter") {
+			t.Fatalf("scan of %q: exit %d\n%s%s", dsn, code, out, errOut)
+		}
+	}
+}
