@@ -1,0 +1,211 @@
+package shop
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/sdk"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// ServiceConfig configures one service process.
+type ServiceConfig struct {
+	Kind Kind
+	// Name is the service's participant name at the coordinator.
+	Name string
+	// Listen is where the gRPC server listens (host:port).
+	Listen string
+	// Advertise is where the coordinator reaches this service (default:
+	// Listen).
+	Advertise string
+	// DSN is the service's PostgreSQL database.
+	DSN string
+	// Coordinator is the txcoord server's address (host:port).
+	Coordinator string
+	// InDoubtTimeout and CheckInterval: see sdk.Config.
+	InDoubtTimeout, CheckInterval time.Duration
+	// StopTimeout bounds the graceful stop; calls still running after it
+	// are cut.
+	StopTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Default listen addresses of the services.
+var defaultListen = map[Kind]string{
+	Orders:    "127.0.0.1:7101",
+	Payment:   "127.0.0.1:7102",
+	Inventory: "127.0.0.1:7103",
+}
+
+// ParseServiceFlags parses the command line of service k. Errors (and
+// flag.ErrHelp) have been reported on stderr already.
+func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
+	cfg := ServiceConfig{Kind: k}
+	fs := flag.NewFlagSet(k.String(), flag.ContinueOnError)
+	fs.StringVar(&cfg.Listen, "listen", defaultListen[k], "host:port of the gRPC server")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port where the coordinator reaches this service (default: --listen)")
+	fs.StringVar(&cfg.DSN, "dsn", "", "PostgreSQL database URL (required), e.g. postgres://postgres@127.0.0.1:5432/"+k.String()+"?sslmode=disable")
+	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server")
+	fs.StringVar(&cfg.Name, "name", k.String(), "participant name at the coordinator")
+	fs.DurationVar(&cfg.InDoubtTimeout, "in-doubt-timeout", 10*time.Second, "a branch prepared longer than this asks the coordinator for its outcome")
+	fs.DurationVar(&cfg.CheckInterval, "check-interval", 2*time.Second, "how often to look for branches in doubt")
+	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 10*time.Second, "how long a graceful stop waits for calls in flight")
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		err := fmt.Errorf("unexpected arguments: %q", fs.Args())
+		fmt.Fprintln(fs.Output(), err)
+		return cfg, err
+	}
+	if cfg.DSN == "" {
+		err := errors.New("--dsn is required")
+		fmt.Fprintln(fs.Output(), err)
+		return cfg, err
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Listen
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("service", cfg.Name)
+	return cfg, nil
+}
+
+// Serve runs a service until ctx ends, then stops gracefully: the gRPC
+// server finishes the calls in flight (within StopTimeout), then the
+// participant stops and the database is closed. Branches left prepared are
+// settled when the service starts again.
+func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = cfg.Listen
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	res, err := postgres.Open(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, res.Close()) }()
+	if err := CreateSchema(ctx, cfg.Kind, res.DB()); err != nil {
+		return err
+	}
+	// Every call the participant makes to the coordinator has a deadline
+	// (sdk.Config.CallTimeout): a branch registered while txcoord restarts
+	// waits for it rather than being left in doubt.
+	coord, err := grpc.NewClient(cfg.Coordinator, dialOptions(true)...)
+	if err != nil {
+		return fmt.Errorf("shop: coordinator %s: %w", cfg.Coordinator, err)
+	}
+	defer func() { err = errors.Join(err, coord.Close()) }()
+	p, err := sdk.New(sdk.Config{
+		Name: cfg.Name, Address: cfg.Advertise, Coordinator: coord, Resource: res,
+		InDoubtTimeout: cfg.InDoubtTimeout, CheckInterval: cfg.CheckInterval, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+
+	srv := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
+	if err := register(srv, cfg.Kind, p); err != nil {
+		return err
+	}
+	p.Register(srv)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("shop: %w", err)
+	}
+	pctx, stopParticipant := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = p.Run(pctx) })
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	logger.Info("serving", "kind", cfg.Kind, "listen", lis.Addr().String(), "advertise", cfg.Advertise,
+		"coordinator", cfg.Coordinator, "database", res.Database())
+
+	select {
+	case <-ctx.Done():
+		logger.Info("stopping")
+	case err = <-served:
+		err = fmt.Errorf("shop: serve: %w", err)
+	}
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.StopTimeout):
+		logger.Warn("calls still running after the stop timeout; cutting them")
+		srv.Stop()
+		<-stopped
+	}
+	stopParticipant()
+	wg.Wait()
+	st := p.Stats()
+	logger.Info("stopped", "prepared", st.Prepared, "registered", st.Registered, "committed", st.Committed,
+		"aborted", st.Aborted, "rolled_back", st.RolledBack, "resolved_in_doubt", st.Resolved)
+	return err
+}
+
+// dialOptions are the options of the connections the example makes:
+// plaintext (a trusted loopback network; use TLS credentials elsewhere),
+// and reconnection backoff from 100ms to a second, so that a restarted
+// peer is reached again soon. With waitForReady, a call made while the peer is
+// unreachable waits for it (within the call's deadline) instead of failing
+// at once.
+func dialOptions(waitForReady bool) []grpc.DialOption {
+	bo := backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}),
+	}
+	if waitForReady {
+		opts = append(opts, grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+	}
+	return opts
+}
+
+// Main runs the service of kind k as a command with args (its flags) and
+// returns the exit code: 0 after a graceful stop (SIGTERM or SIGINT), 2
+// for bad flags, 1 for any other failure.
+func Main(k Kind, args []string) int {
+	cfg, err := ParseServiceFlags(k, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := Serve(ctx, cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", k, err)
+		return 1
+	}
+	return 0
+}
