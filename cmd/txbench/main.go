@@ -29,6 +29,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newTransferCmd())
+	root.AddCommand(newTransferCmd(), newCompareCmd())
 	return root
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/internal/saga"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/wal"
@@ -45,9 +46,10 @@ const (
 	modeIndependent = "independent"
 	modePlain2PC    = "plain-2pc"
 	modeTxcoord     = "txcoord"
+	modeTxcoordGRPC = "txcoord-grpc"
 )
 
-var allModes = []string{modeIndependent, modePlain2PC, modeTxcoord}
+var allModes = []string{modeIndependent, modePlain2PC, modeTxcoord, modeTxcoordGRPC}
 
 func newTransferCmd() *cobra.Command {
 	o := &transferOptions{}
@@ -61,6 +63,10 @@ func newTransferCmd() *cobra.Command {
   plain-2pc    a hand-written loop: BEGIN; UPDATE; PREPARE TRANSACTION at both, then
                COMMIT PREPARED at both; no coordinator, no log
   txcoord      the coordinator library with its bbolt log (fsync on)
+  txcoord-grpc the same through a txcoord server: the client begins and commits over
+               gRPC and calls two bank services that join with the SDK; the server
+               commits them over gRPC (all in this process, over loopback TCP;
+               its log is always bbolt)
 
 The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
 		Example: `  txbench transfer --duration 5s --workers 1,8,32
@@ -204,6 +210,14 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return err
 	}
 	defer c.Close()
+	var rig *grpcMode
+	if contains(o.modes, modeTxcoordGRPC) {
+		rig, err = newGRPCMode(ctx, dir, db[:], []string{"bank_a", "bank_b"})
+		if err != nil {
+			return fmt.Errorf("txcoord-grpc: %w", err)
+		}
+		defer rig.close()
+	}
 
 	if o.profile != "" {
 		f, err := os.Create(o.profile)
@@ -235,12 +249,21 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					}
 				case modeTxcoord:
 					op = func(ctx context.Context, r *rand.Rand) error { return viaTxcoord(ctx, c, res, r, o.accounts) }
+				case modeTxcoordGRPC:
+					op = func(ctx context.Context, r *rand.Rand) error { return grpcTransfer(ctx, rig, r, o.accounts) }
 				}
 				before := log.Stats().Syncs
+				var beforeRig uint64
+				if rig != nil {
+					beforeRig = rig.log.Stats().Syncs
+				}
 				r := measure(ctx, w, o.warmup, o.duration, op)
 				r.Mode = m
-				if m == modeTxcoord {
+				switch m {
+				case modeTxcoord:
 					r.Syncs = log.Stats().Syncs - before
+				case modeTxcoordGRPC:
+					r.Syncs = rig.log.Stats().Syncs - beforeRig
 				}
 				runs[m] = append(runs[m], r)
 			}
@@ -437,6 +460,31 @@ func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgre
 		}
 		return nil
 	})
+}
+
+// grpcTransfer runs the transfer through the txcoord server: debit an
+// account at bank_a's service and credit one at bank_b's.
+func grpcTransfer(ctx context.Context, m *grpcMode, r *rand.Rand, accounts int) error {
+	o := m.op(ctx, saga.Plan{Steps: []saga.Step{
+		{DB: 0, Account: int64(r.IntN(accounts)), Delta: -1},
+		{DB: 1, Account: int64(r.IntN(accounts)), Delta: 1},
+	}})
+	if !o.committed {
+		if o.err != nil {
+			return o.err
+		}
+		return errors.New("aborted")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 func fmtRounds(rs []float64) string {

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPlansConserveMoneyAndDoomedOnesFailLast(t *testing.T) {
+	wls, err := workloadsFor([]string{"transfer", "order", "hotspot", "sweep"}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wls) != 7 {
+		t.Fatalf("%d workloads", len(wls))
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, w := range wls {
+		for i := 0; i < 50; i++ {
+			doomed := i%2 == 0
+			p := w.plan(r, doomed)
+			var sum int64
+			dbs := map[int]bool{}
+			for _, st := range p.Steps {
+				sum += st.Delta
+				dbs[st.DB] = true
+				if st.DB >= w.DBs || st.Account >= int64(w.Accounts) || (w.Hot > 0 && st.Account >= int64(w.Hot)) {
+					t.Fatalf("%s: step %+v out of range", w.Name, st)
+				}
+			}
+			last := p.Steps[len(p.Steps)-1]
+			if sum != 0 || len(dbs) != w.DBs || (last.Account == -1) != doomed || last.Delta >= 0 {
+				t.Fatalf("%s: plan %+v (doomed %v)", w.Name, p, doomed)
+			}
+		}
+	}
+	if _, err := workloadsFor([]string{"payroll"}, 100); err == nil {
+		t.Fatal("an unknown workload was accepted")
+	}
+	for _, c := range [][2]int64{{0, 0}, {9999, -10}, {-1, -10}, {123456, 7}, {3, -2147483648}} {
+		if a, d := unpack(pack(c[0], c[1])); a != c[0] || d != c[1] {
+			t.Fatalf("pack(%d, %d) came back as %d, %d", c[0], c[1], a, d)
+		}
+	}
+}
+
+func TestCompareFlagsRefuseNonsense(t *testing.T) {
+	for _, args := range [][]string{
+		{"--fail-rate", "1.5"}, {"--workers", "0"}, {"--modes", "xa"}, {"--duration", "0s"},
+		{"--crash", "--duration", "1s"}, {"--accounts", "3"}, {"-o", "xml"}, {"--workloads", "payroll"},
+	} {
+		cmd := newCompareCmd()
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.Execute(); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestReportFiles(t *testing.T) {
+	dir := t.TempDir()
+	o := &cmpOptions{workers: []int{1, 8}, modes: cmpModes, duration: time.Second, failRate: 0.1}
+	wls, _ := workloadsFor([]string{"transfer"}, 100)
+	var results []cmpResult
+	for _, w := range o.workers {
+		for i, m := range o.modes {
+			results = append(results, cmpResult{Workload: "transfer", Mode: m, Workers: w, TPS: float64(100 * (i + 1) * w), P99: float64(i + 1), Audits: 100, Anomalies: int64(10 * i), AnomalyRate: float64(i) / 10, InvariantHolds: m != "none"})
+		}
+	}
+	if err := writeReport(dir, o, wls, results); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"throughput.svg", "p99.svg", "anomalies.svg"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := xml.NewDecoder(bytes.NewReader(b))
+		for {
+			if _, err := d.Token(); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("%s is not well-formed: %v", name, err)
+			}
+		}
+	}
+	var doc struct {
+		Runs []cmpResult `json:"runs"`
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err := json.Unmarshal(b, &doc); err != nil || len(doc.Runs) != len(results) {
+		t.Fatalf("results.json: %v, %d runs", err, len(doc.Runs))
+	}
+	sum, _ := os.ReadFile(filepath.Join(dir, "summary.md"))
+	for _, want := range []string{"2pc/none 25%", "2pc/saga 33%", "**broken**", "In plain words"} {
+		if !strings.Contains(string(sum), want) {
+			t.Errorf("summary lacks %q", want)
+		}
+	}
+}
+
+// A short real run: 2PC and the saga keep the invariant, independent
+// commits with business failures do not.
+func TestCompareShortRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	o := &cmpOptions{workloads: []string{"transfer"}, modes: cmpModes, workers: []int{2}, duration: time.Second,
+		warmup: 100 * time.Millisecond, failRate: 0.3, accounts: 100, output: "json", seed: 7, report: t.TempDir()}
+	var out, progress bytes.Buffer
+	if err := runCompare(context.Background(), &out, &progress, o); err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	var rs []cmpResult
+	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 4 {
+		t.Fatalf("%d runs", len(rs))
+	}
+	for _, r := range rs {
+		// With 30% doomed operations, 20 or more operations and no abort
+		// would be a one-in-1,000 draw.
+		if r.Committed == 0 || (r.Committed+r.Aborts+r.Errors >= 20 && r.Aborts == 0) {
+			t.Errorf("%s: %d committed, %d aborted", r.Mode, r.Committed, r.Aborts)
+		}
+		want := r.Mode != "none"
+		if r.InvariantHolds != want {
+			t.Errorf("%s: invariant holds = %v (drift %d, %d prepared left, %s)", r.Mode, r.InvariantHolds, r.FinalDrift, r.Leftover, r.Note)
+		}
+		if r.Mode == "none" && r.NeverHealed == 0 {
+			t.Errorf("none: no operation left half done with a 30%% failure rate")
+		}
+	}
+	if !strings.Contains(progress.String(), "[4/4]") {
+		t.Fatalf("no progress lines: %s", progress.String())
+	}
+}
