@@ -1,0 +1,30 @@
+// Package torture is a seeded chaos test of txcoord with real processes.
+//
+// It runs the txcoord server, the order example's three services (orders,
+// payment, inventory) and one PostgreSQL server per service, each a separate
+// process, with every link between them going through a toxiproxy proxy:
+// client to coordinator, client to each service, each service to the
+// coordinator, the coordinator to each service, and each service to its
+// database. Concurrent clients place orders, each one global transaction
+// across the three services, while a schedule drawn from a seed kills
+// (SIGKILL) and restarts the coordinator, the services and the database
+// servers, arms crash points in restarted processes, and cuts, delays and
+// blackholes links. The schedule is a function of the seed and of time
+// slots only, so a run can be replayed.
+//
+// At the end every fault is healed, every process restarted, and the test
+// waits for recovery. Then every order must be in all three databases or in
+// none, as its client was told (an order whose outcome was unknown may be
+// either), money and stock must be conserved, nothing may be left in
+// pg_prepared_xacts, and the coordinator's answer about each transaction
+// must match the databases. It has tests only:
+//
+//	go test -race -run Torture -v ./internal/torture/   # short run (25s of faults)
+//	make torture DURATION=10m SEED=123                   # long run
+//
+// The environment sets TORTURE_DURATION (how long faults are injected),
+// TORTURE_SEED (replays a run; random by default, printed first),
+// TORTURE_WORKERS (concurrent clients, default 4) and TORTURE_KEEP_LOGS=1
+// (keep the logs of a run that passed; a failed run always keeps them:
+// each process's output, the timeline of faults, and every order's fate).
+package torture
