@@ -196,7 +196,7 @@ func runCompare(ctx context.Context, out, progress io.Writer, o *cmpOptions) err
 		for _, w := range wls {
 			for _, workers := range o.workers {
 				if h := headline(results, w.Name, workers); h != "" {
-					fmt.Fprintf(out, "%s, %d workers: %s of the throughput\n", w.Name, workers, h)
+					fmt.Fprintf(out, "%s, %s: %s of the throughput\n", w.Name, nWorkers(workers), h)
 				}
 			}
 		}

@@ -98,7 +98,7 @@ func summary(o *cmpOptions, wls []workload, results []cmpResult) string {
 		b.WriteString("\n")
 		for _, workers := range o.workers {
 			if h := headline(results, w.Name, workers); h != "" {
-				fmt.Fprintf(&b, "- At %d workers: %s of the throughput.\n", workers, h)
+				fmt.Fprintf(&b, "- At %s: %s of the throughput.\n", nWorkers(workers), h)
 			}
 		}
 		b.WriteString("\n")
@@ -271,4 +271,12 @@ func trimFloat(v float64) string {
 		return fmt.Sprintf("%.0f", v)
 	}
 	return fmt.Sprintf("%.1f", v)
+}
+
+// nWorkers is "1 worker" or "n workers".
+func nWorkers(n int) string {
+	if n == 1 {
+		return "1 worker"
+	}
+	return fmt.Sprintf("%d workers", n)
 }

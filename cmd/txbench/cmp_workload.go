@@ -34,7 +34,7 @@ func workloadsFor(names []string, accounts int) ([]workload, error) {
 			out = append(out, workload{Name: "hotspot", DBs: 2, Accounts: accounts, Hot: 8, Desc: "transfer among 8 hot accounts per database: contention"})
 		case "sweep":
 			for k := 1; k <= 4; k++ {
-				out = append(out, workload{Name: fmt.Sprintf("sweep-%d", k), DBs: k, Accounts: accounts, Desc: fmt.Sprintf("one debit and %d credits over %d database(s)", max(k-1, 1), k)})
+				out = append(out, workload{Name: fmt.Sprintf("sweep-%d", k), DBs: k, Accounts: accounts, Desc: sweepDesc(k)})
 			}
 		default:
 			return nil, fmt.Errorf("--workloads: unknown workload %q (want transfer, order, hotspot, sweep)", n)
@@ -97,3 +97,13 @@ func (w workload) reset(ctx context.Context, dbs []*sql.DB) error {
 }
 
 func (w workload) total() int64 { return int64(w.DBs) * int64(w.Accounts) * initialBalance }
+
+func sweepDesc(k int) string {
+	if k == 1 {
+		return "a debit and a credit in one database: one branch, one-phase commit"
+	}
+	if k == 2 {
+		return "a debit in database 1 and a credit in database 2"
+	}
+	return fmt.Sprintf("a debit in database 1 and %d credits in databases 2 to %d", k-1, k)
+}
