@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +31,7 @@ import (
 	"github.com/txcoord/txcoord/examples/order/internal/shop"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/internal/shopdb"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -501,108 +501,9 @@ func logReport(t *testing.T, rep *shop.Report) {
 	t.Logf("client report:\n%s", b.String())
 }
 
-// state is what the three databases hold.
-type state struct {
-	prepared     map[shop.Kind][]string
-	orders       map[string]orderRow
-	payments     map[string]paymentRow
-	reservations map[string]reservationRow
-
-	balances, paid, stock, reserved int64
-}
-
-type orderRow struct {
-	customer, item string
-	qty, amount    int64
-}
-
-type paymentRow struct {
-	customer string
-	amount   int64
-}
-
-type reservationRow struct {
-	item string
-	qty  int64
-}
-
-func (r *rig) read(ctx context.Context) (*state, error) {
-	s := &state{
-		prepared: map[shop.Kind][]string{}, orders: map[string]orderRow{},
-		payments: map[string]paymentRow{}, reservations: map[string]reservationRow{},
-	}
-	for _, k := range kinds {
-		rows, err := r.db[k].QueryContext(ctx, `SELECT gid FROM pg_prepared_xacts WHERE database = current_database()`)
-		if err != nil {
-			return nil, err
-		}
-		if err := scanAll(rows, func() error {
-			var gid string
-			err := rows.Scan(&gid)
-			s.prepared[k] = append(s.prepared[k], gid)
-			return err
-		}); err != nil {
-			return nil, err
-		}
-	}
-	rows, err := r.db[shop.Orders].QueryContext(ctx, `SELECT order_id, customer, item, qty, amount FROM orders`)
-	if err != nil {
-		return nil, err
-	}
-	if err := scanAll(rows, func() error {
-		var id string
-		var o orderRow
-		err := rows.Scan(&id, &o.customer, &o.item, &o.qty, &o.amount)
-		s.orders[id] = o
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	rows, err = r.db[shop.Payment].QueryContext(ctx, `SELECT order_id, customer, amount FROM payments`)
-	if err != nil {
-		return nil, err
-	}
-	if err := scanAll(rows, func() error {
-		var id string
-		var p paymentRow
-		err := rows.Scan(&id, &p.customer, &p.amount)
-		s.payments[id] = p
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	rows, err = r.db[shop.Inventory].QueryContext(ctx, `SELECT order_id, item, qty FROM reservations`)
-	if err != nil {
-		return nil, err
-	}
-	if err := scanAll(rows, func() error {
-		var id string
-		var v reservationRow
-		err := rows.Scan(&id, &v.item, &v.qty)
-		s.reservations[id] = v
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	if err := r.db[shop.Payment].QueryRowContext(ctx,
-		`SELECT (SELECT coalesce(sum(balance), 0) FROM accounts), (SELECT coalesce(sum(amount), 0) FROM payments)`).Scan(&s.balances, &s.paid); err != nil {
-		return nil, err
-	}
-	if err := r.db[shop.Inventory].QueryRowContext(ctx,
-		`SELECT (SELECT coalesce(sum(quantity), 0) FROM stock), (SELECT coalesce(sum(qty), 0) FROM reservations)`).Scan(&s.stock, &s.reserved); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-func scanAll(rows *sql.Rows, scan func() error) error {
-	defer rows.Close()
-	for rows.Next() {
-		if err := scan(); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+// read reads the three databases.
+func (r *rig) read(ctx context.Context) (*shopdb.State, error) {
+	return shopdb.Read(ctx, r.db[shop.Orders], r.db[shop.Payment], r.db[shop.Inventory])
 }
 
 // problems lists every way s breaks the example's rules: for the orders
@@ -611,44 +512,27 @@ func scanAll(rows *sql.Rows, scan func() error) error {
 // number is committed (if not negative) or the number of results that
 // committed; for all the data, nothing is prepared and money and stock
 // are conserved.
-func (s *state) problems(prefix string, results []shop.Result, committed int) []string {
+func problems(s *shopdb.State, prefix string, results []shop.Result, committed int) []string {
 	var out []string
 	for _, k := range kinds {
-		if n := len(s.prepared[k]); n > 0 {
-			out = append(out, fmt.Sprintf("%d transactions prepared in the %v database: %v", n, k, s.prepared[k]))
+		if n := len(s.Prepared[k.String()]); n > 0 {
+			out = append(out, fmt.Sprintf("%d transactions prepared in the %v database: %v", n, k, s.Prepared[k.String()]))
 		}
 	}
-	if want := int64(shop.NumCustomers * shop.InitialBalance); s.balances+s.paid != want {
-		out = append(out, fmt.Sprintf("money not conserved: balances %d + payments %d = %d, want %d", s.balances, s.paid, s.balances+s.paid, want))
+	if want := int64(shop.NumCustomers * shop.InitialBalance); s.Balances+s.Paid != want {
+		out = append(out, fmt.Sprintf("money not conserved: balances %d + payments %d = %d, want %d", s.Balances, s.Paid, s.Balances+s.Paid, want))
 	}
-	if want := int64(shop.NumItems * shop.InitialStock); s.stock+s.reserved != want {
-		out = append(out, fmt.Sprintf("stock not conserved: stock %d + reserved %d = %d, want %d", s.stock, s.reserved, s.stock+s.reserved, want))
+	if want := int64(shop.NumItems * shop.InitialStock); s.Stock+s.Reserved != want {
+		out = append(out, fmt.Sprintf("stock not conserved: stock %d + reserved %d = %d, want %d", s.Stock, s.Reserved, s.Stock+s.Reserved, want))
 	}
-	ids := map[string]bool{}
-	for id := range s.orders {
-		ids[id] = true
-	}
-	for id := range s.payments {
-		ids[id] = true
-	}
-	for id := range s.reservations {
-		ids[id] = true
-	}
-	var sorted []string
-	for id := range ids {
-		sorted = append(sorted, id)
-	}
-	sort.Strings(sorted)
 	present := 0
-	for _, id := range sorted {
-		o, inOrders := s.orders[id]
-		p, inPayments := s.payments[id]
-		v, inReservations := s.reservations[id]
+	for _, id := range s.IDs() {
+		inOrders, inPayments, inReservations := s.Where(id)
 		switch {
-		case !inOrders || !inPayments || !inReservations:
+		case !s.Whole(id):
 			out = append(out, fmt.Sprintf("atomicity: order %s is in orders %v, payments %v, reservations %v", id, inOrders, inPayments, inReservations))
-		case p.customer != o.customer || p.amount != o.amount || v.item != o.item || v.qty != o.qty:
-			out = append(out, fmt.Sprintf("order %s: order %+v, payment %+v, reservation %+v disagree", id, o, p, v))
+		case !s.Agree(id):
+			out = append(out, fmt.Sprintf("order %s: order %+v, payment %+v, reservation %+v disagree", id, s.Orders[id], s.Payments[id], s.Reservations[id]))
 		}
 		if strings.HasPrefix(id, prefix) && inOrders {
 			present++
@@ -657,7 +541,7 @@ func (s *state) problems(prefix string, results []shop.Result, committed int) []
 	if results != nil {
 		committed = 0
 		for _, res := range results {
-			_, in := s.orders[res.Order.ID]
+			_, in := s.Orders[res.Order.ID]
 			switch res.Outcome {
 			case client.Committed:
 				committed++
@@ -694,7 +578,7 @@ func (r *rig) settle(t *testing.T, prefix string, results []shop.Result, committ
 		if err != nil {
 			t.Fatal(err)
 		}
-		last = s.problems(prefix, results, committed)
+		last = problems(s, prefix, results, committed)
 		if len(last) == 0 {
 			clean++
 		} else {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/internal/shopdb"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -20,61 +21,61 @@ func TestViolationsFindEveryBrokenRule(t *testing.T) {
 	}
 	o := order{id: "o00-000001", customer: "cust-01", item: "item-01", qty: 2, amount: 30}
 	committed := &record{order: o, txid: txid, told: client.Committed}
-	clean := func() *state {
-		return &state{
-			prepared:     map[string][]string{},
-			orders:       map[string]orderRow{o.id: {customer: o.customer, item: o.item, qty: o.qty, amount: o.amount}},
-			payments:     map[string]paymentRow{o.id: {customer: o.customer, amount: o.amount}},
-			reservations: map[string]reservationRow{o.id: {item: o.item, qty: o.qty}},
-			balances:     970, paid: 30, stock: 98, reserved: 2,
+	clean := func() *shopdb.State {
+		return &shopdb.State{
+			Prepared:     map[string][]string{},
+			Orders:       map[string]shopdb.Order{o.id: {Customer: o.customer, Item: o.item, Qty: o.qty, Amount: o.amount}},
+			Payments:     map[string]shopdb.Payment{o.id: {Customer: o.customer, Amount: o.amount}},
+			Reservations: map[string]shopdb.Reservation{o.id: {Item: o.item, Qty: o.qty}},
+			Balances:     970, Paid: 30, Stock: 98, Reserved: 2,
 		}
 	}
-	if v := clean().violations(data, []*record{committed}); len(v) != 0 {
+	if v := checkViolations(clean(), data, []*record{committed}); len(v) != 0 {
 		t.Fatalf("a clean state has violations: %v", v)
 	}
 	for _, c := range []struct {
 		name    string
-		mutate  func(s *state, recs []*record) []*record
+		mutate  func(s *shopdb.State, recs []*record) []*record
 		mention string
 	}{
-		{"an order in some databases only", func(s *state, recs []*record) []*record {
-			delete(s.reservations, o.id)
-			s.stock, s.reserved = 100, 0
+		{"an order in some databases only", func(s *shopdb.State, recs []*record) []*record {
+			delete(s.Reservations, o.id)
+			s.Stock, s.Reserved = 100, 0
 			return recs
 		}, "atomicity"},
-		{"databases disagreeing on an order", func(s *state, recs []*record) []*record {
-			s.payments[o.id] = paymentRow{customer: o.customer, amount: 31}
-			s.balances = 969
-			s.paid = 31
+		{"databases disagreeing on an order", func(s *shopdb.State, recs []*record) []*record {
+			s.Payments[o.id] = shopdb.Payment{Customer: o.customer, Amount: 31}
+			s.Balances = 969
+			s.Paid = 31
 			return recs
 		}, "disagree"},
-		{"other figures than the client sent", func(s *state, recs []*record) []*record {
+		{"other figures than the client sent", func(s *shopdb.State, recs []*record) []*record {
 			recs[0] = &record{order: order{id: o.id, customer: o.customer, item: o.item, qty: 2, amount: 29}, txid: txid, told: client.Committed}
 			return recs
 		}, "other figures"},
-		{"an order no client placed", func(s *state, recs []*record) []*record { return nil }, "placed by no client"},
-		{"an order told committed and missing", func(s *state, recs []*record) []*record {
+		{"an order no client placed", func(s *shopdb.State, recs []*record) []*record { return nil }, "placed by no client"},
+		{"an order told committed and missing", func(s *shopdb.State, recs []*record) []*record {
 			return append(recs, &record{order: order{id: "o00-000002"}, told: client.Committed})
 		}, "in no database"},
-		{"an order told aborted and present", func(s *state, recs []*record) []*record {
+		{"an order told aborted and present", func(s *shopdb.State, recs []*record) []*record {
 			return []*record{{order: o, txid: txid, told: client.Aborted, err: errors.New("aborted")}}
 		}, "is in the databases"},
-		{"the coordinator saying aborted of a present order", func(s *state, recs []*record) []*record {
+		{"the coordinator saying aborted of a present order", func(s *shopdb.State, recs []*record) []*record {
 			return []*record{{order: o, txid: txid, told: client.Unknown, asked: client.Aborted}}
 		}, "coordinator says aborted"},
-		{"the coordinator saying committed of a missing order", func(s *state, recs []*record) []*record {
+		{"the coordinator saying committed of a missing order", func(s *shopdb.State, recs []*record) []*record {
 			return append(recs, &record{order: order{id: "o00-000003"}, txid: txid, told: client.Unknown, asked: client.Committed})
 		}, "coordinator says committed"},
-		{"a branch left prepared", func(s *state, recs []*record) []*record {
-			s.prepared["payment"] = []string{"txc.torture." + txid.String() + ".payment-1"}
+		{"a branch left prepared", func(s *shopdb.State, recs []*record) []*record {
+			s.Prepared["payment"] = []string{"txc.torture." + txid.String() + ".payment-1"}
 			return recs
 		}, "left prepared"},
-		{"money created", func(s *state, recs []*record) []*record { s.balances++; return recs }, "money not conserved"},
-		{"stock lost", func(s *state, recs []*record) []*record { s.stock--; return recs }, "stock not conserved"},
+		{"money created", func(s *shopdb.State, recs []*record) []*record { s.Balances++; return recs }, "money not conserved"},
+		{"stock lost", func(s *shopdb.State, recs []*record) []*record { s.Stock--; return recs }, "stock not conserved"},
 	} {
 		s := clean()
 		recs := c.mutate(s, []*record{committed})
-		v := s.violations(data, recs)
+		v := checkViolations(s, data, recs)
 		if len(v) == 0 || !strings.Contains(strings.Join(v, "\n"), c.mention) {
 			t.Errorf("%s: violations %q, want one mentioning %q", c.name, v, c.mention)
 		}

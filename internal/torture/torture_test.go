@@ -180,7 +180,7 @@ func TestTorture(t *testing.T) {
 	if err != nil {
 		violations = append(problems, fmt.Sprintf("reading the databases after stopping every process: %v", err))
 	} else {
-		violations = final.violations(r.data, records)
+		violations = checkViolations(final, r.data, records)
 	}
 	var procProblems []string
 	for _, name := range r.procNames() {
@@ -616,7 +616,7 @@ func (r *rig) converge(records []*record, timeout time.Duration) ([]string, bool
 		if err != nil {
 			last = []string{fmt.Sprintf("reading the databases: %v", err)}
 		} else {
-			last = s.violations(r.data, records)
+			last = checkViolations(s, r.data, records)
 		}
 		if len(last) == 0 {
 			clean++
