@@ -140,12 +140,14 @@ func runCompare(ctx context.Context, out, progress io.Writer, o *cmpOptions) err
 	var servers []*pgtest.Server
 	var dbs []*sql.DB
 	var names []string
-	for i := 0; i < need; i++ {
-		s, err := pgtest.Start(ctx, pgtest.Options{})
-		if err != nil {
-			return err
-		}
+	started, err := pgtest.StartMany(ctx, need, pgtest.Options{})
+	if err != nil {
+		return err
+	}
+	for _, s := range started {
 		defer s.Stop()
+	}
+	for i, s := range started {
 		if err := s.CreateDB(ctx, "bench"); err != nil {
 			return err
 		}

@@ -159,12 +159,15 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	var srv [2]*pgtest.Server
 	var db [2]*sql.DB
 	var res [2]*postgres.Resource
-	for i, name := range []string{"bank_a", "bank_b"} {
-		s, err := pgtest.Start(ctx, pgtest.Options{})
-		if err != nil {
-			return err
-		}
+	started, err := pgtest.StartMany(ctx, 2, pgtest.Options{})
+	if err != nil {
+		return err
+	}
+	for _, s := range started {
 		defer s.Stop()
+	}
+	for i, name := range []string{"bank_a", "bank_b"} {
+		s := started[i]
 		srv[i] = s
 		if err := s.CreateDB(ctx, name); err != nil {
 			return err

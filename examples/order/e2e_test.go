@@ -7,7 +7,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -23,14 +22,12 @@ import (
 
 	_ "github.com/lib/pq"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/examples/order/internal/shop"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/internal/proctest"
 	"github.com/txcoord/txcoord/internal/shopdb"
 )
 
@@ -209,34 +206,10 @@ func (r *rig) build() error {
 
 // startPostgres starts one PostgreSQL server per service, in parallel.
 func (r *rig) startPostgres(t *testing.T) map[shop.Kind]*pgtest.Server {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var mu sync.Mutex
-	var errs []error
+	list := pgtest.StartManyT(t, len(kinds), pgtest.Options{NoFsync: true})
 	servers := map[shop.Kind]*pgtest.Server{}
-	var wg sync.WaitGroup
-	for _, k := range kinds {
-		wg.Go(func() {
-			s, err := pgtest.Start(ctx, pgtest.Options{NoFsync: true})
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%v database server: %w", k, err))
-				return
-			}
-			servers[k] = s
-		})
-	}
-	wg.Wait()
-	for _, s := range servers {
-		t.Cleanup(func() {
-			if err := s.Stop(); err != nil {
-				t.Errorf("pgtest: stop: %v", err)
-			}
-		})
-	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+	for i, k := range kinds {
+		servers[k] = list[i]
 	}
 	return servers
 }
@@ -766,43 +739,14 @@ func (p *proc) kill() {
 func (p *proc) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
+	switch err := proctest.WaitServing(ctx, p.addr, p.exited()); {
+	case errors.Is(err, proctest.ErrExited):
+		return fmt.Errorf("%s exited before it was ready (%v); log:\n%s", p.name, p.exitState(), p.tail(30))
+	case err != nil:
+		return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
 	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
-	for {
-		cctx, ccancel := context.WithTimeout(ctx, time.Second)
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
-		ccancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return nil
-		}
-		select {
-		case <-p.exited():
-			return fmt.Errorf("%s exited before it was ready (%v); log:\n%s", p.name, p.exitState(), p.tail(30))
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 // tail returns the last n lines of the process's log.
-func (p *proc) tail(n int) string {
-	f, err := os.Open(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *proc) tail(n int) string { return proctest.Tail(p.logPath, n) }

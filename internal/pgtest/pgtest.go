@@ -166,6 +166,48 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
+// StartMany starts n servers in parallel (initdb is most of a start). If
+// one fails, those started are stopped and the errors are joined. The
+// caller must stop each server.
+func StartMany(ctx context.Context, n int, opts Options) ([]*Server, error) {
+	servers := make([]*Server, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { servers[i], errs[i] = Start(ctx, opts) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, s := range servers {
+			if s != nil {
+				_ = s.Stop()
+			}
+		}
+		return nil, err
+	}
+	return servers, nil
+}
+
+// StartManyT is StartMany for a test: the servers stop when the test ends,
+// and a failure to start fails the test.
+func StartManyT(t testing.TB, n int, opts Options) []*Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	servers, err := StartMany(ctx, n, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range servers {
+		t.Cleanup(func() {
+			if err := s.Stop(); err != nil {
+				t.Errorf("pgtest: stop: %v", err)
+			}
+		})
+	}
+	return servers
+}
+
 func credential() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil

@@ -102,6 +102,26 @@ func TestServerStartsQueriesAndStopLeavesNothing(t *testing.T) {
 	}
 }
 
+// StartMany starts servers of their own, and reports a failure to start.
+func TestStartMany(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	servers := StartManyT(t, 2, Options{NoFsync: true})
+	if len(servers) != 2 || servers[0].Port() == servers[1].Port() || servers[0].DataDir() == servers[1].DataDir() {
+		t.Fatalf("want two servers of their own, got %d", len(servers))
+	}
+	for _, s := range servers {
+		var one int
+		if err := openDB(t, s, "postgres").QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+			t.Fatalf("server at port %d: SELECT 1 = %d, %v", s.Port(), one, err)
+		}
+	}
+
+	if _, err := StartMany(ctx, 2, Options{BaseDir: filepath.Join(t.TempDir(), "missing")}); err == nil {
+		t.Fatal("StartMany in a missing base directory succeeded")
+	}
+}
+
 func TestPreparedTransactionSurvivesKillAndRestart(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)

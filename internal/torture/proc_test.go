@@ -13,11 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
 	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/internal/proctest"
 )
 
 // build builds txcoord and the order example's services into dir, with the
@@ -242,39 +239,14 @@ func (p *proc) close() {
 // waitReady waits until the process's gRPC health service says SERVING.
 // The process may die and be restarted meanwhile.
 func (p *proc) waitReady(ctx context.Context) error {
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
+	if err := proctest.WaitServing(ctx, p.addr, nil); err != nil {
+		return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
 	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return nil
 }
 
 // tail returns the last n lines of the process's log.
-func (p *proc) tail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *proc) tail(n int) string { return proctest.Tail(p.logPath, n) }
 
 // problems lists what the process's log shows went wrong in any run: a
 // data race, a panic, a fatal runtime error.

@@ -3,7 +3,6 @@ package torture
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -373,33 +372,9 @@ func (r *rig) clientAddrs() map[string]string {
 
 // startPostgres starts one PostgreSQL server per service, in parallel.
 func (r *rig) startPostgres(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, s := range services {
-		wg.Go(func() {
-			srv, err := pgtest.Start(ctx, pgtest.Options{NoFsync: true})
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s database server: %w", s, err))
-				return
-			}
-			r.pg[s] = srv
-		})
-	}
-	wg.Wait()
-	for _, srv := range r.pg {
-		t.Cleanup(func() {
-			if err := srv.Stop(); err != nil {
-				t.Errorf("pgtest: stop: %v", err)
-			}
-		})
-	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+	list := pgtest.StartManyT(t, len(services), pgtest.Options{NoFsync: true})
+	for i, s := range services {
+		r.pg[s] = list[i]
 	}
 }
 
