@@ -128,6 +128,8 @@ type Coordinator struct {
 
 	recoverMu sync.Mutex // one recovery pass at a time
 
+	workers *workers // run participant calls
+
 	stats counters
 }
 
@@ -229,6 +231,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.rand = rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.workers = newWorkers(c.ctx)
 	if !cfg.SkipStartupRecovery {
 		if _, err := c.recover(ctx, true); err != nil {
 			c.cancel()
@@ -254,6 +257,7 @@ func (c *Coordinator) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
+	c.workers.wait()
 	if !already {
 		c.unclaim()
 	}

@@ -575,15 +575,15 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 	return nil
 }
 
-// run performs f inline or in a new goroutine; either way its event
-// arrives on d.events.
+// run performs f inline or on one of the coordinator's workers; either
+// way its event arrives on d.events.
 func (d *driver) run(inline bool, f func() protocol.Event) {
 	d.inflight++
 	if inline {
 		d.events <- f()
 		return
 	}
-	go func() { d.events <- f() }()
+	d.t.c.workers.run(func() { d.events <- f() })
 }
 
 func (d *driver) report(r protocol.Report) {
