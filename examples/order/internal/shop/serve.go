@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -42,7 +43,10 @@ type ServiceConfig struct {
 	// StopTimeout bounds the graceful stop; calls still running after it
 	// are cut.
 	StopTimeout time.Duration
-	Logger      *slog.Logger
+	// DBWait is how long start-up waits for a database server that is
+	// down or still starting (0: do not wait).
+	DBWait time.Duration
+	Logger *slog.Logger
 }
 
 // Default listen addresses of the services.
@@ -65,6 +69,7 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	fs.DurationVar(&cfg.InDoubtTimeout, "in-doubt-timeout", 10*time.Second, "a branch prepared longer than this asks the coordinator for its outcome")
 	fs.DurationVar(&cfg.CheckInterval, "check-interval", 2*time.Second, "how often to look for branches in doubt")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 10*time.Second, "how long a graceful stop waits for calls in flight")
+	fs.DurationVar(&cfg.DBWait, "db-wait", time.Minute, "how long start-up waits for a database server that is down or starting (0: fail at once)")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -76,6 +81,11 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	}
 	if cfg.DSN == "" {
 		err := errors.New("--dsn is required")
+		fmt.Fprintln(fs.Output(), err)
+		return cfg, err
+	}
+	if cfg.DBWait < 0 {
+		err := fmt.Errorf("--db-wait %v: want a duration of 0 or more", cfg.DBWait)
 		fmt.Fprintln(fs.Output(), err)
 		return cfg, err
 	}
@@ -101,14 +111,11 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
-	res, err := postgres.Open(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{})
+	res, err := openDatabase(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, res.Close()) }()
-	if err := CreateSchema(ctx, cfg.Kind, res.DB()); err != nil {
-		return err
-	}
 	// Every call the participant makes to the coordinator has a deadline
 	// (sdk.Config.CallTimeout): a branch registered while txcoord restarts
 	// waits for it rather than being left in doubt.
@@ -170,6 +177,55 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	logger.Info("stopped", "prepared", st.Prepared, "registered", st.Registered, "committed", st.Committed,
 		"aborted", st.Aborted, "rolled_back", st.RolledBack, "resolved_in_doubt", st.Resolved)
 	return err
+}
+
+// openDatabase opens the service's database and creates its tables. A
+// server that is down or still starting (it may be restarting together
+// with the service) is waited for, up to cfg.DBWait; any other error (a
+// bad DSN, max_prepared_transactions at 0) fails at once.
+func openDatabase(ctx context.Context, cfg ServiceConfig, logger *slog.Logger) (*postgres.Resource, error) {
+	deadline := time.Now().Add(cfg.DBWait)
+	delay := 100 * time.Millisecond
+	for {
+		res, err := postgres.Open(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{})
+		if err == nil {
+			if err = CreateSchema(ctx, cfg.Kind, res.DB()); err == nil {
+				return res, nil
+			}
+			_ = res.Close()
+		}
+		if !unreachable(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("shop: the database server did not accept connections within --db-wait %v: %w", cfg.DBWait, err)
+		}
+		logger.Warn("database not reachable; waiting for it", "err", err, "retry_in", delay)
+		t := time.NewTimer(min(delay, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// unreachable reports whether err says the database server cannot be
+// reached now: nothing listening, a connection cut, or a server starting
+// up or shutting down (SQLSTATE class 57).
+func unreachable(err error) bool {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &ne), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	return strings.HasPrefix(postgres.SQLState(err), "57")
 }
 
 // dialOptions are the options of the connections the example makes:
