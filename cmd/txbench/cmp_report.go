@@ -110,6 +110,9 @@ func summary(o *cmpOptions, wls []workload, results []cmpResult) string {
 	b.WriteString("- *Partly visible*: how long one database shows the change and another does not: under 2PC, phase two (first COMMIT PREPARED to last acknowledgement); under a saga or independent commits, from the first step's commit to the last step's (or the last compensation's). Operations never healed are counted apart.\n")
 	b.WriteString("- *Auditor*: it reads every database's total at the same moment (one query per database, in parallel) every 10 ms and counts the reads where the sum is not the invariant. Its own reads are not one snapshot across databases, so an operation committing between its queries counts too: compare modes with each other, not with zero.\n")
 	b.WriteString("- *Invariant after recovery*: after the run, recovery (2PC) or saga recovery finishes what is left; then the total across databases must be unchanged and nothing left prepared.\n")
+	if o.crash {
+		b.WriteString("- *Aborts with a server killed*: while the server is down, an operation under 2PC or with no atomicity fails at once and the worker starts the next, so these modes count many quick failed attempts; an operation under the saga retries its step until the server is back (one slow operation, not many aborts). Compare throughput and the invariant, not the abort share.\n")
+	}
 	return b.String()
 }
 
