@@ -9,6 +9,7 @@ import (
 
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
+	"github.com/txcoord/txcoord/wal"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -101,8 +102,18 @@ func TestJoinRefusals(t *testing.T) {
 	if err := tx.Join(pay, g); err != nil {
 		t.Fatal(err)
 	}
-	if err := tx.Join(pay, g); !errors.Is(err, ErrDuplicateBranch) {
-		t.Fatalf("joined twice: %v", err)
+	if err := tx.Join(pay, g); err != nil {
+		t.Fatalf("the same registration delivered twice: %v, want success (I6)", err)
+	}
+	if n := len(tx.Status().Branches); n != 1 {
+		t.Fatalf("a registration delivered twice made %d branches, want 1", n)
+	}
+	elsewhere := fake.New("elsewhere")
+	if err := r.c.AddResource(elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Join(elsewhere, g); !errors.Is(err, ErrDuplicateBranch) {
+		t.Fatalf("the same gid through another resource: %v, want ErrDuplicateBranch", err)
 	}
 	if _, err := r.c.ResolveBranch(participant.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, participant.ErrBadGID) {
 		t.Fatalf("resolving another coordinator's gid: %v", err)
@@ -110,8 +121,10 @@ func TestJoinRefusals(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := tx.Join(pay, g); !errors.Is(err, ErrTxDone) {
-		t.Fatalf("join after rollback: %v", err)
+	late := g
+	late.Branch = "pay-late"
+	if err := tx.Join(pay, late); !errors.Is(err, ErrTxDone) {
+		t.Fatalf("a new branch joining after rollback: %v, want ErrTxDone", err)
 	}
 }
 
@@ -215,5 +228,63 @@ func TestCompactedCommitIsNotReportedAborted(t *testing.T) {
 	young, _ := participant.NewTxID()
 	if res, _ := r.c.ResolveTx(young); res != RollbackBranch {
 		t.Fatalf("a young transaction with no decision: %v", res)
+	}
+}
+
+// A single joined branch is not committed in one phase: its participant
+// prepared it elsewhere, so a lost commit reply could not be told from
+// "not committed"; its COMMIT is logged, and anyone asking later (the
+// client, the participant) hears committed.
+func TestSingleJoinedBranchIsLogged(t *testing.T) {
+	r := newRig(t, 0, nil)
+	ctx := context.Background()
+	pay := fake.New("pay")
+	if err := r.c.AddResource(pay); err != nil {
+		t.Fatal(err)
+	}
+	tx, _ := r.c.Begin(ctx)
+	g := joinPrepared(t, tx, pay, "pay-1")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !pay.IsCommitted(g.String()) {
+		t.Fatal("the joined branch is not committed")
+	}
+	if d, err := r.log.Lookup(tx.ID()); err != nil || d.Kind != wal.KindCommit {
+		t.Fatalf("log after committing one joined branch: %+v, %v; want its COMMIT record", d, err)
+	}
+	if res, _ := r.c.ResolveTx(tx.ID()); res != CommitBranch {
+		t.Fatalf("asked afterwards: %v, want commit", res)
+	}
+	if st := r.c.Stats(); st.OnePhase != 0 {
+		t.Fatalf("%d one-phase commits, want 0", st.OnePhase)
+	}
+}
+
+// A transaction refused because the coordinator closed has an outcome
+// like any other: Done is closed and Result answers (a server waiting on
+// them would otherwise hang).
+func TestRefusedTransactionIsDone(t *testing.T) {
+	r := newRig(t, 1, nil)
+	ctx := context.Background()
+	tx, err := r.c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Enlist(ctx, r.rs[0]); err != nil {
+		t.Fatal(err)
+	}
+	r.c.Close()
+	err = tx.Commit(ctx)
+	if !errors.Is(err, ErrAborted) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("commit after Close: %v, want aborted (closed)", err)
+	}
+	select {
+	case <-tx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed for a refused transaction")
+	}
+	if got := tx.Result(); got == nil || got.Error() != err.Error() {
+		t.Fatalf("Result = %v, want what Commit returned (%v)", got, err)
 	}
 }

@@ -67,6 +67,8 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 // (a remote service that prepared its own work): joining is the branch's
 // yes vote. r must be registered (see Coordinator.AddResource), gid must
 // belong to this transaction, and no other branch may have the same gid.
+// Joining the same gid through the same r again succeeds and changes
+// nothing (a registration delivered twice), even once Commit has begun.
 // After the decision, phase two and recovery finish the branch through r.
 func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
 	if reg, ok := t.c.Resource(r.Name()); !ok || reg != r {
@@ -80,13 +82,17 @@ func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for _, b := range t.branches {
+		if b.GID() != gid {
+			continue
+		}
+		if j, ok := b.(*joined); ok && j.r == r {
+			return nil // the same registration delivered again (I6)
+		}
+		return fmt.Errorf("%w: %s", ErrDuplicateBranch, gid)
+	}
 	if t.finishing {
 		return ErrTxDone
-	}
-	for _, b := range t.branches {
-		if b.GID() == gid {
-			return fmt.Errorf("%w: %s", ErrDuplicateBranch, gid)
-		}
 	}
 	t.branches = append(t.branches, &joined{r: r, gid: gid})
 	return nil
@@ -191,7 +197,13 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	}
 	t.finishing = true
 	branches := append([]participant.Branch(nil), t.branches...)
-	t.m = protocol.New(len(branches), t.c.machineConfig())
+	cfg := t.c.machineConfig()
+	for _, b := range branches {
+		if _, ok := b.(*joined); ok {
+			cfg.NoOnePhase = true
+		}
+	}
+	t.m = protocol.New(len(branches), cfg)
 	t.decided = make(chan struct{})
 	t.mu.Unlock()
 
@@ -214,10 +226,13 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 		}
 		c.forget(t)
 		if _, ok := ev.(protocol.Rollback); ok {
-			return nil
+			t.result = nil
+		} else {
+			c.stats.aborted.Add(1)
+			t.result = fmt.Errorf("%w: %w", ErrAborted, refuse)
 		}
-		c.stats.aborted.Add(1)
-		return fmt.Errorf("%w: %w", ErrAborted, refuse)
+		close(t.done)
+		return t.result
 	}
 
 	prepCtx, cancelPrep := context.WithTimeout(ctx, c.cfg.PrepareTimeout)
@@ -271,6 +286,7 @@ type driver struct {
 	prep       phase
 	commit     phase
 	abortTimer *time.Timer
+	onePhase   bool // the single branch was committed in one phase
 }
 
 // phase times one phase of a transaction and spans it.
@@ -468,6 +484,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		d.selfCancel = true
 		d.cancelPrep()
 	case protocol.SendCommitOnePhase:
+		d.onePhase = true
 		d.run(last, func() protocol.Event {
 			failpoint.Hit(failpoint.CoordBeforeOnePhase)
 			err := d.branches[e.Branch].CommitOnePhase(d.callerCtx)
@@ -603,7 +620,7 @@ func (d *driver) report(r protocol.Report) {
 			t.result = fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, r.Err)
 		}
 		c.stats.committed.Add(1)
-		if len(d.branches) == 1 {
+		if d.onePhase {
 			c.stats.onePhase.Add(1)
 		}
 	case protocol.OutcomeAborted:

@@ -298,7 +298,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	s.mu.Lock()
 	rolled := e.rolled
 	s.mu.Unlock()
-	if rolled || e.tx.Finishing() {
+	if rolled {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is already being committed or rolled back; branch %s cannot join", id, gid)
 	}
 	res, err := s.AddParticipant(req.GetParticipant(), req.GetAddress())

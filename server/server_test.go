@@ -173,7 +173,15 @@ func TestGRPCBranchRegisteredTwice(t *testing.T) {
 	if _, err := e.api.RegisterBranch(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.api.RegisterBranch(ctx, req)
+	// The same registration again (a retry after a lost reply) succeeds
+	// and changes nothing: answering an error would make the participant
+	// roll back a branch the coordinator holds (I6).
+	if _, err := e.api.RegisterBranch(ctx, req); err != nil {
+		t.Fatalf("the same registration delivered twice: %v", err)
+	}
+	// The same gid from another participant is refused.
+	other := &txcoordv1.RegisterBranchRequest{Txid: b.Txid, Gid: req.Gid, Participant: "inv", Address: "127.0.0.1:2"}
+	_, err := e.api.RegisterBranch(ctx, other)
 	wantCode(t, err, codes.AlreadyExists, "already registered")
 	tx, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: b.Txid})
 	if err != nil || len(tx.GetBranches()) != 1 {

@@ -203,6 +203,11 @@ func (Report) effect()             {}
 type Config struct {
 	Backoff backoff.Policy // phase-two retry delays
 	Rand    *rand.Rand     // jitter source; nil uses the global one
+	// NoOnePhase prepares and logs a single branch like several, for a
+	// branch whose one-phase commit could not tell "not committed" from
+	// "reply lost" (one its participant prepared elsewhere), and so that
+	// the outcome stays in the log for those who ask it later.
+	NoOnePhase bool
 }
 
 // BranchInfo is a snapshot of one branch.
@@ -405,6 +410,9 @@ func (m *Machine) commit() []Effect {
 		m.state = StateCommitted
 		return []Effect{m.report(OutcomeCommitted, nil)}
 	case 1:
+		if m.cfg.NoOnePhase {
+			break
+		}
 		m.state = StateOnePhase
 		m.branches[0].state = BranchCommitting
 		return []Effect{SendCommitOnePhase{Branch: 0}}
