@@ -259,7 +259,10 @@ func (c *Coordinator) Close() error {
 	c.wg.Wait()
 	c.workers.wait()
 	if !already {
+		// Not while a pass (Recover, ResolveHeuristic) checks the claims.
+		c.recoverMu.Lock()
 		c.unclaim()
+		c.recoverMu.Unlock()
 	}
 	return nil
 }
@@ -656,6 +659,9 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	}
 	c.recoverMu.Lock()
 	defer c.recoverMu.Unlock()
+	if c.isClosed() {
+		return nil, fmt.Errorf("coordinator: recovery pass: %w", ErrClosed)
+	}
 	if err := c.checkClaims(ctx); err != nil {
 		c.logger.Error("recovery pass refused", "err", err)
 		return nil, err
@@ -698,4 +704,11 @@ func (c *Coordinator) recoveryLoop() {
 			}
 		}
 	}
+}
+
+// isClosed reports whether Close was called.
+func (c *Coordinator) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }

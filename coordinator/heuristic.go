@@ -90,6 +90,9 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id participant.TxID,
 	}
 	c.recoverMu.Lock()
 	defer c.recoverMu.Unlock()
+	if c.isClosed() {
+		return nil, fmt.Errorf("coordinator: heuristic decision: %w", ErrClosed)
+	}
 	if c.isLive(id) {
 		return nil, fmt.Errorf("%w: %s", ErrLive, id)
 	}
@@ -125,7 +128,7 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id participant.TxID,
 		}
 		rec := wal.Record{Kind: want, TxID: id, Time: time.Now().UTC(), Epoch: c.log.Epoch(), Branches: branches, Heuristic: true, Who: who, Why: why}
 		if _, err := c.log.Append(ctx, rec); err != nil {
-			if !errors.Is(err, wal.ErrBadRecord) && !errors.Is(err, wal.ErrConflict) && ctx.Err() == nil {
+			if logFailure(err) {
 				c.fail(err)
 			}
 			return nil, fmt.Errorf("coordinator: log the heuristic decision for %s: %w", id, err)

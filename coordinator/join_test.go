@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -286,5 +287,77 @@ func TestRefusedTransactionIsDone(t *testing.T) {
 	}
 	if got := tx.Result(); got == nil || got.Error() != err.Error() {
 		t.Fatalf("Result = %v, want what Commit returned (%v)", got, err)
+	}
+}
+
+// A rollback that hangs past the call timeout, ignoring its context (a
+// database that swallows packets), does not keep the caller from hearing
+// "aborted": it is answered after CallTimeout and a second, whichever
+// branch hangs.
+func TestHungRollbackDoesNotHoldTheCaller(t *testing.T) {
+	for hang := range 2 {
+		r := newRig(t, 2, func(c *Config) { c.CallTimeout = 100 * time.Millisecond })
+		ctx := context.Background()
+		release := make(chan struct{})
+		stop := time.AfterFunc(5*time.Second, func() { close(release) }) // the hang ends at last
+		r.rs[1-hang].SetHooks(fake.Hooks{Prepare: func(context.Context, participant.GID) (participant.Vote, error, bool) {
+			return participant.VoteNo, errors.New("no, on purpose"), true
+		}})
+		r.rs[hang].SetHooks(fake.Hooks{Rollback: func(context.Context, participant.GID) error {
+			<-release // ignores its context
+			return nil
+		}})
+		tx, err := r.c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range r.rs {
+			if _, err := tx.Enlist(ctx, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		began := time.Now()
+		err = tx.Commit(ctx)
+		took := time.Since(began)
+		if stop.Stop() {
+			close(release)
+		}
+		if !errors.Is(err, ErrAborted) {
+			t.Fatalf("branch %d hanging: commit = %v, want aborted", hang, err)
+		}
+		if took > 3*time.Second {
+			t.Fatalf("branch %d hanging: the caller waited %v for a rollback that hung", hang, took)
+		}
+	}
+}
+
+// After Close the coordinator no longer holds its id: it runs no recovery
+// pass and logs no heuristic decision.
+func TestNoRecoveryAfterClose(t *testing.T) {
+	r := newRig(t, 1, nil)
+	r.c.Close()
+	if _, err := r.c.Recover(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recover after Close: %v, want ErrClosed", err)
+	}
+}
+
+// Only an error that may hide a written record stops the coordinator
+// from deciding; a record refused or withdrawn before it was written does
+// not.
+func TestLogFailureKinds(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		fail bool
+	}{
+		{fmt.Errorf("append: %w", context.Canceled), false},
+		{context.DeadlineExceeded, false},
+		{wal.ErrClosed, false},
+		{wal.ErrConflict, false},
+		{wal.ErrBadRecord, false},
+		{errors.New("fsync: input/output error"), true},
+	} {
+		if got := logFailure(c.err); got != c.fail {
+			t.Errorf("logFailure(%v) = %v, want %v", c.err, got, c.fail)
+		}
 	}
 }

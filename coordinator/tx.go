@@ -509,10 +509,11 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		_, err := c.log.Append(c.ctx, rec)
 		d.end(&dec, PhaseDecision, err)
 		if err != nil {
-			// A record refused before it was written (invalid, or
-			// contradicting one already logged) says nothing about the
-			// disk; anything else may or may not be durable.
-			if c.ctx.Err() == nil && !errors.Is(err, wal.ErrBadRecord) && !errors.Is(err, wal.ErrConflict) {
+			// A record refused before it was written (invalid,
+			// contradicting one already logged, or withdrawn at Close:
+			// a context error) says nothing about the disk; anything
+			// else may or may not be durable.
+			if logFailure(err) {
 				c.fail(err)
 			}
 			return protocol.DecisionLogged{Err: err}
@@ -559,7 +560,9 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		})
 	case protocol.SendRollback:
 		b := d.branches[e.Branch]
-		d.run(last, func() protocol.Event {
+		// Never inline: a rollback that hangs past its call timeout must
+		// not keep the caller from its answer (abortWait in loop).
+		d.run(false, func() protocol.Event {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 			defer cancel()
 			err := b.Abort(ctx)
@@ -631,4 +634,12 @@ func (d *driver) report(r protocol.Report) {
 		c.stats.unknown.Add(1)
 	}
 	close(t.done)
+}
+
+// logFailure reports whether err from Log.Append means the log may hold
+// the record or not (the coordinator must stop deciding), rather than a
+// record refused before it was written.
+func logFailure(err error) bool {
+	return !errors.Is(err, wal.ErrBadRecord) && !errors.Is(err, wal.ErrConflict) &&
+		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, wal.ErrClosed)
 }

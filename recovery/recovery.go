@@ -257,6 +257,12 @@ func (p *pass) scan(ctx context.Context, r participant.Resource) {
 		switch {
 		case err == nil:
 			kind = d.Kind
+			if kind == wal.KindCommit && !named(d.Branches, pr.GID) {
+				// Prepared for a transaction that committed without it
+				// (it joined too late and was refused): not part of the
+				// decision, so presumed abort.
+				kind = wal.KindAbort
+			}
 		case errors.Is(err, wal.ErrNotFound):
 		default:
 			act.What, act.Err = "unresolved", err
@@ -272,4 +278,18 @@ func (p *pass) scan(ctx context.Context, r participant.Resource) {
 			p.rep.Stale = append(p.rep.Stale, act)
 		}
 	}
+}
+
+// named reports whether g is one of a COMMIT record's branches; a record
+// that lists none (written before branches were listed) names them all.
+func named(branches []wal.Branch, g participant.GID) bool {
+	if len(branches) == 0 {
+		return true
+	}
+	for _, b := range branches {
+		if b.GID == g {
+			return true
+		}
+	}
+	return false
 }

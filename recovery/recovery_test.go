@@ -181,3 +181,25 @@ func TestBranchesOfAnEarlierRunAreResolvedWithoutWaiting(t *testing.T) {
 		t.Fatalf("a branch from an earlier run waited for the in-doubt timeout: %+v", rep)
 	}
 }
+
+// A branch prepared for a transaction whose COMMIT record does not name it
+// (it registered after the commit began and was refused) is not part of
+// the decision: it is rolled back, while the named one commits.
+func TestBranchNotNamedInTheCommitIsRolledBack(t *testing.T) {
+	log := wal.NewMem()
+	a := fake.New("a")
+	named := gid(t, "c1", "a-1")
+	late := sameTx(t, named, "a-2")
+	a.AddPrepared(named.String())
+	a.AddPrepared(late.String())
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: named})
+	if _, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}}); err != nil {
+		t.Fatal(err)
+	}
+	if !a.IsCommitted(named.String()) {
+		t.Fatal("the branch the COMMIT record names is not committed")
+	}
+	if !a.IsRolledBack(late.String()) {
+		t.Fatal("a branch the COMMIT record does not name was committed or left prepared, want rolled back")
+	}
+}
