@@ -650,18 +650,11 @@ func (c *Coordinator) Recover(ctx context.Context) (*recovery.Report, error) {
 }
 
 func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Report, error) {
-	c.mu.Lock()
-	failed := c.failed
-	c.mu.Unlock()
-	if failed != nil {
-		// The log's contents are unknown: presumed abort is unsafe.
-		return nil, fmt.Errorf("%w: %v", ErrLogFailed, failed)
+	unlock, err := c.lockPass("recovery pass")
+	if err != nil {
+		return nil, err
 	}
-	c.recoverMu.Lock()
-	defer c.recoverMu.Unlock()
-	if c.isClosed() {
-		return nil, fmt.Errorf("coordinator: recovery pass: %w", ErrClosed)
-	}
+	defer unlock()
 	if err := c.checkClaims(ctx); err != nil {
 		c.logger.Error("recovery pass refused", "err", err)
 		return nil, err
@@ -704,6 +697,25 @@ func (c *Coordinator) recoveryLoop() {
 			}
 		}
 	}
+}
+
+// lockPass takes the lock of the work that resolves branches (a recovery
+// pass, a heuristic decision) and returns its unlock. It refuses once the
+// log has failed (its contents are unknown: presumed abort is unsafe) or
+// Close was called (the coordinator no longer holds its id).
+func (c *Coordinator) lockPass(what string) (unlock func(), err error) {
+	c.mu.Lock()
+	failed := c.failed
+	c.mu.Unlock()
+	if failed != nil {
+		return nil, fmt.Errorf("%w: %v", ErrLogFailed, failed)
+	}
+	c.recoverMu.Lock()
+	if c.isClosed() {
+		c.recoverMu.Unlock()
+		return nil, fmt.Errorf("coordinator: %s: %w", what, ErrClosed)
+	}
+	return c.recoverMu.Unlock, nil
 }
 
 // isClosed reports whether Close was called.

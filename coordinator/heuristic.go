@@ -82,17 +82,11 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id participant.TxID,
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
 	}
-	c.mu.Lock()
-	failed := c.failed
-	c.mu.Unlock()
-	if failed != nil {
-		return nil, fmt.Errorf("%w: %v", ErrLogFailed, failed)
+	unlock, err := c.lockPass("heuristic decision")
+	if err != nil {
+		return nil, err
 	}
-	c.recoverMu.Lock()
-	defer c.recoverMu.Unlock()
-	if c.isClosed() {
-		return nil, fmt.Errorf("coordinator: heuristic decision: %w", ErrClosed)
-	}
+	defer unlock()
 	if c.isLive(id) {
 		return nil, fmt.Errorf("%w: %s", ErrLive, id)
 	}

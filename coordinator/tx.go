@@ -110,14 +110,11 @@ func (j *joined) Prepare(context.Context) (participant.Vote, error) {
 	return participant.VoteYes, nil
 }
 
-// CommitOnePhase commits the prepared branch: with a single branch no
-// decision is logged, and a lost reply leaves the outcome unknown.
-func (j *joined) CommitOnePhase(ctx context.Context) error {
-	err := j.r.Commit(ctx, j.gid)
-	if errors.Is(err, participant.ErrUnknownBranch) {
-		return fmt.Errorf("%w: %s is no longer prepared at %s", participant.ErrOutcomeUnknown, j.gid, j.r.Name())
-	}
-	return err
+// CommitOnePhase is never called: a transaction with a joined branch is
+// always prepared and logged (protocol.Config.NoOnePhase), since a lost
+// reply to a one-phase commit could not be told from "not committed".
+func (j *joined) CommitOnePhase(context.Context) error {
+	return fmt.Errorf("%w: joined branch %s is not committed in one phase", participant.ErrOutcomeUnknown, j.gid)
 }
 
 // Abort rolls the prepared branch back.

@@ -40,7 +40,8 @@ const (
 //
 // Status codes: INVALID_ARGUMENT for a malformed transaction id, gid or
 // request; NOT_FOUND for a transaction this coordinator does not know;
-// ALREADY_EXISTS for a branch registered twice; FAILED_PRECONDITION for a
+// ALREADY_EXISTS for a gid registered by another participant (the same
+// registration delivered again succeeds); FAILED_PRECONDITION for a
 // request the transaction's state forbids (a commit after a rollback, a
 // registration after the decision, a resolution that contradicts the
 // logged decision); UNAVAILABLE while the coordinator is shutting down or
@@ -189,7 +190,8 @@ func (c *coordinatorClient) Announce(ctx context.Context, in *AnnounceRequest, o
 //
 // Status codes: INVALID_ARGUMENT for a malformed transaction id, gid or
 // request; NOT_FOUND for a transaction this coordinator does not know;
-// ALREADY_EXISTS for a branch registered twice; FAILED_PRECONDITION for a
+// ALREADY_EXISTS for a gid registered by another participant (the same
+// registration delivered again succeeds); FAILED_PRECONDITION for a
 // request the transaction's state forbids (a commit after a rollback, a
 // registration after the decision, a resolution that contradicts the
 // logged decision); UNAVAILABLE while the coordinator is shutting down or
