@@ -19,13 +19,14 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant/remote"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 var (
@@ -111,7 +112,7 @@ type Tx struct {
 }
 
 // ID is the transaction id.
-func (t *Tx) ID() participant.TxID { return t.tx.ID }
+func (t *Tx) ID() ids.TxID { return t.tx.ID }
 
 // Context returns ctx carrying the transaction: calls made with it through
 // a connection with UnaryClientInterceptor join it.
@@ -198,14 +199,14 @@ func (c *Client) Run(ctx context.Context, fn func(ctx context.Context) error) er
 // TxID returns the id of the transaction ctx carries (inside Run's
 // function, or a context from Tx.Context): keep it to ask Outcome later
 // if the commit's outcome is unknown.
-func TxID(ctx context.Context) (participant.TxID, bool) {
+func TxID(ctx context.Context) (ids.TxID, bool) {
 	tx, ok := remote.FromContext(ctx)
 	return tx.ID, ok
 }
 
 // Outcome asks the coordinator what transaction id became: Committed,
 // Aborted, or Unknown while it is still being decided.
-func (c *Client) Outcome(ctx context.Context, id participant.TxID) (Outcome, error) {
+func (c *Client) Outcome(ctx context.Context, id ids.TxID) (Outcome, error) {
 	resp, err := c.coord.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String()})
 	if err != nil {
 		return Unknown, err

@@ -25,13 +25,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/backoff"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/recovery"
 	"github.com/txcoord/txcoord/wal"
-	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Config configures a coordinator.
@@ -39,7 +41,7 @@ type Config struct {
 	// ID is the coordinator id in every gid it issues: [A-Za-z0-9_-], unique
 	// among coordinators sharing a database. Required.
 	ID string
-	// Prefix starts every gid (default participant.DefaultPrefix).
+	// Prefix starts every gid (default ids.DefaultPrefix).
 	Prefix string
 	// Log is the decision log. Required. The coordinator does not close it.
 	Log wal.Log
@@ -118,7 +120,7 @@ type Coordinator struct {
 	started time.Time
 
 	mu     sync.Mutex
-	live   map[participant.TxID]*Tx
+	live   map[ids.TxID]*Tx
 	closed bool
 	failed error             // a decision write failed: no new commits
 	stale  []recovery.Action // branches the last recovery pass left in doubt
@@ -150,18 +152,18 @@ type Stats struct {
 // pass (unless SkipStartupRecovery) and starts the recovery loop.
 func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.Prefix == "" {
-		cfg.Prefix = participant.DefaultPrefix
+		cfg.Prefix = ids.DefaultPrefix
 	}
-	if err := participant.ValidateName("prefix", cfg.Prefix); err != nil {
+	if err := ids.ValidateName("prefix", cfg.Prefix); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
-	if err := participant.ValidateName("coordinator id", cfg.ID); err != nil {
+	if err := ids.ValidateName("coordinator id", cfg.ID); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	// The longest transaction part a gid can have must fit.
-	probe := participant.GID{Prefix: cfg.Prefix, Coordinator: cfg.ID, TxID: participant.TxID{0x01}, Branch: "0"}
-	if len(probe.GTRID()) > participant.MaxGTRIDLen {
-		return nil, fmt.Errorf("%w: prefix %q and id %q make gids longer than %d bytes", ErrConfig, cfg.Prefix, cfg.ID, participant.MaxGTRIDLen)
+	probe := ids.GID{Prefix: cfg.Prefix, Coordinator: cfg.ID, TxID: ids.TxID{0x01}, Branch: "0"}
+	if len(probe.GTRID()) > ids.MaxGTRIDLen {
+		return nil, fmt.Errorf("%w: prefix %q and id %q make gids longer than %d bytes", ErrConfig, cfg.Prefix, cfg.ID, ids.MaxGTRIDLen)
 	}
 	if cfg.Log == nil {
 		return nil, fmt.Errorf("%w: no log", ErrConfig)
@@ -209,14 +211,14 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		log:       cfg.Log,
 		resources: map[string]participant.Resource{},
 		logger:    cfg.Logger,
-		live:      map[participant.TxID]*Tx{},
+		live:      map[ids.TxID]*Tx{},
 		started:   time.Now(),
 	}
 	for _, r := range cfg.Resources {
 		if r == nil {
 			return nil, fmt.Errorf("%w: nil resource", ErrConfig)
 		}
-		if err := participant.ValidateName("resource name", r.Name()); err != nil {
+		if err := ids.ValidateName("resource name", r.Name()); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
 		if _, dup := c.resources[r.Name()]; dup {
@@ -323,7 +325,7 @@ func (c *Coordinator) AddResource(r participant.Resource) error {
 	if r == nil {
 		return fmt.Errorf("%w: nil resource", ErrConfig)
 	}
-	if err := participant.ValidateName("resource name", r.Name()); err != nil {
+	if err := ids.ValidateName("resource name", r.Name()); err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	c.resMu.Lock()
@@ -367,7 +369,7 @@ func (c *Coordinator) Prefix() string { return c.cfg.Prefix }
 func (c *Coordinator) Log() wal.Log { return c.log }
 
 // Tx returns the live transaction with that id, if this run is driving it.
-func (c *Coordinator) Tx(id participant.TxID) (*Tx, bool) {
+func (c *Coordinator) Tx(id ids.TxID) (*Tx, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t, ok := c.live[id]
@@ -406,20 +408,20 @@ func (r Resolution) String() string {
 // presumed abort (DESIGN I4) for a transaction with no decision record.
 // After a failed decision write it answers Wait: the log's contents are
 // unknown until a restart.
-func (c *Coordinator) ResolveBranch(g participant.GID) (Resolution, error) {
+func (c *Coordinator) ResolveBranch(g ids.GID) (Resolution, error) {
 	if !g.Owned(c.cfg.Prefix, c.cfg.ID) {
-		return Wait, fmt.Errorf("%w: %s was not issued by coordinator %s.%s", participant.ErrBadGID, g, c.cfg.Prefix, c.cfg.ID)
+		return Wait, fmt.Errorf("%w: %s was not issued by coordinator %s.%s", ids.ErrBadGID, g, c.cfg.Prefix, c.cfg.ID)
 	}
 	return c.resolve(g.TxID, &g)
 }
 
 // ResolveTx is ResolveBranch for any branch that took part in transaction
 // id.
-func (c *Coordinator) ResolveTx(id participant.TxID) (Resolution, error) {
+func (c *Coordinator) ResolveTx(id ids.TxID) (Resolution, error) {
 	return c.resolve(id, nil)
 }
 
-func (c *Coordinator) resolve(id participant.TxID, g *participant.GID) (Resolution, error) {
+func (c *Coordinator) resolve(id ids.TxID, g *ids.GID) (Resolution, error) {
 	c.mu.Lock()
 	t, live := c.live[id]
 	failed := c.failed
@@ -485,7 +487,7 @@ func (c *Coordinator) resolve(id participant.TxID, g *participant.GID) (Resoluti
 // Forgotten reports whether transaction id began so long ago that a
 // finished decision for it may have been compacted out of the log (see
 // Config.KeepEnded): its absence from the log no longer means it aborted.
-func (c *Coordinator) Forgotten(id participant.TxID) bool {
+func (c *Coordinator) Forgotten(id ids.TxID) bool {
 	t := id.Time()
 	return t.IsZero() || t.Before(time.Now().Add(-c.cfg.KeepEnded))
 }
@@ -534,7 +536,7 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	id, err := participant.NewTxID()
+	id, err := ids.NewTxID()
 	if err != nil {
 		return nil, err
 	}
@@ -576,7 +578,7 @@ func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *T
 	return tx.Commit(ctx)
 }
 
-func (c *Coordinator) isLive(id participant.TxID) bool {
+func (c *Coordinator) isLive(id ids.TxID) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, ok := c.live[id]
@@ -611,7 +613,7 @@ func (c *Coordinator) machineConfig() protocol.Config {
 
 // TxStatus describes a live transaction.
 type TxStatus struct {
-	TxID     participant.TxID
+	TxID     ids.TxID
 	State    protocol.State
 	Started  time.Time
 	Branches []BranchStatus
@@ -622,7 +624,7 @@ type TxStatus struct {
 // BranchStatus describes one branch of a live transaction.
 type BranchStatus struct {
 	Resource string
-	GID      participant.GID
+	GID      ids.GID
 	State    protocol.BranchState
 	Attempts int
 	LastErr  error

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
 	"github.com/txcoord/txcoord/wal"
@@ -123,7 +124,7 @@ func TestOneBranchWritesNoLog(t *testing.T) {
 
 func TestI1AtomicityWhenABranchVotesNo(t *testing.T) {
 	r := newRig(t, 3, nil)
-	r.rs[1].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g participant.GID) (participant.Vote, error, bool) {
+	r.rs[1].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g ids.GID) (participant.Vote, error, bool) {
 		return participant.VoteNo, nil, true
 	}})
 	tx, bs := r.begin(t)
@@ -143,7 +144,7 @@ func TestI2NoCommitIsSentBeforeTheDecisionIsDurable(t *testing.T) {
 	r := newRig(t, 3, nil)
 	var violations atomic.Int32
 	for _, f := range r.rs {
-		f.SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+		f.SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error {
 			if _, err := r.log.Lookup(g.TxID); err != nil {
 				violations.Add(1)
 			}
@@ -192,7 +193,7 @@ func TestI5DecisionWriteFailureIsOutcomeUnknownNeverAborted(t *testing.T) {
 
 func TestPrepareTimeoutAbortsAHangingBranch(t *testing.T) {
 	r := newRig(t, 2, func(c *Config) { c.PrepareTimeout = 50 * time.Millisecond })
-	r.rs[1].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g participant.GID) (participant.Vote, error, bool) {
+	r.rs[1].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g ids.GID) (participant.Vote, error, bool) {
 		return 0, fake.Hang(ctx), true
 	}})
 	tx, bs := r.begin(t)
@@ -210,7 +211,7 @@ func TestPrepareTimeoutAbortsAHangingBranch(t *testing.T) {
 
 func TestCallerDeadlineBoundsPrepare(t *testing.T) {
 	r := newRig(t, 2, func(c *Config) { c.PrepareTimeout = time.Hour })
-	r.rs[0].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g participant.GID) (participant.Vote, error, bool) {
+	r.rs[0].SetHooks(fake.Hooks{Prepare: func(ctx context.Context, g ids.GID) (participant.Vote, error, bool) {
 		return 0, fake.Hang(ctx), true
 	}})
 	tx, bs := r.begin(t)
@@ -238,7 +239,7 @@ func TestPhaseTwoRetriesUntilAcknowledgedAndCountsRetries(t *testing.T) {
 	r := newRig(t, 2, nil)
 	var fails atomic.Int32
 	fails.Store(5)
-	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error {
 		if fails.Add(-1) >= 0 {
 			return fmt.Errorf("connection refused: %w", fake.ErrInjected)
 		}
@@ -257,7 +258,7 @@ func TestPhaseTwoRetriesUntilAcknowledgedAndCountsRetries(t *testing.T) {
 func TestCommitPendingWhenCallerGivesUpDuringPhaseTwo(t *testing.T) {
 	r := newRig(t, 2, nil)
 	release := make(chan struct{})
-	r.rs[0].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+	r.rs[0].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error {
 		select {
 		case <-release:
 			return nil
@@ -379,7 +380,7 @@ func TestI1AtomicityUnderRandomFaults(t *testing.T) {
 	r := newRig(t, 3, func(c *Config) { c.PrepareTimeout = 20 * time.Millisecond; c.Seed = seed })
 	for _, f := range r.rs {
 		f.SetHooks(fake.Hooks{
-			Prepare: func(ctx context.Context, g participant.GID) (participant.Vote, error, bool) {
+			Prepare: func(ctx context.Context, g ids.GID) (participant.Vote, error, bool) {
 				switch x := intn(40); {
 				case x == 0:
 					return participant.VoteNo, nil, true
@@ -392,7 +393,7 @@ func TestI1AtomicityUnderRandomFaults(t *testing.T) {
 				}
 				return 0, nil, false
 			},
-			Commit: func(ctx context.Context, g participant.GID) error {
+			Commit: func(ctx context.Context, g ids.GID) error {
 				if intn(5) == 0 {
 					return fake.ErrInjected
 				}
@@ -459,7 +460,7 @@ func TestI1AtomicityUnderRandomFaults(t *testing.T) {
 
 func TestCloseDuringPhaseTwoLeavesTheDecisionForRestart(t *testing.T) {
 	r := newRig(t, 2, nil)
-	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error {
 		return fmt.Errorf("database down: %w", fake.ErrInjected)
 	}})
 	tx, bs := r.begin(t)
@@ -523,7 +524,7 @@ func TestI5DoNeverCallsACommittedTransactionAborted(t *testing.T) {
 func TestCallerDeadlineEndsTheWaitEvenWhenACommitHangs(t *testing.T) {
 	r := newRig(t, 2, func(c *Config) { c.CallTimeout = time.Hour })
 	release := make(chan struct{})
-	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error {
+	r.rs[1].SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error {
 		select {
 		case <-release:
 			return nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
 	"github.com/txcoord/txcoord/wal"
@@ -46,7 +47,7 @@ func TestFullDiskRefusesCommitsAndAcknowledgesOnlyWhatIsDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var acked []participant.TxID
+	var acked []ids.TxID
 	var failed *Tx
 	var failErr error
 	for i := 0; i < 100000 && failed == nil; i++ {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/wal"
 )
@@ -23,7 +24,7 @@ var (
 // BranchResult is what happened to one branch of a resolution.
 type BranchResult struct {
 	Resource string
-	GID      participant.GID
+	GID      ids.GID
 	Err      error // nil: done (or already finished)
 }
 
@@ -40,7 +41,7 @@ type HeuristicReport struct {
 // PreparedBranches finds the prepared branches of transaction id at every
 // registered resource (this coordinator's gids only), with when each was
 // prepared. Resources that cannot be asked are returned as errors.
-func (c *Coordinator) PreparedBranches(ctx context.Context, id participant.TxID) ([]PreparedBranch, []error) {
+func (c *Coordinator) PreparedBranches(ctx context.Context, id ids.TxID) ([]PreparedBranch, []error) {
 	var out []PreparedBranch
 	var errs []error
 	for _, r := range c.resourceList() {
@@ -64,7 +65,7 @@ func (c *Coordinator) PreparedBranches(ctx context.Context, id participant.TxID)
 // PreparedBranch is a prepared branch found at a resource.
 type PreparedBranch struct {
 	Resource string
-	GID      participant.GID
+	GID      ids.GID
 	Since    time.Time
 }
 
@@ -78,7 +79,7 @@ type PreparedBranch struct {
 //     the order is logged as a heuristic decision (who, why, when, and the
 //     branches), and carried out. A commit with no prepared branch found
 //     fails with ErrNothingPrepared; an abort with none logs nothing.
-func (c *Coordinator) ResolveHeuristic(ctx context.Context, id participant.TxID, commit bool, who, why string) (*HeuristicReport, error) {
+func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit bool, who, why string) (*HeuristicReport, error) {
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
 	}

@@ -8,18 +8,20 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
 	"github.com/txcoord/txcoord/wal"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // joinPrepared plants a prepared branch at f, as a remote participant does
 // before it registers, and joins it to tx.
-func joinPrepared(t *testing.T, tx *Tx, f *fake.Resource, branch string) participant.GID {
+func joinPrepared(t *testing.T, tx *Tx, f *fake.Resource, branch string) ids.GID {
 	t.Helper()
-	g, err := participant.NewGID(tx.c.cfg.Prefix, tx.c.cfg.ID, tx.ID(), branch)
+	g, err := ids.NewGID(tx.c.cfg.Prefix, tx.c.cfg.ID, tx.ID(), branch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +79,7 @@ func TestJoinRefusals(t *testing.T) {
 	ctx := context.Background()
 	pay := fake.New("pay")
 	tx, _ := r.c.Begin(ctx)
-	g, _ := participant.NewGID(r.c.cfg.Prefix, r.c.cfg.ID, tx.ID(), "pay-1")
+	g, _ := ids.NewGID(r.c.cfg.Prefix, r.c.cfg.ID, tx.ID(), "pay-1")
 	if err := tx.Join(pay, g); !errors.Is(err, ErrUnknownResource) {
 		t.Fatalf("unregistered resource: %v", err)
 	}
@@ -90,13 +92,13 @@ func TestJoinRefusals(t *testing.T) {
 	if err := r.c.AddResource(fake.New("pay")); !errors.Is(err, ErrConfig) {
 		t.Fatalf("another resource under a taken name: %v", err)
 	}
-	other, _ := participant.NewTxID()
-	for _, bad := range []participant.GID{
+	other, _ := ids.NewTxID()
+	for _, bad := range []ids.GID{
 		{Prefix: r.c.cfg.Prefix, Coordinator: r.c.cfg.ID, TxID: other, Branch: "pay-1"},
 		{Prefix: r.c.cfg.Prefix, Coordinator: "someone-else", TxID: tx.ID(), Branch: "pay-1"},
 		{Prefix: r.c.cfg.Prefix, Coordinator: r.c.cfg.ID, TxID: tx.ID(), Branch: "pay 1"},
 	} {
-		if err := tx.Join(pay, bad); !errors.Is(err, participant.ErrBadGID) {
+		if err := tx.Join(pay, bad); !errors.Is(err, ids.ErrBadGID) {
 			t.Fatalf("join %v: %v", bad, err)
 		}
 	}
@@ -116,7 +118,7 @@ func TestJoinRefusals(t *testing.T) {
 	if err := tx.Join(elsewhere, g); !errors.Is(err, ErrDuplicateBranch) {
 		t.Fatalf("the same gid through another resource: %v, want ErrDuplicateBranch", err)
 	}
-	if _, err := r.c.ResolveBranch(participant.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, participant.ErrBadGID) {
+	if _, err := r.c.ResolveBranch(ids.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("resolving another coordinator's gid: %v", err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
@@ -140,7 +142,7 @@ func TestResolveAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	id, _ := participant.NewTxID()
+	id, _ := ids.NewTxID()
 	if res, err := c.ResolveTx(id); err != nil || res != RollbackBranch {
 		t.Fatalf("unknown transaction: %v %v", res, err)
 	}
@@ -226,7 +228,7 @@ func TestCompactedCommitIsNotReportedAborted(t *testing.T) {
 	if res, _ := r.c.ResolveTx(tx.ID()); res != Wait {
 		t.Fatalf("after compaction: %v; want wait (forgotten), never rollback", res)
 	}
-	young, _ := participant.NewTxID()
+	young, _ := ids.NewTxID()
 	if res, _ := r.c.ResolveTx(young); res != RollbackBranch {
 		t.Fatalf("a young transaction with no decision: %v", res)
 	}
@@ -300,10 +302,10 @@ func TestHungRollbackDoesNotHoldTheCaller(t *testing.T) {
 		ctx := context.Background()
 		release := make(chan struct{})
 		stop := time.AfterFunc(5*time.Second, func() { close(release) }) // the hang ends at last
-		r.rs[1-hang].SetHooks(fake.Hooks{Prepare: func(context.Context, participant.GID) (participant.Vote, error, bool) {
+		r.rs[1-hang].SetHooks(fake.Hooks{Prepare: func(context.Context, ids.GID) (participant.Vote, error, bool) {
 			return participant.VoteNo, errors.New("no, on purpose"), true
 		}})
-		r.rs[hang].SetHooks(fake.Hooks{Rollback: func(context.Context, participant.GID) error {
+		r.rs[hang].SetHooks(fake.Hooks{Rollback: func(context.Context, ids.GID) error {
 			<-release // ignores its context
 			return nil
 		}})

@@ -8,13 +8,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/txcoord/txcoord/coordinator/protocol"
-	"github.com/txcoord/txcoord/internal/failpoint"
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/wal"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/wal"
 )
 
 var _ participant.Enlister = (*Tx)(nil)
@@ -23,7 +25,7 @@ var _ participant.Enlister = (*Tx)(nil)
 // from different goroutines, but a transaction is finished once.
 type Tx struct {
 	c       *Coordinator
-	id      participant.TxID
+	id      ids.TxID
 	started time.Time
 
 	mu        sync.Mutex
@@ -37,7 +39,7 @@ type Tx struct {
 }
 
 // ID returns the transaction id.
-func (t *Tx) ID() participant.TxID { return t.id }
+func (t *Tx) ID() ids.TxID { return t.id }
 
 // Enlist starts a branch of the transaction at r, which must be registered
 // with the coordinator. Adapters offer typed sugar over it, for example
@@ -51,7 +53,7 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 	if t.finishing {
 		return nil, ErrTxDone
 	}
-	gid, err := participant.NewGID(t.c.cfg.Prefix, t.c.cfg.ID, t.id, strconv.Itoa(len(t.branches)))
+	gid, err := ids.NewGID(t.c.cfg.Prefix, t.c.cfg.ID, t.id, strconv.Itoa(len(t.branches)))
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +72,7 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 // Joining the same gid through the same r again succeeds and changes
 // nothing (a registration delivered twice), even once Commit has begun.
 // After the decision, phase two and recovery finish the branch through r.
-func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
+func (t *Tx) Join(r participant.Resource, gid ids.GID) error {
 	if reg, ok := t.c.Resource(r.Name()); !ok || reg != r {
 		return fmt.Errorf("%w: %q", ErrUnknownResource, r.Name())
 	}
@@ -78,7 +80,7 @@ func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
 		return err
 	}
 	if gid.TxID != t.id || gid.Prefix != t.c.cfg.Prefix || gid.Coordinator != t.c.cfg.ID {
-		return fmt.Errorf("%w: gid %s does not belong to transaction %s.%s.%s", participant.ErrBadGID, gid, t.c.cfg.Prefix, t.c.cfg.ID, t.id)
+		return fmt.Errorf("%w: gid %s does not belong to transaction %s.%s.%s", ids.ErrBadGID, gid, t.c.cfg.Prefix, t.c.cfg.ID, t.id)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -101,10 +103,10 @@ func (t *Tx) Join(r participant.Resource, gid participant.GID) error {
 // joined is a branch its participant prepared before joining.
 type joined struct {
 	r   participant.Resource
-	gid participant.GID
+	gid ids.GID
 }
 
-func (j *joined) GID() participant.GID           { return j.gid }
+func (j *joined) GID() ids.GID                   { return j.gid }
 func (j *joined) Resource() participant.Resource { return j.r }
 func (j *joined) Prepare(context.Context) (participant.Vote, error) {
 	return participant.VoteYes, nil

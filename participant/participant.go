@@ -14,13 +14,11 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/txcoord/txcoord/ids"
 )
 
 var (
-	// ErrBadGID reports a malformed gid or gid component.
-	ErrBadGID = errors.New("participant: malformed gid")
-	// ErrBadTxID reports a malformed transaction id.
-	ErrBadTxID = errors.New("participant: malformed transaction id")
 	// ErrUnknownBranch reports that the resource holds no prepared branch with
 	// that gid. After COMMIT it is success only if the log holds COMMIT for
 	// the transaction (the branch was committed before); after ROLLBACK it is
@@ -81,11 +79,11 @@ type Resource interface {
 	// in the log.
 	Name() string
 	// Begin starts a branch with the given gid.
-	Begin(ctx context.Context, gid GID) (Branch, error)
+	Begin(ctx context.Context, gid ids.GID) (Branch, error)
 	// Commit commits the prepared branch gid.
-	Commit(ctx context.Context, gid GID) error
+	Commit(ctx context.Context, gid ids.GID) error
 	// Rollback rolls back the prepared branch gid.
-	Rollback(ctx context.Context, gid GID) error
+	Rollback(ctx context.Context, gid ids.GID) error
 	// Prepared lists the prepared branches the resource holds, ours and
 	// foreign alike.
 	Prepared(ctx context.Context) ([]Prepared, error)
@@ -94,7 +92,7 @@ type Resource interface {
 // Branch is one transaction's work at a resource, before phase two.
 type Branch interface {
 	// GID names the branch.
-	GID() GID
+	GID() ids.GID
 	// Resource is where the branch lives.
 	Resource() Resource
 	// Prepare makes the branch's work durable and votes. VoteYes is given
@@ -116,7 +114,7 @@ type Prepared struct {
 	Raw string
 	// GID is the parsed gid; zero if Raw is not a gid of any txcoord (it is
 	// then foreign).
-	GID GID
+	GID ids.GID
 	// Since is when the branch was prepared, if the resource knows.
 	Since time.Time
 	// Owner is the database role or process that prepared it, if known.

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/wal"
@@ -26,13 +27,13 @@ var (
 
 // Config says what a pass may touch.
 type Config struct {
-	Prefix        string // gid prefix (participant.DefaultPrefix if empty)
+	Prefix        string // gid prefix (ids.DefaultPrefix if empty)
 	CoordinatorID string
 	Log           wal.Log
 	Resources     []participant.Resource
 	// Live reports transactions this process is still running; recovery
 	// leaves them alone. Nil means none are live (the start-up pass).
-	Live func(participant.TxID) bool
+	Live func(ids.TxID) bool
 	// InDoubtTimeout: in a periodic pass (Live != nil), a prepared branch of
 	// ours is resolved only once it is older than this; any prepared branch
 	// older than this is reported as stale.
@@ -52,7 +53,7 @@ type Config struct {
 type Action struct {
 	Resource string
 	GID      string
-	TxID     participant.TxID
+	TxID     ids.TxID
 	What     string // "commit", "rollback", "skip-live", "skip-young", "foreign", "unresolved"
 	Age      time.Duration
 	Err      error
@@ -60,10 +61,10 @@ type Action struct {
 
 // Report says what a pass did.
 type Report struct {
-	Redriven     int                // decisions driven to END
-	Unfinished   []participant.TxID // decisions some branch of which is still unacknowledged
-	Committed    int                // prepared branches committed
-	RolledBack   int                // prepared branches rolled back
+	Redriven     int        // decisions driven to END
+	Unfinished   []ids.TxID // decisions some branch of which is still unacknowledged
+	Committed    int        // prepared branches committed
+	RolledBack   int        // prepared branches rolled back
 	SkippedLive  int
 	SkippedYoung int
 	Foreign      int
@@ -83,7 +84,7 @@ func Pass(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, errors.New("recovery: no log")
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = participant.DefaultPrefix
+		cfg.Prefix = ids.DefaultPrefix
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 30 * time.Second
@@ -121,10 +122,10 @@ type pass struct {
 	res map[string]participant.Resource
 }
 
-func (p *pass) live(id participant.TxID) bool { return p.cfg.Live != nil && p.cfg.Live(id) }
+func (p *pass) live(id ids.TxID) bool { return p.cfg.Live != nil && p.cfg.Live(id) }
 
 // earlierRun reports whether g's transaction began before this run.
-func (p *pass) earlierRun(g participant.GID) bool {
+func (p *pass) earlierRun(g ids.GID) bool {
 	t := g.TxID.Time()
 	return !p.cfg.RunStart.IsZero() && !t.IsZero() && t.Before(p.cfg.RunStart)
 }
@@ -282,7 +283,7 @@ func (p *pass) scan(ctx context.Context, r participant.Resource) {
 
 // named reports whether g is one of a COMMIT record's branches; a record
 // that lists none (written before branches were listed) names them all.
-func named(branches []wal.Branch, g participant.GID) bool {
+func named(branches []wal.Branch, g ids.GID) bool {
 	if len(branches) == 0 {
 		return true
 	}

@@ -6,27 +6,28 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
 	"github.com/txcoord/txcoord/wal"
 )
 
-func gid(t *testing.T, coord string, branch string) participant.GID {
+func gid(t *testing.T, coord string, branch string) ids.GID {
 	t.Helper()
-	id, err := participant.NewTxID()
+	id, err := ids.NewTxID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := participant.NewGID(participant.DefaultPrefix, coord, id, branch)
+	g, err := ids.NewGID(ids.DefaultPrefix, coord, id, branch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return g
 }
 
-func sameTx(t *testing.T, g participant.GID, branch string) participant.GID {
+func sameTx(t *testing.T, g ids.GID, branch string) ids.GID {
 	t.Helper()
-	h, err := participant.NewGID(g.Prefix, g.Coordinator, g.TxID, branch)
+	h, err := ids.NewGID(g.Prefix, g.Coordinator, g.TxID, branch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,8 +69,8 @@ func TestI3RecoveryNeverContradictsALoggedCommit(t *testing.T) {
 	a.AddPrepared(g.String())
 	commitRecord(t, log, wal.Branch{Resource: "a", GID: g})
 	// Old enough to be resolved by a periodic pass too.
-	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, Live: func(participant.TxID) bool { return false }, Now: func() time.Time { return time.Now().Add(time.Hour) }, InDoubtTimeout: time.Minute}
-	a.SetHooks(fake.Hooks{Commit: func(ctx context.Context, g participant.GID) error { return errors.New("down") }})
+	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, Live: func(ids.TxID) bool { return false }, Now: func() time.Time { return time.Now().Add(time.Hour) }, InDoubtTimeout: time.Minute}
+	a.SetHooks(fake.Hooks{Commit: func(ctx context.Context, g ids.GID) error { return errors.New("down") }})
 	rep, _ := Pass(context.Background(), cfg)
 	if a.IsRolledBack(g.String()) || !a.IsPrepared(g.String()) || len(rep.Unfinished) != 1 {
 		t.Fatalf("a logged COMMIT was contradicted or dropped: %+v", rep)
@@ -103,7 +104,7 @@ func TestI7ForeignBranchesAreNeverTouched(t *testing.T) {
 	other := gid(t, "someone-else", "0")
 	a.AddPrepared(other.String())
 	a.AddPrepared("my_app_prepared_xact")
-	otherPrefix, _ := participant.NewGID("xyz", "c1", other.TxID, "0")
+	otherPrefix, _ := ids.NewGID("xyz", "c1", other.TxID, "0")
 	a.AddPrepared(otherPrefix.String())
 	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, InDoubtTimeout: time.Nanosecond, Now: func() time.Time { return time.Now().Add(time.Hour) }})
 	if err != nil {
@@ -131,7 +132,7 @@ func TestLiveAndYoungBranchesAreLeftAlone(t *testing.T) {
 	a.AddPrepared(live.String())
 	a.AddPrepared(young.String())
 	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a},
-		Live: func(id participant.TxID) bool { return id == live.TxID }, InDoubtTimeout: time.Hour})
+		Live: func(id ids.TxID) bool { return id == live.TxID }, InDoubtTimeout: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestBranchesOfAnEarlierRunAreResolvedWithoutWaiting(t *testing.T) {
 	old := gid(t, "c1", "0")
 	a.AddPrepared(old.String())
 	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a},
-		Live: func(participant.TxID) bool { return false }, InDoubtTimeout: time.Hour, RunStart: time.Now().Add(time.Second)})
+		Live: func(ids.TxID) bool { return false }, InDoubtTimeout: time.Hour, RunStart: time.Now().Add(time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,16 +5,17 @@ import (
 	"net"
 	"testing"
 
-	"github.com/txcoord/txcoord/client"
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
-	"github.com/txcoord/txcoord/sdk"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant/remote"
+	"github.com/txcoord/txcoord/sdk"
 )
 
 // The client interceptor carries the transaction in metadata; the SDK's
@@ -43,7 +44,7 @@ func TestTransactionTravelsInMetadata(t *testing.T) {
 	}
 	defer conn.Close()
 	hc := healthpb.NewHealthClient(conn)
-	id, _ := participant.NewTxID()
+	id, _ := ids.NewTxID()
 	want := remote.Tx{Prefix: "txc", Coordinator: "c1", ID: id}
 	ctx := context.Background()
 	if _, err := hc.Check(remote.NewContext(ctx, want), &healthpb.HealthCheckRequest{}); err != nil {

@@ -36,14 +36,16 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/participant/remote"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 var (
@@ -97,7 +99,7 @@ type Participant struct {
 	logger *slog.Logger
 
 	mu      sync.Mutex
-	working map[participant.GID]bool // branches between BEGIN and the end of registration
+	working map[ids.GID]bool // branches between BEGIN and the end of registration
 	started time.Time
 	stats   Stats
 }
@@ -112,7 +114,7 @@ type Stats struct {
 // New checks cfg and returns a participant. Call Register to serve the
 // Participant service and Run to announce it and settle branches in doubt.
 func New(cfg Config) (*Participant, error) {
-	if err := participant.ValidateName("participant name", cfg.Name); err != nil {
+	if err := ids.ValidateName("participant name", cfg.Name); err != nil {
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
 	if len(cfg.Name) > 40 {
@@ -141,7 +143,7 @@ func New(cfg Config) (*Participant, error) {
 	}
 	return &Participant{
 		cfg: cfg, coord: txcoordv1.NewCoordinatorClient(cfg.Coordinator), res: cfg.Resource, logger: cfg.Logger,
-		working: map[participant.GID]bool{}, started: time.Now(),
+		working: map[ids.GID]bool{}, started: time.Now(),
 	}, nil
 }
 
@@ -252,7 +254,7 @@ func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b
 	return nil
 }
 
-func (p *Participant) rollback(ctx context.Context, gid participant.GID) error {
+func (p *Participant) rollback(ctx context.Context, gid ids.GID) error {
 	err := p.res.Rollback(ctx, gid)
 	if err == nil || errors.Is(err, participant.ErrUnknownBranch) {
 		p.count(func(s *Stats) { s.RolledBack++ })
@@ -262,7 +264,7 @@ func (p *Participant) rollback(ctx context.Context, gid participant.GID) error {
 }
 
 // ours reports whether g is a branch this participant made.
-func (p *Participant) ours(g participant.GID) bool {
+func (p *Participant) ours(g ids.GID) bool {
 	return !g.IsZero() && strings.HasPrefix(g.Branch, p.cfg.Name+"-")
 }
 
@@ -342,7 +344,7 @@ func (p *Participant) settle(ctx context.Context, all bool) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-func (p *Participant) settleOne(ctx context.Context, g participant.GID) (bool, error) {
+func (p *Participant) settleOne(ctx context.Context, g ids.GID) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
 	resp, err := p.coord.GetOutcome(cctx, &txcoordv1.GetOutcomeRequest{

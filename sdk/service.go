@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 
-	"github.com/txcoord/txcoord/participant"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 // Register serves the Participant service (the coordinator's calls to
@@ -24,13 +26,13 @@ type service struct {
 }
 
 // gid parses a gid the coordinator sent and checks it is one of ours.
-func (s *service) gid(raw string) (participant.GID, error) {
-	g, err := participant.ParseGID(raw)
+func (s *service) gid(raw string) (ids.GID, error) {
+	g, err := ids.ParseGID(raw)
 	if err != nil {
-		return participant.GID{}, status.Error(codes.InvalidArgument, err.Error())
+		return ids.GID{}, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if !s.p.ours(g) {
-		return participant.GID{}, status.Errorf(codes.InvalidArgument, "gid %s is not a branch of participant %s", g, s.p.cfg.Name)
+		return ids.GID{}, status.Errorf(codes.InvalidArgument, "gid %s is not a branch of participant %s", g, s.p.cfg.Name)
 	}
 	return g, nil
 }

@@ -5,13 +5,14 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/txcoord/txcoord/coordinator"
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // FuzzRequestValidation sends arbitrary fields to the calls that take
@@ -46,7 +47,7 @@ func FuzzRequestValidation(f *testing.F) {
 			t.Fatalf("RegisterBranch(%q, %q, %q, %q): %v", txid, gid, name, addr, err)
 		}
 		if err == nil {
-			g, perr := participant.ParseGID(gid)
+			g, perr := ids.ParseGID(gid)
 			if perr != nil || g.TxID.String() != b.Txid || strings.ContainsAny(gid, "'\"\\; ") {
 				t.Fatalf("registered an invalid gid %q", gid)
 			}

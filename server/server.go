@@ -14,12 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/txcoord/txcoord/coordinator"
-	"github.com/txcoord/txcoord/coordinator/protocol"
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
-	"github.com/txcoord/txcoord/wal"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -30,6 +24,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/remote"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
+	"github.com/txcoord/txcoord/wal"
 )
 
 // Config configures a Server.
@@ -62,7 +64,7 @@ type Server struct {
 	logger *slog.Logger
 
 	mu      sync.Mutex
-	txs     map[participant.TxID]*entry
+	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
 }
 
@@ -98,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
-	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[participant.TxID]*entry{}}, nil
+	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}}, nil
 }
 
 // Register serves the Coordinator service on s.
@@ -211,20 +213,20 @@ func (s *Server) resources() []participant.Resource {
 	return s.c.Resources()
 }
 
-func (s *Server) lookup(id participant.TxID) (*entry, bool) {
+func (s *Server) lookup(id ids.TxID) (*entry, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.txs[id]
 	return e, ok
 }
 
-func parseTxID(s string) (participant.TxID, error) {
+func parseTxID(s string) (ids.TxID, error) {
 	if s == "" {
-		return participant.TxID{}, status.Error(codes.InvalidArgument, "txid is required")
+		return ids.TxID{}, status.Error(codes.InvalidArgument, "txid is required")
 	}
-	id, err := participant.ParseTxID(s)
+	id, err := ids.ParseTxID(s)
 	if err != nil {
-		return participant.TxID{}, status.Errorf(codes.InvalidArgument, "malformed txid %q: %v", s, err)
+		return ids.TxID{}, status.Errorf(codes.InvalidArgument, "malformed txid %q: %v", s, err)
 	}
 	return id, nil
 }
@@ -275,7 +277,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err != nil {
 		return nil, err
 	}
-	gid, err := participant.ParseGID(req.GetGid())
+	gid, err := ids.ParseGID(req.GetGid())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "malformed gid: %v", err)
 	}
@@ -285,7 +287,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if !gid.Owned(s.c.Prefix(), s.c.ID()) {
 		return nil, status.Errorf(codes.InvalidArgument, "gid %s was not issued by this coordinator (%s.%s)", gid, s.c.Prefix(), s.c.ID())
 	}
-	if err := participant.ValidateName("participant name", req.GetParticipant()); err != nil {
+	if err := ids.ValidateName("participant name", req.GetParticipant()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
@@ -311,7 +313,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 		return nil, status.Errorf(codes.AlreadyExists, "branch %s is already registered with transaction %s", gid, id)
 	case errors.Is(err, coordinator.ErrTxDone):
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is already being committed or rolled back; branch %s cannot join", id, gid)
-	case errors.Is(err, participant.ErrBadGID):
+	case errors.Is(err, ids.ErrBadGID):
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	default:
 		return nil, status.Error(codes.Internal, err.Error())
@@ -375,7 +377,7 @@ func commitResponse(err error) *txcoordv1.CommitResponse {
 
 // commitFromLog answers a Commit for a transaction the server no longer
 // tracks (forgotten, or begun before a restart).
-func (s *Server) commitFromLog(id participant.TxID) (*txcoordv1.CommitResponse, error) {
+func (s *Server) commitFromLog(id ids.TxID) (*txcoordv1.CommitResponse, error) {
 	d, err := s.c.Log().Lookup(id)
 	switch {
 	case err == nil && d.Kind == wal.KindCommit:
@@ -439,7 +441,7 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 	var res coordinator.Resolution
 	var err error
 	if req.GetGid() != "" {
-		g, perr := participant.ParseGID(req.GetGid())
+		g, perr := ids.ParseGID(req.GetGid())
 		if perr != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "malformed gid: %v", perr)
 		}
@@ -476,7 +478,7 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 }
 
 func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (*txcoordv1.AnnounceResponse, error) {
-	if err := participant.ValidateName("participant name", req.GetParticipant()); err != nil {
+	if err := ids.ValidateName("participant name", req.GetParticipant()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
@@ -529,7 +531,7 @@ func logRecord(r wal.Record) *txcoordv1.LogRecord {
 }
 
 // inDoubt describes a transaction known only by its prepared branches.
-func inDoubt(id participant.TxID, found []coordinator.PreparedBranch) *txcoordv1.Transaction {
+func inDoubt(id ids.TxID, found []coordinator.PreparedBranch) *txcoordv1.Transaction {
 	out := &txcoordv1.Transaction{Txid: id.String(), State: txcoordv1.TxState_TX_STATE_IN_DOUBT}
 	if t := id.Time(); !t.IsZero() {
 		out.Started = timestamppb.New(t)
@@ -576,7 +578,7 @@ func probe(tx *txcoordv1.Transaction, found []coordinator.PreparedBranch, errs [
 
 // describe reports what is known of transaction id without asking the
 // resources.
-func (s *Server) describe(id participant.TxID) (*txcoordv1.Transaction, bool) {
+func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 	var out *txcoordv1.Transaction
 	if t, ok := s.c.Tx(id); ok {
 		out = fromStatus(t.Status())
@@ -694,7 +696,7 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 		}
 	}
 	if req.GetScan() {
-		byTx := map[participant.TxID][]coordinator.PreparedBranch{}
+		byTx := map[ids.TxID][]coordinator.PreparedBranch{}
 		for _, r := range s.resources() {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			list, err := r.Prepared(cctx)

@@ -7,17 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txcoord/txcoord/coordinator"
-	"github.com/txcoord/txcoord/participant"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
-	"github.com/txcoord/txcoord/server"
-	"github.com/txcoord/txcoord/wal"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
+	"github.com/txcoord/txcoord/server"
+	"github.com/txcoord/txcoord/wal"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -102,7 +104,7 @@ func begin(t *testing.T, e *env) *txcoordv1.BeginResponse {
 func TestGRPCUnknownTransaction(t *testing.T) {
 	e := start(t, nil, nil, server.Config{})
 	ctx := context.Background()
-	id, _ := participant.NewTxID()
+	id, _ := ids.NewTxID()
 	_, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: id.String()})
 	wantCode(t, err, codes.NotFound, "unknown transaction")
 	_, err = e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id.String()})
@@ -126,7 +128,7 @@ func TestGRPCMalformedInput(t *testing.T) {
 	e := start(t, nil, nil, server.Config{})
 	ctx := context.Background()
 	b := begin(t, e)
-	other, _ := participant.NewTxID()
+	other, _ := ids.NewTxID()
 	cases := []struct {
 		name string
 		req  *txcoordv1.RegisterBranchRequest

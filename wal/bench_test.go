@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 // BenchmarkDecisions measures durable COMMIT decisions per second with 1,
@@ -52,12 +52,12 @@ func benchDecisions(b *testing.B, opts BoltOptions, writers int) {
 	for range writers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(b.N) {
-				id, err := participant.NewTxID()
+				id, err := ids.NewTxID()
 				if err != nil {
 					b.Error(err)
 					return
 				}
-				g, err := participant.NewGID("txc", "bench", id, "b0")
+				g, err := ids.NewGID("txc", "bench", id, "b0")
 				if err != nil {
 					b.Error(err)
 					return

@@ -15,8 +15,8 @@ import (
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
-	"github.com/txcoord/txcoord/participant"
 )
 
 var _ Log = (*Bolt)(nil)
@@ -150,7 +150,7 @@ type Bolt struct {
 	// without being woken.
 	endsWatched bool
 	next        uint64 // next LSN
-	byTx        map[participant.TxID]*Decision
+	byTx        map[ids.TxID]*Decision
 	stats       Stats
 	// writeHook, if set, runs inside every write transaction (commits and
 	// compaction); an error fails that write as a disk error would.
@@ -223,7 +223,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 		next: 1,
-		byTx: map[participant.TxID]*Decision{},
+		byTx: map[ids.TxID]*Decision{},
 	}
 	b.idle.L = &b.mu
 	if err := b.load(); err != nil {
@@ -477,9 +477,9 @@ func (b *Bolt) checkIndex(xb *bbolt.Bucket) error {
 			return b.corrupt(BucketTx, 0, "entry %x -> %x: want a 16-byte id and an 8-byte LSN", k, v)
 		}
 		lsn := binary.BigEndian.Uint64(v)
-		d, ok := b.byTx[participant.TxID(k)]
+		d, ok := b.byTx[ids.TxID(k)]
 		if !ok || d.LSN != lsn {
-			return b.corrupt(BucketTx, lsn, "entry for %s points to key %d, which holds no decision for it", participant.TxID(k), lsn)
+			return b.corrupt(BucketTx, lsn, "entry for %s points to key %d, which holds no decision for it", ids.TxID(k), lsn)
 		}
 		n++
 	}
@@ -646,7 +646,7 @@ func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
 // End implements Log. The END record is written with the next commit of a
 // decision, by Flush or Close, or after EndFlushDelay, whichever comes
 // first. Lookup and Pending see the transaction as ended at once.
-func (b *Bolt) End(txid participant.TxID) error {
+func (b *Bolt) End(txid ids.TxID) error {
 	if b.opts.ReadOnly {
 		return ErrReadOnly
 	}
@@ -711,7 +711,7 @@ func copyDecision(d *Decision) Decision {
 }
 
 // Lookup implements Log. It reads the in-memory index only.
-func (b *Bolt) Lookup(txid participant.TxID) (Decision, error) {
+func (b *Bolt) Lookup(txid ids.TxID) (Decision, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -898,7 +898,7 @@ func (b *Bolt) step() {
 		dups      []dup
 		flushes   []*request
 		compacts  []*request
-		inBatch   map[participant.TxID]*request
+		inBatch   map[ids.TxID]*request
 		remaining []*request
 		final     bool
 	)
@@ -927,7 +927,7 @@ func (b *Bolt) step() {
 				continue
 			}
 			if inBatch == nil {
-				inBatch = map[participant.TxID]*request{}
+				inBatch = map[ids.TxID]*request{}
 			}
 			r.rec.LSN = b.next
 			b.next++
@@ -1026,7 +1026,7 @@ func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) e
 // compact removes every ended transaction in one bbolt commit.
 func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 	type victim struct {
-		id          participant.TxID
+		id          ids.TxID
 		lsn, endLSN uint64
 	}
 	var victims []victim

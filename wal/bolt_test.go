@@ -14,7 +14,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 func tempPath(t testing.TB) string { return filepath.Join(t.TempDir(), "wal.db") }
@@ -702,8 +702,8 @@ func TestReadOnlyOpenWritesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _ := participant.NewTxID()
-	g, _ := participant.NewGID("txc", "c1", id, "0")
+	id, _ := ids.NewTxID()
+	g, _ := ids.NewGID("txc", "c1", id, "0")
 	if _, err := b.Append(context.Background(), Record{Kind: KindCommit, TxID: id, Branches: []Branch{{Resource: "db", GID: g}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 // FormatVersion is the record encoding written by EncodeRecord.
@@ -153,7 +153,7 @@ func DecodeRecord(b []byte) (Record, error) {
 		if d.err != nil {
 			break
 		}
-		gid, err := participant.ParseGID(raw)
+		gid, err := ids.ParseGID(raw)
 		if err != nil {
 			d.fail("branch %d: %v", i, err)
 			break

@@ -9,7 +9,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 func TestMain(m *testing.M) {
@@ -21,16 +21,16 @@ func TestMain(m *testing.M) {
 
 // testID returns a fixed, valid transaction id for n. Ids of neighbouring
 // n share their first 15 bytes.
-func testID(n uint64) participant.TxID {
-	var id participant.TxID
+func testID(n uint64) ids.TxID {
+	var id ids.TxID
 	id[0], id[6] = 0x01, 0x70
 	binary.BigEndian.PutUint64(id[8:], 0x8000000000000000|n)
 	return id
 }
 
-func testGID(t testing.TB, id participant.TxID, branch string) participant.GID {
+func testGID(t testing.TB, id ids.TxID, branch string) ids.GID {
 	t.Helper()
-	g, err := participant.NewGID("txc", "coord1", id, branch)
+	g, err := ids.NewGID("txc", "coord1", id, branch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func testGID(t testing.TB, id participant.TxID, branch string) participant.GID {
 }
 
 // commitRec is a COMMIT decision for id with one branch per resource.
-func commitRec(t testing.TB, id participant.TxID, resources ...string) Record {
+func commitRec(t testing.TB, id ids.TxID, resources ...string) Record {
 	t.Helper()
 	if len(resources) == 0 {
 		resources = []string{"pg-a", "pg-b"}

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 var _ Log = (*Mem)(nil)
@@ -22,13 +22,13 @@ type Mem struct {
 	next    uint64
 	epoch   uint64
 	recs    map[uint64]Record
-	byTx    map[participant.TxID]*Decision
+	byTx    map[ids.TxID]*Decision
 	stats   Stats
 }
 
 // NewMem returns an empty in-memory log at epoch 1.
 func NewMem() *Mem {
-	return &Mem{next: 1, epoch: 1, recs: map[uint64]Record{}, byTx: map[participant.TxID]*Decision{}}
+	return &Mem{next: 1, epoch: 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}}
 }
 
 // Restart returns a log with the same records and the next epoch, as a
@@ -37,7 +37,7 @@ func NewMem() *Mem {
 func (m *Mem) Restart() *Mem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[participant.TxID]*Decision{}}
+	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}}
 	for k, v := range m.recs {
 		n.recs[k] = v
 	}
@@ -97,7 +97,7 @@ func (m *Mem) Append(ctx context.Context, rec Record) (uint64, error) {
 }
 
 // End implements Log.
-func (m *Mem) End(txid participant.TxID) error {
+func (m *Mem) End(txid ids.TxID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -123,7 +123,7 @@ func (m *Mem) End(txid participant.TxID) error {
 func (m *Mem) Flush(ctx context.Context) error { return ctx.Err() }
 
 // Lookup implements Log.
-func (m *Mem) Lookup(txid participant.TxID) (Decision, error) {
+func (m *Mem) Lookup(txid ids.TxID) (Decision, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {

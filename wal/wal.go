@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 var (
@@ -96,15 +96,15 @@ func (k Kind) Valid() bool { return k >= KindCommit && k <= KindEnd }
 
 // Branch is one branch named in a decision record.
 type Branch struct {
-	Resource string          // resource name in the coordinator's registry
-	GID      participant.GID // the branch's gid at that resource
+	Resource string  // resource name in the coordinator's registry
+	GID      ids.GID // the branch's gid at that resource
 }
 
 // Record is one log record.
 type Record struct {
 	LSN      uint64 // position in the log, assigned by Append; 0 before
 	Kind     Kind
-	TxID     participant.TxID
+	TxID     ids.TxID
 	Time     time.Time // when the record was made (UTC, nanoseconds)
 	Epoch    uint64    // the coordinator run that wrote it
 	Branches []Branch  // decision records: every branch to drive
@@ -145,11 +145,11 @@ type Log interface {
 	// End records that every branch of txid acknowledged its decision. It
 	// does not wait for disk: the END record becomes durable with the next
 	// sync, Flush or Close. Ending an unknown transaction is a no-op.
-	End(txid participant.TxID) error
+	End(txid ids.TxID) error
 	// Flush makes every END record handed to the log so far durable.
 	Flush(ctx context.Context) error
 	// Lookup returns the decision logged for txid, or ErrNotFound.
-	Lookup(txid participant.TxID) (Decision, error)
+	Lookup(txid ids.TxID) (Decision, error)
 	// Pending returns the decisions without END, in log order.
 	Pending() ([]Decision, error)
 	// Records calls fn for every record in log order, checking each

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/internal/saga"
 	"github.com/txcoord/txcoord/participant"
@@ -437,12 +438,12 @@ func plain2PC(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int, se
 		}
 	}
 	for i := range conns {
-		if _, err := conns[i].ExecContext(ctx, "PREPARE TRANSACTION "+participant.QuoteLiteral(gid)); err != nil {
+		if _, err := conns[i].ExecContext(ctx, "PREPARE TRANSACTION "+ids.QuoteLiteral(gid)); err != nil {
 			return err
 		}
 	}
 	for i := range conns {
-		if _, err := conns[i].ExecContext(ctx, "COMMIT PREPARED "+participant.QuoteLiteral(gid)); err != nil {
+		if _, err := conns[i].ExecContext(ctx, "COMMIT PREPARED "+ids.QuoteLiteral(gid)); err != nil {
 			return err
 		}
 	}

@@ -11,9 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
 	"gopkg.in/yaml.v3"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant/remote"
 )
 
 // Config is everything `txcoord serve` needs. A YAML file gives it with the
@@ -77,7 +78,7 @@ func defaultConfig() Config {
 		Listen:           "127.0.0.1:7070",
 		MetricsListen:    "127.0.0.1:9464",
 		ID:               "txcoord-1",
-		Prefix:           participant.DefaultPrefix,
+		Prefix:           ids.DefaultPrefix,
 		TxTimeout:        time.Minute,
 		MaxTxTimeout:     10 * time.Minute,
 		PrepareTimeout:   10 * time.Second,
@@ -121,14 +122,14 @@ func (c *Config) validate() error {
 	if c.DataDir == "" {
 		bad("data-dir is required: the directory of the decision log")
 	}
-	if err := participant.ValidateName("id", c.ID); err != nil {
+	if err := ids.ValidateName("id", c.ID); err != nil {
 		bad("id: %v", err)
 	}
-	if err := participant.ValidateName("prefix", c.Prefix); err != nil {
+	if err := ids.ValidateName("prefix", c.Prefix); err != nil {
 		bad("prefix: %v", err)
 	}
 	for name, dsn := range c.Resources {
-		if err := participant.ValidateName("resource name", name); err != nil {
+		if err := ids.ValidateName("resource name", name); err != nil {
 			bad("resource: %v", err)
 		}
 		if strings.TrimSpace(dsn) == "" {
@@ -139,7 +140,7 @@ func (c *Config) validate() error {
 		}
 	}
 	for name, addr := range c.Participants {
-		if err := participant.ValidateName("participant name", name); err != nil {
+		if err := ids.ValidateName("participant name", name); err != nil {
 			bad("participant: %v", err)
 		}
 		if err := remote.ValidateAddress(addr); err != nil {

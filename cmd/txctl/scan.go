@@ -10,7 +10,8 @@ import (
 
 	_ "github.com/lib/pq"
 	"github.com/spf13/cobra"
-	"github.com/txcoord/txcoord/participant"
+
+	"github.com/txcoord/txcoord/ids"
 )
 
 // preparedRow is one prepared transaction found by scan.
@@ -90,7 +91,7 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 				r.AgeSeconds = now.Sub(r.Prepared).Seconds()
 				r.Stale = now.Sub(r.Prepared) > stale
 				r.Kind = "foreign"
-				if g, err := participant.ParseGID(r.GID); err == nil {
+				if g, err := ids.ParseGID(r.GID); err == nil {
 					r.Kind, r.Coordinator, r.TxID, r.Branch = "txcoord", g.Prefix+"."+g.Coordinator, g.TxID.String(), g.Branch
 				}
 				out = append(out, r)

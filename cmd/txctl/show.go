@@ -4,12 +4,13 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"github.com/txcoord/txcoord/participant"
+
+	"github.com/txcoord/txcoord/ids"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 func parseTxIDArg(s string) (string, error) {
-	if _, err := participant.ParseTxID(s); err != nil {
+	if _, err := ids.ParseTxID(s); err != nil {
 		return "", usageErr(fmt.Errorf("%q is not a transaction id (a UUID such as 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b): %v", s, err))
 	}
 	return s, nil

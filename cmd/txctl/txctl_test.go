@@ -18,16 +18,18 @@ import (
 
 	"github.com/lib/pq"
 	"github.com/spf13/cobra"
+	"go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
-	"go.etcd.io/bbolt"
-	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 const coordID = "stuck-1"
@@ -128,7 +130,7 @@ func (f *fixture) crash(t *testing.T, point string) string {
 		t.Fatalf("child did not crash at %s: %v\n%s", point, err, stderr.String())
 	}
 	id := strings.TrimSpace(stdout.String())
-	if _, err := participant.ParseTxID(id); err != nil {
+	if _, err := ids.ParseTxID(id); err != nil {
 		t.Fatalf("child printed %q: %v\n%s", id, err, stderr.String())
 	}
 	return id
@@ -391,16 +393,16 @@ func TestWALOffline(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var ids []participant.TxID
+	var txids []ids.TxID
 	for i := 0; i < 3; i++ {
-		id, _ := participant.NewTxID()
-		g, _ := participant.NewGID("txc", "c1", id, "0")
+		id, _ := ids.NewTxID()
+		g, _ := ids.NewGID("txc", "c1", id, "0")
 		if _, err := log.Append(ctx, wal.Record{Kind: wal.KindCommit, TxID: id, Branches: []wal.Branch{{Resource: "db", GID: g}}}); err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, id)
+		txids = append(txids, id)
 	}
-	if err := log.End(ids[0]); err != nil {
+	if err := log.End(txids[0]); err != nil {
 		t.Fatal(err)
 	}
 	if err := log.Close(); err != nil {
@@ -414,7 +416,7 @@ func TestWALOffline(t *testing.T) {
 		mustJSON(t, "wal "+sub, out)
 	}
 	code, out, _ := txctl(t, "wal", "inspect", "--wal", path)
-	if code != exitOK || strings.Count(out, "COMMIT") != 3 || !strings.Contains(out, ids[1].String()) {
+	if code != exitOK || strings.Count(out, "COMMIT") != 3 || !strings.Contains(out, txids[1].String()) {
 		t.Fatalf("inspect: %s", out)
 	}
 	code, out, errOut := txctl(t, "wal", "compact", "--wal", path, "-o", "json")
@@ -472,7 +474,7 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("%v: exit %d, %q", args, code, errOut)
 		}
 	}
-	id, _ := participant.NewTxID()
+	id, _ := ids.NewTxID()
 	for _, args := range [][]string{
 		{"resolve", id.String(), "--reason", "x"},
 		{"resolve", id.String(), "--abort", "--commit", "--reason", "x"},

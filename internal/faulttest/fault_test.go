@@ -16,12 +16,14 @@ import (
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	_ "github.com/lib/pq"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/wal"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
@@ -53,7 +55,7 @@ type resource struct {
 	h *hooks
 }
 
-func (r *resource) Begin(ctx context.Context, gid participant.GID) (participant.Branch, error) {
+func (r *resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, error) {
 	b, err := r.Resource.Begin(ctx, gid)
 	if err != nil {
 		return nil, err
@@ -61,7 +63,7 @@ func (r *resource) Begin(ctx context.Context, gid participant.GID) (participant.
 	return &branch{Branch: b.(*postgres.Branch), r: r}, nil
 }
 
-func (r *resource) Commit(ctx context.Context, gid participant.GID) error {
+func (r *resource) Commit(ctx context.Context, gid ids.GID) error {
 	h := r.h.get()
 	if h.beforeCommit != nil {
 		h.beforeCommit(nil)

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/shopdb"
-	"github.com/txcoord/txcoord/participant"
 )
 
 // TestViolationsFindEveryBrokenRule feeds the checker databases that break
@@ -15,7 +15,7 @@ import (
 // caught.
 func TestViolationsFindEveryBrokenRule(t *testing.T) {
 	data := shopData{money: 1000, stock: 100}
-	txid, err := participant.NewTxID()
+	txid, err := ids.NewTxID()
 	if err != nil {
 		t.Fatal(err)
 	}

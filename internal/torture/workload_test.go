@@ -17,7 +17,7 @@ import (
 
 	"github.com/txcoord/txcoord/client"
 	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
-	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/ids"
 )
 
 // failure is how an order is meant to fail, if at all.
@@ -58,7 +58,7 @@ type order struct {
 type record struct {
 	order order
 	meant failure
-	txid  participant.TxID // zero if no transaction was begun
+	txid  ids.TxID // zero if no transaction was begun
 	// told is the outcome client.Run reported.
 	told client.Outcome
 	err  error

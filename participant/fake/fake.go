@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -31,13 +32,13 @@ type Call struct {
 type Hooks struct {
 	// Prepare may replace the vote: return (vote, err, true) to answer
 	// instead of the fake.
-	Prepare func(ctx context.Context, gid participant.GID) (participant.Vote, error, bool)
+	Prepare func(ctx context.Context, gid ids.GID) (participant.Vote, error, bool)
 	// Commit runs before a phase-two commit; an error fails the attempt.
-	Commit func(ctx context.Context, gid participant.GID) error
+	Commit func(ctx context.Context, gid ids.GID) error
 	// Rollback runs before a rollback; an error fails the attempt.
-	Rollback func(ctx context.Context, gid participant.GID) error
+	Rollback func(ctx context.Context, gid ids.GID) error
 	// OnePhase runs before a one-phase commit.
-	OnePhase func(ctx context.Context, gid participant.GID) error
+	OnePhase func(ctx context.Context, gid ids.GID) error
 }
 
 // Resource is a fake resource.
@@ -46,7 +47,7 @@ type Resource struct {
 
 	mu         sync.Mutex
 	hooks      Hooks
-	prepared   map[string]participant.GID
+	prepared   map[string]ids.GID
 	since      map[string]time.Time
 	committed  map[string]bool
 	rolledBack map[string]bool
@@ -57,7 +58,7 @@ type Resource struct {
 func New(name string) *Resource {
 	return &Resource{
 		name:       name,
-		prepared:   map[string]participant.GID{},
+		prepared:   map[string]ids.GID{},
 		since:      map[string]time.Time{},
 		committed:  map[string]bool{},
 		rolledBack: map[string]bool{},
@@ -77,7 +78,7 @@ func (r *Resource) hooksNow() Hooks {
 	return r.hooks
 }
 
-func (r *Resource) log(op string, gid participant.GID, err error) {
+func (r *Resource) log(op string, gid ids.GID, err error) {
 	r.mu.Lock()
 	r.journal = append(r.journal, Call{Op: op, GID: gid.String(), Err: err})
 	r.mu.Unlock()
@@ -94,7 +95,7 @@ func (r *Resource) Journal() []Call {
 func (r *Resource) Name() string { return r.name }
 
 // Begin implements participant.Resource.
-func (r *Resource) Begin(ctx context.Context, gid participant.GID) (participant.Branch, error) {
+func (r *Resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, error) {
 	if err := gid.Validate(); err != nil {
 		return nil, err
 	}
@@ -103,17 +104,17 @@ func (r *Resource) Begin(ctx context.Context, gid participant.GID) (participant.
 }
 
 // Commit implements participant.Resource.
-func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
 	return r.resolve(ctx, "commit", r.hooksNow().Commit, r.committed, gid)
 }
 
 // Rollback implements participant.Resource.
-func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Rollback(ctx context.Context, gid ids.GID) error {
 	return r.resolve(ctx, "rollback", r.hooksNow().Rollback, r.rolledBack, gid)
 }
 
 // resolve finishes a prepared branch into the set done, after the hook.
-func (r *Resource) resolve(ctx context.Context, op string, hook func(context.Context, participant.GID) error, done map[string]bool, gid participant.GID) error {
+func (r *Resource) resolve(ctx context.Context, op string, hook func(context.Context, ids.GID) error, done map[string]bool, gid ids.GID) error {
 	if hook != nil {
 		if err := hook(ctx, gid); err != nil {
 			r.log(op, gid, err)
@@ -148,7 +149,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 // AddPrepared plants a prepared branch, as if left by an earlier run. raw
 // may be a foreign identifier (gid zero).
 func (r *Resource) AddPrepared(raw string) {
-	g, _ := participant.ParseGID(raw)
+	g, _ := ids.ParseGID(raw)
 	r.mu.Lock()
 	r.prepared[raw] = g
 	r.since[raw] = time.Now()
@@ -184,7 +185,7 @@ func (r *Resource) PreparedCount() int {
 	return len(r.prepared)
 }
 
-func (r *Resource) markPrepared(g participant.GID) {
+func (r *Resource) markPrepared(g ids.GID) {
 	r.mu.Lock()
 	r.prepared[g.String()] = g
 	r.since[g.String()] = time.Now()
@@ -194,13 +195,13 @@ func (r *Resource) markPrepared(g participant.GID) {
 // Branch is a fake branch.
 type Branch struct {
 	r    *Resource
-	gid  participant.GID
+	gid  ids.GID
 	mu   sync.Mutex
 	done bool
 }
 
 // GID implements participant.Branch.
-func (b *Branch) GID() participant.GID { return b.gid }
+func (b *Branch) GID() ids.GID { return b.gid }
 
 // Resource implements participant.Branch.
 func (b *Branch) Resource() participant.Resource { return b.r }

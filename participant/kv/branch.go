@@ -10,6 +10,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -18,7 +19,7 @@ import (
 // goroutines but run one at a time.
 type Branch struct {
 	s   *Store
-	gid participant.GID
+	gid ids.GID
 	raw string
 
 	mu    sync.Mutex
@@ -49,7 +50,7 @@ type keyState struct {
 }
 
 // GID names the branch.
-func (b *Branch) GID() participant.GID { return b.gid }
+func (b *Branch) GID() ids.GID { return b.gid }
 
 // Resource returns the branch's Store.
 func (b *Branch) Resource() participant.Resource { return b.s }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -38,7 +39,7 @@ func runHelper(mode string) {
 
 func helper(mode string) error {
 	ctx := context.Background()
-	g, err := participant.ParseGID(os.Getenv(helperGIDEnv))
+	g, err := ids.ParseGID(os.Getenv(helperGIDEnv))
 	if err != nil {
 		return err
 	}

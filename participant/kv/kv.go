@@ -31,6 +31,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -110,7 +111,7 @@ type keyLock struct {
 // holder of the file to let go, then fails with ErrLocked. A prepared entry
 // that fails its checksum makes Open fail with ErrCorrupt, naming the gid.
 func Open(path string, name string, opts Options) (*Store, error) {
-	if err := participant.ValidateName("resource name", name); err != nil {
+	if err := ids.ValidateName("resource name", name); err != nil {
 		return nil, fmt.Errorf("kv: open %s: %w", path, err)
 	}
 	timeout := opts.LockTimeout
@@ -201,11 +202,11 @@ func (s *Store) Path() string { return s.path }
 
 // Begin starts a branch with the given gid. The returned branch is a
 // *Branch.
-func (s *Store) Begin(ctx context.Context, gid participant.GID) (participant.Branch, error) {
+func (s *Store) Begin(ctx context.Context, gid ids.GID) (participant.Branch, error) {
 	return s.begin(ctx, gid)
 }
 
-func (s *Store) begin(ctx context.Context, gid participant.GID) (*Branch, error) {
+func (s *Store) begin(ctx context.Context, gid ids.GID) (*Branch, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -244,7 +245,7 @@ func (s *Store) Enlist(ctx context.Context, tx participant.Enlister) (*Branch, e
 // locks, in one fsynced transaction. It returns an error wrapping
 // participant.ErrUnknownBranch if no branch gid is prepared, as after a
 // first Commit or Rollback.
-func (s *Store) Commit(ctx context.Context, gid participant.GID) error {
+func (s *Store) Commit(ctx context.Context, gid ids.GID) error {
 	raw := gid.String()
 	err := s.group.submit(ctx, writeCommit, func(tx *bolt.Tx) (effects, error) {
 		pb := tx.Bucket(bucketPrepared)
@@ -273,7 +274,7 @@ func (s *Store) Commit(ctx context.Context, gid participant.GID) error {
 // Rollback discards the prepared branch gid and releases its locks. It
 // returns an error wrapping participant.ErrUnknownBranch if no branch gid is
 // prepared.
-func (s *Store) Rollback(ctx context.Context, gid participant.GID) error {
+func (s *Store) Rollback(ctx context.Context, gid ids.GID) error {
 	raw := gid.String()
 	err := s.group.submit(ctx, writeOther, func(tx *bolt.Tx) (effects, error) {
 		pb := tx.Bucket(bucketPrepared)
@@ -306,7 +307,7 @@ func (s *Store) Prepared(ctx context.Context) ([]participant.Prepared, error) {
 				return fmt.Errorf("prepared branch %q: %w", k, err)
 			}
 			p := participant.Prepared{Raw: string(k), Since: e.since}
-			if g, err := participant.ParseGID(p.Raw); err == nil {
+			if g, err := ids.ParseGID(p.Raw); err == nil {
 				p.GID = g
 			}
 			out = append(out, p)

@@ -12,6 +12,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -93,7 +94,7 @@ func TestIdempotence_SecondCommitOrRollbackIsUnknownBranch(t *testing.T) {
 	s := openStore(t, tempPath(t))
 	for _, tc := range []struct {
 		name   string
-		finish func(context.Context, participant.GID) error
+		finish func(context.Context, ids.GID) error
 	}{
 		{"commit", s.Commit},
 		{"rollback", s.Rollback},
@@ -381,7 +382,7 @@ func TestBranchLifecycle(t *testing.T) {
 	})
 
 	t.Run("bad gid", func(t *testing.T) {
-		if _, err := s.Begin(ctx, participant.GID{}); !errors.Is(err, participant.ErrBadGID) {
+		if _, err := s.Begin(ctx, ids.GID{}); !errors.Is(err, ids.ErrBadGID) {
 			t.Fatalf("Begin zero gid = %v; want ErrBadGID", err)
 		}
 	})
@@ -488,7 +489,7 @@ func TestOpenFailsClearlyWhenFileIsLocked(t *testing.T) {
 
 func TestOpenValidatesName(t *testing.T) {
 	_, err := Open(tempPath(t), "bad name", Options{})
-	if !errors.Is(err, participant.ErrBadGID) {
+	if !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("Open with a bad name = %v; want ErrBadGID", err)
 	}
 }

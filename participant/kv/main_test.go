@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -38,20 +39,20 @@ func tempPath(t *testing.T) string {
 	return filepath.Join(t.TempDir(), "kv.db")
 }
 
-func newGID(t testing.TB, branch string) participant.GID {
+func newGID(t testing.TB, branch string) ids.GID {
 	t.Helper()
-	id, err := participant.NewTxID()
+	id, err := ids.NewTxID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := participant.NewGID("txc", "test", id, branch)
+	g, err := ids.NewGID("txc", "test", id, branch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return g
 }
 
-func begin(t testing.TB, s *Store, gid participant.GID) *Branch {
+func begin(t testing.TB, s *Store, gid ids.GID) *Branch {
 	t.Helper()
 	b, err := s.begin(context.Background(), gid)
 	if err != nil {

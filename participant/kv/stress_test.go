@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -119,7 +120,7 @@ func TestConcurrentTransfersKeepTotalBalance(t *testing.T) {
 // nothing and commits read-only. Conflicts abort it; other errors are
 // returned.
 func transfer(ctx context.Context, acct func(int) (*Store, string), from, to int, amount int64) (bool, error) {
-	id, err := participant.NewTxID()
+	id, err := ids.NewTxID()
 	if err != nil {
 		return false, err
 	}
@@ -128,7 +129,7 @@ func transfer(ctx context.Context, acct func(int) (*Store, string), from, to int
 		if b := branches[s]; b != nil {
 			return b, nil
 		}
-		g, err := participant.NewGID("txc", "stress", id, s.Name()+strconv.Itoa(len(branches)))
+		g, err := ids.NewGID("txc", "stress", id, s.Name()+strconv.Itoa(len(branches)))
 		if err != nil {
 			return nil, err
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -27,7 +28,7 @@ import (
 // return participant.ErrBranchDone.
 type Branch struct {
 	r   *Resource
-	gid participant.GID
+	gid ids.GID
 
 	mu       chanMutex
 	conn     *sql.Conn
@@ -99,14 +100,14 @@ func (m *chanMutex) lock(ctx context.Context) error {
 
 func (m *chanMutex) unlock() { <-m.ch }
 
-func newBranch(r *Resource, gid participant.GID, conn *sql.Conn) *Branch {
+func newBranch(r *Resource, gid ids.GID, conn *sql.Conn) *Branch {
 	b := &Branch{r: r, gid: gid, conn: conn, state: stateActive}
 	b.mu.init()
 	return b
 }
 
 // GID returns the branch's gid.
-func (b *Branch) GID() participant.GID { return b.gid }
+func (b *Branch) GID() ids.GID { return b.gid }
 
 // Resource returns the resource the branch belongs to.
 func (b *Branch) Resource() participant.Resource { return b.r }
@@ -256,7 +257,7 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 	failpoint.Hit(failpoint.PGBeforePrepare)
 	// One round trip: the check, then PREPARE TRANSACTION, in one simple
 	// query. If the check fails, PostgreSQL runs nothing after it.
-	_, err := b.conn.ExecContext(ctx, b.check()+"; PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String()))
+	_, err := b.conn.ExecContext(ctx, b.check()+"; PREPARE TRANSACTION "+ids.QuoteLiteral(b.gid.String()))
 	if err == nil {
 		failpoint.Hit(failpoint.PGAfterPrepare)
 		b.finish(statePrepared, false)
@@ -366,7 +367,7 @@ func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 		var busy bool
 		err := b.r.db.QueryRowContext(ctx,
 			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state <> 'idle' AND strpos(query, $1) > 0)",
-			"PREPARE TRANSACTION "+participant.QuoteLiteral(b.gid.String())).Scan(&busy)
+			"PREPARE TRANSACTION "+ids.QuoteLiteral(b.gid.String())).Scan(&busy)
 		if err != nil {
 			return err
 		}

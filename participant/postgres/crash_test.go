@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -28,7 +29,7 @@ const (
 func crashChild() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	gid, err := participant.ParseGID(os.Getenv(crashGIDEnv))
+	gid, err := ids.ParseGID(os.Getenv(crashGIDEnv))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -12,8 +12,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
-	"github.com/txcoord/txcoord/participant"
 )
 
 // srv is the server shared by the tests that do not need one of their own.
@@ -120,13 +120,13 @@ func newTable(t *testing.T, db *sql.DB) string {
 	return name
 }
 
-func newGID(t *testing.T, branch string) participant.GID {
+func newGID(t *testing.T, branch string) ids.GID {
 	t.Helper()
-	id, err := participant.NewTxID()
+	id, err := ids.NewTxID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := participant.NewGID("txc", "test", id, branch)
+	g, err := ids.NewGID("txc", "test", id, branch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func preparedGIDs(t *testing.T, db *sql.DB) []string {
 	return out
 }
 
-func isPrepared(t *testing.T, db *sql.DB, gid participant.GID) bool {
+func isPrepared(t *testing.T, db *sql.DB, gid ids.GID) bool {
 	t.Helper()
 	for _, g := range preparedGIDs(t, db) {
 		if g == gid.String() {

@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/lib/pq"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -91,7 +92,7 @@ var _ participant.Resource = (*Resource)(nil)
 // opts.Database is set, that db reaches that database (else
 // ErrWrongDatabase). The caller keeps ownership of db.
 func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource, error) {
-	if err := participant.ValidateName("resource name", name); err != nil {
+	if err := ids.ValidateName("resource name", name); err != nil {
 		return nil, err
 	}
 	if db == nil {
@@ -207,7 +208,7 @@ func (r *Resource) Enlist(ctx context.Context, tx participant.Enlister) (*Branch
 // Begin starts a branch: it takes one connection from the pool and runs
 // BEGIN on it. The connection stays pinned to the branch until it is
 // prepared, committed or rolled back.
-func (r *Resource) Begin(ctx context.Context, gid participant.GID) (participant.Branch, error) {
+func (r *Resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, error) {
 	b, err := r.begin(ctx, gid)
 	if err != nil {
 		return nil, err
@@ -215,7 +216,7 @@ func (r *Resource) Begin(ctx context.Context, gid participant.GID) (participant.
 	return b, nil
 }
 
-func (r *Resource) begin(ctx context.Context, gid participant.GID) (*Branch, error) {
+func (r *Resource) begin(ctx context.Context, gid ids.GID) (*Branch, error) {
 	if err := gid.Validate(); err != nil {
 		return nil, err
 	}
@@ -236,24 +237,24 @@ func (r *Resource) begin(ctx context.Context, gid participant.GID) (*Branch, err
 // prepared), participant.ErrBusy if another session is finishing it
 // (SQLSTATE 55000), and participant.ErrOutcomeUnknown if the connection was
 // lost after the statement was sent. The driver's error stays wrapped.
-func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
 	return r.finishPrepared(ctx, gid, "COMMIT PREPARED ", failpoint.PGBeforeCommit, failpoint.PGAfterCommit)
 }
 
 // Rollback runs ROLLBACK PREPARED for gid on a pooled connection. Its
 // errors are those of Commit.
-func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Rollback(ctx context.Context, gid ids.GID) error {
 	return r.finishPrepared(ctx, gid, rollbackPrepared, failpoint.PGBeforeRollback, failpoint.PGAfterRollback)
 }
 
 const rollbackPrepared = "ROLLBACK PREPARED "
 
-func (r *Resource) finishPrepared(ctx context.Context, gid participant.GID, stmt, before, after string) error {
+func (r *Resource) finishPrepared(ctx context.Context, gid ids.GID, stmt, before, after string) error {
 	if err := gid.Validate(); err != nil {
 		return err
 	}
 	what := strings.ToLower(strings.TrimSpace(stmt))
-	q := stmt + participant.QuoteLiteral(gid.String())
+	q := stmt + ids.QuoteLiteral(gid.String())
 	lost, err := r.execAlone(ctx, q, before, after)
 	if lost && stmt == rollbackPrepared && ctx.Err() == nil {
 		// Rolling back twice is safe where committing twice to learn the
@@ -331,7 +332,7 @@ func (r *Resource) prepared(ctx context.Context) ([]participant.Prepared, error)
 		if err := rows.Scan(&p.Raw, &p.Since, &p.Owner, &p.Database); err != nil {
 			return nil, fmt.Errorf("postgres: %s: list prepared transactions: %w", r.name, err)
 		}
-		if g, err := participant.ParseGID(p.Raw); err == nil {
+		if g, err := ids.ParseGID(p.Raw); err == nil {
 			p.GID = g
 		}
 		out = append(out, p)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -82,7 +83,7 @@ func TestSecondCommitOrRollbackIsUnknownBranch42704(t *testing.T) {
 
 		for _, finish := range []struct {
 			name string
-			f    func(context.Context, participant.GID) error
+			f    func(context.Context, ids.GID) error
 		}{{"commit", r.Commit}, {"rollback", r.Rollback}} {
 			b := begin(t, r, "b1")
 			mustExec(t, b, "INSERT INTO "+table+" VALUES ($1)", finish.name)
@@ -526,13 +527,13 @@ func TestScanListsOnlyThisDatabaseAndForeignGIDsWithZeroGID(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, q := range []string{"BEGIN", "INSERT INTO " + table + " VALUES ('f')", "PREPARE TRANSACTION " + participant.QuoteLiteral(foreign)} {
+		for _, q := range []string{"BEGIN", "INSERT INTO " + table + " VALUES ('f')", "PREPARE TRANSACTION " + ids.QuoteLiteral(foreign)} {
 			if _, err := conn.ExecContext(ctx, q); err != nil {
 				t.Fatalf("%s: %v", q, err)
 			}
 		}
 		_ = conn.Close()
-		defer appRaw.ExecContext(context.WithoutCancel(ctx), "ROLLBACK PREPARED "+participant.QuoteLiteral(foreign)) //nolint:errcheck
+		defer appRaw.ExecContext(context.WithoutCancel(ctx), "ROLLBACK PREPARED "+ids.QuoteLiteral(foreign)) //nolint:errcheck
 
 		got, err := app.Prepared(ctx)
 		if err != nil {
@@ -621,18 +622,18 @@ func TestOpenRejectsUnknownDriverAndBadName(t *testing.T) {
 	if _, err := Open(ctx, "pg", "mysql", srv.DSN(appDB), Options{}); !errors.Is(err, ErrUnsupportedDriver) {
 		t.Fatalf("Open with driver mysql = %v", err)
 	}
-	if _, err := Open(ctx, "bad name", DriverPQ, srv.DSN(appDB), Options{}); !errors.Is(err, participant.ErrBadGID) {
+	if _, err := Open(ctx, "bad name", DriverPQ, srv.DSN(appDB), Options{}); !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("Open with a bad resource name = %v", err)
 	}
 }
 
 func TestBeginRejectsInvalidGID(t *testing.T) {
 	r := openResource(t, srv, DriverPQ, appDB)
-	bad := participant.GID{Prefix: "txc", Coordinator: "x'; DROP TABLE t; --", Branch: "b"}
-	if _, err := r.Begin(testCtx(t), bad); !errors.Is(err, participant.ErrBadGID) {
+	bad := ids.GID{Prefix: "txc", Coordinator: "x'; DROP TABLE t; --", Branch: "b"}
+	if _, err := r.Begin(testCtx(t), bad); !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("Begin with a malformed gid = %v", err)
 	}
-	if err := r.Commit(testCtx(t), bad); !errors.Is(err, participant.ErrBadGID) {
+	if err := r.Commit(testCtx(t), bad); !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("Commit with a malformed gid = %v", err)
 	}
 	if st := r.DB().Stats(); st.InUse != 0 {
@@ -766,7 +767,7 @@ func TestPreparedBranchSurvivesServerCrashAndCommits(t *testing.T) {
 }
 
 // enlister stands in for the coordinator's transaction.
-type enlister struct{ gid participant.GID }
+type enlister struct{ gid ids.GID }
 
 func (e enlister) Enlist(ctx context.Context, r participant.Resource) (participant.Branch, error) {
 	return r.Begin(ctx, e.gid)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -112,7 +113,7 @@ func waitInSyncRep(t *testing.T, db *sql.DB, pid int, done chan error) bool {
 
 // commitPreparedInFlight starts r.Commit(gid) and returns the backend pid
 // that waits in it, and the channel its result arrives on.
-func commitPreparedInFlight(t *testing.T, r *Resource, db *sql.DB, gid participant.GID) (int, chan error) {
+func commitPreparedInFlight(t *testing.T, r *Resource, db *sql.DB, gid ids.GID) (int, chan error) {
 	t.Helper()
 	ctx := testCtx(t)
 	done := make(chan error, 1)
@@ -126,7 +127,7 @@ func commitPreparedInFlight(t *testing.T, r *Resource, db *sql.DB, gid participa
 		var pid int
 		err := db.QueryRowContext(ctx,
 			"SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query = $1",
-			"COMMIT PREPARED "+participant.QuoteLiteral(gid.String())).Scan(&pid)
+			"COMMIT PREPARED "+ids.QuoteLiteral(gid.String())).Scan(&pid)
 		if err == nil {
 			return pid, done
 		}
@@ -157,7 +158,7 @@ func TestCommitPreparedWhileAnotherSessionFinishesItIsBusy(t *testing.T) {
 
 		holdCommits(t, db)
 		_, first := commitPreparedInFlight(t, r, db, b.GID())
-		for _, finish := range []func(context.Context, participant.GID) error{r.Commit, r.Rollback} {
+		for _, finish := range []func(context.Context, ids.GID) error{r.Commit, r.Rollback} {
 			err := finish(ctx, b.GID())
 			if !errors.Is(err, participant.ErrBusy) || SQLState(err) != "55000" {
 				t.Fatalf("second session on a branch being committed = %v, want ErrBusy (55000)", err)

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/txcoord/txcoord/participant"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/txcoord/txcoord/ids"
 )
 
 // MetadataKey is the gRPC metadata key that carries a global transaction:
@@ -18,7 +19,7 @@ const MetadataKey = "txcoord-gtrid"
 type Tx struct {
 	Prefix      string
 	Coordinator string
-	ID          participant.TxID
+	ID          ids.TxID
 }
 
 // GTRID is the transaction part of the transaction's gids.
@@ -27,16 +28,16 @@ func (t Tx) GTRID() string {
 }
 
 // GID is the gid of the transaction's branch named branch.
-func (t Tx) GID(branch string) (participant.GID, error) {
-	return participant.NewGID(t.Prefix, t.Coordinator, t.ID, branch)
+func (t Tx) GID(branch string) (ids.GID, error) {
+	return ids.NewGID(t.Prefix, t.Coordinator, t.ID, branch)
 }
 
 // ParseGTRID parses and validates <prefix>.<coordinator id>.<txid>.
 func ParseGTRID(s string) (Tx, error) {
 	if strings.Count(s, ".") != 2 {
-		return Tx{}, fmt.Errorf("%w: gtrid %q: want <prefix>.<coordinator>.<txid>", participant.ErrBadGID, s)
+		return Tx{}, fmt.Errorf("%w: gtrid %q: want <prefix>.<coordinator>.<txid>", ids.ErrBadGID, s)
 	}
-	g, err := participant.ParseGID(s + ".0")
+	g, err := ids.ParseGID(s + ".0")
 	if err != nil {
 		return Tx{}, err
 	}
@@ -79,7 +80,7 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 		return Tx{}, false, nil
 	case 1:
 	default:
-		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", participant.ErrBadGID, len(vals), MetadataKey)
+		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", ids.ErrBadGID, len(vals), MetadataKey)
 	}
 	tx, err = ParseGTRID(vals[0])
 	if err != nil {

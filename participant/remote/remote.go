@@ -13,13 +13,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/txcoord/txcoord/participant"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 // ErrNoBegin reports a Begin on a remote resource: a remote participant
@@ -46,7 +48,7 @@ var _ participant.Resource = (*Resource)(nil)
 // transport credentials: TLS, or insecure.NewCredentials() on a trusted
 // network).
 func New(name, addr string, opts ...grpc.DialOption) (*Resource, error) {
-	if err := participant.ValidateName("participant name", name); err != nil {
+	if err := ids.ValidateName("participant name", name); err != nil {
 		return nil, err
 	}
 	// Reconnect soon after a participant comes back (gRPC's default waits
@@ -134,12 +136,12 @@ func (r *Resource) Close() error {
 }
 
 // Begin is not supported: see ErrNoBegin.
-func (r *Resource) Begin(context.Context, participant.GID) (participant.Branch, error) {
+func (r *Resource) Begin(context.Context, ids.GID) (participant.Branch, error) {
 	return nil, ErrNoBegin
 }
 
 // Commit commits the prepared branch gid at the participant.
-func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
 	c, err := r.stub()
 	if err != nil {
 		return err
@@ -149,7 +151,7 @@ func (r *Resource) Commit(ctx context.Context, gid participant.GID) error {
 }
 
 // Rollback rolls back the prepared branch gid at the participant.
-func (r *Resource) Rollback(ctx context.Context, gid participant.GID) error {
+func (r *Resource) Rollback(ctx context.Context, gid ids.GID) error {
 	c, err := r.stub()
 	if err != nil {
 		return err
@@ -175,7 +177,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 		if b.GetPreparedAt() != nil {
 			p.Since = b.GetPreparedAt().AsTime()
 		}
-		if g, err := participant.ParseGID(p.Raw); err == nil {
+		if g, err := ids.ParseGID(p.Raw); err == nil {
 			p.GID = g
 		}
 		out = append(out, p)
@@ -187,7 +189,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 // errors. A status the Participant API does not define is an unknown
 // outcome for a commit (the request may have been applied) and a plain
 // error otherwise.
-func (r *Resource) mapErr(op string, gid participant.GID, err error) error {
+func (r *Resource) mapErr(op string, gid ids.GID, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -199,7 +201,7 @@ func (r *Resource) mapErr(op string, gid participant.GID, err error) error {
 	case codes.Aborted:
 		return fmt.Errorf("%s: %w: %s", where, participant.ErrBusy, st.Message())
 	case codes.InvalidArgument:
-		return fmt.Errorf("%s: %w: %s", where, participant.ErrBadGID, st.Message())
+		return fmt.Errorf("%s: %w: %s", where, ids.ErrBadGID, st.Message())
 	case codes.Unavailable, codes.FailedPrecondition, codes.ResourceExhausted:
 		// Not sent, or refused before acting: safe to retry.
 		return fmt.Errorf("%s: %s: %s", where, st.Code(), st.Message())

@@ -6,14 +6,16 @@ import (
 	"net"
 	"testing"
 
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/remote"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -61,8 +63,8 @@ func TestStatusesMapToParticipantErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	id, _ := participant.NewTxID()
-	g, _ := participant.NewGID("txc", "c1", id, "pay-1")
+	id, _ := ids.NewTxID()
+	g, _ := ids.NewGID("txc", "c1", id, "pay-1")
 	ctx := context.Background()
 	cases := []struct {
 		code    codes.Code
@@ -72,7 +74,7 @@ func TestStatusesMapToParticipantErrors(t *testing.T) {
 		{codes.OK, nil, false},
 		{codes.NotFound, participant.ErrUnknownBranch, false},
 		{codes.Aborted, participant.ErrBusy, false},
-		{codes.InvalidArgument, participant.ErrBadGID, false},
+		{codes.InvalidArgument, ids.ErrBadGID, false},
 		{codes.Unavailable, nil, false},
 		{codes.DeadlineExceeded, participant.ErrOutcomeUnknown, true},
 		{codes.Unknown, participant.ErrOutcomeUnknown, true},
@@ -105,7 +107,7 @@ func TestStatusesMapToParticipantErrors(t *testing.T) {
 // A participant that answers with identifiers that are not gids: they are
 // listed as foreign (zero GID), never parsed into something of ours.
 func TestGarbageFromParticipantIsForeign(t *testing.T) {
-	id, _ := participant.NewTxID()
+	id, _ := ids.NewTxID()
 	good := "txc.c1." + id.String() + ".pay-1"
 	s := &stub{raws: []string{"junk", "txc.c1.zz.b", "txc.c1." + id.String() + ".pay'1", "", good}}
 	r, err := remote.New("pay", serve(t, s), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -129,7 +131,7 @@ func TestGarbageFromParticipantIsForeign(t *testing.T) {
 	if ours != 1 || len(list) != len(s.raws) {
 		t.Fatalf("got %+v", list)
 	}
-	if _, err := r.Begin(context.Background(), participant.GID{}); !errors.Is(err, remote.ErrNoBegin) {
+	if _, err := r.Begin(context.Background(), ids.GID{}); !errors.Is(err, remote.ErrNoBegin) {
 		t.Fatalf("begin: %v", err)
 	}
 	for _, bad := range []string{"", "noport", "a b:1", "http://x:1"} {
@@ -144,7 +146,7 @@ func TestGarbageFromParticipantIsForeign(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{"txc.c1", "txc.c1." + id.String() + ".b", "txc..x", "t'x.c1." + id.String()} {
-		if _, err := remote.ParseGTRID(bad); !errors.Is(err, participant.ErrBadGID) {
+		if _, err := remote.ParseGTRID(bad); !errors.Is(err, ids.ErrBadGID) {
 			t.Errorf("gtrid %q: %v", bad, err)
 		}
 	}

@@ -11,13 +11,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/txcoord/txcoord/client"
-	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/remote"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/client"
+	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant/remote"
 )
 
 // Failure is how an order is meant to fail, if at all.
@@ -69,7 +70,7 @@ type Result struct {
 	// Meant is the failure the order was built for.
 	Meant Failure
 	// TxID is the order's global transaction (zero if none was begun).
-	TxID participant.TxID
+	TxID ids.TxID
 	// AtCommit is the outcome the transaction reported; Outcome is the
 	// final one, after asking the coordinator about an unknown one.
 	AtCommit, Outcome client.Outcome

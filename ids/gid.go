@@ -1,8 +1,20 @@
-package participant
+// Package ids holds the identifiers every layer shares: the global
+// transaction id (TxID) and the gid that names one branch of a transaction
+// at its database. It imports nothing of the project, so that the log, the
+// participants and the coordinator can all depend on it.
+package ids
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+)
+
+var (
+	// ErrBadGID reports a malformed gid or gid component.
+	ErrBadGID = errors.New("ids: malformed gid")
+	// ErrBadTxID reports a malformed transaction id.
+	ErrBadTxID = errors.New("ids: malformed transaction id")
 )
 
 // MaxGTRIDLen is the longest transaction part (prefix.coordinator.txid) a

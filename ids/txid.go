@@ -1,4 +1,4 @@
-package participant
+package ids
 
 import (
 	"encoding/hex"
