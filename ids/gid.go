@@ -7,6 +7,7 @@ package ids
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -136,4 +137,52 @@ func ParseGID(s string) (GID, error) {
 // accept only a literal; callers validate s first.
 func QuoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// holderMark separates a branch's number from the name of the resource
+// that holds its transaction's decision: <n>-h-<holder>.
+const holderMark = "-h-"
+
+// MaxHolderLen is the longest resource name that can be named as a
+// decision holder: the branch part <n>-h-<holder> must fit MaxBranchLen
+// with room for a branch number of up to five digits.
+const MaxHolderLen = MaxBranchLen - len(holderMark) - 5
+
+// HolderBranch returns the branch part of the n-th branch of a transaction
+// whose commit decision is kept by the resource named holder (a decision
+// holder): "<n>-h-<holder>". Recovery reads the holder back with
+// GID.Holder, so that it finds the decision without the coordinator's log.
+func HolderBranch(n int, holder string) (string, error) {
+	if err := ValidateName("decision holder", holder); err != nil {
+		return "", err
+	}
+	if len(holder) > MaxHolderLen {
+		return "", fmt.Errorf("%w: decision holder %q is longer than %d bytes", ErrBadGID, holder, MaxHolderLen)
+	}
+	if n < 0 {
+		return "", fmt.Errorf("%w: negative branch number %d", ErrBadGID, n)
+	}
+	return strconv.Itoa(n) + holderMark + holder, nil
+}
+
+// Holder returns the resource that holds the decision of g's transaction,
+// if g's branch part names one (see HolderBranch).
+func (g GID) Holder() (string, bool) {
+	return BranchHolder(g.Branch)
+}
+
+// BranchHolder is GID.Holder for a branch part alone.
+func BranchHolder(branch string) (string, bool) {
+	i := 0
+	for i < len(branch) && branch[i] >= '0' && branch[i] <= '9' {
+		i++
+	}
+	if i == 0 || !strings.HasPrefix(branch[i:], holderMark) {
+		return "", false
+	}
+	h := branch[i+len(holderMark):]
+	if h == "" || ValidateName("decision holder", h) != nil {
+		return "", false
+	}
+	return h, true
 }

@@ -149,3 +149,45 @@ func FuzzParseGID(f *testing.F) {
 		}
 	})
 }
+
+func TestHolderBranchRoundTrip(t *testing.T) {
+	id := mustTxID(t)
+	b, err := HolderBranch(1, "bank_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewGID("txc", "orders-1", id, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseGID(g.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := back.Holder(); !ok || h != "bank_a" {
+		t.Fatalf("holder of %s: %q %v", back, h, ok)
+	}
+	long := strings.Repeat("x", MaxHolderLen)
+	if b, err := HolderBranch(99999, long); err != nil {
+		t.Fatalf("longest holder refused: %v", err)
+	} else if _, err := NewGID("txc", "orders-1", id, b); err != nil {
+		t.Fatalf("gid with the longest holder: %v", err)
+	}
+	if _, err := HolderBranch(0, long+"x"); !errors.Is(err, ErrBadGID) {
+		t.Fatalf("a holder name too long for a branch: %v", err)
+	}
+	if _, err := HolderBranch(0, "bad.name"); !errors.Is(err, ErrBadGID) {
+		t.Fatalf("a holder name with a dot: %v", err)
+	}
+}
+
+func TestBranchesWithoutAHolderMarkNameNone(t *testing.T) {
+	for _, b := range []string{"0", "12", "h-bank", "-h-bank", "1-h-", "1-x-bank", "orders-abcdef", "1h-bank", "x1-h-bank"} {
+		if h, ok := BranchHolder(b); ok {
+			t.Errorf("branch %q names holder %q", b, h)
+		}
+	}
+	if h, ok := BranchHolder("3-h-a-h-b"); !ok || h != "a-h-b" {
+		t.Errorf("the holder is everything after the first mark: %q %v", h, ok)
+	}
+}

@@ -443,7 +443,12 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 					return b.corrupt(BucketTx, rec.LSN, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", rec.TxID, rec.LSN, BucketTx, iv)
 				}
 			}
-			b.byTx[rec.TxID] = &Decision{Record: rec}
+			d := &Decision{Record: rec}
+			if rec.Holder != "" {
+				// A holder's decision is noted once it has ended.
+				d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
+			}
+			b.byTx[rec.TxID] = d
 		case KindEnd:
 			d, ok := b.byTx[rec.TxID]
 			if !ok {
@@ -674,6 +679,53 @@ func (b *Bolt) End(txid ids.TxID) error {
 		b.endsSince = time.Now()
 	}
 	b.ends = append(b.ends, pendingEnd{lsn: lsn, val: val})
+	b.watchEndsLocked()
+	return nil
+}
+
+// Note implements Log. The record waits in memory with the END records.
+func (b *Bolt) Note(rec Record) error {
+	if b.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	if rec.Holder == "" {
+		return fmt.Errorf("%w: a noted decision names its holder", ErrBadRecord)
+	}
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	if rec.Time.IsZero() {
+		rec.Time = time.Now()
+	}
+	rec.Time = rec.Time.UTC()
+	rec.Branches = append([]Branch(nil), rec.Branches...)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.failed != nil {
+		return b.failed
+	}
+	if rec.Epoch == 0 {
+		rec.Epoch = b.epoch
+	}
+	if d, ok := b.byTx[rec.TxID]; ok {
+		_, err := existingLocked(d, &rec)
+		return err
+	}
+	rec.LSN = b.next
+	val, err := EncodeRecord(rec)
+	if err != nil {
+		return err
+	}
+	b.next++
+	b.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
+	if len(b.ends) == 0 {
+		b.endsSince = time.Now()
+	}
+	b.ends = append(b.ends, pendingEnd{lsn: rec.LSN, val: val})
+	b.stats.Notes++
 	b.watchEndsLocked()
 	return nil
 }

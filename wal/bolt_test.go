@@ -56,6 +56,26 @@ func TestReopenKeepsPendingAndEndedDecisions(t *testing.T) {
 	}
 }
 
+func TestReopenKeepsNotedHolderDecisionsEnded(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	r := commitRec(t, testID(1), "pg-b")
+	r.Holder = "pg-a"
+	if err := l.Note(r); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.Stats(); s.Syncs != 0 || s.Notes != 1 {
+		t.Fatalf("a note waited for disk: %+v", s)
+	}
+	l = reopen(t, l, BoltOptions{})
+	d, err := l.Lookup(testID(1))
+	if err != nil || !d.Ended || d.Holder != "pg-a" || d.EndLSN != d.LSN {
+		t.Fatalf("noted decision after reopen: %+v %v", d, err)
+	}
+	if p, _ := l.Pending(); len(p) != 0 {
+		t.Fatalf("pending after reopen: %+v", p)
+	}
+}
+
 func TestReopenEpochGrowsByOnePerOpen(t *testing.T) {
 	path := tempPath(t)
 	for want := uint64(1); want <= 4; want++ {
@@ -491,10 +511,10 @@ func TestCorruptUnknownRecordVersionFailsOpen(t *testing.T) {
 	withBolt(t, path, func(tx *bbolt.Tx) error {
 		lb := tx.Bucket(bucketLog)
 		v := bytes.Clone(lb.Get(u64(lsns[0])))
-		v[0] = 2
+		v[0] = 9
 		return lb.Put(u64(lsns[0]), reseal(v))
 	})
-	wantCorrupt(t, path, BucketLog, lsns[0], "version 2")
+	wantCorrupt(t, path, BucketLog, lsns[0], "version 9")
 }
 
 func TestCorruptEndWithoutDecisionFailsOpen(t *testing.T) {

@@ -26,12 +26,21 @@ import (
 //
 // A string is a uvarint length followed by that many bytes. The LSN is not
 // part of the encoding: it is the record's key.
-const FormatVersion = 1
+//
+// Version 2 is version 1 with flag bit 2 (holder present) and, after why,
+// the holder's name as a string. A record without a holder is still written
+// as version 1.
+const FormatVersion = 2
+
+// formatVersion1 is the layout of records without a holder.
+const formatVersion1 = 1
 
 const (
 	flagHeuristic = 1 << 0
 	flagTime      = 1 << 1
-	flagsKnown    = flagHeuristic | flagTime
+	flagHolder    = 1 << 2
+	flagsKnown1   = flagHeuristic | flagTime
+	flagsKnown    = flagsKnown1 | flagHolder
 
 	crcLen = 4
 	// minLen is version, kind, txid, flags, epoch (one byte) and the
@@ -47,7 +56,8 @@ var (
 	maxTime = time.Unix(0, math.MaxInt64)
 )
 
-// EncodeRecord returns the version-1 encoding of r (everything but r.LSN).
+// EncodeRecord returns the encoding of r (everything but r.LSN): version 1,
+// or version 2 for a record naming a holder.
 // An invalid record fails with an error wrapping ErrBadRecord.
 func EncodeRecord(r Record) ([]byte, error) {
 	if err := checkRecord(&r); err != nil {
@@ -56,16 +66,23 @@ func EncodeRecord(r Record) ([]byte, error) {
 	if !r.Time.IsZero() && (r.Time.Before(minTime) || r.Time.After(maxTime)) {
 		return nil, fmt.Errorf("%w: time %v out of range", ErrBadRecord, r.Time)
 	}
-	n := minLen + 10 + 10 + len(r.Who) + len(r.Why)
+	n := minLen + 10 + 10 + len(r.Who) + len(r.Why) + binary.MaxVarintLen64 + len(r.Holder)
 	for _, b := range r.Branches {
 		n += 2*binary.MaxVarintLen64 + len(b.Resource) + len(b.GID.String())
 	}
 	buf := make([]byte, 0, n)
-	buf = append(buf, FormatVersion, byte(r.Kind))
+	version := byte(formatVersion1)
+	if r.Holder != "" {
+		version = FormatVersion
+	}
+	buf = append(buf, version, byte(r.Kind))
 	buf = append(buf, r.TxID[:]...)
 	var flags byte
 	if r.Heuristic {
 		flags |= flagHeuristic
+	}
+	if r.Holder != "" {
+		flags |= flagHolder
 	}
 	if !r.Time.IsZero() {
 		flags |= flagTime
@@ -82,6 +99,9 @@ func EncodeRecord(r Record) ([]byte, error) {
 	}
 	buf = appendString(buf, r.Who)
 	buf = appendString(buf, r.Why)
+	if r.Holder != "" {
+		buf = appendString(buf, r.Holder)
+	}
 	buf = binary.BigEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
 	return buf, nil
 }
@@ -96,8 +116,8 @@ func checkRecord(r *Record) error {
 		if r.TxID.IsZero() {
 			return fmt.Errorf("%w: zero transaction id", ErrBadRecord)
 		}
-		if len(r.Branches) != 0 {
-			return fmt.Errorf("%w: END for %s names branches", ErrBadRecord, r.TxID)
+		if len(r.Branches) != 0 || r.Holder != "" {
+			return fmt.Errorf("%w: END for %s names branches or a holder", ErrBadRecord, r.TxID)
 		}
 		if len(r.Who) > 1024 || len(r.Why) > 4096 {
 			return fmt.Errorf("%w: who/why too long", ErrBadRecord)
@@ -119,8 +139,8 @@ func DecodeRecord(b []byte) (Record, error) {
 	if len(b) < 1 {
 		return Record{}, fmt.Errorf("%w: empty", ErrCorrupt)
 	}
-	if b[0] != FormatVersion {
-		return Record{}, fmt.Errorf("%w: unknown record format version %d (this build reads %d)", ErrCorrupt, b[0], FormatVersion)
+	if b[0] != formatVersion1 && b[0] != FormatVersion {
+		return Record{}, fmt.Errorf("%w: unknown record format version %d (this build reads %d and %d)", ErrCorrupt, b[0], formatVersion1, FormatVersion)
 	}
 	if len(b) < minLen {
 		return Record{}, fmt.Errorf("%w: %d bytes, shorter than the smallest record (%d)", ErrCorrupt, len(b), minLen)
@@ -134,8 +154,12 @@ func DecodeRecord(b []byte) (Record, error) {
 	r.Kind = Kind(d.byte())
 	copy(r.TxID[:], d.bytes(16))
 	flags := d.byte()
-	if d.err == nil && flags&^flagsKnown != 0 {
-		d.fail("unknown flags %#x", flags)
+	known := byte(flagsKnown)
+	if b[0] == formatVersion1 {
+		known = flagsKnown1
+	}
+	if d.err == nil && flags&^known != 0 {
+		d.fail("unknown flags %#x for version %d", flags, b[0])
 	}
 	r.Heuristic = flags&flagHeuristic != 0
 	if flags&flagTime != 0 {
@@ -162,6 +186,12 @@ func DecodeRecord(b []byte) (Record, error) {
 	}
 	r.Who = d.string()
 	r.Why = d.string()
+	if flags&flagHolder != 0 {
+		r.Holder = d.string()
+		if d.err == nil && r.Holder == "" {
+			d.fail("holder flag set with an empty holder")
+		}
+	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("%d trailing bytes", len(d.b))
 	}

@@ -19,7 +19,9 @@ func codecSamples(t testing.TB) []Record {
 	abort.Branches = []Branch{{Resource: "pg-a", GID: testGID(t, testID(2), "x")}}
 	end := Record{Kind: KindEnd, TxID: testID(3), Time: time.Date(1800, 1, 1, 0, 0, 0, 0, time.UTC), Epoch: 3}
 	noTime := Record{Kind: KindEnd, TxID: testID(4)}
-	return []Record{commit, abort, end, noTime}
+	held := commitRec(t, testID(5), "pg-b")
+	held.Holder = "pg-a"
+	return []Record{commit, abort, end, noTime, held}
 }
 
 func TestCodecRoundTrip(t *testing.T) {
@@ -28,8 +30,12 @@ func TestCodecRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("encode %v: %v", want.Kind, err)
 		}
-		if b[0] != FormatVersion {
-			t.Fatalf("first byte %d, want format version %d", b[0], FormatVersion)
+		version := byte(formatVersion1)
+		if want.Holder != "" {
+			version = FormatVersion
+		}
+		if b[0] != version {
+			t.Fatalf("first byte %d, want format version %d", b[0], version)
 		}
 		got, err := DecodeRecord(b)
 		if err != nil {
@@ -41,6 +47,28 @@ func TestCodecRoundTrip(t *testing.T) {
 		got.Time, want.Time = time.Time{}, time.Time{}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("round trip:\n got %+v\nwant %+v", got, want)
+		}
+	}
+}
+
+func TestCodecVersion1RefusesTheHolderFlag(t *testing.T) {
+	r := commitRec(t, testID(1))
+	r.Holder = "pg-a"
+	b, err := EncodeRecord(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[0] = formatVersion1
+	if _, err := DecodeRecord(reseal(b)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a version-1 record with the holder flag decoded: %v", err)
+	}
+	for _, bad := range []Record{
+		{Kind: KindAbort, TxID: testID(1), Holder: "pg-a"},
+		{Kind: KindEnd, TxID: testID(1), Holder: "pg-a"},
+		{Kind: KindCommit, TxID: testID(1), Branches: r.Branches, Holder: "pg.a"},
+	} {
+		if _, err := EncodeRecord(bad); !errors.Is(err, ErrBadRecord) {
+			t.Errorf("encode %+v: %v, want ErrBadRecord", bad, err)
 		}
 	}
 }

@@ -262,6 +262,49 @@ func TestConformanceCompactRemovesOnlyEnded(t *testing.T) {
 	})
 }
 
+func TestConformanceNotedHolderDecisionIsEndedAndCompacted(t *testing.T) {
+	conform(t, func(t *testing.T, l Log) {
+		rec := commitRec(t, testID(1), "pg-b")
+		if err := l.Note(rec); !errors.Is(err, ErrBadRecord) {
+			t.Fatalf("a note without a holder: %v", err)
+		}
+		rec.Holder = "pg-a"
+		if err := l.Note(rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Note(rec); err != nil {
+			t.Fatalf("the same note twice: %v", err)
+		}
+		d, err := l.Lookup(testID(1))
+		if err != nil || d.Kind != KindCommit || !d.Ended || d.Holder != "pg-a" || d.LSN == 0 {
+			t.Fatalf("noted decision: %+v %v", d, err)
+		}
+		if p, _ := l.Pending(); len(p) != 0 {
+			t.Fatalf("a noted decision is pending: %+v", p)
+		}
+		if err := l.End(testID(1)); err != nil {
+			t.Fatalf("End after Note: %v", err)
+		}
+		if _, err := l.Append(context.Background(), Record{Kind: KindAbort, TxID: testID(1), Heuristic: true}); !errors.Is(err, ErrConflict) {
+			t.Fatalf("an abort contradicting a noted commit: %v", err)
+		}
+		if err := l.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var kinds []Kind
+		_ = l.Records(func(r Record) error { kinds = append(kinds, r.Kind); return nil })
+		if !reflect.DeepEqual(kinds, []Kind{KindCommit}) {
+			t.Fatalf("records: %v, want one COMMIT and no END", kinds)
+		}
+		if n, err := l.Compact(context.Background(), time.Now().Add(time.Second)); n != 1 || err != nil {
+			t.Fatalf("Compact = %d, %v; want 1", n, err)
+		}
+		if _, err := l.Lookup(testID(1)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("after compaction: %v", err)
+		}
+	})
+}
+
 func TestConformanceFirstEpochIsOne(t *testing.T) {
 	conform(t, func(t *testing.T, l Log) {
 		if l.Epoch() != 1 {

@@ -96,6 +96,43 @@ func (m *Mem) Append(ctx context.Context, rec Record) (uint64, error) {
 	return rec.LSN, nil
 }
 
+// Note implements Log.
+func (m *Mem) Note(rec Record) error {
+	if rec.Holder == "" {
+		return fmt.Errorf("%w: a noted decision names its holder", ErrBadRecord)
+	}
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if d, ok := m.byTx[rec.TxID]; ok {
+		if d.Kind != rec.Kind {
+			return fmt.Errorf("%w: %s has %v at LSN %d, refused %v", ErrConflict, rec.TxID, d.Kind, d.LSN, rec.Kind)
+		}
+		return nil
+	}
+	if m.failErr != nil {
+		return fmt.Errorf("%w: %v", ErrFailed, m.failErr)
+	}
+	rec.LSN = m.next
+	m.next++
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	if rec.Epoch == 0 {
+		rec.Epoch = m.epoch
+	}
+	rec.Branches = append([]Branch(nil), rec.Branches...)
+	m.recs[rec.LSN] = rec
+	m.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
+	m.stats.Notes++
+	return nil
+}
+
 // End implements Log.
 func (m *Mem) End(txid ids.TxID) error {
 	m.mu.Lock()

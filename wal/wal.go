@@ -113,6 +113,11 @@ type Record struct {
 	Heuristic bool
 	Who       string
 	Why       string
+
+	// Holder names the resource whose own database holds the decision (a
+	// decision holder). Such a record is a copy, noted once every branch
+	// acknowledged (see Log.Note): it is ended as written.
+	Holder string
 }
 
 // Decision is the state of one decided transaction.
@@ -127,6 +132,7 @@ type Decision struct {
 type Stats struct {
 	Appends   uint64 // decision records made durable
 	Ends      uint64 // END records written
+	Notes     uint64 // holders' decisions noted (Log.Note)
 	Syncs     uint64 // bbolt commits (each fsyncs)
 	MaxBatch  uint64 // most records in one sync
 	Compacted uint64 // transactions removed by compaction
@@ -142,6 +148,13 @@ type Log interface {
 	// An error other than ErrConflict, ErrBadRecord or a context error means
 	// the record may or may not be durable.
 	Append(ctx context.Context, rec Record) (uint64, error)
+	// Note records a COMMIT decision kept by a decision holder (rec.Holder
+	// set) whose every branch acknowledged it: a copy for audit and for
+	// outcome questions once the holder's row is gone. Like End it does
+	// not wait for disk: the record becomes durable with the next sync,
+	// Flush or Close. Lookup sees it at once, ended; Pending never lists
+	// it. Noting a transaction already decided the same way does nothing.
+	Note(rec Record) error
 	// End records that every branch of txid acknowledged its decision. It
 	// does not wait for disk: the END record becomes durable with the next
 	// sync, Flush or Close. Ending an unknown transaction is a no-op.
@@ -193,6 +206,14 @@ func (r *Record) Validate() error {
 	}
 	if len(r.Who) > 1024 || len(r.Why) > 4096 {
 		return fmt.Errorf("%w: who/why too long", ErrBadRecord)
+	}
+	if r.Holder != "" {
+		if r.Kind != KindCommit || r.Heuristic {
+			return fmt.Errorf("%w: only a COMMIT made by the protocol can be kept by a holder", ErrBadRecord)
+		}
+		if err := ids.ValidateName("holder", r.Holder); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadRecord, err)
+		}
 	}
 	return nil
 }
