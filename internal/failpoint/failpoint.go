@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // EnvVar is the environment variable that arms a crash point.
@@ -84,3 +85,46 @@ func Hit(name string) {
 		onCrash()
 	}
 }
+
+// Armed reports whether the crash point name is the one armed. Code may
+// take a slower path that exposes the point only then (send two
+// statements where it would send one, say), so that a crash test can stop
+// between them.
+func Armed(name string) bool {
+	if !armed.Load() {
+		return false
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return name == target
+}
+
+// During runs f, marking crash point name while f is in flight: when the
+// point is armed and due, f starts in another goroutine and the process
+// kills itself shortly after, before f returns. It stands for "a request
+// sent, its reply not read".
+func During(name string, f func()) {
+	if !armed.Load() {
+		f()
+		return
+	}
+	mu.Lock()
+	due := false
+	if name == target {
+		hits++
+		due = hits == atHit
+	}
+	mu.Unlock()
+	if !due {
+		f()
+		return
+	}
+	go f()
+	time.Sleep(duringDelay)
+	onCrash()
+}
+
+// duringDelay is how long During lets f run before the crash: long enough
+// for a request to leave the process, short enough that its reply has not
+// come back.
+const duringDelay = 2 * time.Millisecond

@@ -44,3 +44,28 @@ func TestHitCrashesAtTheNthHitOfTheArmedPointOnly(t *testing.T) {
 		t.Fatal("disarmed point crashed")
 	}
 }
+
+func TestDuringCrashesWhileTheCallIsInFlight(t *testing.T) {
+	crashed := 0
+	old := onCrash
+	onCrash = func() { crashed++ }
+	defer func() { onCrash = old; _ = Arm("") }()
+	if err := Arm(PGHolderCommitSent + ":2"); err != nil {
+		t.Fatal(err)
+	}
+	if !Armed(PGHolderCommitSent) || Armed(PGHolderAfterCommit) {
+		t.Fatal("Armed names the wrong point")
+	}
+	ran := make(chan struct{}, 2)
+	During(PGHolderCommitSent, func() { ran <- struct{}{} })
+	if crashed != 0 || len(ran) != 1 {
+		t.Fatalf("first hit: crashed %d, ran %d", crashed, len(ran))
+	}
+	release := make(chan struct{})
+	During(PGHolderCommitSent, func() { <-release; ran <- struct{}{} })
+	if crashed != 1 {
+		t.Fatalf("second hit did not crash while the call was in flight")
+	}
+	close(release)
+	<-ran
+}

@@ -27,6 +27,17 @@ const (
 	PGBeforeRollback = "pg-before-rollback-prepared"
 	PGAfterRollback  = "pg-after-rollback-prepared"
 
+	// PostgreSQL decision holder: the holder branch's decision row and its
+	// one-phase COMMIT (the commit point), fences and row deletion.
+	PGHolderBeforeInsert = "pg-holder-before-insert" // others prepared, decision row not yet sent
+	PGHolderAfterInsert  = "pg-holder-after-insert"  // row inserted, COMMIT not yet sent
+	PGHolderCommitSent   = "pg-holder-commit-sent"   // INSERT and COMMIT sent, reply not read
+	PGHolderAfterCommit  = "pg-holder-after-commit"  // committed, no other branch told yet
+	PGBeforeFence        = "pg-before-fence-commit"  // abort rows inserted, fence not committed
+	PGAfterFence         = "pg-after-fence-commit"   // fence committed
+	PGHolderBeforeForget = "pg-holder-before-forget" // rows to delete chosen, DELETE not sent
+	PGHolderAfterForget  = "pg-holder-after-forget"  // rows deleted
+
 	// Embedded key-value participant.
 	KVBeforePrepare = "kv-before-prepare"
 	KVAfterPrepare  = "kv-after-prepare"
@@ -48,6 +59,8 @@ var all = []string{
 	CoordBeforeOnePhase, CoordAfterOnePhase,
 	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact,
 	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
+	PGHolderBeforeInsert, PGHolderAfterInsert, PGHolderCommitSent, PGHolderAfterCommit,
+	PGBeforeFence, PGAfterFence, PGHolderBeforeForget, PGHolderAfterForget,
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
 	SDKAfterPrepare, SDKAfterRegister,
 	RecoveryBeforeResolve, RecoveryAfterResolve,

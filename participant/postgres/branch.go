@@ -34,6 +34,7 @@ type Branch struct {
 	conn     *sql.Conn
 	err      error // first error a statement method returned
 	wrote    bool  // a statement method reported affected rows: the transaction has an id
+	holder   bool  // begun by BeginHolder: ends with CommitDecision
 	state    state
 	prepared bool // Prepare ran: vote and voteErr hold its answer
 	vote     participant.Vote

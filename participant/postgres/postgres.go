@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,6 +72,11 @@ type Options struct {
 	// server connection (a new backend process) and close it again. For a
 	// *sql.DB passed to New, set db.SetMaxIdleConns yourself.
 	MaxIdleConns int
+	// DecisionTable and DecisionSchema name the table that keeps commit
+	// decisions when the resource is a transaction's decision holder
+	// (default DefaultDecisionTable, in the first schema of search_path).
+	DecisionTable  string
+	DecisionSchema string
 }
 
 // DefaultMaxIdleConns is Open's idle-pool size.
@@ -83,6 +89,10 @@ type Resource struct {
 	db       *sql.DB
 	database string
 	owned    bool
+
+	table, schema string // the decision table
+	holderMu      sync.Mutex
+	holderReady   bool // HolderReady succeeded
 }
 
 var _ participant.Resource = (*Resource)(nil)
@@ -115,7 +125,11 @@ func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource,
 		return nil, fmt.Errorf("%w: resource %s (database %q): set max_prepared_transactions in postgresql.conf (at least max_connections) and restart the server",
 			ErrNoPreparedTransactions, name, database)
 	}
-	return &Resource{name: name, db: db, database: database}, nil
+	r := &Resource{name: name, db: db, database: database, table: opts.DecisionTable, schema: opts.DecisionSchema}
+	if r.table == "" {
+		r.table = DefaultDecisionTable
+	}
+	return r, nil
 }
 
 // Open opens a connection pool with driverName (DriverPQ if empty, or
