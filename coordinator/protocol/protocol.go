@@ -24,7 +24,14 @@ var (
 	ErrVotedNo = errors.New("protocol: branch voted no")
 	// ErrRolledBack is the abort cause of an application rollback.
 	ErrRolledBack = errors.New("protocol: rolled back by the application")
+	// ErrFenced is the abort cause when the reply to the decision holder's
+	// commit was lost and the fence found that it did not commit.
+	ErrFenced = errors.New("protocol: the decision holder did not commit (settled by a fence)")
 )
+
+// maxFenceAttempts is how many times a lost holder commit is fenced before
+// the outcome is reported unknown (recovery fences it later).
+const maxFenceAttempts = 4
 
 // State is a transaction's protocol state. The zero value is invalid.
 type State uint8
@@ -39,9 +46,11 @@ const (
 	StateCommitted                   // terminal
 	StateAborted                     // terminal
 	StateUnknown                     // terminal here: the outcome cannot be told (recovery decides)
+	StateHolding                     // all voted yes: the decision holder commits with the decision row
+	StateFencing                     // the holder's commit reply was lost: a fence settles it
 )
 
-var stateNames = [...]string{"", "active", "preparing", "one-phase", "logging", "committing", "aborting", "committed", "aborted", "unknown"}
+var stateNames = [...]string{"", "active", "preparing", "one-phase", "logging", "committing", "aborting", "committed", "aborted", "unknown", "holding", "fencing"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) && s != 0 {
@@ -139,6 +148,20 @@ type RollbackDone struct {
 	Err    error
 }
 
+// HolderCommitted reports the decision holder's one-phase commit with the
+// decision row. An error wrapping participant.ErrOutcomeUnknown means the
+// reply was lost; any other error means nothing was recorded and the
+// holder branch rolled back.
+type HolderCommitted struct{ Err error }
+
+// HolderFenced reports a fence at the decision holder: Committed tells
+// whether the holder's commit happened. A non-nil Err means the fence
+// itself failed (the holder cannot be reached).
+type HolderFenced struct {
+	Committed bool
+	Err       error
+}
+
 func (Commit) event()          {}
 func (Rollback) event()        {}
 func (Voted) event()           {}
@@ -147,6 +170,8 @@ func (DecisionLogged) event()  {}
 func (OnePhaseDone) event()    {}
 func (CommitDone) event()      {}
 func (RollbackDone) event()    {}
+func (HolderCommitted) event() {}
+func (HolderFenced) event()    {}
 
 // Effect is an output of the machine, to be performed in order.
 type Effect interface{ effect() }
@@ -184,6 +209,27 @@ type SendRollback struct {
 // LogEnd asks the engine to append the END record (not forced).
 type LogEnd struct{}
 
+// CommitHolder asks the engine to commit the decision holder's branch in
+// one phase, with a decision row naming Branches (the prepared branches
+// phase two must commit). That commit is the commit point: no log write.
+type CommitHolder struct {
+	Branch   int
+	Branches []int
+}
+
+// FenceHolder asks the engine to settle, after Delay, whether the holder's
+// commit happened: the fence ends the holder's session and records an
+// abort unless the commit is there. Attempt counts from 1.
+type FenceHolder struct {
+	Attempt int
+	Delay   time.Duration
+}
+
+// ForgetDecision asks the engine, once every branch finished a decision
+// the holder keeps, to note it in the log (not forced) and to delete the
+// holder's row (off the commit path).
+type ForgetDecision struct{}
+
 // Report tells the caller the outcome. It is emitted once.
 type Report struct {
 	Outcome Outcome
@@ -197,6 +243,9 @@ func (LogCommit) effect()          {}
 func (SendCommit) effect()         {}
 func (SendRollback) effect()       {}
 func (LogEnd) effect()             {}
+func (CommitHolder) effect()       {}
+func (FenceHolder) effect()        {}
+func (ForgetDecision) effect()     {}
 func (Report) effect()             {}
 
 // Config tunes the machine.
@@ -208,6 +257,12 @@ type Config struct {
 	// "reply lost" (one its participant prepared elsewhere), and so that
 	// the outcome stays in the log for those who ask it later.
 	NoOnePhase bool
+	// HasHolder makes branch Holder the decision holder of a transaction
+	// with more than one branch: the others are prepared, then the holder
+	// commits in one phase with the decision row (CommitHolder) instead of
+	// a COMMIT record in the log.
+	HasHolder bool
+	Holder    int
 }
 
 // BranchInfo is a snapshot of one branch.
@@ -232,8 +287,11 @@ type Machine struct {
 	branches []branch
 	cause    error // abort cause
 	reported bool
-	waiting  int // votes, commits or rollbacks still expected
-	late     int // timed-out prepares still to return
+	waiting  int  // votes, commits or rollbacks still expected
+	late     int  // timed-out prepares still to return
+	fences   int  // fence attempts so far
+	held     bool // the holder keeps a row for the transaction (a commit, or a fence's abort)
+	rbFailed bool // a rollback failed: a fence's abort row must stay for recovery
 }
 
 // New returns a machine for a transaction with n branches, in StateActive.
@@ -315,17 +373,7 @@ func (m *Machine) Step(ev Event) []Effect {
 			m.state = StateUnknown
 			return []Effect{m.report(OutcomeUnknown, ev.Err)}
 		}
-		m.state = StateCommitting
-		var effs []Effect
-		for i := range m.branches {
-			if m.branches[i].state == BranchPrepared {
-				m.branches[i].state = BranchCommitting
-				m.branches[i].attempts = 1
-				m.waiting++
-				effs = append(effs, SendCommit{Branch: i, Attempt: 1})
-			}
-		}
-		return effs
+		return m.commitPrepared()
 	case OnePhaseDone:
 		m.expect(ev, StateOnePhase)
 		switch {
@@ -357,8 +405,7 @@ func (m *Machine) Step(ev Event) []Effect {
 			b.state = BranchCommitted
 			m.waiting--
 			if m.waiting == 0 {
-				m.state = StateCommitted
-				return []Effect{LogEnd{}, m.report(OutcomeCommitted, nil)}
+				return m.committed()
 			}
 			return nil
 		}
@@ -380,12 +427,54 @@ func (m *Machine) Step(ev Event) []Effect {
 			panic(fmt.Sprintf("protocol: rollback result for branch %d in state %v", ev.Branch, b.state))
 		}
 		b.state = BranchRolledBack
+		if ev.Err != nil && !errors.Is(ev.Err, participant.ErrUnknownBranch) {
+			m.rbFailed = true
+		}
 		m.waiting--
 		if m.waiting == 0 {
-			m.state = StateAborted
-			return []Effect{m.report(OutcomeAborted, m.cause)}
+			return m.aborted()
 		}
 		return nil
+	case HolderCommitted:
+		m.expect(ev, StateHolding)
+		h := &m.branches[m.cfg.Holder]
+		switch {
+		case ev.Err == nil:
+			h.state, m.held = BranchCommitted, true
+			return m.commitPrepared()
+		case errors.Is(ev.Err, participant.ErrOutcomeUnknown):
+			h.lastErr = ev.Err
+			m.state = StateFencing
+			m.fences = 1
+			return []Effect{FenceHolder{Attempt: 1}}
+		default:
+			// Nothing recorded, and the holder rolled itself back.
+			h.state, h.lastErr = BranchRolledBack, ev.Err
+			m.cause = ev.Err
+			return m.abort()
+		}
+	case HolderFenced:
+		m.expect(ev, StateFencing)
+		h := &m.branches[m.cfg.Holder]
+		switch {
+		case ev.Err != nil:
+			h.lastErr = ev.Err
+			if m.fences < maxFenceAttempts {
+				m.fences++
+				return []Effect{FenceHolder{Attempt: m.fences, Delay: m.cfg.Backoff.Delay(m.fences-1, m.cfg.Rand)}}
+			}
+			// The holder cannot be reached: the commit may have happened.
+			// The prepared branches stay for recovery, which fences again.
+			m.state = StateUnknown
+			return []Effect{m.report(OutcomeUnknown, ev.Err)}
+		case ev.Committed:
+			h.state, m.held = BranchCommitted, true
+			return m.commitPrepared()
+		default:
+			h.state, m.held = BranchRolledBack, true
+			m.cause = fmt.Errorf("%w: %w", ErrFenced, h.lastErr)
+			return m.abort()
+		}
 	}
 	panic(fmt.Sprintf("protocol: unknown event %T in state %v", ev, m.state))
 }
@@ -418,13 +507,58 @@ func (m *Machine) commit() []Effect {
 		return []Effect{SendCommitOnePhase{Branch: 0}}
 	}
 	m.state = StatePreparing
-	all := make([]int, len(m.branches))
+	all := make([]int, 0, len(m.branches))
 	for i := range m.branches {
-		all[i] = i
+		if m.holding() && i == m.cfg.Holder {
+			continue // the holder stays open; it commits last
+		}
+		all = append(all, i)
 		m.branches[i].state = BranchPreparing
 	}
 	m.waiting = len(all)
 	return []Effect{SendPrepare{Branches: all}}
+}
+
+// holding reports whether the decision is kept by a holder branch.
+func (m *Machine) holding() bool {
+	return m.cfg.HasHolder && len(m.branches) > 1 && m.cfg.Holder >= 0 && m.cfg.Holder < len(m.branches)
+}
+
+// commitPrepared starts phase two once the decision is durable.
+func (m *Machine) commitPrepared() []Effect {
+	m.state = StateCommitting
+	var effs []Effect
+	for i := range m.branches {
+		if m.branches[i].state == BranchPrepared {
+			m.branches[i].state = BranchCommitting
+			m.branches[i].attempts = 1
+			m.waiting++
+			effs = append(effs, SendCommit{Branch: i, Attempt: 1})
+		}
+	}
+	if m.waiting == 0 {
+		return m.committed()
+	}
+	return effs
+}
+
+// committed ends phase two.
+func (m *Machine) committed() []Effect {
+	m.state = StateCommitted
+	if m.held {
+		return []Effect{ForgetDecision{}, m.report(OutcomeCommitted, nil)}
+	}
+	return []Effect{LogEnd{}, m.report(OutcomeCommitted, nil)}
+}
+
+// aborted ends the rollbacks. A fence's abort row is forgotten only when
+// every rollback succeeded; otherwise recovery needs it.
+func (m *Machine) aborted() []Effect {
+	m.state = StateAborted
+	if m.held && !m.rbFailed {
+		return []Effect{ForgetDecision{}, m.report(OutcomeAborted, m.cause)}
+	}
+	return []Effect{m.report(OutcomeAborted, m.cause)}
 }
 
 func (m *Machine) voted(ev Voted) []Effect {
@@ -479,6 +613,13 @@ func (m *Machine) decide() []Effect {
 			yes = append(yes, i)
 		}
 	}
+	if m.holding() {
+		// The holder commits even when every other branch was read-only:
+		// its row lets a lost reply be settled.
+		m.state = StateHolding
+		m.branches[m.cfg.Holder].state = BranchCommitting
+		return []Effect{CommitHolder{Branch: m.cfg.Holder, Branches: yes}}
+	}
 	if len(yes) == 0 {
 		m.state = StateCommitted // every branch was read-only
 		return []Effect{m.report(OutcomeCommitted, nil)}
@@ -501,8 +642,7 @@ func (m *Machine) abort() []Effect {
 		}
 	}
 	if m.waiting == 0 {
-		m.state = StateAborted
-		return []Effect{m.report(OutcomeAborted, m.cause)}
+		return m.aborted()
 	}
 	return effs
 }

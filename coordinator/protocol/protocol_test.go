@@ -40,6 +40,12 @@ func kinds(effs []Effect) string {
 			s += fmt.Sprintf("rollback(%d,%v)", e.Branch, e.MayBePrepared)
 		case LogEnd:
 			s += "end"
+		case CommitHolder:
+			s += fmt.Sprintf("commit-holder(%d)%v", e.Branch, e.Branches)
+		case FenceHolder:
+			s += fmt.Sprintf("fence#%d", e.Attempt)
+		case ForgetDecision:
+			s += "forget"
 		case Report:
 			s += "report:" + e.Outcome.String()
 		}
@@ -363,6 +369,241 @@ func TestRandomInterleavings(t *testing.T) {
 		default:
 			if outcome != OutcomeCommitted || !logged || len(committed) != votesYes {
 				t.Fatalf("seed %d run %d: all yes gave %v, logged %v, %d of %d committed", seed, run, outcome, logged, len(committed), votesYes)
+			}
+		}
+	}
+}
+
+func holderCfg(h int) Config {
+	c := cfg()
+	c.HasHolder, c.Holder = true, h
+	return c
+}
+
+var errLost = fmt.Errorf("conn reset: %w", participant.ErrOutcomeUnknown)
+
+func TestHolderCommitsLastAndNothingIsLogged(t *testing.T) {
+	m := New(3, holderCfg(1))
+	step(t, m, Commit{}, "prepare[0 2]")
+	if m.Branch(1).State != BranchActive {
+		t.Fatalf("holder state %v before the votes", m.Branch(1).State)
+	}
+	step(t, m, Voted{Branch: 0, Vote: participant.VoteYes}, "")
+	step(t, m, Voted{Branch: 2, Vote: participant.VoteYes}, "commit-holder(1)[0 2]")
+	if m.State() != StateHolding {
+		t.Fatal(m.State())
+	}
+	step(t, m, HolderCommitted{}, "commit(0#1) commit(2#1)")
+	step(t, m, CommitDone{Branch: 0}, "")
+	step(t, m, CommitDone{Branch: 2}, "forget report:committed")
+}
+
+func TestHolderWithOneBranchIsAPlainOnePhaseCommit(t *testing.T) {
+	m := New(1, holderCfg(0))
+	step(t, m, Commit{}, "one-phase(0)")
+	step(t, m, OnePhaseDone{}, "report:committed")
+}
+
+func TestHolderCarriesTheRowWhenTheOthersAreReadOnly(t *testing.T) {
+	m := New(2, holderCfg(0))
+	step(t, m, Commit{}, "prepare[1]")
+	step(t, m, Voted{Branch: 1, Vote: participant.VoteReadOnly}, "commit-holder(0)[]")
+	step(t, m, HolderCommitted{}, "forget report:committed")
+}
+
+func TestHolderAnyNoAbortsAndTheHolderIsRolledBackUnprepared(t *testing.T) {
+	m := New(3, holderCfg(2))
+	step(t, m, Commit{}, "prepare[0 1]")
+	step(t, m, Voted{Branch: 0, Vote: participant.VoteYes}, "")
+	step(t, m, Voted{Branch: 1, Vote: participant.VoteNo}, "rollback(0,true) rollback(1,false) rollback(2,false)")
+	step(t, m, RollbackDone{Branch: 0}, "")
+	step(t, m, RollbackDone{Branch: 1}, "")
+	step(t, m, RollbackDone{Branch: 2}, "report:aborted")
+}
+
+func TestHolderRefusalAbortsThePreparedBranches(t *testing.T) {
+	m := New(2, holderCfg(0))
+	step(t, m, Commit{}, "prepare[1]")
+	step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+	effs := step(t, m, HolderCommitted{Err: errBoom}, "rollback(1,true)")
+	_ = effs
+	e := step(t, m, RollbackDone{Branch: 1}, "report:aborted")
+	if r := e[0].(Report); !errors.Is(r.Err, errBoom) {
+		t.Fatalf("cause %v", r.Err)
+	}
+}
+
+func TestI5LostHolderReplyIsFencedNeverGuessed(t *testing.T) {
+	t.Run("the fence finds the commit", func(t *testing.T) {
+		m := New(2, holderCfg(0))
+		step(t, m, Commit{}, "prepare[1]")
+		step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+		step(t, m, HolderCommitted{Err: errLost}, "fence#1")
+		step(t, m, HolderFenced{Committed: true}, "commit(1#1)")
+		step(t, m, CommitDone{Branch: 1}, "forget report:committed")
+	})
+	t.Run("the fence records the abort", func(t *testing.T) {
+		m := New(2, holderCfg(0))
+		step(t, m, Commit{}, "prepare[1]")
+		step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+		step(t, m, HolderCommitted{Err: errLost}, "fence#1")
+		step(t, m, HolderFenced{}, "rollback(1,true)")
+		e := step(t, m, RollbackDone{Branch: 1}, "forget report:aborted")
+		if r := e[1].(Report); !errors.Is(r.Err, ErrFenced) {
+			t.Fatalf("cause %v", r.Err)
+		}
+	})
+	t.Run("a failed rollback keeps the fence's row", func(t *testing.T) {
+		m := New(2, holderCfg(0))
+		step(t, m, Commit{}, "prepare[1]")
+		step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+		step(t, m, HolderCommitted{Err: errLost}, "fence#1")
+		step(t, m, HolderFenced{}, "rollback(1,true)")
+		step(t, m, RollbackDone{Branch: 1, Err: errBoom}, "report:aborted")
+	})
+	t.Run("an unreachable holder is unknown and nothing is rolled back", func(t *testing.T) {
+		m := New(2, holderCfg(0))
+		step(t, m, Commit{}, "prepare[1]")
+		step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+		step(t, m, HolderCommitted{Err: errLost}, "fence#1")
+		for i := 2; i <= maxFenceAttempts; i++ {
+			step(t, m, HolderFenced{Err: errBoom}, fmt.Sprintf("fence#%d", i))
+		}
+		step(t, m, HolderFenced{Err: errBoom}, "report:unknown")
+		if m.State() != StateUnknown || m.Branch(1).State != BranchPrepared {
+			t.Fatalf("state %v, branch %v", m.State(), m.Branch(1).State)
+		}
+	})
+}
+
+func TestHolderPrepareTimeoutAborts(t *testing.T) {
+	m := New(2, holderCfg(1))
+	step(t, m, Commit{}, "prepare[0]")
+	step(t, m, PrepareTimedOut{}, "rollback(1,false)")
+	step(t, m, RollbackDone{Branch: 1}, "report:aborted")
+	step(t, m, Voted{Branch: 0, Vote: participant.VoteYes}, "rollback(0,true)")
+	step(t, m, RollbackDone{Branch: 0}, "")
+	if !m.Settled() {
+		t.Fatal("not settled")
+	}
+}
+
+// TestRandomHolderInterleavings checks the holder path against every order
+// of votes, holder results and fences: nothing commits before the holder
+// committed (I2), nothing is rolled back after it did (I3), and the report
+// is never "aborted" for a holder that may have committed (I5).
+func TestRandomHolderInterleavings(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("PROTOCOL_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (replay with PROTOCOL_SEED=%d)", seed, seed)
+	r := rand.New(rand.NewPCG(seed, 1))
+	for run := 0; run < 3000; run++ {
+		n := 2 + r.IntN(3)
+		holder := r.IntN(n)
+		c := Config{Backoff: backoff.Policy{Base: time.Millisecond, Max: time.Second}, Rand: r, HasHolder: true, Holder: holder}
+		m := New(n, c)
+		var queue []Event
+		holderCommitted, holderMaybe := false, false // the holder's commit happened / may have
+		reported := 0
+		var outcome Outcome
+		committed := map[int]bool{}
+		rolledBack := map[int]bool{}
+		apply := func(effs []Effect) {
+			for _, e := range effs {
+				switch e := e.(type) {
+				case SendPrepare:
+					for _, b := range e.Branches {
+						if b == holder {
+							t.Fatalf("seed %d run %d: the holder was prepared", seed, run)
+						}
+						var ev Voted
+						switch x := r.IntN(10); {
+						case x < 8:
+							ev = Voted{Branch: b, Vote: participant.VoteYes}
+						case x < 9:
+							ev = Voted{Branch: b, Vote: participant.VoteReadOnly}
+						default:
+							ev = Voted{Branch: b, Vote: participant.VoteNo}
+						}
+						queue = append(queue, ev)
+					}
+				case CommitHolder:
+					switch x := r.IntN(6); {
+					case x < 3:
+						holderCommitted = true
+						queue = append(queue, HolderCommitted{})
+					case x < 4:
+						queue = append(queue, HolderCommitted{Err: errBoom})
+					default:
+						// Reply lost: the commit may or may not have happened.
+						holderMaybe = true
+						holderCommitted = r.IntN(2) == 0
+						queue = append(queue, HolderCommitted{Err: errLost})
+					}
+				case FenceHolder:
+					if r.IntN(3) == 0 {
+						queue = append(queue, HolderFenced{Err: errBoom})
+					} else {
+						holderMaybe = false
+						queue = append(queue, HolderFenced{Committed: holderCommitted})
+					}
+				case SendCommit:
+					if !holderCommitted || holderMaybe {
+						t.Fatalf("seed %d run %d: commit sent before the holder's commit was known", seed, run)
+					}
+					if rolledBack[e.Branch] {
+						t.Fatalf("seed %d run %d: commit of a rolled-back branch", seed, run)
+					}
+					var err error
+					if r.IntN(4) == 0 {
+						err = errBoom
+					}
+					queue = append(queue, CommitDone{Branch: e.Branch, Err: err})
+				case SendRollback:
+					if holderCommitted || holderMaybe {
+						t.Fatalf("seed %d run %d: rollback while the holder committed or may have", seed, run)
+					}
+					rolledBack[e.Branch] = true
+					queue = append(queue, RollbackDone{Branch: e.Branch})
+				case LogCommit:
+					t.Fatalf("seed %d run %d: a holder transaction wrote a COMMIT record", seed, run)
+				case Report:
+					reported++
+					outcome = e.Outcome
+				}
+			}
+		}
+		apply(m.Step(Commit{}))
+		for len(queue) > 0 {
+			i := r.IntN(len(queue))
+			ev := queue[i]
+			queue = append(queue[:i], queue[i+1:]...)
+			if cd, ok := ev.(CommitDone); ok && cd.Err == nil {
+				committed[cd.Branch] = true
+			}
+			apply(m.Step(ev))
+		}
+		if reported != 1 {
+			t.Fatalf("seed %d run %d: %d reports", seed, run, reported)
+		}
+		switch outcome {
+		case OutcomeAborted:
+			if holderCommitted {
+				t.Fatalf("seed %d run %d: aborted, but the holder committed", seed, run)
+			}
+		case OutcomeCommitted:
+			if !holderCommitted {
+				t.Fatalf("seed %d run %d: committed without the holder's commit", seed, run)
+			}
+		case OutcomeUnknown:
+			if !holderMaybe {
+				t.Fatalf("seed %d run %d: unknown though the fence answered", seed, run)
 			}
 		}
 	}
