@@ -88,6 +88,16 @@ type Config struct {
 	// each transaction, children of the span in Commit's context (default:
 	// no spans).
 	Tracer trace.Tracer
+	// Holder names the registered resource that holds the commit decision
+	// of every transaction with a branch at it (a decision holder, see
+	// WithHolder): its one-phase commit is the commit point and nothing is
+	// forced to the log. It must be a participant.DecisionHolder (a
+	// PostgreSQL resource); New makes sure it can keep decisions. Empty:
+	// every transaction logs its decision.
+	Holder string
+	// ForgetInterval is how often the rows of finished holder decisions are
+	// deleted, in one batch per holder (default 100ms).
+	ForgetInterval time.Duration
 }
 
 // Phase names a phase of a transaction for Config.Observe.
@@ -132,11 +142,15 @@ type Coordinator struct {
 
 	workers *workers // run participant calls
 
+	holder participant.DecisionHolder // Config.Holder, or nil
+	forgetter *forgetter
+
 	stats counters
 }
 
 type counters struct {
 	begun, committed, aborted, unknown, onePhase, retries atomic.Uint64
+	held, fenced, forgotten                               atomic.Uint64
 }
 
 // Stats counts what a coordinator did since it started.
@@ -144,8 +158,13 @@ type Stats struct {
 	Begun, Committed, Aborted, Unknown uint64
 	OnePhase                           uint64 // single-branch commits without a log write
 	Retries                            uint64 // phase-two commit retries
-	Live                               int
-	Log                                wal.Stats
+	// Held counts commits whose decision a holder keeps (no log write);
+	// Fenced, holder commits whose lost reply a fence settled; Forgotten,
+	// holder rows deleted once finished, and ForgetPending those waiting.
+	Held, Fenced, Forgotten uint64
+	ForgetPending           int
+	Live                    int
+	Log                     wal.Stats
 }
 
 // New starts a coordinator: it validates cfg, runs the start-up recovery
@@ -206,6 +225,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.OwnerWait <= 0 {
 		cfg.OwnerWait = 10 * time.Second
 	}
+	if cfg.ForgetInterval <= 0 {
+		cfg.ForgetInterval = 100 * time.Millisecond
+	}
 	c := &Coordinator{
 		cfg:       cfg,
 		log:       cfg.Log,
@@ -226,6 +248,16 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 		c.resources[r.Name()] = r
 	}
+	if cfg.Holder != "" {
+		h, err := c.decisionHolder(cfg.Holder)
+		if err != nil {
+			return nil, err
+		}
+		if err := h.HolderReady(ctx); err != nil {
+			return nil, fmt.Errorf("coordinator: decision holder %s: %w", cfg.Holder, err)
+		}
+		c.holder = h
+	}
 	if err := c.claim(ctx); err != nil {
 		return nil, err
 	}
@@ -234,9 +266,16 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.workers = newWorkers(c.ctx)
+	c.forgetter = newForgetter(c, cfg.ForgetInterval)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.forgetter.run(c.ctx)
+	}()
 	if !cfg.SkipStartupRecovery {
 		if _, err := c.recover(ctx, true); err != nil {
 			c.cancel()
+			c.wg.Wait()
 			c.unclaim()
 			return nil, fmt.Errorf("coordinator: start-up recovery: %w", err)
 		}
@@ -408,20 +447,24 @@ func (r Resolution) String() string {
 // presumed abort (DESIGN I4) for a transaction with no decision record.
 // After a failed decision write it answers Wait: the log's contents are
 // unknown until a restart.
-func (c *Coordinator) ResolveBranch(g ids.GID) (Resolution, error) {
+//
+// For a transaction whose decision a holder keeps, the holder answers when
+// the log does not: the holder named in g's gid is fenced (so that the
+// answer is final), or, for ResolveTx, every holder's rows are read.
+func (c *Coordinator) ResolveBranch(ctx context.Context, g ids.GID) (Resolution, error) {
 	if !g.Owned(c.cfg.Prefix, c.cfg.ID) {
 		return Wait, fmt.Errorf("%w: %s was not issued by coordinator %s.%s", ids.ErrBadGID, g, c.cfg.Prefix, c.cfg.ID)
 	}
-	return c.resolve(g.TxID, &g)
+	return c.resolve(ctx, g.TxID, &g)
 }
 
 // ResolveTx is ResolveBranch for any branch that took part in transaction
 // id.
-func (c *Coordinator) ResolveTx(id ids.TxID) (Resolution, error) {
-	return c.resolve(id, nil)
+func (c *Coordinator) ResolveTx(ctx context.Context, id ids.TxID) (Resolution, error) {
+	return c.resolve(ctx, id, nil)
 }
 
-func (c *Coordinator) resolve(id ids.TxID, g *ids.GID) (Resolution, error) {
+func (c *Coordinator) resolve(ctx context.Context, id ids.TxID, g *ids.GID) (Resolution, error) {
 	c.mu.Lock()
 	t, live := c.live[id]
 	failed := c.failed
@@ -471,6 +514,13 @@ func (c *Coordinator) resolve(id ids.TxID, g *ids.GID) (Resolution, error) {
 	case errors.Is(err, wal.ErrNotFound):
 		if failed != nil {
 			return Wait, nil
+		}
+		res, found, herr := c.resolveHeld(ctx, id, g)
+		if herr != nil {
+			return Wait, herr
+		}
+		if found {
+			return res, nil
 		}
 		if g == nil && c.Forgotten(id) {
 			// A COMMIT ended long ago may have been compacted away. (A
@@ -528,13 +578,32 @@ func (c *Coordinator) Stats() Stats {
 		Begun: c.stats.begun.Load(), Committed: c.stats.committed.Load(), Aborted: c.stats.aborted.Load(),
 		Unknown: c.stats.unknown.Load(), OnePhase: c.stats.onePhase.Load(),
 		Retries: c.stats.retries.Load(), Live: n, Log: c.log.Stats(),
+		Held: c.stats.held.Load(), Fenced: c.stats.fenced.Load(), Forgotten: c.stats.forgotten.Load(),
+		ForgetPending: c.forgetter.pending(),
 	}
 }
 
-// Begin starts a global transaction. Nothing is written.
-func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
+// Begin starts a global transaction. Nothing is written. Options choose
+// its decision holder (WithHolder, WithoutHolder); by default it is
+// Config.Holder.
+func (c *Coordinator) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	var o txOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	holder := c.holder
+	switch {
+	case o.noHolder:
+		holder = nil
+	case o.holder != "":
+		h, err := c.decisionHolder(o.holder)
+		if err != nil {
+			return nil, err
+		}
+		holder = h
 	}
 	id, err := ids.NewTxID()
 	if err != nil {
@@ -548,7 +617,7 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 	if c.failed != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLogFailed, c.failed)
 	}
-	t := &Tx{c: c, id: id, started: time.Now(), state: protocol.StateActive, done: make(chan struct{})}
+	t := &Tx{c: c, id: id, started: time.Now(), state: protocol.StateActive, done: make(chan struct{}), holder: holder, holderAt: -1}
 	c.live[id] = t
 	c.stats.begun.Add(1)
 	return t, nil
@@ -558,8 +627,8 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 // back otherwise, returning fn's error wrapped in ErrAborted. The result
 // follows Commit's rules (see OutcomeOf). If fn commits or rolls back the
 // transaction itself and returns an error, that error is returned as is.
-func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
-	tx, err := c.Begin(ctx)
+func (c *Coordinator) Do(ctx context.Context, fn func(ctx context.Context, tx *Tx) error, opts ...TxOption) error {
+	tx, err := c.Begin(ctx, opts...)
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func TestJoinedBranchesCommitAndRollBack(t *testing.T) {
 	}
 	tx, _ := r.c.Begin(ctx)
 	g1, g2 := joinPrepared(t, tx, pay, "pay-1"), joinPrepared(t, tx, inv, "inv-1")
-	if res, _ := r.c.ResolveBranch(g1); res != Wait {
+	if res, _ := r.c.ResolveBranch(context.Background(), g1); res != Wait {
 		t.Fatalf("an active transaction's branch: %v, want wait", res)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -52,12 +52,12 @@ func TestJoinedBranchesCommitAndRollBack(t *testing.T) {
 	if !pay.IsCommitted(g1.String()) || !inv.IsCommitted(g2.String()) {
 		t.Fatal("joined branches not committed")
 	}
-	if res, _ := r.c.ResolveBranch(g1); res != CommitBranch {
+	if res, _ := r.c.ResolveBranch(context.Background(), g1); res != CommitBranch {
 		t.Fatalf("after COMMIT: %v", res)
 	}
 	stranger := g1
 	stranger.Branch = "pay-2" // prepared, never joined
-	if res, _ := r.c.ResolveBranch(stranger); res != RollbackBranch {
+	if res, _ := r.c.ResolveBranch(context.Background(), stranger); res != RollbackBranch {
 		t.Fatalf("a branch not named in the COMMIT record: %v, want rollback", res)
 	}
 
@@ -69,7 +69,7 @@ func TestJoinedBranchesCommitAndRollBack(t *testing.T) {
 	if !pay.IsRolledBack(g3.String()) {
 		t.Fatal("joined branch not rolled back")
 	}
-	if res, _ := r.c.ResolveBranch(g3); res != RollbackBranch {
+	if res, _ := r.c.ResolveBranch(context.Background(), g3); res != RollbackBranch {
 		t.Fatalf("after rollback: %v", res)
 	}
 }
@@ -118,7 +118,7 @@ func TestJoinRefusals(t *testing.T) {
 	if err := tx.Join(elsewhere, g); !errors.Is(err, ErrDuplicateBranch) {
 		t.Fatalf("the same gid through another resource: %v, want ErrDuplicateBranch", err)
 	}
-	if _, err := r.c.ResolveBranch(ids.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, ids.ErrBadGID) {
+	if _, err := r.c.ResolveBranch(context.Background(), ids.GID{Prefix: "x", Coordinator: "y", TxID: tx.ID(), Branch: "b"}); !errors.Is(err, ids.ErrBadGID) {
 		t.Fatalf("resolving another coordinator's gid: %v", err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
@@ -143,11 +143,11 @@ func TestResolveAfterRestart(t *testing.T) {
 	}
 	defer c.Close()
 	id, _ := ids.NewTxID()
-	if res, err := c.ResolveTx(id); err != nil || res != RollbackBranch {
+	if res, err := c.ResolveTx(context.Background(), id); err != nil || res != RollbackBranch {
 		t.Fatalf("unknown transaction: %v %v", res, err)
 	}
 	c.fail(errors.New("disk gone"))
-	if res, err := c.ResolveTx(id); err != nil || res != Wait {
+	if res, err := c.ResolveTx(context.Background(), id); err != nil || res != Wait {
 		t.Fatalf("after a failed decision write: %v %v, want wait", res, err)
 	}
 }
@@ -218,18 +218,18 @@ func TestCompactedCommitIsNotReportedAborted(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if res, _ := r.c.ResolveTx(tx.ID()); res != CommitBranch {
+	if res, _ := r.c.ResolveTx(context.Background(), tx.ID()); res != CommitBranch {
 		t.Fatalf("before compaction: %v", res)
 	}
 	time.Sleep(100 * time.Millisecond)
 	if n, err := r.log.Compact(ctx, time.Now().Add(-r.c.cfg.KeepEnded)); n != 1 || err != nil {
 		t.Fatalf("compact: %d %v", n, err)
 	}
-	if res, _ := r.c.ResolveTx(tx.ID()); res != Wait {
+	if res, _ := r.c.ResolveTx(context.Background(), tx.ID()); res != Wait {
 		t.Fatalf("after compaction: %v; want wait (forgotten), never rollback", res)
 	}
 	young, _ := ids.NewTxID()
-	if res, _ := r.c.ResolveTx(young); res != RollbackBranch {
+	if res, _ := r.c.ResolveTx(context.Background(), young); res != RollbackBranch {
 		t.Fatalf("a young transaction with no decision: %v", res)
 	}
 }
@@ -256,7 +256,7 @@ func TestSingleJoinedBranchIsLogged(t *testing.T) {
 	if d, err := r.log.Lookup(tx.ID()); err != nil || d.Kind != wal.KindCommit {
 		t.Fatalf("log after committing one joined branch: %+v, %v; want its COMMIT record", d, err)
 	}
-	if res, _ := r.c.ResolveTx(tx.ID()); res != CommitBranch {
+	if res, _ := r.c.ResolveTx(context.Background(), tx.ID()); res != CommitBranch {
 		t.Fatalf("asked afterwards: %v, want commit", res)
 	}
 	if st := r.c.Stats(); st.OnePhase != 0 {

@@ -36,6 +36,9 @@ type Tx struct {
 	decided   chan struct{}  // closed when COMMIT is durable
 	done      chan struct{}  // closed when the outcome is known
 	result    error
+
+	holder   participant.DecisionHolder // the transaction's decision holder, or nil
+	holderAt int                        // index of the holder branch, or -1
 }
 
 // ID returns the transaction id.
@@ -53,16 +56,42 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 	if t.finishing {
 		return nil, ErrTxDone
 	}
-	gid, err := ids.NewGID(t.c.cfg.Prefix, t.c.cfg.ID, t.id, strconv.Itoa(len(t.branches)))
+	branch := strconv.Itoa(len(t.branches))
+	if t.holder != nil {
+		// Every gid names the holder, so that recovery finds the decision
+		// without the log.
+		var err error
+		if branch, err = ids.HolderBranch(len(t.branches), t.holder.Name()); err != nil {
+			return nil, err
+		}
+	}
+	gid, err := ids.NewGID(t.c.cfg.Prefix, t.c.cfg.ID, t.id, branch)
 	if err != nil {
 		return nil, err
 	}
-	b, err := r.Begin(ctx, gid)
+	var b participant.Branch
+	if t.holder != nil && t.holderAt < 0 && participant.Resource(t.holder) == r {
+		b, err = t.holder.BeginHolder(ctx, gid)
+		if err == nil {
+			t.holderAt = len(t.branches)
+		}
+	} else {
+		b, err = r.Begin(ctx, gid)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: enlist %s: %w", r.Name(), err)
 	}
 	t.branches = append(t.branches, b)
 	return b, nil
+}
+
+// Holder returns the name of the transaction's decision holder, if it has
+// one.
+func (t *Tx) Holder() (string, bool) {
+	if t.holder == nil {
+		return "", false
+	}
+	return t.holder.Name(), true
 }
 
 // Join adds a branch that its participant has already prepared under gid
@@ -78,6 +107,9 @@ func (t *Tx) Join(r participant.Resource, gid ids.GID) error {
 	}
 	if err := gid.Validate(); err != nil {
 		return err
+	}
+	if h, ok := gid.Holder(); ok {
+		return fmt.Errorf("%w: branch %q names decision holder %q; a joined branch's name may not have the form <n>-h-<name>", ids.ErrBadGID, gid.Branch, h)
 	}
 	if gid.TxID != t.id || gid.Prefix != t.c.cfg.Prefix || gid.Coordinator != t.c.cfg.ID {
 		return fmt.Errorf("%w: gid %s does not belong to transaction %s.%s.%s", ids.ErrBadGID, gid, t.c.cfg.Prefix, t.c.cfg.ID, t.id)
@@ -202,6 +234,11 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 			cfg.NoOnePhase = true
 		}
 	}
+	// The holder keeps the decision only when every other gid names it:
+	// a joined branch's cannot, so such a transaction logs its decision.
+	if t.holderAt >= 0 && !cfg.NoOnePhase && len(branches) > 1 {
+		cfg.HasHolder, cfg.Holder = true, t.holderAt
+	}
 	t.m = protocol.New(len(branches), cfg)
 	t.decided = make(chan struct{})
 	t.mu.Unlock()
@@ -258,8 +295,18 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	select {
 	case <-t.decided:
 		return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
+	default:
+	}
+	select {
+	case <-t.decided:
+		return fmt.Errorf("%w (%s): %w", ErrCommitPending, t.id, ctx.Err())
 	case <-t.done:
 		return t.result
+	case <-ctx.Done():
+		// The caller left while the decision holder was committing or
+		// being fenced: the transaction may commit.
+		c.stats.unknown.Add(1)
+		return fmt.Errorf("%w (%s): the decision holder's commit is still being settled: %w", ErrOutcomeUnknown, t.id, ctx.Err())
 	}
 }
 
@@ -283,6 +330,7 @@ type driver struct {
 	commitCtx  context.Context
 	commitEnd  context.CancelFunc
 	prep       phase
+	dec        phase
 	commit     phase
 	abortTimer *time.Timer
 	onePhase   bool // the single branch was committed in one phase
@@ -360,7 +408,8 @@ func (d *driver) loop(caller bool, callerDone <-chan struct{}) bool {
 			}
 		}
 		var gaveUp <-chan struct{}
-		if callerDone != nil && state == protocol.StateCommitting {
+		switch state {
+		case protocol.StateCommitting, protocol.StateHolding, protocol.StateFencing:
 			gaveUp = callerDone
 		}
 		// The abort is decided (no COMMIT will be logged): the caller
@@ -381,6 +430,7 @@ func (d *driver) loop(caller bool, callerDone <-chan struct{}) bool {
 				continue
 			}
 			d.effs = d.step(ev)
+			d.heldEvent(ev)
 			if cd, ok := ev.(protocol.CommitDone); ok && cd.Err == nil {
 				if st, _ := d.state(); st == protocol.StateCommitting {
 					// One branch committed, at least one not yet acknowledged.
@@ -586,6 +636,12 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 			c.logger.Warn("END record not written; recovery will write it", "txid", t.id, "err", err)
 		}
 		failpoint.Hit(failpoint.CoordAfterEnd)
+	case protocol.CommitHolder:
+		d.commitHolder(e)
+	case protocol.FenceHolder:
+		d.fenceHolder(e)
+	case protocol.ForgetDecision:
+		d.forgetDecision()
 	case protocol.Report:
 		d.report(e)
 	default:

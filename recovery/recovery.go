@@ -1,8 +1,12 @@
 // Package recovery finishes what a coordinator left undone: it drives every
-// logged decision without END to the end, and resolves prepared branches
-// found at the registered resources (commit if the log holds COMMIT for
-// their transaction, otherwise roll back: presumed abort). Live
-// transactions and foreign branches are never touched.
+// logged decision without END to the end, and every commit a decision
+// holder keeps whose branches are not all finished; and it resolves
+// prepared branches found at the registered resources: commit if the log
+// holds COMMIT for their transaction, or, for a branch whose gid names a
+// decision holder, if the holder keeps the commit after a fence; otherwise
+// roll back (presumed abort: no COMMIT record and no commit row at the
+// holder, after a fence, means ABORT). Live transactions and foreign
+// branches are never touched.
 package recovery
 
 import (
@@ -11,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/txcoord/txcoord/ids"
@@ -57,6 +62,8 @@ type Action struct {
 	What     string // "commit", "rollback", "skip-live", "skip-young", "foreign", "unresolved"
 	Age      time.Duration
 	Err      error
+	// Holder names the decision holder that decided, when the log did not.
+	Holder string
 }
 
 // Report says what a pass did.
@@ -68,6 +75,10 @@ type Report struct {
 	SkippedLive  int
 	SkippedYoung int
 	Foreign      int
+	// Fenced counts transactions whose decision a holder settled; Held,
+	// commits kept by holders driven to the end; Forgotten, holder rows
+	// deleted.
+	Fenced, Held, Forgotten int
 	// Stale lists prepared branches older than the in-doubt timeout that
 	// this pass left prepared (foreign ones, and ours it could not resolve).
 	Stale   []Action
@@ -95,7 +106,8 @@ func Pass(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &pass{cfg: cfg, rep: &Report{}, res: map[string]participant.Resource{}}
+	p := &pass{cfg: cfg, rep: &Report{}, res: map[string]participant.Resource{},
+		unresolved: map[ids.TxID]bool{}, aborted: map[string][]ids.TxID{}}
 	for _, r := range cfg.Resources {
 		p.res[r.Name()] = r
 	}
@@ -107,12 +119,15 @@ func Pass(ctx context.Context, cfg Config) (*Report, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
-		if err := ctx.Err(); err != nil {
-			return p.rep, err
-		}
-		p.scan(ctx, p.res[n])
+	p.redriveHeld(ctx, names)
+	if err := ctx.Err(); err != nil {
+		return p.rep, err
 	}
+	p.scan(ctx, names)
+	if err := ctx.Err(); err != nil {
+		return p.rep, err
+	}
+	p.forgetAborted(ctx)
 	return p.rep, nil
 }
 
@@ -120,7 +135,13 @@ type pass struct {
 	cfg Config
 	rep *Report
 	res map[string]participant.Resource
+
+	scanFailed bool                  // a resource could not be scanned
+	unresolved map[ids.TxID]bool     // transactions with a prepared branch left
+	aborted    map[string][]ids.TxID // abort rows seen or made, by holder
 }
+
+func (p *pass) owner() string { return p.cfg.Prefix + "." + p.cfg.CoordinatorID }
 
 func (p *pass) live(id ids.TxID) bool { return p.cfg.Live != nil && p.cfg.Live(id) }
 
@@ -168,7 +189,7 @@ func (p *pass) redrive(ctx context.Context) error {
 	return nil
 }
 
-// finish applies a logged decision to one branch. A branch the resource no
+// finish applies a decision to one branch. A branch the resource no
 // longer holds is done: it was finished by an earlier attempt (I6).
 func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time.Duration) error {
 	r, ok := p.res[b.Resource]
@@ -177,6 +198,14 @@ func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time
 		p.fail(err)
 		return err
 	}
+	act, err := p.apply(ctx, kind, r, b.GID, age, "")
+	p.record(kind, act, err)
+	return err
+}
+
+// apply commits or rolls back branch g at r. It touches nothing of the
+// pass, so that several can run at once; record files the result.
+func (p *pass) apply(ctx context.Context, kind wal.Kind, r participant.Resource, g ids.GID, age time.Duration, holder string) (*Action, error) {
 	what := "commit"
 	if kind != wal.KindCommit {
 		what = "rollback"
@@ -186,99 +215,263 @@ func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time
 	failpoint.Hit(failpoint.RecoveryBeforeResolve)
 	var err error
 	if kind == wal.KindCommit {
-		err = r.Commit(cctx, b.GID)
+		err = r.Commit(cctx, g)
 	} else {
-		err = r.Rollback(cctx, b.GID)
+		err = r.Rollback(cctx, g)
 	}
 	failpoint.Hit(failpoint.RecoveryAfterResolve)
-	act := Action{Resource: b.Resource, GID: b.GID.String(), TxID: b.GID.TxID, What: what, Age: age}
-	switch {
-	case err == nil:
-		if kind == wal.KindCommit {
-			p.rep.Committed++
-		} else {
-			p.rep.RolledBack++
-		}
-	case errors.Is(err, participant.ErrUnknownBranch):
-		return nil
-	default:
-		act.Err = err
-		p.fail(fmt.Errorf("recovery: %s %s at %s: %w", what, b.GID, b.Resource, err))
+	if errors.Is(err, participant.ErrUnknownBranch) {
+		return nil, nil
 	}
-	p.rep.Actions = append(p.rep.Actions, act)
-	return act.Err
+	act := &Action{Resource: r.Name(), GID: g.String(), TxID: g.TxID, What: what, Age: age, Err: err, Holder: holder}
+	if err != nil {
+		err = fmt.Errorf("recovery: %s %s at %s: %w", what, g, r.Name(), err)
+	}
+	return act, err
 }
 
-// scan resolves the prepared branches one resource holds.
-func (p *pass) scan(ctx context.Context, r participant.Resource) {
-	sctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-	prepared, err := r.Prepared(sctx)
-	cancel()
-	if err != nil {
-		p.fail(fmt.Errorf("recovery: scan %s: %w", r.Name(), err))
+// record files what apply did.
+func (p *pass) record(kind wal.Kind, act *Action, err error) {
+	if act == nil {
+		return // already finished
+	}
+	switch {
+	case err != nil:
+		p.fail(err)
+	case kind == wal.KindCommit:
+		p.rep.Committed++
+	default:
+		p.rep.RolledBack++
+	}
+	p.rep.Actions = append(p.rep.Actions, *act)
+}
+
+// found is one prepared branch of ours a scan found, and what to do with
+// it.
+type found struct {
+	r    participant.Resource
+	pr   participant.Prepared
+	act  Action
+	kind wal.Kind // the decision to apply; 0 while unknown
+	// holder names the decision holder the gid names, when the log has
+	// no decision for it.
+	holder string
+	stale  bool
+}
+
+// scan lists the prepared branches of every resource (in parallel, each
+// bounded by CallTimeout), settles the decisions the log does not have at
+// the holders the gids name (fences, one batch per holder), and resolves
+// every branch that is ours, not live and not young.
+func (p *pass) scan(ctx context.Context, names []string) {
+	lists := make([][]participant.Prepared, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+			defer cancel()
+			lists[i], errs[i] = p.res[n].Prepared(sctx)
+		}()
+	}
+	wg.Wait()
+	now := p.cfg.Now()
+	var todo []*found
+	fence := map[string][]ids.TxID{}
+	for i, n := range names {
+		r := p.res[n]
+		if errs[i] != nil {
+			p.scanFailed = true
+			p.fail(fmt.Errorf("recovery: scan %s: %w", n, errs[i]))
+			continue
+		}
+		for _, pr := range lists[i] {
+			if f := p.classify(r, pr, now); f != nil {
+				todo = append(todo, f)
+				if f.holder != "" && !contains(fence[f.holder], pr.GID.TxID) {
+					fence[f.holder] = append(fence[f.holder], pr.GID.TxID)
+				}
+			}
+		}
+	}
+	if ctx.Err() != nil {
 		return
 	}
-	now := p.cfg.Now()
-	for _, pr := range prepared {
-		if ctx.Err() != nil {
-			return
-		}
-		since := pr.Since
-		if since.IsZero() && !pr.GID.IsZero() {
-			since = pr.GID.TxID.Time()
-		}
-		var age time.Duration
-		if !since.IsZero() {
-			age = now.Sub(since)
-		}
-		stale := p.cfg.InDoubtTimeout > 0 && age > p.cfg.InDoubtTimeout
-		act := Action{Resource: r.Name(), GID: pr.Raw, TxID: pr.GID.TxID, Age: age}
-		switch {
-		case pr.GID.IsZero() || !pr.GID.Owned(p.cfg.Prefix, p.cfg.CoordinatorID):
-			act.What = "foreign"
-			p.rep.Foreign++
-			p.rep.Actions = append(p.rep.Actions, act)
-			if stale {
-				p.rep.Stale = append(p.rep.Stale, act)
+	held := p.fence(ctx, fence)
+	var act []*found
+	for _, f := range todo {
+		if f.holder != "" {
+			d, ok := held[f.pr.GID.TxID]
+			switch {
+			case !ok:
+				f.act.What, f.act.Err = "unresolved", fmt.Errorf("recovery: the decision holder %s of %s could not be asked", f.holder, f.pr.GID.TxID)
+				p.rep.Actions = append(p.rep.Actions, f.act)
+				p.unresolved[f.pr.GID.TxID] = true
+				if f.stale {
+					p.rep.Stale = append(p.rep.Stale, f.act)
+				}
+				continue
+			case d.Outcome == participant.OutcomeCommit && heldNamed(d, f.pr.GID):
+				f.kind = wal.KindCommit
+			default:
+				f.kind = wal.KindAbort
 			}
-			continue
-		case p.live(pr.GID.TxID):
-			act.What = "skip-live"
-			p.rep.SkippedLive++
-			p.rep.Actions = append(p.rep.Actions, act)
-			continue
-		case p.cfg.Live != nil && !stale && !p.earlierRun(pr.GID):
-			act.What = "skip-young"
-			p.rep.SkippedYoung++
-			p.rep.Actions = append(p.rep.Actions, act)
-			continue
 		}
-		kind := wal.KindAbort // presumed abort
-		d, err := p.cfg.Log.Lookup(pr.GID.TxID)
-		switch {
-		case err == nil:
-			kind = d.Kind
-			if kind == wal.KindCommit && !named(d.Branches, pr.GID) {
-				// Prepared for a transaction that committed without it
-				// (it joined too late and was refused): not part of the
-				// decision, so presumed abort.
-				kind = wal.KindAbort
-			}
-		case errors.Is(err, wal.ErrNotFound):
-		default:
-			act.What, act.Err = "unresolved", err
-			p.fail(fmt.Errorf("recovery: look up %s: %w", pr.GID.TxID, err))
-			p.rep.Actions = append(p.rep.Actions, act)
-			if stale {
-				p.rep.Stale = append(p.rep.Stale, act)
-			}
-			continue
-		}
-		if err := p.finish(ctx, kind, wal.Branch{Resource: r.Name(), GID: pr.GID}, age); err != nil && stale {
-			act.What, act.Err = "unresolved", err
+		act = append(act, f)
+	}
+	p.finishAll(ctx, act)
+}
+
+// classify decides what to do with one prepared branch: nil when it is
+// not ours to resolve now (foreign, live, young; each reported), or a
+// found whose kind is the logged decision or presumed abort, or that waits
+// for its holder's decision.
+func (p *pass) classify(r participant.Resource, pr participant.Prepared, now time.Time) *found {
+	since := pr.Since
+	if since.IsZero() && !pr.GID.IsZero() {
+		since = pr.GID.TxID.Time()
+	}
+	var age time.Duration
+	if !since.IsZero() {
+		age = now.Sub(since)
+	}
+	stale := p.cfg.InDoubtTimeout > 0 && age > p.cfg.InDoubtTimeout
+	act := Action{Resource: r.Name(), GID: pr.Raw, TxID: pr.GID.TxID, Age: age}
+	switch {
+	case pr.GID.IsZero() || !pr.GID.Owned(p.cfg.Prefix, p.cfg.CoordinatorID):
+		act.What = "foreign"
+		p.rep.Foreign++
+		p.rep.Actions = append(p.rep.Actions, act)
+		if stale {
 			p.rep.Stale = append(p.rep.Stale, act)
 		}
+		return nil
+	case p.live(pr.GID.TxID):
+		act.What = "skip-live"
+		p.rep.SkippedLive++
+		p.rep.Actions = append(p.rep.Actions, act)
+		p.unresolved[pr.GID.TxID] = true
+		return nil
+	case p.cfg.Live != nil && !stale && !p.earlierRun(pr.GID):
+		act.What = "skip-young"
+		p.rep.SkippedYoung++
+		p.rep.Actions = append(p.rep.Actions, act)
+		p.unresolved[pr.GID.TxID] = true
+		return nil
 	}
+	f := &found{r: r, pr: pr, act: act, stale: stale, kind: wal.KindAbort} // presumed abort
+	d, err := p.cfg.Log.Lookup(pr.GID.TxID)
+	switch {
+	case err == nil:
+		f.kind = d.Kind
+		if f.kind == wal.KindCommit && !named(d.Branches, pr.GID) {
+			// Prepared for a transaction that committed without it
+			// (it joined too late and was refused): not part of the
+			// decision, so presumed abort.
+			f.kind = wal.KindAbort
+		}
+	case errors.Is(err, wal.ErrNotFound):
+		if h, ok := pr.GID.Holder(); ok {
+			// The decision may be the holder's: ask it, not the log.
+			f.kind, f.holder = 0, h
+			f.act.Holder = h
+		}
+	default:
+		act.What, act.Err = "unresolved", err
+		p.fail(fmt.Errorf("recovery: look up %s: %w", pr.GID.TxID, err))
+		p.rep.Actions = append(p.rep.Actions, act)
+		p.unresolved[pr.GID.TxID] = true
+		if stale {
+			p.rep.Stale = append(p.rep.Stale, act)
+		}
+		return nil
+	}
+	return f
+}
+
+// fence settles, at each holder, the decisions of the transactions whose
+// branches name it. A transaction missing from the result could not be
+// settled (its holder is not registered, cannot hold decisions, or failed).
+func (p *pass) fence(ctx context.Context, fence map[string][]ids.TxID) map[ids.TxID]participant.Decision {
+	out := map[ids.TxID]participant.Decision{}
+	for name, txids := range fence {
+		r, ok := p.res[name]
+		h, isHolder := r.(participant.DecisionHolder)
+		if !ok || !isHolder {
+			p.fail(fmt.Errorf("%w: decision holder %q of %d transactions (for example %s) is not a registered holder", ErrUnknownResource, name, len(txids), txids[0]))
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+		got, err := h.Fence(fctx, p.owner(), txids)
+		cancel()
+		if err != nil {
+			p.fail(fmt.Errorf("recovery: fence %d transactions at decision holder %s: %w", len(txids), name, err))
+			continue
+		}
+		p.rep.Fenced += len(txids)
+		for id, d := range got {
+			out[id] = d
+			if d.Outcome == participant.OutcomeAbort {
+				p.aborted[name] = append(p.aborted[name], id)
+			}
+		}
+	}
+	return out
+}
+
+// finishAll applies each found branch's decision, a few at a time.
+func (p *pass) finishAll(ctx context.Context, todo []*found) {
+	var mu sync.Mutex
+	sem := make(chan struct{}, resolveParallel)
+	var wg sync.WaitGroup
+	for _, f := range todo {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			act, err := p.apply(ctx, f.kind, f.r, f.pr.GID, f.act.Age, f.holder)
+			mu.Lock()
+			defer mu.Unlock()
+			p.record(f.kind, act, err)
+			if err != nil {
+				p.unresolved[f.pr.GID.TxID] = true
+				if f.stale {
+					st := *act
+					st.What = "unresolved"
+					p.rep.Stale = append(p.rep.Stale, st)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// resolveParallel bounds the commits and rollbacks a pass runs at once.
+const resolveParallel = 16
+
+func contains(list []ids.TxID, id ids.TxID) bool {
+	for _, x := range list {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+// heldNamed reports whether a holder's commit row names prepared branch g.
+func heldNamed(d participant.Decision, g ids.GID) bool {
+	for _, b := range d.Branches {
+		if b.GID == g {
+			return true
+		}
+	}
+	return false
 }
 
 // named reports whether g is one of a COMMIT record's branches; a record
@@ -293,4 +486,109 @@ func named(branches []wal.Branch, g ids.GID) bool {
 		}
 	}
 	return false
+}
+
+// redriveHeld drives every commit a decision holder keeps for this
+// coordinator whose transaction is not live here (and, in a periodic pass,
+// that belongs to an earlier run or is older than the in-doubt timeout) to
+// the end: commit each branch it names, note the decision in the log, and
+// forget the row. Abort rows are remembered for forgetAborted.
+func (p *pass) redriveHeld(ctx context.Context, names []string) {
+	now := p.cfg.Now()
+	epoch := p.cfg.Log.Epoch()
+	for _, n := range names {
+		h, ok := p.res[n].(participant.DecisionHolder)
+		if !ok {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+		rows, err := h.Decisions(lctx, p.owner())
+		cancel()
+		if err != nil {
+			p.fail(fmt.Errorf("recovery: read the decisions held by %s: %w", n, err))
+			continue
+		}
+		var done []ids.TxID
+		for _, d := range rows {
+			if ctx.Err() != nil {
+				return
+			}
+			if p.live(d.TxID) {
+				continue
+			}
+			if d.Outcome == participant.OutcomeAbort {
+				p.aborted[n] = append(p.aborted[n], d.TxID)
+				continue
+			}
+			young := p.cfg.Live != nil && d.Epoch >= epoch && now.Sub(d.Time) < p.cfg.InDoubtTimeout
+			if young {
+				continue // this run's phase two, or its forgetter, has it
+			}
+			ok := true
+			branches := make([]wal.Branch, 0, len(d.Branches))
+			for _, b := range d.Branches {
+				wb := wal.Branch{Resource: b.Resource, GID: b.GID}
+				branches = append(branches, wb)
+				if err := p.finish(ctx, wal.KindCommit, wb, now.Sub(d.Time)); err != nil {
+					ok = false
+				}
+			}
+			if !ok {
+				p.rep.Unfinished = append(p.rep.Unfinished, d.TxID)
+				continue
+			}
+			if err := p.cfg.Log.Note(wal.Record{Kind: wal.KindCommit, TxID: d.TxID, Time: now.UTC(), Epoch: d.Epoch, Branches: branches, Holder: n}); err != nil {
+				p.fail(fmt.Errorf("recovery: note %s held by %s: %w", d.TxID, n, err))
+				continue
+			}
+			p.rep.Held++
+			done = append(done, d.TxID)
+		}
+		if len(done) == 0 {
+			continue
+		}
+		// The notes must be durable before the rows go.
+		fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+		err = p.cfg.Log.Flush(fctx)
+		if err == nil {
+			err = h.Forget(fctx, done)
+		}
+		cancel()
+		if err != nil {
+			p.fail(fmt.Errorf("recovery: forget %d finished decisions at %s: %w", len(done), n, err))
+			continue
+		}
+		p.rep.Forgotten += len(done)
+		p.cfg.Logger.Info("recovery: holder decisions driven to the end", "holder", n, "transactions", len(done))
+	}
+}
+
+// forgetAborted deletes the abort rows of transactions this pass left no
+// prepared branch of, once every resource could be scanned. An abort row
+// only guards against a late commit by a holder session that a fence has
+// already ended, so it may go once its branches are rolled back.
+func (p *pass) forgetAborted(ctx context.Context) {
+	if p.scanFailed {
+		return
+	}
+	for n, txids := range p.aborted {
+		var gone []ids.TxID
+		for _, id := range txids {
+			if !p.unresolved[id] && !p.live(id) {
+				gone = append(gone, id)
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		h := p.res[n].(participant.DecisionHolder)
+		fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+		err := h.Forget(fctx, gone)
+		cancel()
+		if err != nil {
+			p.fail(fmt.Errorf("recovery: forget %d abort rows at %s: %w", len(gone), n, err))
+			continue
+		}
+		p.rep.Forgotten += len(gone)
+	}
 }

@@ -204,3 +204,121 @@ func TestBranchNotNamedInTheCommitIsRolledBack(t *testing.T) {
 		t.Fatal("a branch the COMMIT record does not name was committed or left prepared, want rolled back")
 	}
 }
+
+// heldTx returns the gids of a transaction whose decision holder is h:
+// the holder's own branch (0) and one other (1).
+func heldTx(t *testing.T, coord, h string) (ids.GID, ids.GID) {
+	t.Helper()
+	id, err := ids.NewTxID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(n int) ids.GID {
+		b, err := ids.HolderBranch(n, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := ids.NewGID(ids.DefaultPrefix, coord, id, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	return mk(0), mk(1)
+}
+
+func TestHolderCommitRowIsDrivenToTheEndAndForgotten(t *testing.T) {
+	log := wal.NewMem()
+	h, b := fake.NewHolder("h"), fake.New("b")
+	_, g1 := heldTx(t, "c1", "h")
+	b.AddPrepared(g1.String())
+	h.PutRow(participant.Decision{TxID: g1.TxID, Owner: "txc.c1", Outcome: participant.OutcomeCommit, Epoch: 1, Time: time.Now(),
+		Branches: []participant.BranchRef{{Resource: "b", GID: g1}}})
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{h, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.IsCommitted(g1.String()) || rep.Held != 1 || rep.Forgotten != 1 || h.Rows() != 0 {
+		t.Fatalf("committed %v, report %+v, rows %d", b.IsCommitted(g1.String()), rep, h.Rows())
+	}
+	d, err := log.Lookup(g1.TxID)
+	if err != nil || d.Kind != wal.KindCommit || d.Holder != "h" || !d.Ended {
+		t.Fatalf("the log's note: %+v %v", d, err)
+	}
+}
+
+func TestNoCommitRowAtTheHolderAfterAFenceMeansAbort(t *testing.T) {
+	log := wal.NewMem()
+	h, b := fake.NewHolder("h"), fake.New("b")
+	_, g1 := heldTx(t, "c1", "h")
+	b.AddPrepared(g1.String())
+	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{h, b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.IsRolledBack(g1.String()) || rep.Fenced != 1 || rep.RolledBack != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	if h.Rows() != 0 || rep.Forgotten != 1 {
+		t.Fatalf("the fence's abort row was not forgotten once the branch rolled back: %d rows, %+v", h.Rows(), rep)
+	}
+	if _, err := log.Lookup(g1.TxID); !errors.Is(err, wal.ErrNotFound) {
+		t.Fatalf("an abort was logged: %v", err)
+	}
+}
+
+func TestUnreachableHolderDecidesNothing(t *testing.T) {
+	log := wal.NewMem()
+	h, b := fake.NewHolder("h"), fake.New("b")
+	_, g1 := heldTx(t, "c1", "h")
+	b.AddPrepared(g1.String())
+	h.SetHolderHooks(fake.HolderHooks{Fence: func(context.Context, []ids.TxID) error { return errors.New("holder down") }})
+	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{h, b}, InDoubtTimeout: time.Minute,
+		Live: func(ids.TxID) bool { return false }, Now: func() time.Time { return time.Now().Add(time.Hour) }}
+	rep, _ := Pass(context.Background(), cfg)
+	if !b.IsPrepared(g1.String()) || len(rep.Errors) == 0 || len(rep.Stale) != 1 || rep.Stale[0].What != "unresolved" {
+		t.Fatalf("prepared %v, report %+v", b.IsPrepared(g1.String()), rep)
+	}
+	// Unregistered holder: the same.
+	rep, _ = Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{b}})
+	if !b.IsPrepared(g1.String()) || len(rep.Errors) == 0 {
+		t.Fatalf("an unregistered holder: prepared %v, report %+v", b.IsPrepared(g1.String()), rep)
+	}
+}
+
+func TestLoggedCommitOfAHolderMarkedBranchNeedsNoFence(t *testing.T) {
+	log := wal.NewMem()
+	h, b := fake.NewHolder("h"), fake.New("b")
+	g0, g1 := heldTx(t, "c1", "h")
+	b.AddPrepared(g1.String())
+	// The transaction named a holder but took the logged path.
+	commitRecord(t, log, wal.Branch{Resource: "h", GID: g0}, wal.Branch{Resource: "b", GID: g1})
+	h.SetHolderHooks(fake.HolderHooks{Fence: func(context.Context, []ids.TxID) error { t.Error("fenced"); return nil }})
+	if _, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{h, b}}); err != nil {
+		t.Fatal(err)
+	}
+	if !b.IsCommitted(g1.String()) {
+		t.Fatal("the logged commit was not applied")
+	}
+}
+
+func TestYoungHolderRowsOfThisRunAndLiveOnesAreLeftAlone(t *testing.T) {
+	log := wal.NewMem()
+	h, b := fake.NewHolder("h"), fake.New("b")
+	_, g1 := heldTx(t, "c1", "h")
+	_, g2 := heldTx(t, "c1", "h")
+	b.AddPrepared(g1.String())
+	b.AddPrepared(g2.String())
+	for _, g := range []ids.GID{g1, g2} {
+		h.PutRow(participant.Decision{TxID: g.TxID, Owner: "txc.c1", Outcome: participant.OutcomeCommit, Epoch: log.Epoch(), Time: time.Now(),
+			Branches: []participant.BranchRef{{Resource: "b", GID: g}}})
+	}
+	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{h, b}, InDoubtTimeout: time.Minute,
+		Live: func(id ids.TxID) bool { return id == g2.TxID }}
+	if _, err := Pass(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if b.IsCommitted(g1.String()) || b.IsCommitted(g2.String()) || h.Rows() != 2 {
+		t.Fatalf("a young or live holder decision was touched: rows %d", h.Rows())
+	}
+}

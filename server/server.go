@@ -451,13 +451,13 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 		if !g.Owned(s.c.Prefix(), s.c.ID()) {
 			return nil, status.Errorf(codes.FailedPrecondition, "gid %s was issued by coordinator %s.%s, not this one (%s.%s); ask that one", g, g.Prefix, g.Coordinator, s.c.Prefix(), s.c.ID())
 		}
-		res, err = s.c.ResolveBranch(g)
+		res, err = s.c.ResolveBranch(ctx, g)
 	} else {
 		id, perr := parseTxID(req.GetTxid())
 		if perr != nil {
 			return nil, perr
 		}
-		res, err = s.c.ResolveTx(id)
+		res, err = s.c.ResolveTx(ctx, id)
 	}
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())

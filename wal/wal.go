@@ -190,7 +190,7 @@ func (r *Record) Validate() error {
 	if r.TxID.IsZero() {
 		return fmt.Errorf("%w: zero transaction id", ErrBadRecord)
 	}
-	if r.Kind == KindCommit && len(r.Branches) == 0 {
+	if r.Kind == KindCommit && len(r.Branches) == 0 && r.Holder == "" {
 		return fmt.Errorf("%w: COMMIT for %s names no branch", ErrBadRecord, r.TxID)
 	}
 	for i, b := range r.Branches {

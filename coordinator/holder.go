@@ -1,0 +1,353 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/txcoord/txcoord/coordinator/protocol"
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/wal"
+)
+
+// A decision holder is a resource that keeps the commit decisions of the
+// transactions that have a branch at it in its own database
+// (participant.DecisionHolder; a PostgreSQL resource can). Such a
+// transaction prepares its other branches, then the holder branch inserts
+// the decision row and commits in one phase: that commit is the commit
+// point, and nothing is forced to the coordinator's log. Every branch's gid
+// names the holder (ids.HolderBranch), so recovery finds the decision
+// without the log. A transaction without a branch at its holder, or with a
+// branch joined by a remote participant (whose gid cannot name it), takes
+// the logged path.
+
+// TxOption changes how one transaction is run.
+type TxOption func(*txOptions)
+
+type txOptions struct {
+	holder   string
+	noHolder bool
+}
+
+// WithHolder makes the registered resource named name the transaction's
+// decision holder, overriding Config.Holder.
+func WithHolder(name string) TxOption {
+	return func(o *txOptions) { o.holder, o.noHolder = name, false }
+}
+
+// WithoutHolder runs the transaction on the logged path even when
+// Config.Holder names a holder.
+func WithoutHolder() TxOption {
+	return func(o *txOptions) { o.holder, o.noHolder = "", true }
+}
+
+// decisionHolder returns the registered resource name as a decision
+// holder, or an error saying why it cannot be one.
+func (c *Coordinator) decisionHolder(name string) (participant.DecisionHolder, error) {
+	r, ok := c.Resource(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: decision holder %q is not a registered resource", ErrUnknownResource, name)
+	}
+	h, ok := r.(participant.DecisionHolder)
+	if !ok {
+		return nil, fmt.Errorf("%w: resource %q (%T) cannot hold decisions; a PostgreSQL resource can", ErrConfig, name, r)
+	}
+	if len(name) > ids.MaxHolderLen {
+		return nil, fmt.Errorf("%w: decision holder %q: a holder's name is at most %d bytes (it goes into every gid)", ErrConfig, name, ids.MaxHolderLen)
+	}
+	return h, nil
+}
+
+// owner is how the holders' rows name this coordinator.
+func (c *Coordinator) owner() string { return c.cfg.Prefix + "." + c.cfg.ID }
+
+// holderDecision is the row a holder commits for t, naming the prepared
+// branches.
+func (d *driver) holderDecision(branches []int) participant.Decision {
+	t, c := d.t, d.t.c
+	dec := participant.Decision{TxID: t.id, Owner: c.owner(), Outcome: participant.OutcomeCommit, Epoch: c.log.Epoch()}
+	for _, i := range branches {
+		b := d.branches[i]
+		dec.Branches = append(dec.Branches, participant.BranchRef{Resource: b.Resource().Name(), GID: b.GID()})
+	}
+	return dec
+}
+
+// forgetter deletes the rows of decisions whose every branch finished, in
+// batches, off the commit path. Before it deletes a commit row it makes
+// the log's note of that decision durable (one log flush per batch), so
+// that "what happened to transaction X" is still answered once the row is
+// gone.
+type forgetter struct {
+	c        *Coordinator
+	interval time.Duration
+
+	mu     sync.Mutex
+	queued map[participant.DecisionHolder][]ids.TxID
+	n      int
+	kick   chan struct{}
+	done   chan struct{}
+}
+
+// forgetBatch is how many queued rows make the forgetter run before its
+// interval is up.
+const forgetBatch = 1024
+
+func newForgetter(c *Coordinator, interval time.Duration) *forgetter {
+	return &forgetter{c: c, interval: interval, queued: map[participant.DecisionHolder][]ids.TxID{},
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// add queues txid's row at h for deletion.
+func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID) {
+	f.mu.Lock()
+	f.queued[h] = append(f.queued[h], txid)
+	f.n++
+	full := f.n >= forgetBatch
+	f.mu.Unlock()
+	if full {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pending reports how many rows wait for deletion.
+func (f *forgetter) pending() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// run deletes queued rows every interval until ctx ends, then once more.
+func (f *forgetter) run(ctx context.Context) {
+	defer close(f.done)
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			f.flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+		case <-f.kick:
+		}
+		f.flush(ctx)
+	}
+}
+
+// flush deletes every queued row. A failure leaves the rows to the next
+// recovery pass, which forgets them.
+func (f *forgetter) flush(ctx context.Context) {
+	f.mu.Lock()
+	batch := f.queued
+	if f.n == 0 {
+		f.mu.Unlock()
+		return
+	}
+	f.queued, f.n = map[participant.DecisionHolder][]ids.TxID{}, 0
+	f.mu.Unlock()
+	c := f.c
+	if err := c.log.Flush(ctx); err != nil {
+		c.logger.Warn("holder rows kept: the log's notes of them could not be flushed", "err", err)
+		return
+	}
+	for h, txids := range batch {
+		if err := h.Forget(ctx, txids); err != nil {
+			c.logger.Warn("holder rows kept; recovery forgets them", "holder", h.Name(), "rows", len(txids), "err", err)
+			continue
+		}
+		c.stats.forgotten.Add(uint64(len(txids)))
+	}
+}
+
+// noteHeld notes a holder's commit decision in the log (not forced) once
+// every branch acknowledged it.
+func noteHeld(log wal.Log, holder string, txid ids.TxID, epoch uint64, branches []wal.Branch) error {
+	return log.Note(wal.Record{Kind: wal.KindCommit, TxID: txid, Time: time.Now().UTC(), Epoch: epoch, Branches: branches, Holder: holder})
+}
+
+// holderOf returns the registered decision holder a gid names, if any.
+func (c *Coordinator) holderOf(g ids.GID) (participant.DecisionHolder, string, bool) {
+	name, ok := g.Holder()
+	if !ok {
+		return nil, "", false
+	}
+	r, ok := c.Resource(name)
+	if !ok {
+		return nil, name, true
+	}
+	h, _ := r.(participant.DecisionHolder)
+	return h, name, true
+}
+
+// holders lists the registered resources that can hold decisions.
+func (c *Coordinator) holders() []participant.DecisionHolder {
+	var out []participant.DecisionHolder
+	for _, r := range c.resourceList() {
+		if h, ok := r.(participant.DecisionHolder); ok {
+			out = append(out, h)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
+
+// resolveHeld answers for a transaction the log knows nothing of, from
+// the holders' rows: g's holder (fenced, so that the answer is final), or,
+// without a gid, a read of every holder. found is false when no holder
+// keeps a decision.
+func (c *Coordinator) resolveHeld(ctx context.Context, id ids.TxID, g *ids.GID) (res Resolution, found bool, err error) {
+	if g != nil {
+		h, name, marked := c.holderOf(*g)
+		if !marked {
+			return Wait, false, nil
+		}
+		if h == nil {
+			return Wait, false, fmt.Errorf("%w: %s names decision holder %q, which is not registered here", ErrUnknownResource, g, name)
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+		defer cancel()
+		got, err := h.Fence(cctx, c.owner(), []ids.TxID{id})
+		if err != nil {
+			return Wait, false, err
+		}
+		d := got[id]
+		if d.Outcome == participant.OutcomeCommit && heldNames(d, *g) {
+			return CommitBranch, true, nil
+		}
+		return RollbackBranch, true, nil
+	}
+	var errs []error
+	for _, h := range c.holders() {
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+		d, err := h.HeldDecision(cctx, id)
+		cancel()
+		switch {
+		case err == nil && d.Outcome == participant.OutcomeCommit:
+			return CommitBranch, true, nil
+		case err == nil:
+			return RollbackBranch, true, nil
+		case !errors.Is(err, participant.ErrNoDecision):
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		// A holder that cannot be asked may keep the commit.
+		return Wait, false, errors.Join(errs...)
+	}
+	return Wait, false, nil
+}
+
+// heldNames reports whether a holder's commit row names prepared branch g.
+// (The holder's own branch is never prepared: it committed with the row.)
+func heldNames(d participant.Decision, g ids.GID) bool {
+	for _, b := range d.Branches {
+		if b.GID == g {
+			return true
+		}
+	}
+	return false
+}
+
+// commitHolder performs protocol.CommitHolder: the holder branch records
+// the decision and commits. Never inline: a commit that hangs must not
+// hold a caller whose context ends (the outcome is then unknown).
+func (d *driver) commitHolder(e protocol.CommitHolder) {
+	t, c := d.t, d.t.c
+	d.end(&d.prep, PhasePrepare, nil)
+	d.begin(&d.dec, PhaseDecision, d.callerCtx)
+	hb, ok := d.branches[e.Branch].(participant.HolderBranch)
+	dec := d.holderDecision(e.Branches)
+	d.run(false, func() protocol.Event {
+		if !ok {
+			return protocol.HolderCommitted{Err: fmt.Errorf("coordinator: branch %d of %s is not a holder branch", e.Branch, t.id)}
+		}
+		failpoint.Hit(failpoint.CoordBeforeDecision)
+		// Not the caller's context: a cancelled COMMIT would make the
+		// outcome unknown for nothing.
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+		defer cancel()
+		err := hb.CommitDecision(ctx, dec)
+		if err == nil {
+			failpoint.Hit(failpoint.CoordAfterDecision)
+		}
+		return protocol.HolderCommitted{Err: err}
+	})
+}
+
+// fenceHolder performs protocol.FenceHolder.
+func (d *driver) fenceHolder(e protocol.FenceHolder) {
+	t, c := d.t, d.t.c
+	c.logger.Warn("the decision holder's commit reply was lost; fencing", "txid", t.id, "holder", t.holder.Name(), "attempt", e.Attempt)
+	d.run(false, func() protocol.Event {
+		if e.Delay > 0 {
+			tm := time.NewTimer(e.Delay)
+			select {
+			case <-tm.C:
+			case <-c.ctx.Done():
+				tm.Stop()
+				return protocol.HolderFenced{Err: c.ctx.Err()}
+			}
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+		defer cancel()
+		got, err := t.holder.Fence(ctx, c.owner(), []ids.TxID{t.id})
+		if err != nil {
+			return protocol.HolderFenced{Err: err}
+		}
+		c.stats.fenced.Add(1)
+		return protocol.HolderFenced{Committed: got[t.id].Outcome == participant.OutcomeCommit}
+	})
+}
+
+// heldEvent closes t.decided once the holder's commit is known to have
+// happened.
+func (d *driver) heldEvent(ev protocol.Event) {
+	switch ev := ev.(type) {
+	case protocol.HolderCommitted:
+		d.end(&d.dec, PhaseDecision, ev.Err)
+		if ev.Err == nil {
+			d.t.c.stats.held.Add(1)
+			close(d.t.decided)
+		}
+	case protocol.HolderFenced:
+		if ev.Err == nil && ev.Committed {
+			d.t.c.stats.held.Add(1)
+			close(d.t.decided)
+		}
+	}
+}
+
+// forgetDecision performs protocol.ForgetDecision: a commit is noted in
+// the log (not forced), then the holder's row is queued for deletion; a
+// fence's abort row is queued as it is.
+func (d *driver) forgetDecision() {
+	t, c := d.t, d.t.c
+	d.end(&d.commit, PhaseCommit, nil)
+	failpoint.Hit(failpoint.CoordBeforeEnd)
+	d.t.mu.Lock()
+	state := t.m.State()
+	d.t.mu.Unlock()
+	if state == protocol.StateCommitted {
+		branches := make([]wal.Branch, 0, len(d.branches))
+		for _, b := range d.branches {
+			branches = append(branches, wal.Branch{Resource: b.Resource().Name(), GID: b.GID()})
+		}
+		if err := noteHeld(c.log, t.holder.Name(), t.id, c.log.Epoch(), branches); err != nil {
+			// The row stays; recovery notes and forgets it.
+			c.logger.Warn("holder decision not noted in the log; its row stays for recovery", "txid", t.id, "err", err)
+			return
+		}
+	}
+	c.forgetter.add(t.holder, t.id)
+	failpoint.Hit(failpoint.CoordAfterEnd)
+}
