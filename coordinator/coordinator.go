@@ -142,7 +142,7 @@ type Coordinator struct {
 
 	workers *workers // run participant calls
 
-	holder participant.DecisionHolder // Config.Holder, or nil
+	holder    participant.DecisionHolder // Config.Holder, or nil
 	forgetter *forgetter
 
 	stats counters
