@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,13 +45,15 @@ type transferOptions struct {
 }
 
 const (
-	modeIndependent = "independent"
-	modePlain2PC    = "plain-2pc"
-	modeTxcoord     = "txcoord"
-	modeTxcoordGRPC = "txcoord-grpc"
+	modeIndependent   = "independent"
+	modePlain2PC      = "plain-2pc"
+	modePlainHolder   = "plain-holder"
+	modeTxcoord       = "txcoord"
+	modeTxcoordHolder = "txcoord-holder"
+	modeTxcoordGRPC   = "txcoord-grpc"
 )
 
-var allModes = []string{modeIndependent, modePlain2PC, modeTxcoord, modeTxcoordGRPC}
+var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeTxcoordHolder, modeTxcoordGRPC}
 
 func newTransferCmd() *cobra.Command {
 	o := &transferOptions{}
@@ -63,13 +66,24 @@ func newTransferCmd() *cobra.Command {
   independent  BEGIN; UPDATE; COMMIT at each database in turn: no atomicity, the ceiling
   plain-2pc    a hand-written loop: BEGIN; UPDATE; PREPARE TRANSACTION at both, then
                COMMIT PREPARED at both; no coordinator, no log
+  plain-holder a hand-written loop with the decision held by bank_a: BEGIN (and the
+               transaction's advisory lock); UPDATE at bank_a; BEGIN; UPDATE; PREPARE
+               TRANSACTION at bank_b; INSERT the decision row and COMMIT at bank_a;
+               COMMIT PREPARED at bank_b; rows deleted in batches. The holder
+               design's floor: the statements txcoord-holder sends, no coordinator
   txcoord      the coordinator library with its bbolt log (fsync on)
+  txcoord-holder the coordinator library with bank_a as the decision holder: no log
+               write on the commit path
   txcoord-grpc the same through a txcoord server: the client begins and commits over
                gRPC and calls two bank services that join with the SDK; the server
                commits them over gRPC (all in this process, over loopback TCP;
                its log is always bbolt)
 
-The coordinator's own overhead is txcoord's throughput relative to plain-2pc.`,
+The coordinator's own overhead is txcoord's throughput relative to plain-2pc,
+and txcoord-holder's relative to plain-holder. "forced writes" is the
+servers' own count of WAL syncs (pg_stat_wal.wal_sync, both servers) per
+transfer: 2N for plain 2PC with N=2 databases, 2N-1 for the holder modes, at
+one worker; concurrent commits share syncs, so more workers show fewer.`,
 		Example: `  txbench transfer --duration 5s --workers 1,8,32
   txbench transfer --modes txcoord,plain-2pc --workers 8 -o json`,
 		Args: cobra.NoArgs,
@@ -101,6 +115,12 @@ type result struct {
 	// plain-2pc's in the same round.
 	Relative float64 `json:"relative_to_plain_2pc,omitempty"`
 	Syncs    uint64  `json:"wal_fsyncs,omitempty"`
+	// RelativeHolder is the median over rounds of this mode's throughput
+	// over plain-holder's in the same round.
+	RelativeHolder float64 `json:"relative_to_plain_holder,omitempty"`
+	// ForcedWrites is the servers' WAL syncs (pg_stat_wal.wal_sync) per
+	// transfer.
+	ForcedWrites float64 `json:"pg_wal_syncs_per_transfer"`
 	// CPU is the whole machine's busy CPU time per transfer (databases
 	// included), 0 where it cannot be read.
 	CPU time.Duration `json:"cpu_per_transfer_ns,omitempty"`
@@ -178,7 +198,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 			return err
 		}
 		defer d.Close()
-		d.SetMaxIdleConns(200)
+		d.SetMaxIdleConns(benchIdleConns)
 		db[i] = d
 		if _, err := d.ExecContext(ctx, `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`); err != nil {
 			return err
@@ -214,6 +234,13 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return err
 	}
 	defer c.Close()
+	var plainRows *plainForgetter
+	if contains(o.modes, modePlainHolder) {
+		if plainRows, err = newPlainForgetter(ctx, db[0]); err != nil {
+			return fmt.Errorf("plain-holder: %w", err)
+		}
+		defer plainRows.close()
+	}
 	var rig *grpcMode
 	if contains(o.modes, modeTxcoordGRPC) {
 		rig, err = newGRPCMode(ctx, dir, db[:], []string{"bank_a", "bank_b"})
@@ -251,8 +278,18 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return plain2PC(ctx, db, r, o.accounts, gidSeq.Add(1))
 					}
+				case modePlainHolder:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return plainHolder(ctx, db, r, o.accounts, gidSeq.Add(1), plainRows)
+					}
 				case modeTxcoord:
-					op = func(ctx context.Context, r *rand.Rand) error { return viaTxcoord(ctx, c, res, r, o.accounts) }
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithoutHolder())
+					}
+				case modeTxcoordHolder:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithHolder(res[0].Name()))
+					}
 				case modeTxcoordGRPC:
 					op = func(ctx context.Context, r *rand.Rand) error { return grpcTransfer(ctx, rig, r, o.accounts) }
 				}
@@ -261,7 +298,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				if rig != nil {
 					beforeRig = rig.log.Stats().Syncs
 				}
-				r := measure(ctx, w, o.warmup, o.duration, op)
+				r := measure(ctx, w, o.warmup, o.duration, op, db[:])
 				r.Mode = m
 				switch m {
 				case modeTxcoord:
@@ -275,7 +312,26 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		for _, m := range o.modes {
 			r := median(runs[m])
 			r.Relative = pairedRatio(runs[m], runs[modePlain2PC])
+			if m != modePlainHolder {
+				r.RelativeHolder = pairedRatio(runs[m], runs[modePlainHolder])
+			}
 			results = append(results, r)
+		}
+	}
+	// What the holders keep after the run: finished decisions are deleted.
+	if plainRows != nil {
+		plainRows.close()
+	}
+	c.Close()
+	var heldRows, plainHeldRows int
+	if contains(o.modes, modeTxcoordHolder) {
+		if err := db[0].QueryRowContext(ctx, `SELECT count(*) FROM `+res[0].DecisionTable()).Scan(&heldRows); err != nil {
+			return err
+		}
+	}
+	if plainRows != nil {
+		if err := db[0].QueryRowContext(ctx, `SELECT count(*) FROM plain_decisions`).Scan(&plainHeldRows); err != nil {
+			return err
 		}
 	}
 	for i := range db {
@@ -293,15 +349,27 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return enc.Encode(results)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc (paired)\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
-	for _, r := range results {
-		rel := "-"
-		if r.Relative > 0 {
-			rel = strconv.FormatFloat(r.Relative*100, 'f', 1, 64) + "%"
+	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc (paired)\tvs plain-holder\tforced writes\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
+	pct := func(v float64) string {
+		if v <= 0 {
+			return "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%v\t%v\t%d\t%s\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), rel, r.CPU.Round(time.Microsecond), r.ClientCPU.Round(time.Microsecond), r.Errors, fmtRounds(r.Rounds))
+		return strconv.FormatFloat(v*100, 'f', 1, 64) + "%"
 	}
-	return tw.Flush()
+	for _, r := range results {
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%s\t%.2f\t%v\t%v\t%d\t%s\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), pct(r.Relative), pct(r.RelativeHolder), r.ForcedWrites, r.CPU.Round(time.Microsecond), r.ClientCPU.Round(time.Microsecond), r.Errors, fmtRounds(r.Rounds))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if contains(o.modes, modeTxcoordHolder) {
+		fmt.Fprintf(out, "decision rows left at the holder after the run: %d (txcoord-holder, %s)", heldRows, res[0].DecisionTable())
+		if plainRows != nil {
+			fmt.Fprintf(out, ", %d (plain-holder)", plainHeldRows)
+		}
+		fmt.Fprintln(out)
+	}
+	return nil
 }
 
 // pairedRatio is the median over rounds of a mode's throughput divided by
@@ -337,8 +405,34 @@ func median(runs []result) result {
 	return m
 }
 
-// measure runs op from w workers: warmup, then d measured.
-func measure(ctx context.Context, w int, warmup, d time.Duration, op func(context.Context, *rand.Rand) error) result {
+// benchIdleConns is the idle-pool size of the benchmark's pools.
+const benchIdleConns = 200
+
+// walSyncs sums pg_stat_wal.wal_sync over the servers: the WAL flushes
+// they forced. 0 and false if a server cannot tell. A backend reports its
+// counts to pg_stat_wal at most once a second, and an idle one after ten:
+// so the pools' idle connections are closed first (a backend reports as
+// it exits), which makes the sum exact up to this moment.
+func walSyncs(ctx context.Context, dbs []*sql.DB) (int64, bool) {
+	for _, d := range dbs {
+		d.SetMaxIdleConns(0)
+		d.SetMaxIdleConns(benchIdleConns)
+	}
+	time.Sleep(100 * time.Millisecond) // the backends exit
+	var total int64
+	for _, d := range dbs {
+		var n int64
+		if err := d.QueryRowContext(ctx, `SELECT wal_sync FROM pg_stat_wal`).Scan(&n); err != nil {
+			return 0, false
+		}
+		total += n
+	}
+	return total, true
+}
+
+// measure runs op from w workers: warmup, then d measured. dbs are the
+// servers whose forced writes are counted.
+func measure(ctx context.Context, w int, warmup, d time.Duration, op func(context.Context, *rand.Rand) error, dbs []*sql.DB) result {
 	var (
 		mu        sync.Mutex
 		lat       []time.Duration
@@ -346,6 +440,7 @@ func measure(ctx context.Context, w int, warmup, d time.Duration, op func(contex
 		measuring atomic.Bool
 		stop      atomic.Bool
 		wg        sync.WaitGroup
+		gate      sync.RWMutex // held by each op; the counters are read with no op running
 	)
 	for i := 0; i < w; i++ {
 		wg.Add(1)
@@ -354,9 +449,15 @@ func measure(ctx context.Context, w int, warmup, d time.Duration, op func(contex
 			r := rand.New(rand.NewPCG(seed, 42))
 			var mine []time.Duration
 			var myErrs int64
-			for !stop.Load() {
+			for {
+				gate.RLock()
+				if stop.Load() {
+					gate.RUnlock()
+					break
+				}
 				t0 := time.Now()
 				err := op(ctx, r)
+				gate.RUnlock()
 				if measuring.Load() {
 					if err != nil {
 						myErrs++
@@ -372,16 +473,22 @@ func measure(ctx context.Context, w int, warmup, d time.Duration, op func(contex
 		}(uint64(i) + 1)
 	}
 	time.Sleep(warmup)
+	gate.Lock()
+	sync0, syncOK := walSyncs(ctx, dbs)
 	measuring.Store(true)
 	start := time.Now()
 	cpu0, cpuOK := busyCPU()
 	self0 := selfCPU()
+	gate.Unlock()
 	time.Sleep(d)
 	measuring.Store(false)
+	gate.Lock()
 	cpu1, _ := busyCPU()
 	self1 := selfCPU()
 	elapsed := time.Since(start)
+	sync1, _ := walSyncs(ctx, dbs)
 	stop.Store(true)
+	gate.Unlock()
 	wg.Wait()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	r := result{Workers: w, Done: int64(len(lat)), Errors: errs, TPS: float64(len(lat)) / elapsed.Seconds()}
@@ -390,6 +497,9 @@ func measure(ctx context.Context, w int, warmup, d time.Duration, op func(contex
 			r.CPU = (cpu1 - cpu0) / time.Duration(len(lat))
 		}
 		r.ClientCPU = (self1 - self0) / time.Duration(len(lat))
+		if syncOK {
+			r.ForcedWrites = float64(sync1-sync0) / float64(len(lat))
+		}
 		r.P50 = lat[len(lat)*50/100]
 		r.P99 = lat[len(lat)*99/100]
 	}
@@ -451,7 +561,7 @@ func plain2PC(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int, se
 }
 
 // viaTxcoord runs the transfer through the coordinator library.
-func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgres.Resource, r *rand.Rand, accounts int) error {
+func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgres.Resource, r *rand.Rand, accounts int, opts ...coordinator.TxOption) error {
 	return c.Do(ctx, func(ctx context.Context, tx *coordinator.Tx) error {
 		for i, q := range []string{debit, credit} {
 			b, err := res[i].Enlist(ctx, tx)
@@ -463,6 +573,125 @@ func viaTxcoord(ctx context.Context, c *coordinator.Coordinator, res [2]*postgre
 			}
 		}
 		return nil
+	}, opts...)
+}
+
+// plainHolder is the hand-written holder loop: the statements txcoord
+// sends with bank_a as the decision holder, with no coordinator.
+func plainHolder(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int, seq uint64, rows *plainForgetter) error {
+	id, err := ids.NewTxID()
+	if err != nil {
+		return err
+	}
+	gid := "bench_holder_" + strconv.FormatUint(seq, 10)
+	a, err := db[0].Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	key := int64(binary.BigEndian.Uint64(id[:8]) ^ binary.BigEndian.Uint64(id[8:]))
+	if _, err := a.ExecContext(ctx, "BEGIN; SELECT pg_advisory_xact_lock("+strconv.FormatInt(key, 10)+")"); err != nil {
+		return err
+	}
+	if _, err := a.ExecContext(ctx, debit, r.IntN(accounts)); err != nil {
+		a.ExecContext(ctx, "ROLLBACK")
+		return err
+	}
+	b, err := db[1].Conn(ctx)
+	if err != nil {
+		a.ExecContext(ctx, "ROLLBACK")
+		return err
+	}
+	defer b.Close()
+	if _, err := b.ExecContext(ctx, "BEGIN"); err != nil {
+		a.ExecContext(ctx, "ROLLBACK")
+		return err
+	}
+	if _, err := b.ExecContext(ctx, credit, r.IntN(accounts)); err != nil {
+		b.ExecContext(ctx, "ROLLBACK")
+		a.ExecContext(ctx, "ROLLBACK")
+		return err
+	}
+	if _, err := b.ExecContext(ctx, "PREPARE TRANSACTION "+ids.QuoteLiteral(gid)); err != nil {
+		a.ExecContext(ctx, "ROLLBACK")
+		return err
+	}
+	if _, err := a.ExecContext(ctx, "INSERT INTO plain_decisions (txid, coordinator, outcome, epoch, branches) VALUES ("+
+		ids.QuoteLiteral(id.String())+", 'plain', 'C', 1, ARRAY["+ids.QuoteLiteral("bank_b/"+gid)+"]::text[]); COMMIT"); err != nil {
+		b.ExecContext(ctx, "ROLLBACK PREPARED "+ids.QuoteLiteral(gid))
+		return err
+	}
+	if _, err := b.ExecContext(ctx, "COMMIT PREPARED "+ids.QuoteLiteral(gid)); err != nil {
+		return err
+	}
+	rows.add(id)
+	return nil
+}
+
+// plainForgetter deletes plain-holder's decision rows in batches, every
+// 100ms, with synchronous_commit off, as txcoord's forgetter does.
+type plainForgetter struct {
+	db   *sql.DB
+	mu   sync.Mutex
+	ids  []string
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func newPlainForgetter(ctx context.Context, db *sql.DB) (*plainForgetter, error) {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE plain_decisions (txid uuid PRIMARY KEY, coordinator text NOT NULL,
+		outcome "char" NOT NULL, epoch bigint NOT NULL, decided_at timestamptz NOT NULL DEFAULT now(), branches text[] NOT NULL DEFAULT '{}')`); err != nil {
+		return nil, err
+	}
+	f := &plainForgetter{db: db, stop: make(chan struct{}), done: make(chan struct{})}
+	go f.run()
+	return f, nil
+}
+
+func (f *plainForgetter) add(id ids.TxID) {
+	f.mu.Lock()
+	f.ids = append(f.ids, id.String())
+	f.mu.Unlock()
+}
+
+func (f *plainForgetter) run() {
+	defer close(f.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			f.flush()
+			return
+		case <-t.C:
+			f.flush()
+		}
+	}
+}
+
+func (f *plainForgetter) flush() {
+	f.mu.Lock()
+	batch := f.ids
+	f.ids = nil
+	f.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := f.db.Conn(ctx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = conn.ExecContext(ctx, "BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM plain_decisions WHERE txid = ANY('{"+strings.Join(batch, ",")+"}'::uuid[]); COMMIT")
+}
+
+func (f *plainForgetter) close() {
+	f.once.Do(func() {
+		close(f.stop)
+		<-f.done
 	})
 }
 
