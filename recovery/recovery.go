@@ -136,6 +136,7 @@ type pass struct {
 	rep *Report
 	res map[string]participant.Resource
 
+	mu         sync.Mutex            // guards rep, unresolved and aborted while branches resolve in parallel
 	scanFailed bool                  // a resource could not be scanned
 	unresolved map[ids.TxID]bool     // transactions with a prepared branch left
 	aborted    map[string][]ids.TxID // abort rows seen or made, by holder
@@ -152,8 +153,26 @@ func (p *pass) earlierRun(g ids.GID) bool {
 }
 
 func (p *pass) fail(err error) {
+	p.mu.Lock()
 	p.rep.Errors = append(p.rep.Errors, err)
+	p.mu.Unlock()
 	p.cfg.Logger.Warn("recovery", "err", err)
+}
+
+// each runs f(0..n-1), resolveParallel at a time, until ctx ends.
+func (p *pass) each(ctx context.Context, n int, f func(i int)) {
+	sem := make(chan struct{}, resolveParallel)
+	var wg sync.WaitGroup
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			f(i)
+		}()
+	}
+	wg.Wait()
 }
 
 // redrive drives logged decisions without END.
@@ -162,12 +181,10 @@ func (p *pass) redrive(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("recovery: read pending decisions: %w", err)
 	}
-	for _, d := range pending {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	p.each(ctx, len(pending), func(i int) {
+		d := pending[i]
 		if p.live(d.TxID) {
-			continue
+			return
 		}
 		done := true
 		for _, b := range d.Branches {
@@ -176,17 +193,21 @@ func (p *pass) redrive(ctx context.Context) error {
 			}
 		}
 		if !done {
+			p.mu.Lock()
 			p.rep.Unfinished = append(p.rep.Unfinished, d.TxID)
-			continue
+			p.mu.Unlock()
+			return
 		}
 		if err := p.cfg.Log.End(d.TxID); err != nil {
 			p.fail(fmt.Errorf("recovery: end %s: %w", d.TxID, err))
-			continue
+			return
 		}
+		p.mu.Lock()
 		p.rep.Redriven++
-		p.cfg.Logger.Info("recovery: decision driven to the end", "txid", d.TxID, "decision", d.Kind, "branches", len(d.Branches))
-	}
-	return nil
+		p.mu.Unlock()
+		p.cfg.Logger.Debug("recovery: decision driven to the end", "txid", d.TxID, "decision", d.Kind, "branches", len(d.Branches))
+	})
+	return ctx.Err()
 }
 
 // finish applies a decision to one branch. A branch the resource no
@@ -235,9 +256,13 @@ func (p *pass) record(kind wal.Kind, act *Action, err error) {
 	if act == nil {
 		return // already finished
 	}
+	if err != nil {
+		p.fail(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	switch {
 	case err != nil:
-		p.fail(err)
 	case kind == wal.KindCommit:
 		p.rep.Committed++
 	default:
@@ -423,33 +448,21 @@ func (p *pass) fence(ctx context.Context, fence map[string][]ids.TxID) map[ids.T
 
 // finishAll applies each found branch's decision, a few at a time.
 func (p *pass) finishAll(ctx context.Context, todo []*found) {
-	var mu sync.Mutex
-	sem := make(chan struct{}, resolveParallel)
-	var wg sync.WaitGroup
-	for _, f := range todo {
-		if ctx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			act, err := p.apply(ctx, f.kind, f.r, f.pr.GID, f.act.Age, f.holder)
-			mu.Lock()
-			defer mu.Unlock()
-			p.record(f.kind, act, err)
-			if err != nil {
-				p.unresolved[f.pr.GID.TxID] = true
-				if f.stale {
-					st := *act
-					st.What = "unresolved"
-					p.rep.Stale = append(p.rep.Stale, st)
-				}
+	p.each(ctx, len(todo), func(i int) {
+		f := todo[i]
+		act, err := p.apply(ctx, f.kind, f.r, f.pr.GID, f.act.Age, f.holder)
+		p.record(f.kind, act, err)
+		if err != nil {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.unresolved[f.pr.GID.TxID] = true
+			if f.stale {
+				st := *act
+				st.What = "unresolved"
+				p.rep.Stale = append(p.rep.Stale, st)
 			}
-		}()
-	}
-	wg.Wait()
+		}
+	})
 }
 
 // resolveParallel bounds the commits and rollbacks a pass runs at once.
@@ -508,22 +521,21 @@ func (p *pass) redriveHeld(ctx context.Context, names []string) {
 			p.fail(fmt.Errorf("recovery: read the decisions held by %s: %w", n, err))
 			continue
 		}
-		var done []ids.TxID
+		var commits []participant.Decision
 		for _, d := range rows {
-			if ctx.Err() != nil {
-				return
-			}
-			if p.live(d.TxID) {
-				continue
-			}
-			if d.Outcome == participant.OutcomeAbort {
+			switch {
+			case p.live(d.TxID):
+			case d.Outcome == participant.OutcomeAbort:
 				p.aborted[n] = append(p.aborted[n], d.TxID)
-				continue
+			case p.cfg.Live != nil && d.Epoch >= epoch && now.Sub(d.Time) < p.cfg.InDoubtTimeout:
+				// This run's phase two, or its forgetter, has it.
+			default:
+				commits = append(commits, d)
 			}
-			young := p.cfg.Live != nil && d.Epoch >= epoch && now.Sub(d.Time) < p.cfg.InDoubtTimeout
-			if young {
-				continue // this run's phase two, or its forgetter, has it
-			}
+		}
+		var done []ids.TxID
+		p.each(ctx, len(commits), func(i int) {
+			d := commits[i]
 			ok := true
 			branches := make([]wal.Branch, 0, len(d.Branches))
 			for _, b := range d.Branches {
@@ -534,17 +546,21 @@ func (p *pass) redriveHeld(ctx context.Context, names []string) {
 				}
 			}
 			if !ok {
+				p.mu.Lock()
 				p.rep.Unfinished = append(p.rep.Unfinished, d.TxID)
-				continue
+				p.mu.Unlock()
+				return
 			}
 			if err := p.cfg.Log.Note(wal.Record{Kind: wal.KindCommit, TxID: d.TxID, Time: now.UTC(), Epoch: d.Epoch, Branches: branches, Holder: n}); err != nil {
 				p.fail(fmt.Errorf("recovery: note %s held by %s: %w", d.TxID, n, err))
-				continue
+				return
 			}
+			p.mu.Lock()
 			p.rep.Held++
 			done = append(done, d.TxID)
-		}
-		if len(done) == 0 {
+			p.mu.Unlock()
+		})
+		if len(done) == 0 || ctx.Err() != nil {
 			continue
 		}
 		// The notes must be durable before the rows go.
