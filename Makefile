@@ -28,13 +28,16 @@ demo:
 	$(GO) run ./examples/transfer
 
 ## bench: WAL group commit against one fsync per decision; 2PC transfers
-## through txcoord against a plain PREPARE/COMMIT PREPARED loop and
-## independent commits; then 2PC against our saga and no atomicity on four
+## through txcoord (bbolt log, and a decision holder) against plain
+## PREPARE/COMMIT PREPARED and decision-holder loops and independent
+## commits; 10,000 transactions left in doubt by kill -9 and the time a
+## restart takes to resolve them; then 2PC against our saga and no atomicity on four
 ## workloads (a short sweep, and a run with a database server killed), with
 ## the report (JSON, SVG plots, summary.md) in $(REPORT)/.
 bench: pg
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
+	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench compare --report $(REPORT)/compare
 	$(GO) run ./cmd/txbench compare --workloads transfer --workers 8 --duration 4s --crash --report $(REPORT)/crash
 

@@ -72,8 +72,7 @@ func (d *driver) holderDecision(branches []int) participant.Decision {
 	t, c := d.t, d.t.c
 	dec := participant.Decision{TxID: t.id, Owner: c.owner(), Outcome: participant.OutcomeCommit, Epoch: c.log.Epoch()}
 	for _, i := range branches {
-		b := d.branches[i]
-		dec.Branches = append(dec.Branches, participant.BranchRef{Resource: b.Resource().Name(), GID: b.GID()})
+		dec.Branches = append(dec.Branches, participant.BranchRef{Resource: d.regs[i].Name(), GID: d.branches[i].GID()})
 	}
 	return dec
 }
@@ -339,8 +338,8 @@ func (d *driver) forgetDecision() {
 	d.t.mu.Unlock()
 	if state == protocol.StateCommitted {
 		branches := make([]wal.Branch, 0, len(d.branches))
-		for _, b := range d.branches {
-			branches = append(branches, wal.Branch{Resource: b.Resource().Name(), GID: b.GID()})
+		for i, b := range d.branches {
+			branches = append(branches, wal.Branch{Resource: d.regs[i].Name(), GID: b.GID()})
 		}
 		if err := noteHeld(c.log, t.holder.Name(), t.id, c.log.Epoch(), branches); err != nil {
 			// The row stays; recovery notes and forgets it.

@@ -30,6 +30,7 @@ type Tx struct {
 
 	mu        sync.Mutex
 	branches  []participant.Branch
+	regs      []participant.Resource // the registered resource of each branch
 	finishing bool
 	m         *protocol.Machine
 	state     protocol.State // before the machine exists
@@ -82,6 +83,7 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 		return nil, fmt.Errorf("coordinator: enlist %s: %w", r.Name(), err)
 	}
 	t.branches = append(t.branches, b)
+	t.regs = append(t.regs, r)
 	return b, nil
 }
 
@@ -129,6 +131,7 @@ func (t *Tx) Join(r participant.Resource, gid ids.GID) error {
 		return ErrTxDone
 	}
 	t.branches = append(t.branches, &joined{r: r, gid: gid})
+	t.regs = append(t.regs, r)
 	return nil
 }
 
@@ -207,7 +210,7 @@ func (t *Tx) Status() TxStatus {
 	defer t.mu.Unlock()
 	s := TxStatus{TxID: t.id, Started: t.started, State: t.state}
 	for i, b := range t.branches {
-		bs := BranchStatus{Resource: b.Resource().Name(), GID: b.GID(), State: protocol.BranchActive}
+		bs := BranchStatus{Resource: t.regs[i].Name(), GID: b.GID(), State: protocol.BranchActive}
 		if t.m != nil {
 			info := t.m.Branch(i)
 			bs.State, bs.Attempts, bs.LastErr = info.State, info.Attempts, info.LastErr
@@ -228,6 +231,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	}
 	t.finishing = true
 	branches := append([]participant.Branch(nil), t.branches...)
+	regs := append([]participant.Resource(nil), t.regs...)
 	cfg := t.c.machineConfig()
 	for _, b := range branches {
 		if _, ok := b.(*joined); ok {
@@ -272,7 +276,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	}
 
 	prepCtx, cancelPrep := context.WithTimeout(ctx, c.cfg.PrepareTimeout)
-	d := &driver{t: t, branches: branches, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
+	d := &driver{t: t, branches: branches, regs: regs, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
 		events: make(chan protocol.Event, 2*len(branches)+2)}
 	d.effs = d.step(ev)
 
@@ -316,6 +320,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 type driver struct {
 	t          *Tx
 	branches   []participant.Branch
+	regs       []participant.Resource // phase two and rollbacks go through these
 	prepCtx    context.Context
 	cancelPrep context.CancelFunc
 	callerCtx  context.Context
@@ -549,7 +554,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		rec := wal.Record{Kind: wal.KindCommit, TxID: t.id, Time: time.Now().UTC(), Epoch: c.log.Epoch()}
 		for _, i := range e.Branches {
 			b := d.branches[i]
-			rec.Branches = append(rec.Branches, wal.Branch{Resource: b.Resource().Name(), GID: b.GID()})
+			rec.Branches = append(rec.Branches, wal.Branch{Resource: d.regs[i].Name(), GID: b.GID()})
 		}
 		failpoint.Hit(failpoint.CoordBeforeDecision)
 		// Not the caller's context: once asked, the record is written or
@@ -601,7 +606,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 				ctx, cancel = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 				defer cancel()
 			}
-			err := b.Resource().Commit(ctx, b.GID())
+			err := d.regs[e.Branch].Commit(ctx, b.GID())
 			if err != nil {
 				c.logger.Debug("phase two commit failed; will retry", "txid", t.id, "gid", b.GID(), "attempt", e.Attempt, "err", err)
 			}
@@ -620,7 +625,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 				err = nil
 			}
 			if e.MayBePrepared {
-				if rerr := b.Resource().Rollback(ctx, b.GID()); rerr != nil && !errors.Is(rerr, participant.ErrUnknownBranch) {
+				if rerr := d.regs[e.Branch].Rollback(ctx, b.GID()); rerr != nil && !errors.Is(rerr, participant.ErrUnknownBranch) {
 					err = rerr
 				}
 			}

@@ -29,6 +29,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newTransferCmd(), newCompareCmd())
+	root.AddCommand(newTransferCmd(), newCompareCmd(), newRecoveryCmd(), newRecoveryChildCmd())
 	return root
 }

@@ -37,3 +37,21 @@ func TestTransferFlagsThatMakeNoSenseAreRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestRecoveryBenchLeavesNothingInDoubt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers and a child process")
+	}
+	var out strings.Builder
+	cmd := newRootCmd()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"recovery", "--transactions", "40", "--workers", "4"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, want := range []string{"20 with holder bank_a (20 commit rows), 20 on the bbolt log (20 pending COMMIT records)", "after: 0 prepared, 0 decision rows, transfers 40 at bank_a and 40 at bank_b"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

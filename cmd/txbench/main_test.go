@@ -1,0 +1,21 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	// txbench recovery runs this binary as its child: in a test, that is
+	// the test binary.
+	if os.Getenv(envRecoveryWAL) != "" {
+		if err := recoveryChild(context.Background(), os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "recovery child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
