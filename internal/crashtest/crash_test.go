@@ -49,8 +49,9 @@ type point struct {
 	// maxHit: the child crashes at a random hit in 1..maxHit.
 	maxHit int
 	// inRecovery: the point is armed in the recovery run that follows a
-	// crash at coord-after-decision, not in the work run.
+	// crash at leave (coord-after-decision if empty), not in the work run.
 	inRecovery bool
+	leave      string
 }
 
 var points = []point{
@@ -71,6 +72,16 @@ var points = []point{
 	{name: failpoint.PGAfterCommit, maxHit: 30},
 	{name: failpoint.PGBeforeRollback, maxHit: 3},
 	{name: failpoint.PGAfterRollback, maxHit: 3},
+	{name: failpoint.PGHolderBeforeInsert, maxHit: 20},
+	{name: failpoint.PGHolderAfterInsert, maxHit: 20},
+	{name: failpoint.PGHolderCommitSent, maxHit: 20},
+	{name: failpoint.PGHolderAfterCommit, maxHit: 20},
+	{name: failpoint.PGHolderBeforeForget, maxHit: 3},
+	{name: failpoint.PGHolderAfterForget, maxHit: 3},
+	// A fence runs when recovery finds branches prepared for a holder
+	// that holds no decision: left by a crash before the holder's row.
+	{name: failpoint.PGBeforeFence, maxHit: 1, inRecovery: true, leave: failpoint.PGHolderBeforeInsert},
+	{name: failpoint.PGAfterFence, maxHit: 1, inRecovery: true, leave: failpoint.PGHolderBeforeInsert},
 	{name: failpoint.RecoveryBeforeResolve, maxHit: 2, inRecovery: true},
 	{name: failpoint.RecoveryAfterResolve, maxHit: 2, inRecovery: true},
 }
@@ -123,6 +134,8 @@ func child(mode string) error {
 	}
 	c, err := coordinator.New(ctx, coordinator.Config{
 		ID: coordinatorID, Log: log, Resources: []participant.Resource{banks[0], banks[1]},
+		// Half the transfers keep their decision at bank_a (see work).
+		Holder: "bank_a", ForgetInterval: 20 * time.Millisecond,
 		RecoveryInterval: interval, RetryBase: time.Millisecond, RetryMax: 20 * time.Millisecond, Seed: seed,
 		// Compact at every pass, so that compaction is crashed into too.
 		KeepEnded: time.Millisecond,
@@ -151,26 +164,38 @@ func child(mode string) error {
 
 var errSwallowed = errors.New("statement failed and the application went on")
 
-// work runs one random operation: mostly transfers between the banks, some
+// work runs one random operation: mostly transfers between the banks, half
+// of them with bank_a as their decision holder and half on the log, some
 // single-bank deposits (one-phase commit), some transfers whose branch at
-// bank_b sees an error the application ignores (that branch votes no).
+// bank_b sees an error the application ignores (that branch votes no), and
+// some whose branch at bank_a does (with a holder, the holder refuses the
+// decision).
 func work(ctx context.Context, c *coordinator.Coordinator, banks [2]*postgres.Resource, r *rand.Rand) error {
 	amount := int64(1 + r.IntN(300))
 	op := r.IntN(10)
+	var opts []coordinator.TxOption
+	if r.IntN(2) == 0 {
+		opts = append(opts, coordinator.WithoutHolder())
+	}
 	return c.Do(ctx, func(ctx context.Context, tx *coordinator.Tx) error {
 		id := tx.ID().String()
 		if op == 0 {
 			b := banks[r.IntN(2)]
-			return entry(ctx, tx, b, id, "deposit", r.IntN(accounts), amount)
+			_, err := entry(ctx, tx, b, id, "deposit", r.IntN(accounts), amount)
+			return err
 		}
 		da := -amount
 		if r.IntN(2) == 0 {
 			da = amount
 		}
-		if err := entry(ctx, tx, banks[0], id, "transfer", r.IntN(accounts), da); err != nil {
+		ba, err := entry(ctx, tx, banks[0], id, "transfer", r.IntN(accounts), da)
+		if err != nil {
 			return err
 		}
-		if err := entry(ctx, tx, banks[1], id, "transfer", r.IntN(accounts), -da); err != nil {
+		if op == 2 {
+			_, _ = ba.Conn().ExecContext(ctx, "SELECT 1/0")
+		}
+		if _, err := entry(ctx, tx, banks[1], id, "transfer", r.IntN(accounts), -da); err != nil {
 			return err
 		}
 		if op == 1 {
@@ -182,21 +207,21 @@ func work(ctx context.Context, c *coordinator.Coordinator, banks [2]*postgres.Re
 			_, _ = br.Conn().ExecContext(ctx, "SELECT 1/0")
 		}
 		return nil
-	})
+	}, opts...)
 }
 
 // entry changes one balance and records the change in the ledger, in the
 // transaction's branch at b.
-func entry(ctx context.Context, tx *coordinator.Tx, b *postgres.Resource, txid, kind string, account int, delta int64) error {
+func entry(ctx context.Context, tx *coordinator.Tx, b *postgres.Resource, txid, kind string, account int, delta int64) (*postgres.Branch, error) {
 	br, err := b.Enlist(ctx, tx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := br.ExecContext(ctx, `UPDATE accounts SET balance = balance + $1 WHERE id = $2`, delta, account); err != nil {
-		return err
+		return nil, err
 	}
 	_, err = br.ExecContext(ctx, `INSERT INTO ledger (txid, kind, account, delta) VALUES ($1, $2, $3, $4)`, txid, kind, account, delta)
-	return err
+	return br, err
 }
 
 type rig struct {
@@ -329,6 +354,13 @@ func (r *rig) check(t *testing.T, label string) (transfers, deposits int) {
 	if len(pending) != 0 {
 		t.Fatalf("%s: %d decisions still pending after recovery", label, len(pending))
 	}
+	var rows int
+	if err := r.db[0].QueryRowContext(ctx, `SELECT count(*) FROM `+postgres.DefaultDecisionTable).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Fatalf("%s: %d decision rows left at the holder after recovery", label, rows)
+	}
 	return len(sets[0]), deposits
 }
 
@@ -358,8 +390,12 @@ func TestKillAtEveryCrashPoint(t *testing.T) {
 			hit := 1 + rnd.IntN(p.maxHit)
 			label := fmt.Sprintf("%s:%d (run %d)", p.name, hit, i+1)
 			if p.inRecovery {
-				// Leave decided work behind, then crash while recovering it.
-				r.spawn(t, "work", fmt.Sprintf("%s:%d", failpoint.CoordAfterDecision, 1+rnd.IntN(10)), rnd.Uint64())
+				// Leave work in doubt behind, then crash while recovering it.
+				leave := p.leave
+				if leave == "" {
+					leave = failpoint.CoordAfterDecision
+				}
+				r.spawn(t, "work", fmt.Sprintf("%s:%d", leave, 1+rnd.IntN(10)), rnd.Uint64())
 				if r.spawn(t, "recover", fmt.Sprintf("%s:%d", p.name, hit), rnd.Uint64()) {
 					kills++
 				}
