@@ -31,7 +31,7 @@ var (
 
 // maxFenceAttempts is how many times a lost holder commit is fenced before
 // the outcome is reported unknown (recovery fences it later).
-const maxFenceAttempts = 4
+const maxFenceAttempts = 8
 
 // State is a transaction's protocol state. The zero value is invalid.
 type State uint8

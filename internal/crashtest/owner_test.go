@@ -36,7 +36,9 @@ func TestSecondCoordinatorWithTheSameIDIsRefused(t *testing.T) {
 			t.Cleanup(func() { p.Close() })
 			res = append(res, p)
 		}
-		return coordinator.New(ctx, coordinator.Config{ID: "same", Log: log, Resources: res, RecoveryInterval: -1, OwnerWait: 300 * time.Millisecond})
+		// bank_a holds the decisions: the id's owner is what keeps a second
+		// coordinator from fencing the first one's holder transactions.
+		return coordinator.New(ctx, coordinator.Config{ID: "same", Log: log, Resources: res, Holder: "bank_a", RecoveryInterval: -1, OwnerWait: 300 * time.Millisecond})
 	}
 	a, err := start("a.wal")
 	if err != nil {

@@ -35,12 +35,15 @@ type hooks struct {
 	mu                          sync.Mutex
 	beforePrepare, afterPrepare func()
 	beforeCommit, afterCommit   func(err error)
+	// Around a decision holder's commit (CommitDecision).
+	beforeHold, afterHold func(err error)
 }
 
 func (h *hooks) get() hooks {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return hooks{beforePrepare: h.beforePrepare, afterPrepare: h.afterPrepare, beforeCommit: h.beforeCommit, afterCommit: h.afterCommit}
+	return hooks{beforePrepare: h.beforePrepare, afterPrepare: h.afterPrepare, beforeCommit: h.beforeCommit, afterCommit: h.afterCommit,
+		beforeHold: h.beforeHold, afterHold: h.afterHold}
 }
 
 func (h *hooks) set(f func(*hooks)) {
@@ -108,7 +111,10 @@ type rig struct {
 	toxiSrv *toxiproxy.ApiServer
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+// newRigWith is newRig with the coordinator's configuration changed by mod.
+func newRigWith(t *testing.T, mod func(*coordinator.Config)) *rig {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
@@ -155,9 +161,13 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.log.Close() })
-	r.c, err = coordinator.New(ctx, coordinator.Config{ID: "faults", Log: r.log, Resources: []participant.Resource{r.res[0], r.res[1]},
+	cfg := coordinator.Config{ID: "faults", Log: r.log, Resources: []participant.Resource{r.res[0], r.res[1]},
 		PrepareTimeout: 2 * time.Second, CallTimeout: 2 * time.Second, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
-		RecoveryInterval: -1, InDoubtTimeout: time.Millisecond})
+		RecoveryInterval: -1, InDoubtTimeout: time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	r.c, err = coordinator.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +195,10 @@ func (r *rig) transfer(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if _, err := br.(*branch).ExecContext(ctx, "UPDATE accounts SET balance = balance + $1 WHERE id = 1", delta); err != nil {
+			exec := br.(interface {
+				ExecContext(context.Context, string, ...any) (sql.Result, error)
+			})
+			if _, err := exec.ExecContext(ctx, "UPDATE accounts SET balance = balance + $1 WHERE id = 1", delta); err != nil {
 				return err
 			}
 		}
@@ -201,7 +214,9 @@ func (r *rig) settle(outcome error) {
 	t.Helper()
 	for i := range r.proxy {
 		r.proxy[i].Toxics.ResetToxics(context.Background())
-		r.h[i].set(func(h *hooks) { h.beforePrepare, h.afterPrepare, h.beforeCommit, h.afterCommit = nil, nil, nil, nil })
+		r.h[i].set(func(h *hooks) {
+			h.beforePrepare, h.afterPrepare, h.beforeCommit, h.afterCommit, h.beforeHold, h.afterHold = nil, nil, nil, nil, nil, nil
+		})
 	}
 	ctx := context.Background()
 	deadline := time.Now().Add(60 * time.Second)
@@ -215,11 +230,15 @@ func (r *rig) settle(outcome error) {
 			}
 			left += n
 		}
-		if err == nil && left == 0 && r.c.Stats().Log.Pending == 0 {
+		rows := 0
+		if qerr := r.direct[0].QueryRow("SELECT count(*) FROM " + postgres.DefaultDecisionTable).Scan(&rows); qerr != nil && postgres.SQLState(qerr) != "42P01" {
+			err = qerr
+		}
+		if err == nil && left == 0 && r.c.Stats().Log.Pending == 0 && rows == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not settled after a minute of recovery: %d prepared, %d pending, %v", left, r.c.Stats().Log.Pending, err)
+			t.Fatalf("not settled after a minute of recovery: %d prepared, %d pending, %d decision rows, %v", left, r.c.Stats().Log.Pending, rows, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
