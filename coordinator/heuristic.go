@@ -36,6 +36,10 @@ type HeuristicReport struct {
 	Heuristic bool
 	Branches  []BranchResult
 	Ended     bool // every branch is finished and END is written
+	// Holder names the decision holder whose row decided, when the
+	// branches' gids name one and the log has no decision: the order was
+	// carried out only because it agrees with that row.
+	Holder string
 }
 
 // PreparedBranches finds the prepared branches of transaction id at every
@@ -75,10 +79,15 @@ type PreparedBranch struct {
 //   - A logged decision is driven if it is the one asked for; a
 //     contradicting order fails with wal.ErrConflict (DESIGN I3).
 //   - A live transaction is refused (ErrLive).
-//   - Otherwise the prepared branches of id are found at every resource,
-//     the order is logged as a heuristic decision (who, why, when, and the
-//     branches), and carried out. A commit with no prepared branch found
-//     fails with ErrNothingPrepared; an abort with none logs nothing.
+//   - Otherwise the prepared branches of id are found at every resource.
+//     When their gids name a decision holder, the holder decides: it is
+//     fenced (so that a commit still in flight is settled), and an order
+//     that contradicts its row fails with wal.ErrConflict (I3); one that
+//     agrees is carried out, and nothing is logged as heuristic.
+//   - Otherwise the order is logged as a heuristic decision (who, why,
+//     when, and the branches), and carried out. A commit with no prepared
+//     branch found fails with ErrNothingPrepared; an abort with none logs
+//     nothing.
 func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit bool, who, why string) (*HeuristicReport, error) {
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
@@ -118,6 +127,9 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 			rep.Ended = true
 			return rep, nil
 		}
+		if h, name, ok := c.holderOfAny(found); ok {
+			return c.resolveAtHolder(ctx, id, commit, h, name, found, rep)
+		}
 		for _, f := range found {
 			branches = append(branches, wal.Branch{Resource: f.Resource, GID: f.GID})
 		}
@@ -133,6 +145,19 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 	default:
 		return nil, err
 	}
+	done := c.drive(ctx, commit, branches, rep)
+	if done {
+		if err := c.log.End(id); err != nil {
+			return rep, fmt.Errorf("coordinator: end %s: %w", id, err)
+		}
+		rep.Ended = true
+	}
+	return rep, nil
+}
+
+// drive commits or rolls back branches on an operator's order and reports
+// whether every one is finished.
+func (c *Coordinator) drive(ctx context.Context, commit bool, branches []wal.Branch, rep *HeuristicReport) bool {
 	done := true
 	for _, b := range branches {
 		res := BranchResult{Resource: b.Resource, GID: b.GID}
@@ -156,11 +181,64 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 		}
 		rep.Branches = append(rep.Branches, res)
 	}
-	if done {
-		if err := c.log.End(id); err != nil {
-			return rep, fmt.Errorf("coordinator: end %s: %w", id, err)
+	return done
+}
+
+// holderOfAny returns the decision holder the gids of found name, if any.
+func (c *Coordinator) holderOfAny(found []PreparedBranch) (participant.DecisionHolder, string, bool) {
+	for _, f := range found {
+		if h, name, ok := c.holderOf(f.GID); ok {
+			return h, name, true
 		}
-		rep.Ended = true
 	}
+	return nil, "", false
+}
+
+// resolveAtHolder carries out an operator's order for a transaction whose
+// decision holder keeps the decision, if the holder's row agrees with it.
+func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit bool, h participant.DecisionHolder, name string, found []PreparedBranch, rep *HeuristicReport) (*HeuristicReport, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%w: the branches of %s name decision holder %q, which is not registered here; its row decides", ErrUnknownResource, id, name)
+	}
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+	got, err := h.Fence(cctx, c.owner(), []ids.TxID{id})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: cannot ask decision holder %s about %s, whose row decides it: %w", name, id, err)
+	}
+	d := got[id]
+	held := d.Outcome == participant.OutcomeCommit
+	if held != commit {
+		return nil, fmt.Errorf("%w: decision holder %s holds %v for %s (since %s); a forced %s would contradict it",
+			wal.ErrConflict, name, d.Outcome, id, d.Time.Format(time.RFC3339), map[bool]string{true: "commit", false: "abort"}[commit])
+	}
+	rep.Holder = name
+	var branches []wal.Branch
+	for _, f := range found {
+		// A commit covers only the branches its row names.
+		if !commit || heldNames(d, f.GID) {
+			branches = append(branches, wal.Branch{Resource: f.Resource, GID: f.GID})
+		}
+	}
+	c.logger.Warn("operator's order carried out as the decision holder's row says", "txid", id, "holder", name, "decision", d.Outcome)
+	if !c.drive(ctx, commit, branches, rep) {
+		return rep, nil
+	}
+	if commit {
+		all := make([]wal.Branch, 0, len(d.Branches))
+		for _, b := range d.Branches {
+			all = append(all, wal.Branch{Resource: b.Resource, GID: b.GID})
+		}
+		if err := noteHeld(c.log, name, id, d.Epoch, all); err != nil {
+			return rep, fmt.Errorf("coordinator: note %s: %w", id, err)
+		}
+		if err := c.log.Flush(ctx); err != nil {
+			return rep, fmt.Errorf("coordinator: note %s: %w", id, err)
+		}
+	}
+	if err := h.Forget(ctx, []ids.TxID{id}); err != nil {
+		c.logger.Warn("holder row kept; recovery forgets it", "txid", id, "holder", name, "err", err)
+	}
+	rep.Ended = true
 	return rep, nil
 }

@@ -281,3 +281,47 @@ func TestCallerThatLeavesDuringTheHolderCommitHearsUnknown(t *testing.T) {
 	waitFor(t, "phase two", func() bool { return r.a.IsCommitted(ab.GID().String()) })
 	<-tx.Done()
 }
+
+func TestI3OperatorsOrderNeverContradictsTheHoldersRow(t *testing.T) {
+	ctx := context.Background()
+	r := newHolderRig(t, nil)
+	mk := func() (ids.TxID, ids.GID) {
+		id, _ := ids.NewTxID()
+		b, _ := ids.HolderBranch(1, "h")
+		g, _ := ids.NewGID(ids.DefaultPrefix, "test", id, b)
+		r.a.AddPrepared(g.String())
+		return id, g
+	}
+	// A commit row: an abort is refused, a commit is carried out.
+	id, g := mk()
+	r.h.PutRow(participant.Decision{TxID: id, Owner: "txc.test", Outcome: participant.OutcomeCommit, Epoch: 1, Time: time.Now(),
+		Branches: []participant.BranchRef{{Resource: "a", GID: g}}})
+	if _, err := r.c.ResolveHeuristic(ctx, id, false, "op", "stuck"); !errors.Is(err, wal.ErrConflict) {
+		t.Fatalf("abort against a commit row: %v", err)
+	}
+	rep, err := r.c.ResolveHeuristic(ctx, id, true, "op", "stuck")
+	if err != nil || rep.Holder != "h" || rep.Heuristic || !rep.Ended || !r.a.IsCommitted(g.String()) {
+		t.Fatalf("commit as the row says: %+v %v", rep, err)
+	}
+	if _, ok := r.h.Row(id); ok {
+		t.Fatal("the row outlived its resolution")
+	}
+	if d, err := r.log.Lookup(id); err != nil || d.Holder != "h" {
+		t.Fatalf("the log's note: %+v %v", d, err)
+	}
+	// No row: the fence records the abort; a commit is refused.
+	id, g = mk()
+	if _, err := r.c.ResolveHeuristic(ctx, id, true, "op", "stuck"); !errors.Is(err, wal.ErrConflict) {
+		t.Fatalf("commit of a transaction its holder never committed: %v", err)
+	}
+	if r.a.IsCommitted(g.String()) {
+		t.Fatal("committed")
+	}
+	rep, err = r.c.ResolveHeuristic(ctx, id, false, "op", "stuck")
+	if err != nil || !r.a.IsRolledBack(g.String()) || rep.Holder != "h" {
+		t.Fatalf("abort: %+v %v", rep, err)
+	}
+	if _, err := r.log.Lookup(id); !errors.Is(err, wal.ErrNotFound) {
+		t.Fatalf("an abort decided by the holder was logged: %v", err)
+	}
+}
