@@ -683,6 +683,7 @@ func (c *Coordinator) machineConfig() protocol.Config {
 // TxStatus describes a live transaction.
 type TxStatus struct {
 	TxID     ids.TxID
+	Holder   string // the decision holder, if the transaction has one
 	State    protocol.State
 	Started  time.Time
 	Branches []BranchStatus

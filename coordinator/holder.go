@@ -350,3 +350,35 @@ func (d *driver) forgetDecision() {
 	c.forgetter.add(t.holder, t.id)
 	failpoint.Hit(failpoint.CoordAfterEnd)
 }
+
+// HeldDecision reads, without fencing, the decision a holder keeps for
+// transaction id: at the holder named holder, or, if holder is empty, at
+// every registered holder. It returns the holder's name, or an error
+// wrapping participant.ErrNoDecision when none keeps one (which does not
+// prove that none will: only a fence does).
+func (c *Coordinator) HeldDecision(ctx context.Context, id ids.TxID, holder string) (string, participant.Decision, error) {
+	hs := c.holders()
+	if holder != "" {
+		h, err := c.decisionHolder(holder)
+		if err != nil {
+			return holder, participant.Decision{}, err
+		}
+		hs = []participant.DecisionHolder{h}
+	}
+	var errs []error
+	for _, h := range hs {
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+		d, err := h.HeldDecision(cctx, id)
+		cancel()
+		if err == nil {
+			return h.Name(), d, nil
+		}
+		if !errors.Is(err, participant.ErrNoDecision) {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name(), err))
+		}
+	}
+	if len(errs) > 0 {
+		return holder, participant.Decision{}, errors.Join(errs...)
+	}
+	return holder, participant.Decision{}, fmt.Errorf("%w: %s", participant.ErrNoDecision, id)
+}

@@ -209,6 +209,9 @@ func (t *Tx) Status() TxStatus {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := TxStatus{TxID: t.id, Started: t.started, State: t.state}
+	if t.holder != nil {
+		s.Holder = t.holder.Name()
+	}
 	for i, b := range t.branches {
 		bs := BranchStatus{Resource: t.regs[i].Name(), GID: b.GID(), State: protocol.BranchActive}
 		if t.m != nil {
