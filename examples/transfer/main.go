@@ -3,9 +3,12 @@
 // transfers failing on purpose, then a check that the total balance is
 // unchanged and nothing is left prepared.
 //
-// It starts two throwaway PostgreSQL servers on 127.0.0.1. Where no
-// PostgreSQL can be had (or with -embedded) it runs on two embedded
-// key-value stores instead, and says so.
+// It starts two throwaway PostgreSQL servers on 127.0.0.1, and bank_a's
+// database holds each transfer's commit decision (a decision holder): the
+// commit point is bank_a's own COMMIT, and nothing is written to the
+// coordinator's log on the way. Where no PostgreSQL can be had (or with
+// -embedded) it runs on two embedded key-value stores instead, with the
+// decisions in the log, and says so.
 //
 //	go run ./examples/transfer -workers 8 -transfers 1000
 package main
@@ -99,11 +102,17 @@ func run(workers, transfers, accounts int, failRate float64, embedded bool) erro
 		return err
 	}
 	defer log.Close()
-	c, err := coordinator.New(ctx, coordinator.Config{
+	cfg := coordinator.Config{
 		ID:        "demo",
 		Log:       log,
 		Resources: []participant.Resource{a.resource(), b.resource()},
-	})
+	}
+	if !embedded {
+		// Every transfer touches bank_a first: its database keeps the
+		// decisions.
+		cfg.Holder = a.resource().Name()
+	}
+	c, err := coordinator.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -179,6 +188,15 @@ func run(workers, transfers, accounts int, failRate float64, embedded bool) erro
 	if _, err := c.Recover(ctx); err != nil {
 		return err
 	}
+	// Close deletes the holder rows of finished decisions still queued.
+	c.Close()
+	cs := c.Stats()
+	rows := 0
+	if h, ok := a.(*pgBank); ok && cfg.Holder != "" {
+		if err := h.db.QueryRowContext(ctx, "SELECT count(*) FROM "+h.res.DecisionTable()).Scan(&rows); err != nil {
+			return err
+		}
+	}
 
 	after, err := sum(ctx, a, b)
 	if err != nil {
@@ -201,9 +219,15 @@ func run(workers, transfers, accounts int, failRate float64, embedded bool) erro
 	if ls.Syncs > 0 {
 		perSync = float64(ls.Appends) / float64(ls.Syncs)
 	}
-	fmt.Printf("  log: %d COMMIT decisions in %d fsyncs (%.1f per fsync), %d END records\n", ls.Appends, ls.Syncs, perSync, ls.Ends)
-	ok := before == after && pa+pb == 0 && unknown.Load() == 0
-	fmt.Printf("  check: total balance %d before, %d after; prepared transactions left: %d: %s\n", before, after, pa+pb, verdict(ok))
+	if cfg.Holder != "" {
+		fmt.Printf("  decisions: %d kept by decision holder %s in its own database (its COMMIT is the commit point; no log write), %d rows deleted once finished\n",
+			cs.Held, cfg.Holder, cs.Forgotten)
+		fmt.Printf("  log: %d COMMIT decisions forced, %d holder decisions noted after the fact, in %d fsyncs\n", ls.Appends, ls.Notes, ls.Syncs)
+	} else {
+		fmt.Printf("  log: %d COMMIT decisions in %d fsyncs (%.1f per fsync), %d END records\n", ls.Appends, ls.Syncs, perSync, ls.Ends)
+	}
+	ok := before == after && pa+pb == 0 && unknown.Load() == 0 && rows == 0
+	fmt.Printf("  check: total balance %d before, %d after; prepared transactions left: %d; decision rows left: %d: %s\n", before, after, pa+pb, rows, verdict(ok))
 	if !ok {
 		return errors.New("invariant violated")
 	}
@@ -272,7 +296,7 @@ func openPostgres(ctx context.Context, accounts int) (bank, bank, error) {
 		}
 		banks[i] = pb
 	}
-	fmt.Printf("txcoord demo: bank transfers across two PostgreSQL databases (throwaway servers on 127.0.0.1:%d and :%d)\n", banks[0].srv.Port(), banks[1].srv.Port())
+	fmt.Printf("txcoord demo: bank transfers across two PostgreSQL databases (throwaway servers on 127.0.0.1:%d and :%d), decisions held by bank_a\n", banks[0].srv.Port(), banks[1].srv.Port())
 	return banks[0], banks[1], nil
 }
 
