@@ -23,8 +23,8 @@ import (
 // point, and nothing is forced to the coordinator's log. Every branch's gid
 // names the holder (ids.HolderBranch), so recovery finds the decision
 // without the log. A transaction without a branch at its holder, or with a
-// branch joined by a remote participant (whose gid cannot name it), takes
-// the logged path.
+// branch joined by a remote participant whose gid does not name the holder,
+// takes the logged path.
 
 // TxOption changes how one transaction is run.
 type TxOption func(*txOptions)
@@ -57,8 +57,8 @@ func (c *Coordinator) decisionHolder(name string) (participant.DecisionHolder, e
 	if !ok {
 		return nil, fmt.Errorf("%w: resource %q (%T) cannot hold decisions; a PostgreSQL resource can", ErrConfig, name, r)
 	}
-	if len(name) > ids.MaxHolderLen {
-		return nil, fmt.Errorf("%w: decision holder %q: a holder's name is at most %d bytes (it goes into every gid)", ErrConfig, name, ids.MaxHolderLen)
+	if err := ids.ValidateHolderName(name); err != nil {
+		return nil, fmt.Errorf("%w: decision holder %q goes into every gid: %v", ErrConfig, name, err)
 	}
 	return h, nil
 }

@@ -214,9 +214,9 @@ func TestJoinedBranchKeepsTheTransactionOnTheLog(t *testing.T) {
 	if err := tx.Join(r.b, g); err != nil {
 		t.Fatal(err)
 	}
-	bad, _ := ids.NewGID(ids.DefaultPrefix, "test", tx.ID(), "7-h-h")
+	bad, _ := ids.NewGID(ids.DefaultPrefix, "test", tx.ID(), "svc-2-h-a")
 	if err := tx.Join(r.b, bad); !errors.Is(err, ids.ErrBadGID) {
-		t.Fatalf("a joined branch named like a holder mark: %v", err)
+		t.Fatalf("a joined branch naming another holder than the transaction's: %v", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
@@ -323,5 +323,29 @@ func TestI3OperatorsOrderNeverContradictsTheHoldersRow(t *testing.T) {
 	}
 	if _, err := r.log.Lookup(id); !errors.Is(err, wal.ErrNotFound) {
 		t.Fatalf("an abort decided by the holder was logged: %v", err)
+	}
+}
+
+func TestJoinedBranchesNamingTheHolderKeepTheHolderPath(t *testing.T) {
+	r := newHolderRig(t, nil)
+	ctx := context.Background()
+	tx, err := r.c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Enlist(ctx, r.h); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ids.MarkHolder("svc-0a1b2c", "h")
+	g, _ := ids.NewGID(ids.DefaultPrefix, "test", tx.ID(), b)
+	r.b.AddPrepared(g.String())
+	if err := tx.Join(r.b, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.log.Stats(); s.Appends != 0 || !r.b.IsCommitted(g.String()) || r.c.Stats().Held != 1 {
+		t.Fatalf("log %+v, committed %v, stats %+v", s, r.b.IsCommitted(g.String()), r.c.Stats())
 	}
 }

@@ -87,6 +87,20 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 	return b, nil
 }
 
+// allMarked reports whether every branch but the holder's own names the
+// transaction's holder in its gid.
+func (t *Tx) allMarked(branches []participant.Branch) bool {
+	for i, b := range branches {
+		if i == t.holderAt {
+			continue
+		}
+		if h, ok := b.GID().Holder(); !ok || h != t.holder.Name() {
+			return false
+		}
+	}
+	return true
+}
+
 // Holder returns the name of the transaction's decision holder, if it has
 // one.
 func (t *Tx) Holder() (string, bool) {
@@ -110,8 +124,12 @@ func (t *Tx) Join(r participant.Resource, gid ids.GID) error {
 	if err := gid.Validate(); err != nil {
 		return err
 	}
-	if h, ok := gid.Holder(); ok {
-		return fmt.Errorf("%w: branch %q names decision holder %q; a joined branch's name may not have the form <n>-h-<name>", ids.ErrBadGID, gid.Branch, h)
+	if h, ok := gid.Holder(); ok && (t.holder == nil || h != t.holder.Name()) {
+		own := "none"
+		if t.holder != nil {
+			own = t.holder.Name()
+		}
+		return fmt.Errorf("%w: branch %q names decision holder %q, but the transaction's holder is %s", ids.ErrBadGID, gid.Branch, h, own)
 	}
 	if gid.TxID != t.id || gid.Prefix != t.c.cfg.Prefix || gid.Coordinator != t.c.cfg.ID {
 		return fmt.Errorf("%w: gid %s does not belong to transaction %s.%s.%s", ids.ErrBadGID, gid, t.c.cfg.Prefix, t.c.cfg.ID, t.id)
@@ -241,9 +259,10 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 			cfg.NoOnePhase = true
 		}
 	}
-	// The holder keeps the decision only when every other gid names it:
-	// a joined branch's cannot, so such a transaction logs its decision.
-	if t.holderAt >= 0 && !cfg.NoOnePhase && len(branches) > 1 {
+	// The holder keeps the decision only when every other gid names it,
+	// so that recovery can find it: a branch joined by a participant that
+	// did not name the holder makes the transaction log its decision.
+	if t.holderAt >= 0 && len(branches) > 1 && t.allMarked(branches) {
 		cfg.HasHolder, cfg.Holder = true, t.holderAt
 	}
 	t.m = protocol.New(len(branches), cfg)

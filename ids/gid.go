@@ -139,8 +139,8 @@ func QuoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// holderMark separates a branch's number from the name of the resource
-// that holds its transaction's decision: <n>-h-<holder>.
+// holderMark separates a branch's own name from the name of the resource
+// that holds its transaction's decision: <name>-h-<holder>.
 const holderMark = "-h-"
 
 // MaxHolderLen is the longest resource name that can be named as a
@@ -153,35 +153,61 @@ const MaxHolderLen = MaxBranchLen - len(holderMark) - 5
 // holder): "<n>-h-<holder>". Recovery reads the holder back with
 // GID.Holder, so that it finds the decision without the coordinator's log.
 func HolderBranch(n int, holder string) (string, error) {
-	if err := ValidateName("decision holder", holder); err != nil {
-		return "", err
-	}
-	if len(holder) > MaxHolderLen {
-		return "", fmt.Errorf("%w: decision holder %q is longer than %d bytes", ErrBadGID, holder, MaxHolderLen)
-	}
 	if n < 0 {
 		return "", fmt.Errorf("%w: negative branch number %d", ErrBadGID, n)
 	}
-	return strconv.Itoa(n) + holderMark + holder, nil
+	return MarkHolder(strconv.Itoa(n), holder)
+}
+
+// MarkHolder returns branch with the decision holder's mark appended:
+// "<branch>-h-<holder>". branch must not contain the mark itself, nor
+// holder, which must be a valid resource name of at most MaxHolderLen
+// bytes.
+func MarkHolder(branch, holder string) (string, error) {
+	if err := ValidateHolderName(holder); err != nil {
+		return "", err
+	}
+	if branch == "" || strings.Contains(branch, holderMark) {
+		return "", fmt.Errorf("%w: branch %q cannot carry a decision holder's mark (it is empty or contains %q)", ErrBadGID, branch, holderMark)
+	}
+	b := branch + holderMark + holder
+	if err := ValidateName("branch", b); err != nil {
+		return "", fmt.Errorf("%w (branch %q with decision holder %q)", err, branch, holder)
+	}
+	return b, nil
+}
+
+// ValidateHolderName checks the name of a resource that is to hold
+// decisions: a valid name, at most MaxHolderLen bytes, without the mark
+// "-h-".
+func ValidateHolderName(holder string) error {
+	if err := ValidateName("decision holder", holder); err != nil {
+		return err
+	}
+	if len(holder) > MaxHolderLen {
+		return fmt.Errorf("%w: decision holder %q is longer than %d bytes", ErrBadGID, holder, MaxHolderLen)
+	}
+	if strings.Contains(holder, holderMark) {
+		return fmt.Errorf("%w: decision holder %q contains %q, which marks a holder in a gid", ErrBadGID, holder, holderMark)
+	}
+	return nil
 }
 
 // Holder returns the resource that holds the decision of g's transaction,
-// if g's branch part names one (see HolderBranch).
+// if g's branch part names one (see MarkHolder).
 func (g GID) Holder() (string, bool) {
 	return BranchHolder(g.Branch)
 }
 
-// BranchHolder is GID.Holder for a branch part alone.
+// BranchHolder is GID.Holder for a branch part alone: what follows the
+// last "-h-", when something precedes it.
 func BranchHolder(branch string) (string, bool) {
-	i := 0
-	for i < len(branch) && branch[i] >= '0' && branch[i] <= '9' {
-		i++
-	}
-	if i == 0 || !strings.HasPrefix(branch[i:], holderMark) {
+	i := strings.LastIndex(branch, holderMark)
+	if i <= 0 {
 		return "", false
 	}
 	h := branch[i+len(holderMark):]
-	if h == "" || ValidateName("decision holder", h) != nil {
+	if ValidateHolderName(h) != nil {
 		return "", false
 	}
 	return h, true

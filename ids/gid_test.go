@@ -182,12 +182,23 @@ func TestHolderBranchRoundTrip(t *testing.T) {
 }
 
 func TestBranchesWithoutAHolderMarkNameNone(t *testing.T) {
-	for _, b := range []string{"0", "12", "h-bank", "-h-bank", "1-h-", "1-x-bank", "orders-abcdef", "1h-bank", "x1-h-bank"} {
+	for _, b := range []string{"0", "12", "h-bank", "-h-bank", "1-h-", "1-x-bank", "orders-abcdef", "1h-bank"} {
 		if h, ok := BranchHolder(b); ok {
 			t.Errorf("branch %q names holder %q", b, h)
 		}
 	}
-	if h, ok := BranchHolder("3-h-a-h-b"); !ok || h != "a-h-b" {
-		t.Errorf("the holder is everything after the first mark: %q %v", h, ok)
+	for b, want := range map[string]string{"x1-h-bank": "bank", "orders-0a1b2c-h-bank_a": "bank_a", "3-h-a-h-b": "b"} {
+		if h, ok := BranchHolder(b); !ok || h != want {
+			t.Errorf("branch %q: holder %q %v, want %q (what follows the last mark)", b, h, ok, want)
+		}
+	}
+	if _, err := MarkHolder("orders-0a1b", "a-h-b"); !errors.Is(err, ErrBadGID) {
+		t.Errorf("a holder name containing the mark: %v", err)
+	}
+	if _, err := MarkHolder("x-h-y", "bank"); !errors.Is(err, ErrBadGID) {
+		t.Errorf("a branch containing the mark: %v", err)
+	}
+	if _, err := MarkHolder(strings.Repeat("s", 60), "bank"); !errors.Is(err, ErrBadGID) {
+		t.Errorf("a marked branch too long for a gid: %v", err)
 	}
 }
