@@ -120,6 +120,9 @@ func New(cfg Config) (*Participant, error) {
 	if len(cfg.Name) > 40 {
 		return nil, fmt.Errorf("sdk: participant name %q is longer than 40 bytes", cfg.Name)
 	}
+	if strings.Contains(cfg.Name, "-h-") {
+		return nil, fmt.Errorf("sdk: participant name %q contains \"-h-\", which marks a decision holder in a gid", cfg.Name)
+	}
 	if err := remote.ValidateAddress(cfg.Address); err != nil {
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
@@ -198,7 +201,18 @@ func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b
 	if _, err := rand.Read(suffix); err != nil {
 		return err
 	}
-	gid, err := tx.GID(p.cfg.Name + "-" + hex.EncodeToString(suffix))
+	branch := p.cfg.Name + "-" + hex.EncodeToString(suffix)
+	if tx.Holder != "" {
+		// The gid names the decision holder, so that recovery finds the
+		// decision there; a name too long for that leaves the transaction
+		// on the coordinator's log.
+		if marked, err := ids.MarkHolder(branch, tx.Holder); err == nil {
+			branch = marked
+		} else {
+			p.logger.Warn("branch gid cannot name the decision holder; the transaction will log its decision", "holder", tx.Holder, "err", err)
+		}
+	}
+	gid, err := tx.GID(branch)
 	if err != nil {
 		return err
 	}

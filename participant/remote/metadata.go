@@ -15,11 +15,18 @@ import (
 // its gtrid, <prefix>.<coordinator id>.<txid>.
 const MetadataKey = "txcoord-gtrid"
 
+// HolderMetadataKey is the gRPC metadata key that carries the name of the
+// transaction's decision holder, when it has one: a participant names it in
+// its branch's gid (ids.MarkHolder), so that recovery finds the decision.
+const HolderMetadataKey = "txcoord-holder"
+
 // Tx identifies a global transaction to the services it calls.
 type Tx struct {
 	Prefix      string
 	Coordinator string
 	ID          ids.TxID
+	// Holder is the transaction's decision holder, if it has one.
+	Holder string
 }
 
 // GTRID is the transaction part of the transaction's gids.
@@ -65,6 +72,9 @@ func UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if tx, ok := FromContext(ctx); ok {
 			ctx = metadata.AppendToOutgoingContext(ctx, MetadataKey, tx.GTRID())
+			if tx.Holder != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, HolderMetadataKey, tx.Holder)
+			}
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
@@ -85,6 +95,16 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 	tx, err = ParseGTRID(vals[0])
 	if err != nil {
 		return Tx{}, false, err
+	}
+	switch h := md.Get(HolderMetadataKey); len(h) {
+	case 0:
+	case 1:
+		if err := ids.ValidateHolderName(h[0]); err != nil {
+			return Tx{}, false, err
+		}
+		tx.Holder = h[0]
+	default:
+		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", ids.ErrBadGID, len(h), HolderMetadataKey)
 	}
 	return tx, true, nil
 }
