@@ -97,9 +97,12 @@ func (r *Resource) decisionDDL() string {
 // insert and delete its rows. An error wrapping ErrHolderPrivilege names
 // what is missing and how to grant it.
 func (r *Resource) HolderReady(ctx context.Context) error {
+	if r.holderReady.Load() {
+		return nil
+	}
 	r.holderMu.Lock()
 	defer r.holderMu.Unlock()
-	if r.holderReady {
+	if r.holderReady.Load() {
 		return nil
 	}
 	tbl := r.decisionTable()
@@ -154,7 +157,7 @@ func (r *Resource) HolderReady(ctx context.Context) error {
 		return fmt.Errorf("postgres: %s: the decision table %s does not have the expected columns (txid, coordinator, outcome, epoch, decided_at, branches): %w", r.name, tbl, err)
 	}
 	_ = rows.Close()
-	r.holderReady = true
+	r.holderReady.Store(true)
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -92,7 +93,7 @@ type Resource struct {
 
 	table, schema string // the decision table
 	holderMu      sync.Mutex
-	holderReady   bool // HolderReady succeeded
+	holderReady   atomic.Bool // HolderReady succeeded
 }
 
 var _ participant.Resource = (*Resource)(nil)
