@@ -496,8 +496,10 @@ func (s *Server) GetTransaction(ctx context.Context, req *txcoordv1.GetTransacti
 		return nil, err
 	}
 	tx, ok := s.describe(id)
+	var found []coordinator.PreparedBranch
+	var errs []error
 	if req.GetProbe() {
-		found, errs := s.c.PreparedBranches(ctx, id)
+		found, errs = s.c.PreparedBranches(ctx, id)
 		if !ok && len(found) > 0 {
 			tx, ok = inDoubt(id, found), true
 		}
@@ -505,11 +507,28 @@ func (s *Server) GetTransaction(ctx context.Context, req *txcoordv1.GetTransacti
 			probe(tx, found, errs)
 		}
 	}
+	if !ok {
+		// Not live, not logged, nothing prepared found: a decision
+		// holder's row may still keep its decision.
+		held, err := s.heldOnly(ctx, id)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "transaction %s is not live here and no decision is logged, but the decision holders could not be asked whether one keeps its decision: %v", id, err)
+		}
+		if held != nil {
+			tx, ok = held, true
+			if req.GetProbe() {
+				probe(tx, found, errs)
+			}
+		}
+	}
 	if !ok && s.c.Forgotten(id) {
 		return nil, status.Errorf(codes.NotFound, "unknown transaction %s: it began before the log's retention of finished decisions, so whether it committed is no longer known here", id)
 	}
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "unknown transaction %s: not live here, no decision logged, and no prepared branch found (if it was begun here, it aborted: presumed abort)", id)
+		return nil, status.Errorf(codes.NotFound, "unknown transaction %s: not live here, no decision logged or held, and no prepared branch found (if it was begun here, it aborted: presumed abort)", id)
+	}
+	if tx.DecisionHolder != "" && tx.HeldDecision == "" {
+		tx.HeldDecision = s.heldDecision(ctx, id, tx.DecisionHolder)
 	}
 	if err := s.c.Log().Records(func(r wal.Record) error {
 		if r.TxID == id {
@@ -523,7 +542,7 @@ func (s *Server) GetTransaction(ctx context.Context, req *txcoordv1.GetTransacti
 }
 
 func logRecord(r wal.Record) *txcoordv1.LogRecord {
-	out := &txcoordv1.LogRecord{Lsn: r.LSN, Kind: r.Kind.String(), Time: timestamppb.New(r.Time), Epoch: r.Epoch, Heuristic: r.Heuristic, Who: r.Who, Why: r.Why}
+	out := &txcoordv1.LogRecord{Lsn: r.LSN, Kind: r.Kind.String(), Time: timestamppb.New(r.Time), Epoch: r.Epoch, Heuristic: r.Heuristic, Who: r.Who, Why: r.Why, Holder: r.Holder}
 	for _, b := range r.Branches {
 		out.Gids = append(out.Gids, b.GID.String())
 	}
@@ -531,6 +550,7 @@ func logRecord(r wal.Record) *txcoordv1.LogRecord {
 }
 
 // inDoubt describes a transaction known only by its prepared branches.
+// Its decision holder, if any, is the one their gids name.
 func inDoubt(id ids.TxID, found []coordinator.PreparedBranch) *txcoordv1.Transaction {
 	out := &txcoordv1.Transaction{Txid: id.String(), State: txcoordv1.TxState_TX_STATE_IN_DOUBT}
 	if t := id.Time(); !t.IsZero() {
@@ -539,8 +559,59 @@ func inDoubt(id ids.TxID, found []coordinator.PreparedBranch) *txcoordv1.Transac
 	}
 	for _, f := range found {
 		out.Branches = append(out.Branches, &txcoordv1.Branch{Participant: f.Resource, Gid: f.GID.String(), State: "prepared"})
+		if h, ok := f.GID.Holder(); ok && out.DecisionHolder == "" {
+			out.DecisionHolder = h
+		}
 	}
 	return out
+}
+
+// heldTimeout bounds asking decision holders for their rows in one request.
+const heldTimeout = 10 * time.Second
+
+// heldDecision says what decision holder holder keeps for transaction id,
+// in the words of Transaction.held_decision. It reads the row without
+// fencing: it changes nothing.
+func (s *Server) heldDecision(ctx context.Context, id ids.TxID, holder string) string {
+	cctx, cancel := context.WithTimeout(ctx, heldTimeout)
+	defer cancel()
+	_, d, err := s.c.HeldDecision(cctx, id, holder)
+	switch {
+	case err == nil:
+		return d.Outcome.String()
+	case errors.Is(err, participant.ErrNoDecision):
+		return "none"
+	}
+	return "cannot ask: " + err.Error()
+}
+
+// heldOnly describes transaction id, neither live nor logged, from the row
+// a registered decision holder keeps for it (a commit whose row is not yet
+// forgotten, or an abort a fence recorded). It returns nil when no holder
+// keeps one, and an error when some holder could not be asked and none of
+// the others keeps one.
+func (s *Server) heldOnly(ctx context.Context, id ids.TxID) (*txcoordv1.Transaction, error) {
+	cctx, cancel := context.WithTimeout(ctx, heldTimeout)
+	defer cancel()
+	name, d, err := s.c.HeldDecision(cctx, id, "")
+	switch {
+	case errors.Is(err, participant.ErrNoDecision):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	out := &txcoordv1.Transaction{Txid: id.String(), State: txcoordv1.TxState_TX_STATE_COMMITTING, DecisionHolder: name, HeldDecision: d.Outcome.String()}
+	if d.Outcome != participant.OutcomeCommit {
+		out.State = txcoordv1.TxState_TX_STATE_ABORTED
+	}
+	if t := id.Time(); !t.IsZero() {
+		out.Started = timestamppb.New(t)
+		out.Age = durationpb.New(time.Since(t))
+	}
+	for _, b := range d.Branches {
+		out.Branches = append(out.Branches, &txcoordv1.Branch{Participant: b.Resource, Gid: b.GID.String(), State: "held"})
+	}
+	return out, nil
 }
 
 // probe fills in what the resources say of each branch of tx, and adds
@@ -617,7 +688,10 @@ func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 		if d.Kind == wal.KindAbort {
 			dec = txcoordv1.Decision_DECISION_ABORT
 		}
-		out.Decision = &txcoordv1.LoggedDecision{Decision: dec, Time: timestamppb.New(d.Time), Ended: d.Ended, Heuristic: d.Heuristic, Who: d.Who, Why: d.Why}
+		out.Decision = &txcoordv1.LoggedDecision{Decision: dec, Time: timestamppb.New(d.Time), Ended: d.Ended, Heuristic: d.Heuristic, Who: d.Who, Why: d.Why, Holder: d.Holder}
+		if d.Holder != "" && out.DecisionHolder == "" {
+			out.DecisionHolder = d.Holder
+		}
 	}
 	return out, out != nil
 }
@@ -626,6 +700,7 @@ func fromStatus(st coordinator.TxStatus) *txcoordv1.Transaction {
 	out := &txcoordv1.Transaction{
 		Txid: st.TxID.String(), State: stateOf(st.State), Started: timestamppb.New(st.Started),
 		Age: durationpb.New(time.Since(st.Started)), Retries: int32(st.Retries), Live: true,
+		DecisionHolder: st.Holder,
 	}
 	if st.Cause != nil {
 		out.Cause = st.Cause.Error()
@@ -678,7 +753,7 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 	for _, st := range s.c.Transactions() {
 		t := fromStatus(st)
 		if d, err := s.c.Log().Lookup(st.TxID); err == nil {
-			t.Decision = &txcoordv1.LoggedDecision{Decision: txcoordv1.Decision_DECISION_COMMIT, Time: timestamppb.New(d.Time), Ended: d.Ended}
+			t.Decision = &txcoordv1.LoggedDecision{Decision: txcoordv1.Decision_DECISION_COMMIT, Time: timestamppb.New(d.Time), Ended: d.Ended, Holder: d.Holder}
 		}
 		seen[t.Txid] = true
 		all = append(all, t)
@@ -711,12 +786,22 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 				byTx[p.GID.TxID] = append(byTx[p.GID.TxID], coordinator.PreparedBranch{Resource: r.Name(), GID: p.GID, Since: p.Since})
 			}
 		}
+		// One read of its row per in-doubt transaction; a holder that
+		// could not be asked once is not asked again in this call.
+		unreachable := map[string]string{}
 		for id, found := range byTx {
 			t := inDoubt(id, found)
 			if _, live := s.c.Tx(id); live {
 				continue
 			}
 			probe(t, found, nil)
+			if h := t.DecisionHolder; h != "" {
+				if why, ok := unreachable[h]; ok {
+					t.HeldDecision = why
+				} else if t.HeldDecision = s.heldDecision(ctx, id, h); strings.HasPrefix(t.HeldDecision, "cannot ask") {
+					unreachable[h] = t.HeldDecision
+				}
+			}
 			all = append(all, t)
 		}
 	}
@@ -778,7 +863,9 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 		rep, err := s.c.ResolveHeuristic(ctx, id, want == txcoordv1.Decision_DECISION_COMMIT, who, req.GetReason())
 		switch {
 		case errors.Is(err, wal.ErrConflict):
-			return nil, status.Errorf(codes.FailedPrecondition, "refused: %v; a logged decision is never contradicted, so only it can be driven", err)
+			return nil, s.contradiction(id, err)
+		case errors.Is(err, coordinator.ErrUnknownResource):
+			return nil, status.Errorf(codes.FailedPrecondition, "%v; nothing changed", err)
 		case errors.Is(err, coordinator.ErrNothingPrepared):
 			return nil, status.Errorf(codes.FailedPrecondition, "%v: nothing to commit (if it was begun here and not committed, it aborted: presumed abort)", err)
 		case errors.Is(err, coordinator.ErrLive):
@@ -787,6 +874,7 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 			return nil, status.Error(codes.Unavailable, err.Error())
 		}
 		resp.Heuristic = rep.Heuristic
+		resp.DecisionHolder = rep.Holder
 		for _, b := range rep.Branches {
 			br := &txcoordv1.BranchResult{Participant: b.Resource, Gid: b.GID.String(), Ok: b.Err == nil, Result: "committed"}
 			if rep.Decision != wal.KindCommit {
@@ -798,6 +886,12 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 			resp.Branches = append(resp.Branches, br)
 		}
 		switch {
+		case rep.Holder != "":
+			done := "committed"
+			if rep.Decision != wal.KindCommit {
+				done = "rolled back"
+			}
+			resp.Action = fmt.Sprintf("%s as decision holder %s's row says: drove its %s to %d branches; nothing heuristic logged", done, rep.Holder, rep.Decision, len(rep.Branches))
 		case len(rep.Branches) == 0:
 			resp.Action = "nothing was prepared: the transaction is aborted (presumed abort); nothing logged"
 		case rep.Heuristic:
@@ -814,6 +908,20 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 		resp.Transaction = t
 	}
 	return resp, nil
+}
+
+// contradiction is the refusal of a resolution that would contradict the
+// decision of id (err wraps wal.ErrConflict): the one in the log, or, when
+// the log has none, the one a decision holder's row keeps (I3).
+func (s *Server) contradiction(id ids.TxID, err error) error {
+	d, lerr := s.c.Log().Lookup(id)
+	if lerr != nil {
+		return status.Errorf(codes.FailedPrecondition, "refused: %v; a decision holder's row is never contradicted, so only the decision it keeps can be driven", err)
+	}
+	if d.Holder != "" {
+		return status.Errorf(codes.FailedPrecondition, "refused: %v (noted from decision holder %s's row); a logged decision is never contradicted, so only it can be driven", err, d.Holder)
+	}
+	return status.Errorf(codes.FailedPrecondition, "refused: %v; a logged decision is never contradicted, so only it can be driven", err)
 }
 
 // identity names who asks: the operator's own words, and the client
@@ -847,6 +955,7 @@ func (s *Server) Recover(ctx context.Context, _ *txcoordv1.RecoverRequest) (*txc
 	resp := &txcoordv1.RecoverResponse{
 		Redriven: int32(rep.Redriven), Committed: int32(rep.Committed), RolledBack: int32(rep.RolledBack),
 		SkippedLive: int32(rep.SkippedLive), SkippedYoung: int32(rep.SkippedYoung), Foreign: int32(rep.Foreign),
+		Fenced: int32(rep.Fenced), Held: int32(rep.Held), Forgotten: int32(rep.Forgotten),
 	}
 	for _, u := range rep.Unfinished {
 		resp.Unfinished = append(resp.Unfinished, u.String())
@@ -859,6 +968,9 @@ func (s *Server) Recover(ctx context.Context, _ *txcoordv1.RecoverRequest) (*txc
 	}
 	for _, a := range rep.Actions {
 		r := &txcoordv1.BranchResult{Participant: a.Resource, Gid: a.GID, Result: a.What, Ok: a.Err == nil}
+		if a.Holder != "" {
+			r.Result += " as decision holder " + a.Holder + "'s row says"
+		}
 		if a.Err != nil {
 			r.Result += ": " + a.Err.Error()
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/fake"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -36,12 +37,22 @@ type env struct {
 
 func start(t *testing.T, log wal.Log, resources []participant.Resource, cfg server.Config) *env {
 	t.Helper()
+	return startWith(t, log, resources, cfg, nil)
+}
+
+// startWith is start with the coordinator's configuration changed by mod.
+func startWith(t *testing.T, log wal.Log, resources []participant.Resource, cfg server.Config, mod func(*coordinator.Config)) *env {
+	t.Helper()
 	ctx := context.Background()
 	if log == nil {
 		log = wal.NewMem()
 	}
-	c, err := coordinator.New(ctx, coordinator.Config{ID: "c1", Log: log, Resources: resources, RecoveryInterval: -1,
-		InDoubtTimeout: time.Second, CallTimeout: 5 * time.Second, RetryBase: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond})
+	ccfg := coordinator.Config{ID: "c1", Log: log, Resources: resources, RecoveryInterval: -1,
+		InDoubtTimeout: time.Second, CallTimeout: 5 * time.Second, RetryBase: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond}
+	if mod != nil {
+		mod(&ccfg)
+	}
+	c, err := coordinator.New(ctx, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,4 +243,237 @@ func TestGRPCTimeoutRollsBack(t *testing.T) {
 	}
 	_, err = e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: b.Txid})
 	wantCode(t, err, codes.FailedPrecondition, "timeout")
+}
+
+// holderEnv is a served coordinator whose decision holder is the fake
+// resource h, beside the fake resource a. Rows of finished decisions are
+// kept (the forgetter waits an hour) so that they can be read.
+type holderEnv struct {
+	*env
+	h *fake.Holder
+	a *fake.Resource
+}
+
+func startHolder(t *testing.T) *holderEnv {
+	t.Helper()
+	h, a := fake.NewHolder("h"), fake.New("a")
+	e := startWith(t, nil, []participant.Resource{h, a}, server.Config{}, func(c *coordinator.Config) {
+		c.Holder, c.ForgetInterval = "h", time.Hour
+	})
+	return &holderEnv{env: e, h: h, a: a}
+}
+
+// holderGID is the gid of branch n of transaction id when holder keeps its
+// decision.
+func holderGID(t *testing.T, id ids.TxID, n int, holder string) ids.GID {
+	t.Helper()
+	b, err := ids.HolderBranch(n, holder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := ids.NewGID(ids.DefaultPrefix, "c1", id, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func listed(t *testing.T, resp *txcoordv1.ListTransactionsResponse, id string) *txcoordv1.Transaction {
+	t.Helper()
+	for _, tx := range resp.GetTransactions() {
+		if tx.GetTxid() == id {
+			return tx
+		}
+	}
+	t.Fatalf("%s is not listed: %v", id, resp)
+	return nil
+}
+
+// A holder transaction says where its decision lives while live, and
+// once its decision is noted in the log.
+func TestHolderTransactionNamesItsDecisionHolder(t *testing.T) {
+	e := startHolder(t)
+	ctx := context.Background()
+	tx, err := e.c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []participant.Resource{e.h, e.a} {
+		if _, err := tx.Enlist(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := tx.ID().String()
+	got, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id})
+	if err != nil || !got.GetLive() || got.GetDecisionHolder() != "h" || got.GetHeldDecision() != "none" {
+		t.Fatalf("live holder transaction: %v %v", got, err)
+	}
+	list, err := e.api.ListTransactions(ctx, &txcoordv1.ListTransactionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := listed(t, list, id); l.GetDecisionHolder() != "h" {
+		t.Fatalf("listed without its holder: %v", l)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := e.log.Lookup(tx.ID()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the holder's decision was never noted in the log")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got, err = e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetDecisionHolder() != "h" || got.GetHeldDecision() != "commit" || got.GetDecision().GetHolder() != "h" || got.GetDecision().GetDecision() != txcoordv1.Decision_DECISION_COMMIT {
+		t.Fatalf("committed holder transaction: %v", got)
+	}
+	if len(got.GetRecords()) != 1 || got.GetRecords()[0].GetHolder() != "h" {
+		t.Fatalf("log records: %v", got.GetRecords())
+	}
+	// Once the row is forgotten, the holder says so and the log's note
+	// still tells where the decision lived.
+	if err := e.h.Forget(ctx, []ids.TxID{tx.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id})
+	if err != nil || got.GetDecisionHolder() != "h" || got.GetHeldDecision() != "none" {
+		t.Fatalf("after the row is forgotten: %v %v", got, err)
+	}
+}
+
+// A transaction neither live nor logged, with no prepared branch, is
+// found by the row its holder keeps: a commit row reads as committing, an
+// abort row as aborted.
+func TestGetTransactionKnownOnlyByAHolderRow(t *testing.T) {
+	e := startHolder(t)
+	ctx := context.Background()
+	for _, c := range []struct {
+		outcome participant.Outcome
+		state   txcoordv1.TxState
+	}{
+		{participant.OutcomeCommit, txcoordv1.TxState_TX_STATE_COMMITTING},
+		{participant.OutcomeAbort, txcoordv1.TxState_TX_STATE_ABORTED},
+	} {
+		id, _ := ids.NewTxID()
+		g := holderGID(t, id, 1, "h")
+		d := participant.Decision{TxID: id, Owner: "txc.c1", Outcome: c.outcome, Epoch: 1, Time: time.Now()}
+		if c.outcome == participant.OutcomeCommit {
+			d.Branches = []participant.BranchRef{{Resource: "a", GID: g}}
+		}
+		e.h.PutRow(d)
+		for _, probe := range []bool{false, true} {
+			got, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id.String(), Probe: probe})
+			if err != nil {
+				t.Fatalf("%v row, probe %v: %v", c.outcome, probe, err)
+			}
+			if got.GetState() != c.state || got.GetDecisionHolder() != "h" || got.GetHeldDecision() != c.outcome.String() || got.GetLive() || got.GetDecision() != nil {
+				t.Fatalf("%v row, probe %v: %v", c.outcome, probe, got)
+			}
+			if c.outcome == participant.OutcomeCommit && (len(got.GetBranches()) != 1 || got.GetBranches()[0].GetGid() != g.String()) {
+				t.Fatalf("branches named by the row: %v", got.GetBranches())
+			}
+		}
+	}
+	id, _ := ids.NewTxID()
+	_, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id.String(), Probe: true})
+	wantCode(t, err, codes.NotFound, "no decision logged or held")
+}
+
+// I3 at the holder: a resolution that contradicts the holder's row is
+// refused as one contradicting the log is; one that agrees is carried
+// out, nothing heuristic is logged, and the response names the holder.
+func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
+	e := startHolder(t)
+	ctx := context.Background()
+	id, _ := ids.NewTxID()
+	g := holderGID(t, id, 1, "h")
+	e.a.AddPrepared(g.String())
+	e.h.PutRow(participant.Decision{TxID: id, Owner: "txc.c1", Outcome: participant.OutcomeCommit, Epoch: 1, Time: time.Now(),
+		Branches: []participant.BranchRef{{Resource: "a", GID: g}}})
+
+	list, err := e.api.ListTransactions(ctx, &txcoordv1.ListTransactionsRequest{Scan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := listed(t, list, id.String()); l.GetState() != txcoordv1.TxState_TX_STATE_IN_DOUBT || l.GetDecisionHolder() != "h" || l.GetHeldDecision() != "commit" {
+		t.Fatalf("in doubt: %v", l)
+	}
+	got, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id.String(), Probe: true})
+	if err != nil || got.GetState() != txcoordv1.TxState_TX_STATE_IN_DOUBT || got.GetDecisionHolder() != "h" || got.GetHeldDecision() != "commit" {
+		t.Fatalf("show in doubt: %v %v", got, err)
+	}
+
+	_, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id.String(), Decision: txcoordv1.Decision_DECISION_ABORT, Reason: "test"})
+	wantCode(t, err, codes.FailedPrecondition, "decision holder h holds commit")
+	wantCode(t, err, codes.FailedPrecondition, "never contradicted")
+	if !e.a.IsPrepared(g.String()) || e.a.IsRolledBack(g.String()) {
+		t.Fatal("a refused resolution touched the branch")
+	}
+	resp, err := e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id.String(), Decision: txcoordv1.Decision_DECISION_COMMIT, Reason: "test", Operator: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetDecisionHolder() != "h" || resp.GetHeuristic() || !strings.Contains(resp.GetAction(), "committed as decision holder h's row says") {
+		t.Fatalf("resolve that agrees with the row: %v", resp)
+	}
+	if !e.a.IsCommitted(g.String()) {
+		t.Fatal("the branch was not committed")
+	}
+	if d, err := e.log.Lookup(id); err != nil || d.Heuristic || d.Holder != "h" {
+		t.Fatalf("logged %+v %v: want the holder's note, not a heuristic decision", d, err)
+	}
+	if resp.GetTransaction().GetDecision().GetHolder() != "h" || resp.GetTransaction().GetDecisionHolder() != "h" {
+		t.Fatalf("the resolved transaction: %v", resp.GetTransaction())
+	}
+	// The log now holds the note: contradicting it is refused and names
+	// the holder too.
+	_, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id.String(), Decision: txcoordv1.Decision_DECISION_ABORT, Reason: "test"})
+	wantCode(t, err, codes.FailedPrecondition, "decision holder h")
+
+	// No row: the holder's fence records an abort, so a commit is refused
+	// and an abort carried out.
+	id2, _ := ids.NewTxID()
+	g2 := holderGID(t, id2, 1, "h")
+	e.a.AddPrepared(g2.String())
+	_, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id2.String(), Decision: txcoordv1.Decision_DECISION_COMMIT, Reason: "test"})
+	wantCode(t, err, codes.FailedPrecondition, "decision holder h holds abort")
+	if !e.a.IsPrepared(g2.String()) {
+		t.Fatal("a refused resolution touched the branch")
+	}
+	resp, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id2.String(), Decision: txcoordv1.Decision_DECISION_ABORT, Reason: "test"})
+	if err != nil || resp.GetDecisionHolder() != "h" || resp.GetHeuristic() || !strings.Contains(resp.GetAction(), "rolled back as decision holder h's row says") {
+		t.Fatalf("abort that agrees with the fence: %v %v", resp, err)
+	}
+	if !e.a.IsRolledBack(g2.String()) {
+		t.Fatal("the branch was not rolled back")
+	}
+}
+
+// Recover reports what decision holders' rows decided.
+func TestRecoverCountsHolderDecisions(t *testing.T) {
+	e := startHolder(t)
+	ctx := context.Background()
+	id, _ := ids.NewTxID()
+	g := holderGID(t, id, 1, "h")
+	e.a.AddPrepared(g.String())
+	e.h.PutRow(participant.Decision{TxID: id, Owner: "txc.c1", Outcome: participant.OutcomeCommit, Time: time.Now().Add(-time.Hour),
+		Branches: []participant.BranchRef{{Resource: "a", GID: g}}})
+	rep, err := e.api.Recover(ctx, &txcoordv1.RecoverRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.GetHeld() != 1 || rep.GetForgotten() != 1 || rep.GetCommitted() != 1 || len(rep.GetErrors()) != 0 {
+		t.Fatalf("recover: %v", rep)
+	}
+	if !e.a.IsCommitted(g.String()) || e.h.Rows() != 0 {
+		t.Fatal("the held commit was not driven to the end")
+	}
 }

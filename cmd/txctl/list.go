@@ -38,7 +38,9 @@ func newListCmd() *cobra.Command {
 		Long: `List the transactions the server is driving, decided ones whose phase two is
 unfinished, and (unless --no-scan) prepared branches found at the server's
 resources that no live transaction owns (in doubt), with their age,
-branches, retry count and last error.`,
+branches, where each decision lives (the coordinator's log, or the
+decision holder whose database keeps it, with what its row says for
+in-doubt ones), retry count and last error.`,
 		Example: `  txctl list
   txctl list --state in-doubt --older-than 5m
   txctl list -o json | jq '.transactions[].txid'`,
@@ -78,7 +80,7 @@ branches, retry count and last error.`,
 				return nil
 			}
 			tw := table(out)
-			fmt.Fprintln(tw, "TXID\tSTATE\tAGE\tBRANCHES\tRETRIES\tLAST ERROR")
+			fmt.Fprintln(tw, "TXID\tSTATE\tAGE\tDECISION AT\tBRANCHES\tRETRIES\tLAST ERROR")
 			for _, t := range resp.GetTransactions() {
 				var bs []string
 				lastErr := t.GetCause()
@@ -88,7 +90,10 @@ branches, retry count and last error.`,
 						lastErr = b.GetLastError()
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", t.GetTxid(), stateName(t.GetState()), age(t.GetAge()), dash(strings.Join(bs, ",")), t.GetRetries(), dash(lastErr))
+				if held := t.GetHeldDecision(); lastErr == "" && strings.HasPrefix(held, "cannot ask") {
+					lastErr = held
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", t.GetTxid(), stateName(t.GetState()), age(t.GetAge()), decisionAt(t), dash(strings.Join(bs, ",")), t.GetRetries(), dash(lastErr))
 			}
 			return tw.Flush()
 		},

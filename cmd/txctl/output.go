@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 // printJSON writes v as indented JSON: proto messages with their proto
@@ -61,6 +63,38 @@ func dash(s string) string {
 		return "-"
 	}
 	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// decisionAt says in a few words where t's decision lives: "log", or its
+// decision holder with what the holder's row says when it was asked.
+func decisionAt(t *txcoordv1.Transaction) string {
+	h := t.GetDecisionHolder()
+	if h == "" {
+		return "log"
+	}
+	switch held := t.GetHeldDecision(); {
+	case held == "":
+		return h
+	case strings.HasPrefix(held, "cannot ask"):
+		return h + " (cannot ask)"
+	default:
+		return h + " (row: " + held + ")"
+	}
+}
+
+// heldWords says what a decision holder's row says, in a sentence.
+func heldWords(held string) string {
+	switch held {
+	case "":
+		return "not asked"
+	case "commit":
+		return "its row says commit"
+	case "abort":
+		return "its row says abort (a recovery fence found no commit)"
+	case "none":
+		return "it keeps no row (not decided yet, or finished and forgotten)"
+	}
+	return held
 }
 
 func stateName(s fmt.Stringer) string {

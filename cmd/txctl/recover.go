@@ -13,8 +13,9 @@ func newRecoverCmd() *cobra.Command {
 		Short: "Run a recovery pass now and print what it did",
 		Long: `Ask the server to run a recovery pass now: drive every logged decision
 without END to its branches, then resolve prepared branches of this
-coordinator that no live transaction owns (commit where COMMIT is logged,
-roll back otherwise: presumed abort), leaving young and foreign ones alone.`,
+coordinator that no live transaction owns (commit where COMMIT is logged or
+a decision holder's row keeps it, roll back otherwise: presumed abort),
+leaving young and foreign ones alone.`,
 		Example: `  txctl recover
   txctl recover -o json`,
 		Args: cobra.NoArgs,
@@ -36,6 +37,7 @@ roll back otherwise: presumed abort), leaving young and foreign ones alone.`,
 			}
 			fmt.Fprintf(out, "decisions driven to the end  %d\nbranches committed           %d\nbranches rolled back         %d\nleft alone: live %d, young %d, foreign %d\n",
 				rep.GetRedriven(), rep.GetCommitted(), rep.GetRolledBack(), rep.GetSkippedLive(), rep.GetSkippedYoung(), rep.GetForeign())
+			fmt.Fprintf(out, "decision holders: fenced %d, held commits driven %d, rows forgotten %d\n", rep.GetFenced(), rep.GetHeld(), rep.GetForgotten())
 			for _, u := range rep.GetUnfinished() {
 				fmt.Fprintf(out, "unfinished: %s (some branch did not acknowledge; retried next pass)\n", u)
 			}

@@ -20,10 +20,15 @@ so that their locks are released.
 
 If the log holds a decision, only that decision may be driven: asking for the
 other one is refused (exit code 3) and nothing changes. Without a logged
-decision (the transaction was never decided, or its log was lost), the server
-finds the transaction's prepared branches at its resources and records your
-choice as a heuristic decision, with who, when and why, before carrying it out.
-A live, undecided transaction can only be aborted.`,
+decision, the server finds the transaction's prepared branches at its
+resources. When their gids name a decision holder, that holder's row decides:
+the server first settles it (a transaction with no commit row gets an abort
+row, so that a late commit cannot land), refuses an order that contradicts
+the row (exit code 3; no branch is touched), and carries out one that agrees,
+logging nothing heuristic. Otherwise (the transaction was never decided, or
+its log was lost) it records your choice as a heuristic decision, with who,
+when and why, before carrying it out. A live, undecided transaction can only
+be aborted.`,
 		Example: `  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --abort --reason "client gone; rows locked since 02:10"
   txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --commit --reason "log restored from backup shows COMMIT"`,
 		Args: cobra.ExactArgs(1),
@@ -68,10 +73,14 @@ A live, undecided transaction can only be aborted.`,
 					return err
 				}
 			}
+			kept := "the decision is logged"
+			if h := resp.GetDecisionHolder(); h != "" {
+				kept = "decision holder " + h + "'s row keeps the decision"
+			}
 			for _, b := range resp.GetBranches() {
 				if !b.GetOk() {
 					return fail(exitUnavailable, fmt.Errorf("branch %s at %s not finished: %s", b.GetGid(), b.GetParticipant(), b.GetResult()),
-						"the decision is logged; run `txctl recover` once the database is reachable, or wait for the next recovery pass")
+						kept+"; run `txctl recover` once the database is reachable, or wait for the next recovery pass")
 				}
 			}
 			return nil

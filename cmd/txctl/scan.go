@@ -21,6 +21,7 @@ type preparedRow struct {
 	Coordinator string    `json:"coordinator,omitempty"`
 	TxID        string    `json:"txid,omitempty"`
 	Branch      string    `json:"branch,omitempty"`
+	Holder      string    `json:"holder,omitempty"` // the decision holder the gid names
 	Prepared    time.Time `json:"prepared"`
 	AgeSeconds  float64   `json:"age_seconds"`
 	Stale       bool      `json:"stale"`
@@ -56,8 +57,10 @@ func newScanCmd() *cobra.Command {
 		Short: "List every prepared transaction in a PostgreSQL server, with what it holds",
 		Long: `Connect to PostgreSQL directly (no txcoord server needed) and list every
 prepared transaction: txcoord's (with coordinator, transaction and branch
-parsed from the gid) and foreign ones, with its age, owner, database, and the
-locks it holds (relation names resolve for the database you connect to).
+parsed from the gid, and the decision holder whose database keeps the
+decision when the gid names one) and foreign ones, with its age, owner,
+database, and the locks it holds (relation names resolve for the database you
+connect to).
 A prepared transaction older than --stale is marked stale: it holds its locks
 until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 		Example: `  txctl scan --dsn 'postgres://postgres@db1:5432/ledger?sslmode=disable'
@@ -93,6 +96,7 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 				r.Kind = "foreign"
 				if g, err := ids.ParseGID(r.GID); err == nil {
 					r.Kind, r.Coordinator, r.TxID, r.Branch = "txcoord", g.Prefix+"."+g.Coordinator, g.TxID.String(), g.Branch
+					r.Holder, _ = g.Holder()
 				}
 				out = append(out, r)
 			}
@@ -111,9 +115,16 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 				return nil
 			}
 			tw := table(w)
-			fmt.Fprintln(tw, "GID\tKIND\tAGE\tSTALE\tOWNER\tDATABASE\tLOCKS\tRELATIONS")
+			fmt.Fprintln(tw, "GID\tKIND\tDECISION AT\tAGE\tSTALE\tOWNER\tDATABASE\tLOCKS\tRELATIONS")
 			for _, r := range out {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%d\t%v\n", r.GID, r.Kind, roundAge(time.Duration(r.AgeSeconds*float64(time.Second))), r.Stale, r.Owner, r.Database, r.Locks, r.Relations)
+				at := "-"
+				switch {
+				case r.Holder != "":
+					at = r.Holder
+				case r.Kind == "txcoord":
+					at = "log"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%d\t%v\n", r.GID, r.Kind, at, roundAge(time.Duration(r.AgeSeconds*float64(time.Second))), r.Stale, r.Owner, r.Database, r.Locks, r.Relations)
 			}
 			return tw.Flush()
 		},

@@ -20,8 +20,10 @@ func newShowCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "show TXID",
 		Short: "Show everything known of one transaction",
-		Long: `Show a transaction's state, its branches and what each branch's database says
-of it now (still prepared or not), and its records in the decision log.`,
+		Long: `Show a transaction's state, where its decision lives (the coordinator's log, or
+the decision holder whose database keeps it, and what that holder's row
+says now), its branches and what each branch's database says of it now
+(still prepared or not), and its records in the decision log.`,
 		Example: `  txctl show 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b
   txctl show 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b -o json`,
 		Args: cobra.ExactArgs(1),
@@ -49,10 +51,18 @@ of it now (still prepared or not), and its records in the decision log.`,
 			if t.GetCause() != "" {
 				fmt.Fprintf(out, "cause        %s\n", t.GetCause())
 			}
+			if h := t.GetDecisionHolder(); h != "" {
+				fmt.Fprintf(out, "decision at  decision holder %s: %s\n", h, heldWords(t.GetHeldDecision()))
+			} else {
+				fmt.Fprintln(out, "decision at  the coordinator's log")
+			}
 			if d := t.GetDecision(); d != nil {
 				fmt.Fprintf(out, "decision     %s at %s, ended %v", d.GetDecision(), ts(d.GetTime()), d.GetEnded())
 				if d.GetHeuristic() {
 					fmt.Fprintf(out, ", heuristic by %s: %s", d.GetWho(), d.GetWhy())
+				}
+				if d.GetHolder() != "" {
+					fmt.Fprintf(out, ", noted from decision holder %s's row", d.GetHolder())
 				}
 				fmt.Fprintln(out)
 			} else {
@@ -73,9 +83,9 @@ of it now (still prepared or not), and its records in the decision log.`,
 				return nil
 			}
 			tw = table(out)
-			fmt.Fprintln(tw, "  LSN\tKIND\tTIME\tEPOCH\tHEURISTIC\tWHO\tWHY")
+			fmt.Fprintln(tw, "  LSN\tKIND\tTIME\tEPOCH\tHEURISTIC\tHOLDER\tWHO\tWHY")
 			for _, r := range t.GetRecords() {
-				fmt.Fprintf(tw, "  %d\t%s\t%s\t%d\t%v\t%s\t%s\n", r.GetLsn(), r.GetKind(), ts(r.GetTime()), r.GetEpoch(), r.GetHeuristic(), dash(r.GetWho()), dash(r.GetWhy()))
+				fmt.Fprintf(tw, "  %d\t%s\t%s\t%d\t%v\t%s\t%s\t%s\n", r.GetLsn(), r.GetKind(), ts(r.GetTime()), r.GetEpoch(), r.GetHeuristic(), dash(r.GetHolder()), dash(r.GetWho()), dash(r.GetWhy()))
 			}
 			return tw.Flush()
 		},

@@ -27,6 +27,7 @@ import (
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/fake"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -520,4 +521,283 @@ func TestScanKeepsDSNSecrets(t *testing.T) {
 			t.Fatalf("scan of %q: exit %d\n%s%s", dsn, code, out, errOut)
 		}
 	}
+}
+
+// fakes is a coordinator served on loopback whose decision holder is the
+// fake resource holder_db, beside the fake resource ledger; recovery is
+// off and rows of finished decisions are kept (the forgetter waits an
+// hour) so that they can be read.
+type fakes struct {
+	c      *coordinator.Coordinator
+	log    *wal.Mem
+	holder *fake.Holder
+	ledger *fake.Resource
+	addr   string
+}
+
+func serveFakes(t *testing.T, plant func(*wal.Mem)) *fakes {
+	t.Helper()
+	f := &fakes{log: wal.NewMem(), holder: fake.NewHolder("holder_db"), ledger: fake.New("ledger")}
+	if plant != nil {
+		plant(f.log)
+	}
+	c, err := coordinator.New(context.Background(), coordinator.Config{ID: coordID, Log: f.log, Resources: []participant.Resource{f.holder, f.ledger},
+		Holder: "holder_db", ForgetInterval: time.Hour, RecoveryInterval: -1, SkipStartupRecovery: true, CallTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Coordinator: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(func() {
+		gs.Stop()
+		c.Close()
+		srv.Close()
+	})
+	f.c, f.addr = c, lis.Addr().String()
+	return f
+}
+
+// heldGID is the gid of branch n of transaction id when holder keeps its
+// decision.
+func heldGID(t *testing.T, id ids.TxID, n int, holder string) ids.GID {
+	t.Helper()
+	b, err := ids.HolderBranch(n, holder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := ids.NewGID(ids.DefaultPrefix, coordID, id, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// lineOf returns the line of out that names id.
+func lineOf(t *testing.T, out, id string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, id) {
+			return l
+		}
+	}
+	t.Fatalf("%s is not in\n%s", id, out)
+	return ""
+}
+
+// list and show say where a decision lives: the log for a logged
+// decision, the decision holder for a holder transaction (live, or
+// committed and noted in the log), with what the holder's row says.
+func TestListAndShowSayWhereTheDecisionLives(t *testing.T) {
+	ctx := context.Background()
+	logged, _ := ids.NewTxID()
+	f := serveFakes(t, func(log *wal.Mem) {
+		g, _ := ids.NewGID(ids.DefaultPrefix, coordID, logged, "0")
+		if _, err := log.Append(ctx, wal.Record{Kind: wal.KindCommit, TxID: logged, Time: time.Now().UTC(), Branches: []wal.Branch{{Resource: "ledger", GID: g}}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	tx, err := f.c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []participant.Resource{f.holder, f.ledger} {
+		if _, err := tx.Enlist(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := tx.ID().String()
+
+	code, out, errOut := txctl(t, "list", "--server", f.addr, "--no-scan")
+	if code != exitOK || !strings.Contains(out, "DECISION AT") {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("txctl list:\n%s", out)
+	if l := lineOf(t, out, live); !strings.Contains(l, " holder_db ") {
+		t.Fatalf("the live holder transaction's line does not name its holder: %q", l)
+	}
+	if l := lineOf(t, out, logged.String()); !strings.Contains(l, " log ") {
+		t.Fatalf("the logged transaction's line does not say log: %q", l)
+	}
+	code, out, _ = txctl(t, "list", "--server", f.addr, "--no-scan", "-o", "json")
+	holders := map[string]any{}
+	for _, x := range mustJSON(t, "list", out)["transactions"].([]any) {
+		m := x.(map[string]any)
+		holders[m["txid"].(string)] = m["decision_holder"]
+	}
+	if code != exitOK || holders[live] != "holder_db" || holders[logged.String()] != "" {
+		t.Fatalf("list -o json: exit %d, decision holders %v", code, holders)
+	}
+	code, out, _ = txctl(t, "show", live, "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "decision at  decision holder holder_db: it keeps no row") {
+		t.Fatalf("show of the live holder transaction: exit %d\n%s", code, out)
+	}
+	code, out, _ = txctl(t, "show", logged.String(), "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "decision at  the coordinator's log") {
+		t.Fatalf("show of the logged transaction: exit %d\n%s", code, out)
+	}
+
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := f.log.Lookup(tx.ID()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the holder's decision was never noted in the log")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	code, out, _ = txctl(t, "show", live, "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "decision holder holder_db: its row says commit") || !strings.Contains(out, "noted from decision holder holder_db's row") ||
+		!strings.Contains(out, "HOLDER") || !strings.Contains(lineOf(t, out, "COMMIT  "), "holder_db") {
+		t.Fatalf("show of the committed holder transaction: exit %d\n%s", code, out)
+	}
+	t.Logf("txctl show:\n%s", out)
+	code, out, _ = txctl(t, "show", live, "--server", f.addr, "-o", "json")
+	v := mustJSON(t, "show", out)
+	dec, _ := v["decision"].(map[string]any)
+	recs, _ := v["records"].([]any)
+	if code != exitOK || v["decision_holder"] != "holder_db" || v["held_decision"] != "commit" || dec["holder"] != "holder_db" ||
+		len(recs) != 1 || recs[0].(map[string]any)["holder"] != "holder_db" {
+		t.Fatalf("show -o json: exit %d %v", code, v)
+	}
+}
+
+// show finds a transaction that only its decision holder's row knows.
+func TestShowTransactionOnlyAHolderRowKnows(t *testing.T) {
+	f := serveFakes(t, nil)
+	id, _ := ids.NewTxID()
+	g := heldGID(t, id, 1, "holder_db")
+	f.holder.PutRow(participant.Decision{TxID: id, Owner: ids.DefaultPrefix + "." + coordID, Outcome: participant.OutcomeCommit, Epoch: 1, Time: time.Now(),
+		Branches: []participant.BranchRef{{Resource: "ledger", GID: g}}})
+	code, out, errOut := txctl(t, "show", id.String(), "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "committing") || !strings.Contains(out, "decision holder holder_db: its row says commit") || !strings.Contains(out, g.String()) {
+		t.Fatalf("show: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = txctl(t, "show", id.String(), "--server", f.addr, "-o", "json")
+	v := mustJSON(t, "show", out)
+	if code != exitOK || v["state"] != "TX_STATE_COMMITTING" || v["decision_holder"] != "holder_db" || v["held_decision"] != "commit" {
+		t.Fatalf("show -o json: exit %d %v", code, v)
+	}
+	other, _ := ids.NewTxID()
+	if code, _, errOut := txctl(t, "show", other.String(), "--server", f.addr); code != exitNotFound {
+		t.Fatalf("show of an unknown transaction: exit %d %s", code, errOut)
+	}
+}
+
+// I3 at the holder: resolve refuses an order that contradicts the
+// holder's row (exit 3, the holder named, the branch untouched), and
+// carries out one that agrees, saying the holder's row decided.
+func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
+	f := serveFakes(t, nil)
+	id, _ := ids.NewTxID()
+	g := heldGID(t, id, 1, "holder_db")
+	f.ledger.AddPrepared(g.String())
+	f.holder.PutRow(participant.Decision{TxID: id, Owner: ids.DefaultPrefix + "." + coordID, Outcome: participant.OutcomeCommit, Epoch: 1, Time: time.Now(),
+		Branches: []participant.BranchRef{{Resource: "ledger", GID: g}}})
+
+	code, out, errOut := txctl(t, "list", "--server", f.addr)
+	if l := lineOf(t, out, id.String()); code != exitOK || !strings.Contains(l, "in-doubt") || !strings.Contains(l, "holder_db (row: commit)") {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("txctl list:\n%s", out)
+	code, out, _ = txctl(t, "list", "--server", f.addr, "-o", "json", "--state", "in-doubt")
+	txs, _ := mustJSON(t, "list", out)["transactions"].([]any)
+	if code != exitOK || len(txs) != 1 || txs[0].(map[string]any)["decision_holder"] != "holder_db" || txs[0].(map[string]any)["held_decision"] != "commit" {
+		t.Fatalf("list -o json: exit %d %v", code, txs)
+	}
+
+	code, out, errOut = txctl(t, "resolve", id.String(), "--abort", "--reason", "try", "--server", f.addr)
+	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db holds commit") || !strings.Contains(errOut, "never contradicted") {
+		t.Fatalf("resolve --abort against a commit row: exit %d\n%s%s", code, out, errOut)
+	}
+	if !f.ledger.IsPrepared(g.String()) || f.ledger.IsRolledBack(g.String()) {
+		t.Fatal("a refused resolve touched the branch")
+	}
+	code, out, errOut = txctl(t, "resolve", id.String(), "--commit", "--reason", "the row says commit", "--server", f.addr, "-o", "json")
+	v := mustJSON(t, "resolve", out)
+	if code != exitOK || v["decision_holder"] != "holder_db" || v["heuristic"] != false || !strings.Contains(fmt.Sprint(v["action"]), "committed as decision holder holder_db's row says") {
+		t.Fatalf("resolve --commit: exit %d %v %s", code, v, errOut)
+	}
+	if !f.ledger.IsCommitted(g.String()) {
+		t.Fatal("the branch was not committed")
+	}
+
+	// No row: the fence records an abort; --commit is refused, --abort
+	// carried out.
+	id2, _ := ids.NewTxID()
+	g2 := heldGID(t, id2, 1, "holder_db")
+	f.ledger.AddPrepared(g2.String())
+	code, out, errOut = txctl(t, "resolve", id2.String(), "--commit", "--reason", "try", "--server", f.addr)
+	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db holds abort") {
+		t.Fatalf("resolve --commit with no row: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "resolve", id2.String(), "--abort", "--reason", "the row says abort", "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "rolled back as decision holder holder_db's row says") || !f.ledger.IsRolledBack(g2.String()) {
+		t.Fatalf("resolve --abort: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("txctl resolve:\n%s", out)
+
+	code, out, _ = txctl(t, "recover", "--server", f.addr, "-o", "json")
+	v = mustJSON(t, "recover", out)
+	for _, k := range []string{"fenced", "held", "forgotten"} {
+		if _, ok := v[k]; code != exitOK || !ok {
+			t.Fatalf("recover -o json has no %s: exit %d %v", k, code, v)
+		}
+	}
+	code, out, _ = txctl(t, "recover", "--server", f.addr)
+	if code != exitOK || !strings.Contains(out, "decision holders: fenced") {
+		t.Fatalf("recover: exit %d\n%s", code, out)
+	}
+}
+
+// scan names the decision holder a prepared branch's gid names.
+func TestScanNamesTheDecisionHolder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	f := newFixture(t)
+	id, _ := ids.NewTxID()
+	held := heldGID(t, id, 1, "ledger_b")
+	plain, _ := ids.NewGID(ids.DefaultPrefix, coordID, id, "2")
+	dbA := f.db(t, "ledger_a")
+	for i, g := range []ids.GID{held, plain} {
+		conn, err := dbA.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.ExecContext(context.Background(), fmt.Sprintf("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = %d; PREPARE TRANSACTION %s", i+1, ids.QuoteLiteral(g.String()))); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		t.Cleanup(func() { dbA.Exec("ROLLBACK PREPARED " + ids.QuoteLiteral(g.String())) })
+	}
+	code, out, errOut := txctl(t, "scan", "--dsn", f.dsn["ledger_a"], "-o", "json")
+	if code != exitOK {
+		t.Fatalf("scan: exit %d %s%s", code, out, errOut)
+	}
+	holders := map[string]any{}
+	for _, r := range mustJSON(t, "scan", out)["prepared"].([]any) {
+		m := r.(map[string]any)
+		holders[m["gid"].(string)] = m["holder"]
+	}
+	if holders[held.String()] != "ledger_b" || holders[plain.String()] != nil {
+		t.Fatalf("scan -o json holders: %v", holders)
+	}
+	code, out, _ = txctl(t, "scan", "--dsn", f.dsn["ledger_a"])
+	if code != exitOK || !strings.Contains(out, "DECISION AT") || !strings.Contains(lineOf(t, out, held.String()), " ledger_b ") || !strings.Contains(lineOf(t, out, plain.String()), " log ") {
+		t.Fatalf("scan table:\n%s", out)
+	}
+	t.Logf("txctl scan:\n%s", out)
 }

@@ -45,7 +45,8 @@ const (
 	TxState_TX_STATE_UNKNOWN TxState = 7
 	// Prepared branches found at a resource, no decision logged, and no live
 	// transaction: recovery rolls them back (presumed abort) once older than
-	// the in-doubt timeout, unless recovery is off.
+	// the in-doubt timeout, unless recovery is off. When their gids name a
+	// decision holder, its row decides instead (Transaction.held_decision).
 	TxState_TX_STATE_IN_DOUBT TxState = 8
 	// An operator's heuristic decision is logged and not yet finished.
 	TxState_TX_STATE_HEURISTIC TxState = 9
@@ -780,15 +781,18 @@ func (x *Branch) GetPreparedAt() *timestamppb.Timestamp {
 
 // LogRecord is one record of the decision log.
 type LogRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Lsn           uint64                 `protobuf:"varint,1,opt,name=lsn,proto3" json:"lsn,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Heuristic     bool                   `protobuf:"varint,5,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
-	Who           string                 `protobuf:"bytes,6,opt,name=who,proto3" json:"who,omitempty"`
-	Why           string                 `protobuf:"bytes,7,opt,name=why,proto3" json:"why,omitempty"`
-	Gids          []string               `protobuf:"bytes,8,rep,name=gids,proto3" json:"gids,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Lsn       uint64                 `protobuf:"varint,1,opt,name=lsn,proto3" json:"lsn,omitempty"`
+	Kind      string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Heuristic bool                   `protobuf:"varint,5,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
+	Who       string                 `protobuf:"bytes,6,opt,name=who,proto3" json:"who,omitempty"`
+	Why       string                 `protobuf:"bytes,7,opt,name=why,proto3" json:"why,omitempty"`
+	Gids      []string               `protobuf:"bytes,8,rep,name=gids,proto3" json:"gids,omitempty"`
+	// The decision holder whose row kept the decision, when the record is
+	// the note of a holder's decision.
+	Holder        string `protobuf:"bytes,9,opt,name=holder,proto3" json:"holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,14 +883,24 @@ func (x *LogRecord) GetGids() []string {
 	return nil
 }
 
+func (x *LogRecord) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
 type LoggedDecision struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Decision      Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=txcoord.v1.Decision" json:"decision,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	Ended         bool                   `protobuf:"varint,3,opt,name=ended,proto3" json:"ended,omitempty"`
-	Heuristic     bool                   `protobuf:"varint,4,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
-	Who           string                 `protobuf:"bytes,5,opt,name=who,proto3" json:"who,omitempty"`
-	Why           string                 `protobuf:"bytes,6,opt,name=why,proto3" json:"why,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Decision  Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=txcoord.v1.Decision" json:"decision,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Ended     bool                   `protobuf:"varint,3,opt,name=ended,proto3" json:"ended,omitempty"`
+	Heuristic bool                   `protobuf:"varint,4,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
+	Who       string                 `protobuf:"bytes,5,opt,name=who,proto3" json:"who,omitempty"`
+	Why       string                 `protobuf:"bytes,6,opt,name=why,proto3" json:"why,omitempty"`
+	// Set when the record is the note of a decision a decision holder kept
+	// (written once every branch acknowledged): the holder's name.
+	Holder        string `protobuf:"bytes,7,opt,name=holder,proto3" json:"holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -963,6 +977,13 @@ func (x *LoggedDecision) GetWhy() string {
 	return ""
 }
 
+func (x *LoggedDecision) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
 type Transaction struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Txid     string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
@@ -977,7 +998,16 @@ type Transaction struct {
 	// The decision record in the log, if any.
 	Decision *LoggedDecision `protobuf:"bytes,9,opt,name=decision,proto3" json:"decision,omitempty"`
 	// The log records of the transaction (with GetTransaction).
-	Records       []*LogRecord `protobuf:"bytes,10,rep,name=records,proto3" json:"records,omitempty"`
+	Records []*LogRecord `protobuf:"bytes,10,rep,name=records,proto3" json:"records,omitempty"`
+	// The resource whose own database holds (or would hold) the commit
+	// decision: the transaction's decision holder, named by its branches'
+	// gids. Empty: the decision lives in the coordinator's log.
+	DecisionHolder string `protobuf:"bytes,11,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
+	// What the decision holder's row says, when it was asked: "commit",
+	// "abort" (a recovery fence found no commit), "none" (no row: not
+	// decided yet, or finished and forgotten), or "cannot ask: <error>".
+	// Empty when the holder was not asked.
+	HeldDecision  string `protobuf:"bytes,12,opt,name=held_decision,json=heldDecision,proto3" json:"held_decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1080,6 +1110,20 @@ func (x *Transaction) GetRecords() []*LogRecord {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *Transaction) GetDecisionHolder() string {
+	if x != nil {
+		return x.DecisionHolder
+	}
+	return ""
+}
+
+func (x *Transaction) GetHeldDecision() string {
+	if x != nil {
+		return x.HeldDecision
+	}
+	return ""
 }
 
 type ListTransactionsRequest struct {
@@ -1453,10 +1497,14 @@ type ResolveResponse struct {
 	// What was done, in words.
 	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
 	// A heuristic decision was logged (no decision was logged before).
-	Heuristic     bool            `protobuf:"varint,3,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
-	Branches      []*BranchResult `protobuf:"bytes,4,rep,name=branches,proto3" json:"branches,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Heuristic bool            `protobuf:"varint,3,opt,name=heuristic,proto3" json:"heuristic,omitempty"`
+	Branches  []*BranchResult `protobuf:"bytes,4,rep,name=branches,proto3" json:"branches,omitempty"`
+	// The decision holder whose row decided, when the log held no decision
+	// and the branches name one: the order was carried out because it
+	// agrees with that row (nothing heuristic was logged).
+	DecisionHolder string `protobuf:"bytes,5,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ResolveResponse) Reset() {
@@ -1517,6 +1565,13 @@ func (x *ResolveResponse) GetBranches() []*BranchResult {
 	return nil
 }
 
+func (x *ResolveResponse) GetDecisionHolder() string {
+	if x != nil {
+		return x.DecisionHolder
+	}
+	return ""
+}
+
 type RecoverRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1554,16 +1609,22 @@ func (*RecoverRequest) Descriptor() ([]byte, []int) {
 }
 
 type RecoverResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Redriven      int32                  `protobuf:"varint,1,opt,name=redriven,proto3" json:"redriven,omitempty"`
-	Committed     int32                  `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
-	RolledBack    int32                  `protobuf:"varint,3,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
-	SkippedLive   int32                  `protobuf:"varint,4,opt,name=skipped_live,json=skippedLive,proto3" json:"skipped_live,omitempty"`
-	SkippedYoung  int32                  `protobuf:"varint,5,opt,name=skipped_young,json=skippedYoung,proto3" json:"skipped_young,omitempty"`
-	Foreign       int32                  `protobuf:"varint,6,opt,name=foreign,proto3" json:"foreign,omitempty"`
-	Unfinished    []string               `protobuf:"bytes,7,rep,name=unfinished,proto3" json:"unfinished,omitempty"`
-	Errors        []string               `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
-	Actions       []*BranchResult        `protobuf:"bytes,9,rep,name=actions,proto3" json:"actions,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Redriven     int32                  `protobuf:"varint,1,opt,name=redriven,proto3" json:"redriven,omitempty"`
+	Committed    int32                  `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
+	RolledBack   int32                  `protobuf:"varint,3,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
+	SkippedLive  int32                  `protobuf:"varint,4,opt,name=skipped_live,json=skippedLive,proto3" json:"skipped_live,omitempty"`
+	SkippedYoung int32                  `protobuf:"varint,5,opt,name=skipped_young,json=skippedYoung,proto3" json:"skipped_young,omitempty"`
+	Foreign      int32                  `protobuf:"varint,6,opt,name=foreign,proto3" json:"foreign,omitempty"`
+	Unfinished   []string               `protobuf:"bytes,7,rep,name=unfinished,proto3" json:"unfinished,omitempty"`
+	Errors       []string               `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
+	Actions      []*BranchResult        `protobuf:"bytes,9,rep,name=actions,proto3" json:"actions,omitempty"`
+	// Transactions whose decision a decision holder settled by a fence.
+	Fenced int32 `protobuf:"varint,10,opt,name=fenced,proto3" json:"fenced,omitempty"`
+	// Commits kept by decision holders driven to the end.
+	Held int32 `protobuf:"varint,11,opt,name=held,proto3" json:"held,omitempty"`
+	// Decision holders' rows deleted.
+	Forgotten     int32 `protobuf:"varint,12,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1659,6 +1720,27 @@ func (x *RecoverResponse) GetActions() []*BranchResult {
 		return x.Actions
 	}
 	return nil
+}
+
+func (x *RecoverResponse) GetFenced() int32 {
+	if x != nil {
+		return x.Fenced
+	}
+	return 0
+}
+
+func (x *RecoverResponse) GetHeld() int32 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
+func (x *RecoverResponse) GetForgotten() int32 {
+	if x != nil {
+		return x.Forgotten
+	}
+	return 0
 }
 
 type AnnounceRequest struct {
@@ -1791,7 +1873,7 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\vat_resource\x18\x06 \x01(\tR\n" +
 	"atResource\x12;\n" +
 	"\vprepared_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"preparedAt\"\xcd\x01\n" +
+	"preparedAt\"\xe5\x01\n" +
 	"\tLogRecord\x12\x10\n" +
 	"\x03lsn\x18\x01 \x01(\x04R\x03lsn\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12.\n" +
@@ -1800,14 +1882,16 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\theuristic\x18\x05 \x01(\bR\theuristic\x12\x10\n" +
 	"\x03who\x18\x06 \x01(\tR\x03who\x12\x10\n" +
 	"\x03why\x18\a \x01(\tR\x03why\x12\x12\n" +
-	"\x04gids\x18\b \x03(\tR\x04gids\"\xca\x01\n" +
+	"\x04gids\x18\b \x03(\tR\x04gids\x12\x16\n" +
+	"\x06holder\x18\t \x01(\tR\x06holder\"\xe2\x01\n" +
 	"\x0eLoggedDecision\x120\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x14.txcoord.v1.DecisionR\bdecision\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05ended\x18\x03 \x01(\bR\x05ended\x12\x1c\n" +
 	"\theuristic\x18\x04 \x01(\bR\theuristic\x12\x10\n" +
 	"\x03who\x18\x05 \x01(\tR\x03who\x12\x10\n" +
-	"\x03why\x18\x06 \x01(\tR\x03why\"\x8c\x03\n" +
+	"\x03why\x18\x06 \x01(\tR\x03why\x12\x16\n" +
+	"\x06holder\x18\a \x01(\tR\x06holder\"\xda\x03\n" +
 	"\vTransaction\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\x124\n" +
@@ -1819,7 +1903,9 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x04live\x18\b \x01(\bR\x04live\x126\n" +
 	"\bdecision\x18\t \x01(\v2\x1a.txcoord.v1.LoggedDecisionR\bdecision\x12/\n" +
 	"\arecords\x18\n" +
-	" \x03(\v2\x15.txcoord.v1.LogRecordR\arecords\"\x94\x01\n" +
+	" \x03(\v2\x15.txcoord.v1.LogRecordR\arecords\x12'\n" +
+	"\x0fdecision_holder\x18\v \x01(\tR\x0edecisionHolder\x12#\n" +
+	"\rheld_decision\x18\f \x01(\tR\fheldDecision\"\x94\x01\n" +
 	"\x17ListTransactionsRequest\x12+\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x13.txcoord.v1.TxStateR\x06states\x128\n" +
 	"\n" +
@@ -1843,13 +1929,14 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12\x16\n" +
 	"\x06result\x18\x03 \x01(\tR\x06result\x12\x0e\n" +
-	"\x02ok\x18\x04 \x01(\bR\x02ok\"\xb8\x01\n" +
+	"\x02ok\x18\x04 \x01(\bR\x02ok\"\xe1\x01\n" +
 	"\x0fResolveResponse\x129\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x17.txcoord.v1.TransactionR\vtransaction\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1c\n" +
 	"\theuristic\x18\x03 \x01(\bR\theuristic\x124\n" +
-	"\bbranches\x18\x04 \x03(\v2\x18.txcoord.v1.BranchResultR\bbranches\"\x10\n" +
-	"\x0eRecoverRequest\"\xba\x02\n" +
+	"\bbranches\x18\x04 \x03(\v2\x18.txcoord.v1.BranchResultR\bbranches\x12'\n" +
+	"\x0fdecision_holder\x18\x05 \x01(\tR\x0edecisionHolder\"\x10\n" +
+	"\x0eRecoverRequest\"\x84\x03\n" +
 	"\x0fRecoverResponse\x12\x1a\n" +
 	"\bredriven\x18\x01 \x01(\x05R\bredriven\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\x05R\tcommitted\x12\x1f\n" +
@@ -1862,7 +1949,11 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"unfinished\x18\a \x03(\tR\n" +
 	"unfinished\x12\x16\n" +
 	"\x06errors\x18\b \x03(\tR\x06errors\x122\n" +
-	"\aactions\x18\t \x03(\v2\x18.txcoord.v1.BranchResultR\aactions\"M\n" +
+	"\aactions\x18\t \x03(\v2\x18.txcoord.v1.BranchResultR\aactions\x12\x16\n" +
+	"\x06fenced\x18\n" +
+	" \x01(\x05R\x06fenced\x12\x12\n" +
+	"\x04held\x18\v \x01(\x05R\x04held\x12\x1c\n" +
+	"\tforgotten\x18\f \x01(\x05R\tforgotten\"M\n" +
 	"\x0fAnnounceRequest\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +

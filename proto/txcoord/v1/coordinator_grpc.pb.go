@@ -44,8 +44,8 @@ const (
 // registration delivered again succeeds); FAILED_PRECONDITION for a
 // request the transaction's state forbids (a commit after a rollback, a
 // registration after the decision, a resolution that contradicts the
-// logged decision); UNAVAILABLE while the coordinator is shutting down or
-// its log has failed.
+// logged decision or a decision holder's row); UNAVAILABLE while the
+// coordinator is shutting down or its log has failed.
 type CoordinatorClient interface {
 	// Begin starts a global transaction. Nothing is written to the log.
 	Begin(ctx context.Context, in *BeginRequest, opts ...grpc.CallOption) (*BeginResponse, error)
@@ -63,8 +63,9 @@ type CoordinatorClient interface {
 	// GetOutcome tells a participant holding a prepared branch what to do
 	// with it: commit, roll back, or wait.
 	GetOutcome(ctx context.Context, in *GetOutcomeRequest, opts ...grpc.CallOption) (*GetOutcomeResponse, error)
-	// Resolve drives a transaction to an outcome now. Only a logged decision
-	// may be driven; a contradicting request is refused.
+	// Resolve drives a transaction to an outcome now. Only a logged decision,
+	// or the decision a decision holder's row keeps, may be driven; a
+	// contradicting request is refused.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
 	// Recover runs a recovery pass now and reports what it did.
 	Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error)
@@ -194,8 +195,8 @@ func (c *coordinatorClient) Announce(ctx context.Context, in *AnnounceRequest, o
 // registration delivered again succeeds); FAILED_PRECONDITION for a
 // request the transaction's state forbids (a commit after a rollback, a
 // registration after the decision, a resolution that contradicts the
-// logged decision); UNAVAILABLE while the coordinator is shutting down or
-// its log has failed.
+// logged decision or a decision holder's row); UNAVAILABLE while the
+// coordinator is shutting down or its log has failed.
 type CoordinatorServer interface {
 	// Begin starts a global transaction. Nothing is written to the log.
 	Begin(context.Context, *BeginRequest) (*BeginResponse, error)
@@ -213,8 +214,9 @@ type CoordinatorServer interface {
 	// GetOutcome tells a participant holding a prepared branch what to do
 	// with it: commit, roll back, or wait.
 	GetOutcome(context.Context, *GetOutcomeRequest) (*GetOutcomeResponse, error)
-	// Resolve drives a transaction to an outcome now. Only a logged decision
-	// may be driven; a contradicting request is refused.
+	// Resolve drives a transaction to an outcome now. Only a logged decision,
+	// or the decision a decision holder's row keeps, may be driven; a
+	// contradicting request is refused.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
 	// Recover runs a recovery pass now and reports what it did.
 	Recover(context.Context, *RecoverRequest) (*RecoverResponse, error)
