@@ -118,11 +118,33 @@ func (t *Tx) ID() ids.TxID { return t.tx.ID }
 // a connection with UnaryClientInterceptor join it.
 func (t *Tx) Context(ctx context.Context) context.Context { return remote.NewContext(ctx, t.tx) }
 
+// TxOption changes how one transaction is begun.
+type TxOption func(*txcoordv1.BeginRequest)
+
+// WithDecisionHolder makes the resource named name (a PostgreSQL database
+// registered with the server) keep the transaction's commit decision,
+// instead of the server's --holder.
+func WithDecisionHolder(name string) TxOption {
+	return func(r *txcoordv1.BeginRequest) { r.DecisionHolder, r.LogDecision = name, false }
+}
+
+// WithLoggedDecision keeps the transaction's decision in the coordinator's
+// log even when the server has a decision holder.
+func WithLoggedDecision() TxOption {
+	return func(r *txcoordv1.BeginRequest) { r.DecisionHolder, r.LogDecision = "", true }
+}
+
+// DecisionHolder is the transaction's decision holder, if it has one.
+func (t *Tx) DecisionHolder() (string, bool) { return t.tx.Holder, t.tx.Holder != "" }
+
 // Begin starts a global transaction.
-func (c *Client) Begin(ctx context.Context) (*Tx, error) {
+func (c *Client) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) {
 	req := &txcoordv1.BeginRequest{}
 	if c.timeout > 0 {
 		req.Timeout = durationpb.New(c.timeout)
+	}
+	for _, o := range opts {
+		o(req)
 	}
 	resp, err := c.coord.Begin(ctx, req)
 	if err != nil {
@@ -131,6 +153,12 @@ func (c *Client) Begin(ctx context.Context) (*Tx, error) {
 	tx, err := remote.ParseGTRID(resp.GetGtrid())
 	if err != nil || tx.ID.String() != resp.GetTxid() {
 		return nil, fmt.Errorf("txcoord: begin: the coordinator answered a malformed transaction (%q, %q): %v", resp.GetTxid(), resp.GetGtrid(), err)
+	}
+	if h := resp.GetDecisionHolder(); h != "" {
+		if err := ids.ValidateHolderName(h); err != nil {
+			return nil, fmt.Errorf("txcoord: begin: the coordinator answered a malformed decision holder: %w", err)
+		}
+		tx.Holder = h
 	}
 	return &Tx{c: c, tx: tx}, nil
 }
@@ -180,8 +208,8 @@ func (t *Tx) Rollback(ctx context.Context, reason string) error {
 // Run begins a transaction, calls fn with a context that carries it, and
 // commits if fn returns nil or rolls back otherwise (returning fn's error
 // wrapped in ErrAborted). The result follows OutcomeOf.
-func (c *Client) Run(ctx context.Context, fn func(ctx context.Context) error) error {
-	tx, err := c.Begin(ctx)
+func (c *Client) Run(ctx context.Context, fn func(ctx context.Context) error, opts ...TxOption) error {
+	tx, err := c.Begin(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}

@@ -10,6 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/pgtest"
@@ -18,9 +24,6 @@ import (
 	"github.com/txcoord/txcoord/sdk"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
-	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	_ "github.com/lib/pq"
 )
@@ -40,14 +43,22 @@ type coord struct {
 	done chan struct{}
 }
 
-func startCoord(t *testing.T, dir, addr string) *coord {
+func startCoord(t *testing.T, dir, addr string) *coord { return startCoordWith(t, dir, addr, nil) }
+
+// startCoordWith is startCoord with the coordinator's configuration
+// changed by mod.
+func startCoordWith(t *testing.T, dir, addr string, mod func(*coordinator.Config)) *coord {
 	t.Helper()
 	log, err := wal.OpenBolt(filepath.Join(dir, "txcoord.wal"), wal.BoltOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := coordinator.New(context.Background(), coordinator.Config{ID: "c1", Log: log, RecoveryInterval: -1,
-		InDoubtTimeout: time.Second, CallTimeout: 3 * time.Second, RetryBase: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond})
+	cfg := coordinator.Config{ID: "c1", Log: log, RecoveryInterval: -1,
+		InDoubtTimeout: time.Second, CallTimeout: 3 * time.Second, RetryBase: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := coordinator.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,5 +400,78 @@ func TestInDoubtBranchAsksByItself(t *testing.T) {
 	}
 	if st := a.p.Stats(); st.Resolved != 1 || st.Aborted != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// Through a server whose decision holder is a database of its own: the
+// services name the holder in their gids, the server's holder branch
+// commits the decision, and nothing is forced to the server's log; a
+// transaction begun WithLoggedDecision logs it.
+func TestTransfersAcrossServicesWithADecisionHolder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	pg, dsns := setupDBs(t)
+	ctx := context.Background()
+	if err := pg.CreateDB(ctx, "ledger"); err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := postgres.Open(ctx, "ledger", "postgres", pg.DSN("ledger"), postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ledger.Close()
+	k := startCoordWith(t, t.TempDir(), "127.0.0.1:0", func(c *coordinator.Config) {
+		c.Resources = []participant.Resource{ledger}
+		c.Holder = "ledger"
+	})
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
+	defer a.close()
+	defer b.close()
+	cl := client.New(cc)
+	transfer := func(n int, opts ...client.TxOption) error {
+		return cl.Run(ctx, func(ctx context.Context) error {
+			if err := move(ctx, a, 1+n%accounts, -5); err != nil {
+				return err
+			}
+			return move(ctx, b, 1+n%accounts, 5)
+		}, opts...)
+	}
+	tx, err := cl.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := tx.DecisionHolder(); !ok || h != "ledger" {
+		t.Fatalf("decision holder %q %v", h, ok)
+	}
+	_ = tx.Rollback(ctx, "only looking")
+	for n := 0; n < 10; n++ {
+		if err := transfer(n); err != nil {
+			t.Fatalf("transfer %d: %v", n, err)
+		}
+	}
+	if st := k.c.Stats(); st.Held != 10 || k.log.Stats().Appends != 0 {
+		t.Fatalf("stats %+v, log %+v: want 10 decisions held by the ledger and none forced to the log", st, k.log.Stats())
+	}
+	if err := transfer(10, client.WithLoggedDecision()); err != nil {
+		t.Fatal(err)
+	}
+	if k.log.Stats().Appends != 1 {
+		t.Fatalf("log %+v: a transaction begun WithLoggedDecision must log its decision", k.log.Stats())
+	}
+	if got := total(t, a, b); got != 2*accounts*initial {
+		t.Fatalf("total %d, want %d", got, 2*accounts*initial)
+	}
+	if n := prepared(t, a, b); n != 0 {
+		t.Fatalf("%d branches left prepared", n)
+	}
+	if _, err := cl.Begin(ctx, client.WithDecisionHolder("nope")); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("an unknown holder: %v", err)
 	}
 }

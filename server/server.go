@@ -257,11 +257,38 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 			return nil, status.Errorf(codes.InvalidArgument, "timeout %v is outside (0, %v]", timeout, s.cfg.MaxTxTimeout)
 		}
 	}
+	if req.GetLogDecision() && req.GetDecisionHolder() != "" {
+		return nil, status.Error(codes.InvalidArgument, "decision_holder and log_decision exclude each other")
+	}
 	_, span := s.cfg.Tracer.Start(ctx, "txcoord.begin")
 	defer span.End()
-	tx, err := s.c.Begin(ctx)
-	if err != nil {
+	var opts []coordinator.TxOption
+	switch {
+	case req.GetLogDecision():
+		opts = append(opts, coordinator.WithoutHolder())
+	case req.GetDecisionHolder() != "":
+		opts = append(opts, coordinator.WithHolder(req.GetDecisionHolder()))
+	}
+	tx, err := s.c.Begin(ctx, opts...)
+	switch {
+	case errors.Is(err, coordinator.ErrUnknownResource), errors.Is(err, coordinator.ErrConfig):
+		return nil, status.Errorf(codes.FailedPrecondition, "decision holder: %v", err)
+	case err != nil:
 		return nil, refused(err)
+	}
+	holder, err := s.beginHolder(ctx, tx)
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		if req.GetDecisionHolder() != "" {
+			return nil, status.Errorf(codes.Unavailable, "decision holder %s: %v", req.GetDecisionHolder(), err)
+		}
+		// The server's holder cannot be reached: this transaction keeps
+		// its decision in the log.
+		s.logger.Warn("decision holder unreachable; the transaction logs its decision", "holder", holder, "err", err)
+		if tx, err = s.c.Begin(ctx, coordinator.WithoutHolder()); err != nil {
+			return nil, refused(err)
+		}
+		holder = ""
 	}
 	span.SetAttributes(attribute.String("txcoord.txid", tx.ID().String()))
 	deadline := time.Now().Add(timeout)
@@ -269,7 +296,27 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	s.txs[tx.ID()] = &entry{tx: tx, deadline: deadline}
 	s.mu.Unlock()
 	gtrid := remote.Tx{Prefix: s.c.Prefix(), Coordinator: s.c.ID(), ID: tx.ID()}.GTRID()
-	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline)}, nil
+	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder}, nil
+}
+
+// beginHolder begins the holder branch of a transaction that has a
+// decision holder, at once: it must hold the transaction's lock at the
+// holder before any participant prepares a branch (a fence then knows the
+// holder's session has ended). The branch does no work of its own; it
+// carries the decision row. It returns the holder's name ("" if none).
+func (s *Server) beginHolder(ctx context.Context, tx *coordinator.Tx) (string, error) {
+	name, ok := tx.Holder()
+	if !ok {
+		return "", nil
+	}
+	r, ok := s.c.Resource(name)
+	if !ok {
+		return name, fmt.Errorf("%w: %s", coordinator.ErrUnknownResource, name)
+	}
+	if _, err := tx.Enlist(ctx, r); err != nil {
+		return name, err
+	}
+	return name, nil
 }
 
 func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBranchRequest) (*txcoordv1.RegisterBranchResponse, error) {

@@ -32,6 +32,9 @@ type Config struct {
 	// Participants are remote services (name: host:port) known before they
 	// announce themselves.
 	Participants map[string]string `yaml:"participants"`
+	// Holder names the resource whose database keeps the commit decisions
+	// of the server's transactions (a decision holder); empty: the log.
+	Holder string `yaml:"holder"`
 
 	TxTimeout        time.Duration `yaml:"tx_timeout"`
 	MaxTxTimeout     time.Duration `yaml:"max_tx_timeout"`
@@ -127,6 +130,13 @@ func (c *Config) validate() error {
 	}
 	if err := ids.ValidateName("prefix", c.Prefix); err != nil {
 		bad("prefix: %v", err)
+	}
+	if c.Holder != "" {
+		if _, ok := c.Resources[c.Holder]; !ok {
+			bad("holder %q: not one of the resources (--resource NAME=DSN): a decision holder is a PostgreSQL database the server reaches", c.Holder)
+		} else if err := ids.ValidateHolderName(c.Holder); err != nil {
+			bad("holder: %v", err)
+		}
 	}
 	for name, dsn := range c.Resources {
 		if err := ids.ValidateName("resource name", name); err != nil {

@@ -119,6 +119,7 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the decision log (created if missing)")
 	f.StringVar(&cfg.ID, "id", cfg.ID, "coordinator id in every gid: unique among coordinators sharing a database")
 	f.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "gid prefix")
+	f.StringVar(&cfg.Holder, "holder", cfg.Holder, "--resource NAME whose database keeps the transactions' commit decisions (a decision holder: no log write on the commit path)")
 	f.DurationVar(&cfg.TxTimeout, "tx-timeout", cfg.TxTimeout, "roll back a transaction not finished this long after Begin")
 	f.DurationVar(&cfg.MaxTxTimeout, "max-tx-timeout", cfg.MaxTxTimeout, "the longest timeout a Begin may ask for")
 	f.DurationVar(&cfg.PrepareTimeout, "prepare-timeout", cfg.PrepareTimeout, "bound on phase one")
@@ -204,7 +205,7 @@ func serve(ctx context.Context, cfg Config) error {
 		return err
 	}
 	c, err := coordinator.New(ctx, coordinator.Config{
-		ID: cfg.ID, Prefix: cfg.Prefix, Log: log, Resources: resources,
+		ID: cfg.ID, Prefix: cfg.Prefix, Log: log, Resources: resources, Holder: cfg.Holder,
 		PrepareTimeout: cfg.PrepareTimeout, CallTimeout: cfg.CallTimeout,
 		InDoubtTimeout: cfg.InDoubtTimeout, RecoveryInterval: cfg.RecoveryInterval,
 		// Remote participants must be registered before the first pass

@@ -47,6 +47,11 @@ func TestConfigRefusesNonsense(t *testing.T) {
 		}, "both a resource and a participant"},
 		{"log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
 		{"tracing", func(c *Config) { c.Tracing = "zipkin" }, "tracing"},
+		{"holder not a resource", func(c *Config) { c.Holder = "ledger" }, "holder \"ledger\": not one of the resources"},
+		{"holder name with the mark", func(c *Config) {
+			c.Holder = "a-h-b"
+			c.Resources = map[string]string{"a-h-b": "dbname=x"}
+		}, "holder"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -215,7 +215,15 @@ type BeginRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A transaction not committed or rolled back within this time is rolled
 	// back by the coordinator (default: the server's configured timeout).
-	Timeout       *durationpb.Duration `protobuf:"bytes,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// The resource (a PostgreSQL database registered with the server) whose
+	// database keeps this transaction's commit decision, instead of the
+	// server's --holder. FAILED_PRECONDITION if it cannot hold decisions,
+	// UNAVAILABLE if it cannot be reached.
+	DecisionHolder string `protobuf:"bytes,2,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
+	// Keep this transaction's decision in the coordinator's log even when the
+	// server has a decision holder.
+	LogDecision   bool `protobuf:"varint,3,opt,name=log_decision,json=logDecision,proto3" json:"log_decision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,15 +265,35 @@ func (x *BeginRequest) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *BeginRequest) GetDecisionHolder() string {
+	if x != nil {
+		return x.DecisionHolder
+	}
+	return ""
+}
+
+func (x *BeginRequest) GetLogDecision() bool {
+	if x != nil {
+		return x.LogDecision
+	}
+	return false
+}
+
 type BeginResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Txid  string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
 	// The transaction part of every gid of this transaction:
 	// <prefix>.<coordinator id>.<txid>. A participant appends ".<branch>".
-	Gtrid         string                 `protobuf:"bytes,2,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Gtrid    string                 `protobuf:"bytes,2,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// The transaction's decision holder, if it has one. Participants name it
+	// in their branches' gids (<name>-h-<holder>, sent to them as the
+	// txcoord-holder metadata) so that recovery finds the decision there; a
+	// branch whose gid does not name it keeps the transaction's decision in
+	// the log.
+	DecisionHolder string `protobuf:"bytes,4,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BeginResponse) Reset() {
@@ -317,6 +345,13 @@ func (x *BeginResponse) GetDeadline() *timestamppb.Timestamp {
 		return x.Deadline
 	}
 	return nil
+}
+
+func (x *BeginResponse) GetDecisionHolder() string {
+	if x != nil {
+		return x.DecisionHolder
+	}
+	return ""
 }
 
 type RegisterBranchRequest struct {
@@ -1836,13 +1871,16 @@ var File_txcoord_v1_coordinator_proto protoreflect.FileDescriptor
 const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"\x1ctxcoord/v1/coordinator.proto\x12\n" +
-	"txcoord.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n" +
+	"txcoord.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n" +
 	"\fBeginRequest\x123\n" +
-	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"q\n" +
+	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12'\n" +
+	"\x0fdecision_holder\x18\x02 \x01(\tR\x0edecisionHolder\x12!\n" +
+	"\flog_decision\x18\x03 \x01(\bR\vlogDecision\"\x9a\x01\n" +
 	"\rBeginResponse\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
 	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\x126\n" +
-	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"y\n" +
+	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12'\n" +
+	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\"y\n" +
 	"\x15RegisterBranchRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
