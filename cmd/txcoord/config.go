@@ -45,6 +45,9 @@ type Config struct {
 	// StartupRecovery runs a recovery pass at start (default true).
 	StartupRecovery bool          `yaml:"startup_recovery"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// DBWait bounds how long start-up waits for a resource's database
+	// server that is down or starting.
+	DBWait time.Duration `yaml:"db_wait"`
 
 	TLS            TLSConfig `yaml:"tls"`
 	ParticipantTLS TLSConfig `yaml:"participant_tls"`
@@ -90,6 +93,7 @@ func defaultConfig() Config {
 		RecoveryInterval: 10 * time.Second,
 		StartupRecovery:  true,
 		ShutdownTimeout:  30 * time.Second,
+		DBWait:           time.Minute,
 		LogLevel:         "info",
 		LogFormat:        "text",
 		Tracing:          "none",
@@ -164,6 +168,9 @@ func (c *Config) validate() error {
 		if d.v <= 0 {
 			bad("%s must be positive, not %v", d.name, d.v)
 		}
+	}
+	if c.DBWait < 0 {
+		bad("db-wait %v: want a duration of 0 or more", c.DBWait)
 	}
 	if c.MaxTxTimeout < c.TxTimeout {
 		bad("max-tx-timeout %v is below tx-timeout %v", c.MaxTxTimeout, c.TxTimeout)

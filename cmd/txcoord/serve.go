@@ -128,6 +128,7 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.DurationVar(&cfg.RecoveryInterval, "recovery-interval", cfg.RecoveryInterval, "period of the recovery pass (negative: off)")
 	f.BoolVar(&cfg.StartupRecovery, "startup-recovery", cfg.StartupRecovery, "run a recovery pass at start (off, with a negative --recovery-interval, leaves everything in doubt for an operator)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop waits for calls in flight")
+	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for a resource's database server that is down or starting (0: fail at once)")
 	f.StringVar(&cfg.TLS.Cert, "tls-cert", cfg.TLS.Cert, "server certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&cfg.TLS.Key, "tls-key", cfg.TLS.Key, "server private key (PEM)")
 	f.StringVar(&cfg.TLS.CA, "tls-client-ca", cfg.TLS.CA, "CA (PEM) that client certificates must chain to (mutual TLS)")
@@ -192,7 +193,10 @@ func serve(ctx context.Context, cfg Config) error {
 
 	var resources []participant.Resource
 	for _, name := range sortedKeys(cfg.Resources) {
-		r, err := postgres.Open(ctx, name, "postgres", cfg.Resources[name], postgres.Options{})
+		r, err := postgres.OpenWait(ctx, name, "postgres", cfg.Resources[name], postgres.Options{}, cfg.DBWait,
+			func(err error, retryIn time.Duration) {
+				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", err, "retry_in", retryIn)
+			})
 		if err != nil {
 			return fmt.Errorf("resource %s (%s): %w", name, redactDSN(cfg.Resources[name]), err)
 		}

@@ -47,6 +47,7 @@ func TestConfigRefusesNonsense(t *testing.T) {
 		}, "both a resource and a participant"},
 		{"log format", func(c *Config) { c.LogFormat = "xml" }, "log-format"},
 		{"tracing", func(c *Config) { c.Tracing = "zipkin" }, "tracing"},
+		{"negative db wait", func(c *Config) { c.DBWait = -time.Second }, "db-wait"},
 		{"holder not a resource", func(c *Config) { c.Holder = "ledger" }, "holder \"ledger\": not one of the resources"},
 		{"holder name with the mark", func(c *Config) {
 			c.Holder = "a-h-b"
@@ -251,6 +252,7 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.LogLevel = "error"
+	cfg.DBWait = 300 * time.Millisecond
 	cfg.Resources = map[string]string{
 		"ledger": "postgres://app:hunter2-secret@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2",
 		"stock":  "host=127.0.0.1 port=1 user=app password=hunter3-secret dbname=stock sslmode=disable connect_timeout=2",

@@ -18,7 +18,14 @@ const coordName = "txcoord"
 // them.
 var services = []string{"orders", "payment", "inventory"}
 
-// dbName names the database server of service svc.
+// ledger is the coordinator's own database: the decision holder of the
+// orders that keep their decision there (half of them, see place).
+const ledger = "ledger"
+
+// databases are the database servers: one per service, and the ledger.
+var databases = append(append([]string(nil), services...), ledger)
+
+// dbName names the database server of service svc (or of the ledger).
 func dbName(svc string) string { return "pg-" + svc }
 
 // linkName names the link from one process to another.
@@ -33,7 +40,7 @@ func links() []string {
 	for _, s := range services {
 		out = append(out, linkName(clientName, s), linkName(s, coordName), linkName(coordName, s), linkName(s, dbName(s)))
 	}
-	return out
+	return append(out, linkName(coordName, dbName(ledger)))
 }
 
 // faultKind is a kind of fault. The zero value is invalid.
@@ -76,8 +83,8 @@ func (k faultKind) targets() []string {
 	case killService:
 		return services
 	case killDatabase:
-		out := make([]string, 0, len(services))
-		for _, s := range services {
+		out := make([]string, 0, len(databases))
+		for _, s := range databases {
 			out = append(out, dbName(s))
 		}
 		return out
@@ -145,6 +152,10 @@ var (
 		failpoint.CoordBeforeDecision, failpoint.CoordAfterDecision, failpoint.CoordBetweenCommits,
 		failpoint.CoordBeforeEnd, failpoint.CoordAfterEnd, failpoint.WALBeforeSync, failpoint.WALAfterSync,
 		failpoint.RecoveryBeforeResolve, failpoint.RecoveryAfterResolve,
+		// The ledger's decision row: its COMMIT, fences and deletions.
+		failpoint.PGHolderBeforeInsert, failpoint.PGHolderAfterInsert, failpoint.PGHolderCommitSent,
+		failpoint.PGHolderAfterCommit, failpoint.PGBeforeFence, failpoint.PGAfterFence,
+		failpoint.PGHolderBeforeForget, failpoint.PGHolderAfterForget,
 	}
 	serviceCrashPoints = []string{
 		failpoint.SDKAfterPrepare, failpoint.SDKAfterRegister, failpoint.PGBeforePrepare, failpoint.PGAfterPrepare,

@@ -22,6 +22,7 @@ import (
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/participant/postgres"
 )
 
 // Environment of a run.
@@ -220,11 +221,13 @@ type rig struct {
 	ev     *events
 	data   shopData
 
-	pg    map[string]*pgtest.Server // by service
-	dbs   map[string]*sql.DB        // by service, straight to the server
-	procs map[string]*proc          // txcoord and the services
-	links map[string]*link
-	proxy *toxiproxy.ApiServer
+	pg  map[string]*pgtest.Server // by service
+	dbs map[string]*sql.DB        // by service, straight to the server
+	// ledger is the coordinator's decision holder, straight to its server.
+	ledger *sql.DB
+	procs  map[string]*proc // txcoord and the services
+	links  map[string]*link
+	proxy  *toxiproxy.ApiServer
 
 	coordAddr string
 	svcAddr   map[string]string
@@ -269,6 +272,15 @@ func newRig(t *testing.T) *rig {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
+	if err := r.pg[ledger].CreateDB(ctx, ledger); err != nil {
+		t.Fatal(err)
+	}
+	r.ledger, err = sql.Open("postgres", r.pg[ledger].DSN(ledger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ledger.SetMaxOpenConns(1)
+	t.Cleanup(func() { r.ledger.Close() })
 	for _, s := range services {
 		if err := r.pg[s].CreateDB(ctx, s); err != nil {
 			t.Fatal(err)
@@ -313,6 +325,7 @@ func newRig(t *testing.T) *rig {
 		add(coordName, s, r.svcAddr[s])
 		add(s, dbName(s), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[s].Port())))
 	}
+	add(coordName, dbName(ledger), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[ledger].Port())))
 
 	args := []string{"serve", "--listen", r.coordAddr, "--metrics-listen", "off",
 		"--data-dir", filepath.Join(t.TempDir(), "txcoord"), "--id", coordinatorID,
@@ -321,6 +334,9 @@ func newRig(t *testing.T) *rig {
 	for _, s := range services {
 		args = append(args, "--participant", s+"="+r.links[linkName(coordName, s)].addr)
 	}
+	ledgerDSN := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: r.links[linkName(coordName, dbName(ledger))].addr,
+		Path: "/" + ledger, RawQuery: "sslmode=disable&connect_timeout=5"}
+	args = append(args, "--resource", ledger+"="+ledgerDSN.String(), "--holder", ledger)
 	for _, l := range held {
 		l.Close()
 	}
@@ -370,10 +386,11 @@ func (r *rig) clientAddrs() map[string]string {
 	return out
 }
 
-// startPostgres starts one PostgreSQL server per service, in parallel.
+// startPostgres starts one PostgreSQL server per service and the ledger's,
+// in parallel.
 func (r *rig) startPostgres(t *testing.T) {
-	list := pgtest.StartManyT(t, len(services), pgtest.Options{NoFsync: true})
-	for i, s := range services {
+	list := pgtest.StartManyT(t, len(databases), pgtest.Options{NoFsync: true})
+	for i, s := range databases {
 		r.pg[s] = list[i]
 	}
 }
@@ -523,7 +540,7 @@ func (r *rig) heal() {
 			}
 		}
 	}
-	for _, s := range services {
+	for _, s := range databases {
 		for !r.pg[s].Running() {
 			err := r.pg[s].Restart(ctx)
 			if err == nil {
@@ -592,6 +609,13 @@ func (r *rig) converge(records []*record, timeout time.Duration) ([]string, bool
 			last = []string{fmt.Sprintf("reading the databases: %v", err)}
 		} else {
 			last = checkViolations(s, r.data, records)
+		}
+		// Every decision the ledger held is finished and its row deleted.
+		var rows int
+		if err := r.ledger.QueryRowContext(ctx, "SELECT count(*) FROM "+postgres.DefaultDecisionTable).Scan(&rows); err != nil && postgres.SQLState(err) != "42P01" {
+			last = append(last, fmt.Sprintf("reading the ledger's decisions: %v", err))
+		} else if rows > 0 {
+			last = append(last, fmt.Sprintf("%d decision rows left at the ledger", rows))
 		}
 		if len(last) == 0 {
 			clean++
@@ -803,7 +827,7 @@ func (r *rig) dump(t *testing.T) {
 	for _, name := range r.procNames() {
 		t.Logf("--- last lines of %s's log:\n%s", name, r.procs[name].tail(40))
 	}
-	for _, s := range services {
+	for _, s := range databases {
 		t.Logf("--- last lines of %s's log:\n%s", dbName(s), r.pg[s].LogTail(20))
 	}
 }

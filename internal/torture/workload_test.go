@@ -201,6 +201,12 @@ func (w *workload) place(o order, meant failure) *record {
 	rec := &record{order: o, meant: meant}
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
+	// Half the orders keep their decision at the coordinator's ledger
+	// database (the server's --holder), half in its log.
+	var opts []client.TxOption
+	if o.id[len(o.id)-1]%2 == 1 {
+		opts = append(opts, client.WithLoggedDecision())
+	}
 	err := w.tc.Run(ctx, func(ctx context.Context) error {
 		if id, ok := client.TxID(ctx); ok {
 			rec.txid = id
@@ -222,7 +228,7 @@ func (w *workload) place(o order, meant failure) *record {
 			return errChangedMind
 		}
 		return nil
-	})
+	}, opts...)
 	rec.err = err
 	rec.told = client.OutcomeOf(err)
 	return rec

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -323,5 +324,31 @@ func TestHolderReadyNamesTheMissingPrivilege(t *testing.T) {
 	}
 	if err := r.HolderReady(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestOpenWaitWaitsForAServerThatIsStarting(t *testing.T) {
+	ctx := testCtx(t)
+	s := pgtest.StartT(t, pgtest.Options{NoFsync: true})
+	if err := s.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		_ = s.Restart(context.Background())
+	}()
+	waits := 0
+	r, err := OpenWait(ctx, "late", DriverPQ, s.DSN("postgres"), Options{}, 20*time.Second, func(error, time.Duration) { waits++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if waits == 0 {
+		t.Fatal("the server was down, yet OpenWait never waited")
+	}
+	// Not waited for: an error that waiting cannot cure.
+	start := time.Now()
+	if _, err := OpenWait(ctx, "wrong", DriverPQ, s.DSN("no_such_db"), Options{}, 20*time.Second, nil); err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("a missing database: %v after %v", err, time.Since(start))
 	}
 }

@@ -20,9 +20,12 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -404,4 +407,49 @@ func discard(conn *sql.Conn) {
 	// returns driver.ErrBadConn.
 	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 	_ = conn.Close()
+}
+
+// Unreachable reports whether err says the database server cannot be
+// reached now: nothing listening, a connection cut, or a server starting
+// up or shutting down (SQLSTATE class 57). A bad DSN, a wrong database or
+// max_prepared_transactions at 0 are not.
+func Unreachable(err error) bool {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &ne), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return true
+	}
+	return strings.HasPrefix(SQLState(err), "57")
+}
+
+// OpenWait is Open that waits, up to wait, for a database server that is
+// down or still starting (Unreachable), retrying with a growing delay and
+// calling onWait before each retry. Any other error fails at once.
+func OpenWait(ctx context.Context, name, driverName, dsn string, opts Options, wait time.Duration, onWait func(err error, retryIn time.Duration)) (*Resource, error) {
+	deadline := time.Now().Add(wait)
+	delay := 100 * time.Millisecond
+	for {
+		r, err := Open(ctx, name, driverName, dsn, opts)
+		if err == nil || !Unreachable(err) || ctx.Err() != nil {
+			return r, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("postgres: %s: the database server did not accept connections within %v: %w", name, wait, err)
+		}
+		if onWait != nil {
+			onWait(err, min(delay, left))
+		}
+		t := time.NewTimer(min(delay, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }

@@ -10,18 +10,18 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/txcoord/txcoord/participant/postgres"
-	"github.com/txcoord/txcoord/sdk"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/sdk"
 )
 
 // ServiceConfig configures one service process.
@@ -185,47 +185,26 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 // bad DSN, max_prepared_transactions at 0) fails at once.
 func openDatabase(ctx context.Context, cfg ServiceConfig, logger *slog.Logger) (*postgres.Resource, error) {
 	deadline := time.Now().Add(cfg.DBWait)
-	delay := 100 * time.Millisecond
 	for {
-		res, err := postgres.Open(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{})
-		if err == nil {
-			if err = CreateSchema(ctx, cfg.Kind, res.DB()); err == nil {
-				return res, nil
+		res, err := postgres.OpenWait(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{}, time.Until(deadline),
+			func(err error, retryIn time.Duration) {
+				logger.Warn("database not reachable; waiting for it", "err", err, "retry_in", retryIn)
+			})
+		if err != nil {
+			if postgres.Unreachable(err) {
+				return nil, fmt.Errorf("shop: the database server did not accept connections within --db-wait %v: %w", cfg.DBWait, err)
 			}
-			_ = res.Close()
-		}
-		if !unreachable(err) || ctx.Err() != nil {
 			return nil, err
 		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, fmt.Errorf("shop: the database server did not accept connections within --db-wait %v: %w", cfg.DBWait, err)
+		err = CreateSchema(ctx, cfg.Kind, res.DB())
+		if err == nil {
+			return res, nil
 		}
-		logger.Warn("database not reachable; waiting for it", "err", err, "retry_in", delay)
-		t := time.NewTimer(min(delay, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+		_ = res.Close()
+		if !postgres.Unreachable(err) || ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, err
 		}
-		delay = min(2*delay, 2*time.Second)
 	}
-}
-
-// unreachable reports whether err says the database server cannot be
-// reached now: nothing listening, a connection cut, or a server starting
-// up or shutting down (SQLSTATE class 57).
-func unreachable(err error) bool {
-	var ne net.Error
-	switch {
-	case err == nil:
-		return false
-	case errors.As(err, &ne), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return true
-	}
-	return strings.HasPrefix(postgres.SQLState(err), "57")
 }
 
 // dialOptions are the options of the connections the example makes:
