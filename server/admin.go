@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -21,11 +19,13 @@ import (
 	"github.com/txcoord/txcoord/coordinator/protocol"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/wal"
 )
 
-// The operator's and observer's calls: transactions listed, shown,
-// resolved by hand, and recovery run on demand.
+// GetTransaction, ListTransactions, Resolve and Recover are the operator's
+// and observer's calls: transactions shown, listed, resolved by hand, and
+// recovery run on demand.
 
 func (s *Server) GetTransaction(ctx context.Context, req *txcoordv1.GetTransactionRequest) (*txcoordv1.Transaction, error) {
 	id, err := parseTxID(req.GetTxid())
