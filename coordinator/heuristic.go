@@ -184,6 +184,28 @@ func (c *Coordinator) drive(ctx context.Context, commit bool, branches []wal.Bra
 	return done
 }
 
+// HeldConflictError refuses an operator's order that contradicts the
+// decision a holder keeps (DESIGN I3). It wraps wal.ErrConflict, as a
+// refusal that contradicts the log does.
+type HeldConflictError struct {
+	Holder string
+	TxID   ids.TxID
+	Held   participant.Outcome
+	Since  time.Time
+}
+
+func (e *HeldConflictError) Error() string {
+	other := "commit"
+	if e.Held == participant.OutcomeCommit {
+		other = "abort"
+	}
+	return fmt.Sprintf("coordinator: decision holder %s keeps %v for %s (since %s); a forced %s would contradict it",
+		e.Holder, e.Held, e.TxID, e.Since.Format(time.RFC3339), other)
+}
+
+// Unwrap makes errors.Is(err, wal.ErrConflict) true.
+func (e *HeldConflictError) Unwrap() error { return wal.ErrConflict }
+
 // holderOfAny returns the decision holder the gids of found name, if any.
 func (c *Coordinator) holderOfAny(found []PreparedBranch) (participant.DecisionHolder, string, bool) {
 	for _, f := range found {
@@ -209,8 +231,7 @@ func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit b
 	d := got[id]
 	held := d.Outcome == participant.OutcomeCommit
 	if held != commit {
-		return nil, fmt.Errorf("%w: decision holder %s holds %v for %s (since %s); a forced %s would contradict it",
-			wal.ErrConflict, name, d.Outcome, id, d.Time.Format(time.RFC3339), map[bool]string{true: "commit", false: "abort"}[commit])
+		return nil, &HeldConflictError{Holder: name, TxID: id, Held: d.Outcome, Since: d.Time}
 	}
 	rep.Holder = name
 	var branches []wal.Branch

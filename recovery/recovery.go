@@ -224,6 +224,19 @@ func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time
 	return err
 }
 
+// finishHeld commits one branch of a commit that decision holder keeps.
+func (p *pass) finishHeld(ctx context.Context, b wal.Branch, age time.Duration, holder string) error {
+	r, ok := p.res[b.Resource]
+	if !ok {
+		err := fmt.Errorf("%w: %q (branch %s, decided by holder %s)", ErrUnknownResource, b.Resource, b.GID, holder)
+		p.fail(err)
+		return err
+	}
+	act, err := p.apply(ctx, wal.KindCommit, r, b.GID, age, holder)
+	p.record(wal.KindCommit, act, err)
+	return err
+}
+
 // apply commits or rolls back branch g at r. It touches nothing of the
 // pass, so that several can run at once; record files the result.
 func (p *pass) apply(ctx context.Context, kind wal.Kind, r participant.Resource, g ids.GID, age time.Duration, holder string) (*Action, error) {
@@ -541,7 +554,7 @@ func (p *pass) redriveHeld(ctx context.Context, names []string) {
 			for _, b := range d.Branches {
 				wb := wal.Branch{Resource: b.Resource, GID: b.GID}
 				branches = append(branches, wb)
-				if err := p.finish(ctx, wal.KindCommit, wb, now.Sub(d.Time)); err != nil {
+				if err := p.finishHeld(ctx, wb, now.Sub(d.Time), n); err != nil {
 					ok = false
 				}
 			}

@@ -412,7 +412,7 @@ func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
 	}
 
 	_, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id.String(), Decision: txcoordv1.Decision_DECISION_ABORT, Reason: "test"})
-	wantCode(t, err, codes.FailedPrecondition, "decision holder h holds commit")
+	wantCode(t, err, codes.FailedPrecondition, "decision holder h keeps commit")
 	wantCode(t, err, codes.FailedPrecondition, "never contradicted")
 	if !e.a.IsPrepared(g.String()) || e.a.IsRolledBack(g.String()) {
 		t.Fatal("a refused resolution touched the branch")
@@ -444,7 +444,7 @@ func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
 	g2 := holderGID(t, id2, 1, "h")
 	e.a.AddPrepared(g2.String())
 	_, err = e.api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id2.String(), Decision: txcoordv1.Decision_DECISION_COMMIT, Reason: "test"})
-	wantCode(t, err, codes.FailedPrecondition, "decision holder h holds abort")
+	wantCode(t, err, codes.FailedPrecondition, "decision holder h keeps abort")
 	if !e.a.IsPrepared(g2.String()) {
 		t.Fatal("a refused resolution touched the branch")
 	}

@@ -719,7 +719,7 @@ func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
 	}
 
 	code, out, errOut = txctl(t, "resolve", id.String(), "--abort", "--reason", "try", "--server", f.addr)
-	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db holds commit") || !strings.Contains(errOut, "never contradicted") {
+	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db keeps commit") || !strings.Contains(errOut, "never contradicted") {
 		t.Fatalf("resolve --abort against a commit row: exit %d\n%s%s", code, out, errOut)
 	}
 	if !f.ledger.IsPrepared(g.String()) || f.ledger.IsRolledBack(g.String()) {
@@ -740,7 +740,7 @@ func TestResolveRefusesToContradictAHolderRow(t *testing.T) {
 	g2 := heldGID(t, id2, 1, "holder_db")
 	f.ledger.AddPrepared(g2.String())
 	code, out, errOut = txctl(t, "resolve", id2.String(), "--commit", "--reason", "try", "--server", f.addr)
-	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db holds abort") {
+	if code != exitRefused || !strings.Contains(errOut, "decision holder holder_db keeps abort") {
 		t.Fatalf("resolve --commit with no row: exit %d\n%s%s", code, out, errOut)
 	}
 	code, out, errOut = txctl(t, "resolve", id2.String(), "--abort", "--reason", "the row says abort", "--server", f.addr)
