@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Checks model/txcoord.pml exhaustively with spin (see model/README.md):
+# Checks model/txcoord.pml and model/holder.pml exhaustively with spin (see
+# model/README.md):
 #   1. the protocol: assertions I1-I3 in every reachable state (safety run);
 #   2. the protocol: termination, the LTL claim "terminates" (acceptance cycles);
 #   3. the variant that sends COMMIT before the record is durable: must fail;
-#   4. the same variant checked for I1 (atomicity) alone: must fail.
-# Exits 0 only if 1 and 2 find no error and 3 and 4 each find one.
+#   4. the same variant checked for I1 (atomicity) alone: must fail;
+#   5. the protocol with a decision holder (holder.pml): I1-I3 (safety run);
+#   6. the same: termination;
+#   7. its variant that settles a lost holder commit by reading the row,
+#      without a fence: must fail;
+#   8. the same variant checked for I1 alone: must fail.
+# Exits 0 only if 1, 2, 5 and 6 find no error and 3, 4, 7 and 8 each find one.
 # Arguments are extra spin definitions, e.g. -DMAXCRASH=3.
 # MODEL_KEEP=1 keeps the work directory (pan sources, logs, trails).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-pml=txcoord.pml
 defs=("$@")
 depth=20000
 
@@ -44,12 +49,13 @@ else
 	trap 'rm -rf "$work"' EXIT
 fi
 
-# build NAME "SPIN DEFS" "CC FLAGS": generate and compile one verifier in
-# its own directory.
+# build NAME MODEL "SPIN DEFS" "CC FLAGS": generate and compile one verifier
+# of MODEL (a .pml file here) in its own directory.
 build() {
-	local name=$1 sdefs=$2 cflags=$3 d="$work/$1"
+	local name=$1 pml=$2 sdefs=$3 cflags=$4 d="$work/$1"
 	mkdir -p "$d"
 	cp "$here/$pml" "$d/"
+	echo "$pml" >"$d/pml"
 	echo "$sdefs" >"$d/defs"
 	# shellcheck disable=SC2086
 	(cd "$d" && spin $sdefs "${defs[@]}" -a "$pml") >"$d/spin.log" 2>&1 ||
@@ -62,9 +68,10 @@ build() {
 # verify NAME "PAN FLAGS": run a built verifier; sets states, reached,
 # errors, secs, what.
 verify() {
-	local name=$1 pflags=$2 d="$work/$1" sdefs
+	local name=$1 pflags=$2 d="$work/$1" sdefs pml
 	[ ! -f "$d/failed" ] || die "$name: $(cat "$d/failed")"
 	sdefs=$(cat "$d/defs")
+	pml=$(cat "$d/pml")
 	# shellcheck disable=SC2086
 	(cd "$d" && ./pan -m$depth $pflags) >"$d/pan.log" 2>&1 || true
 	states=$(awk '/states, stored/ {print $1; exit}' "$d/pan.log")
@@ -95,14 +102,18 @@ verify() {
 line() { printf 'model: %-8s %-32s %9s states stored, depth %4s, errors %s, %ss%s\n' "$1" "$2" "$states" "$reached" "$errors" "$secs" "${3:+  $3}"; }
 
 start=$(date +%s.%N)
-say "$(spin -V | head -1); $pml${defs[*]:+ with ${defs[*]}}"
+say "$(spin -V | head -1); txcoord.pml, holder.pml${defs[*]:+ with ${defs[*]}}"
 ok=1
 
-# The four verifiers compile in parallel; they run one after the other.
-build safety "" "-DSAFETY -DNOCLAIM" &
-build termination "" "" &
-build broken "-DBROKEN_SEND_BEFORE_LOG" "-DSAFETY -DNOCLAIM" &
-build broken-i1 "-DBROKEN_SEND_BEFORE_LOG -DONLY_I1" "-DSAFETY -DNOCLAIM" &
+# The eight verifiers compile in parallel; they run one after the other.
+build safety txcoord.pml "" "-DSAFETY -DNOCLAIM" &
+build termination txcoord.pml "" "" &
+build broken txcoord.pml "-DBROKEN_SEND_BEFORE_LOG" "-DSAFETY -DNOCLAIM" &
+build broken-i1 txcoord.pml "-DBROKEN_SEND_BEFORE_LOG -DONLY_I1" "-DSAFETY -DNOCLAIM" &
+build holder-safety holder.pml "" "-DSAFETY -DNOCLAIM" &
+build holder-termination holder.pml "" "" &
+build holder-broken holder.pml "-DBROKEN_NO_FENCE" "-DSAFETY -DNOCLAIM" &
+build holder-broken-i1 holder.pml "-DBROKEN_NO_FENCE -DONLY_I1" "-DSAFETY -DNOCLAIM" &
 wait
 
 verify safety ""
@@ -123,9 +134,27 @@ if [ "$errors" != 0 ] && grep -q 'violated: I1' "$work/broken-i1/trail.log"; the
 	line broken "COMMIT before log, I1 only" "caught: $what"
 else line broken "COMMIT before log, I1 only" "NOT CAUGHT${what:+: $what}"; ok=0; fi
 
+verify holder-safety ""
+if [ "$errors" = 0 ]; then line correct "holder: I1-I3 assertions" ok
+else line correct "holder: I1-I3 assertions" "FAIL: $what"; ok=0; fi
+
+verify holder-termination "-a"
+if [ "$errors" = 0 ]; then line correct "holder: termination (LTL)" ok
+else line correct "holder: termination (LTL)" "FAIL: $what"; ok=0; fi
+
+verify holder-broken ""
+if [ "$errors" != 0 ] && grep -q 'violated: ' "$work/holder-broken/trail.log"; then
+	line broken "holder: no fence, I1-I3" "caught: $what"
+else line broken "holder: no fence, I1-I3" "NOT CAUGHT${what:+: $what}"; ok=0; fi
+
+verify holder-broken-i1 ""
+if [ "$errors" != 0 ] && grep -q 'violated: I1' "$work/holder-broken-i1/trail.log"; then
+	line broken "holder: no fence, I1 only" "caught: $what"
+else line broken "holder: no fence, I1 only" "NOT CAUGHT${what:+: $what}"; ok=0; fi
+
 total=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 if [ "$ok" = 1 ]; then
-	say "PASS: the protocol keeps I1-I3 and terminates; sending COMMIT before logging it is caught (${total}s)"
+	say "PASS: both protocols keep I1-I3 and terminate; COMMIT sent before the log, and a lost holder commit settled without a fence, are caught (${total}s)"
 else
 	say "FAIL (${total}s)"
 	exit 1
