@@ -68,8 +68,10 @@ check-fmt:
 
 ## model: the protocol with crashes, recovery, lost and duplicated messages
 ## and in-doubt queries, checked exhaustively by the spin model checker
-## (I1-I3 and termination), and a variant sending COMMIT before it is
-## durable shown to fail (model/README.md). MODEL_DEFS adds spin -D flags.
+## (I1-I3 and termination), with the log and with a decision holder; a
+## variant sending COMMIT before it is durable, and one settling a lost
+## holder commit without a fence, shown to fail (model/README.md).
+## MODEL_DEFS adds spin -D flags.
 model:
 	@bash model/check.sh $(MODEL_DEFS)
 
