@@ -144,6 +144,8 @@ type Coordinator struct {
 
 	holder    participant.DecisionHolder // Config.Holder, or nil
 	forgetter *forgetter
+	usedMu    sync.Mutex
+	used      map[string]participant.DecisionHolder // holders chosen by WithHolder this run
 
 	stats counters
 }
@@ -604,6 +606,7 @@ func (c *Coordinator) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) 
 			return nil, err
 		}
 		holder = h
+		c.useHolder(h)
 	}
 	id, err := ids.NewTxID()
 	if err != nil {

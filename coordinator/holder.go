@@ -243,7 +243,58 @@ func (c *Coordinator) resolveHeld(ctx context.Context, id ids.TxID, g *ids.GID) 
 		// A holder that cannot be asked may keep the commit.
 		return Wait, false, errors.Join(errs...)
 	}
-	return Wait, false, nil
+	// No row anywhere proves nothing: a holder's session may still be
+	// committing (its coordinator lost the reply, or died). Fence the
+	// holders this coordinator's transactions use, so that the answer is
+	// final.
+	used := c.usedHolders()
+	if len(used) == 0 {
+		return Wait, false, nil
+	}
+	res = RollbackBranch
+	for _, h := range used {
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+		got, err := h.Fence(cctx, c.owner(), []ids.TxID{id})
+		cancel()
+		if err != nil {
+			return Wait, false, fmt.Errorf("coordinator: fence %s at decision holder %s: %w", id, h.Name(), err)
+		}
+		if got[id].Outcome == participant.OutcomeCommit {
+			res = CommitBranch
+		}
+	}
+	return res, true, nil
+}
+
+// useHolder records that a transaction of this run has decision holder h,
+// so that an outcome question without a gid fences it.
+func (c *Coordinator) useHolder(h participant.DecisionHolder) {
+	c.usedMu.Lock()
+	defer c.usedMu.Unlock()
+	if c.used == nil {
+		c.used = map[string]participant.DecisionHolder{}
+	}
+	c.used[h.Name()] = h
+}
+
+// usedHolders lists the default holder and every holder a transaction of
+// this run used, by name.
+func (c *Coordinator) usedHolders() []participant.DecisionHolder {
+	c.usedMu.Lock()
+	defer c.usedMu.Unlock()
+	seen := map[string]participant.DecisionHolder{}
+	if c.holder != nil {
+		seen[c.holder.Name()] = c.holder
+	}
+	for n, h := range c.used {
+		seen[n] = h
+	}
+	out := make([]participant.DecisionHolder, 0, len(seen))
+	for _, h := range seen {
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
 }
 
 // heldNames reports whether a holder's commit row names prepared branch g.

@@ -349,3 +349,36 @@ func TestJoinedBranchesNamingTheHolderKeepTheHolderPath(t *testing.T) {
 		t.Fatalf("log %+v, committed %v, stats %+v", s, r.b.IsCommitted(g.String()), r.c.Stats())
 	}
 }
+
+// I5: asked by transaction id alone about a transaction no run is driving
+// and no holder keeps a row for, the coordinator fences its holders before
+// it answers "aborted": a holder session still on its way to COMMIT (its
+// coordinator died, or lost the reply) can no longer commit after that.
+func TestI5OutcomeByIDFencesBeforeAnsweringAborted(t *testing.T) {
+	ctx := context.Background()
+	r := newHolderRig(t, nil)
+	// A transaction of a run that died with its holder's COMMIT on the way.
+	id, _ := ids.NewTxID()
+	b, _ := ids.HolderBranch(0, "h")
+	g, _ := ids.NewGID(ids.DefaultPrefix, "test", id, b)
+	late, err := r.h.BeginHolder(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.c.ResolveTx(ctx, id)
+	if err != nil || res != RollbackBranch {
+		t.Fatalf("ResolveTx = %v, %v; want rollback after a fence", res, err)
+	}
+	if err := late.CommitDecision(ctx, participant.Decision{TxID: id, Owner: "txc.test", Outcome: participant.OutcomeCommit}); err == nil {
+		t.Fatal("the holder committed after the coordinator answered aborted")
+	}
+	if d, ok := r.h.Row(id); !ok || d.Outcome != participant.OutcomeAbort {
+		t.Fatalf("row %+v %v: want the fence's abort", d, ok)
+	}
+	// A holder that cannot be fenced: no answer.
+	r.h.SetHolderHooks(fake.HolderHooks{Fence: func(context.Context, []ids.TxID) error { return errors.New("down") }})
+	other, _ := ids.NewTxID()
+	if res, err := r.c.ResolveTx(ctx, other); res != Wait || err == nil {
+		t.Fatalf("ResolveTx with the holder down = %v, %v; want wait and an error", res, err)
+	}
+}

@@ -448,8 +448,11 @@ func (m *Machine) Step(ev Event) []Effect {
 			m.fences = 1
 			return []Effect{FenceHolder{Attempt: 1}}
 		default:
-			// Nothing recorded, and the holder rolled itself back.
-			h.state, h.lastErr = BranchRolledBack, ev.Err
+			// Nothing recorded. The holder branch is rolled back with the
+			// others: a no-op when it rolled itself back, and the end of
+			// its session when the commit never got to run (its branch was
+			// busy until the call timed out).
+			h.state, h.lastErr = BranchFailed, ev.Err
 			m.cause = ev.Err
 			return m.abort()
 		}

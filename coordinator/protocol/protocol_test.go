@@ -425,8 +425,8 @@ func TestHolderRefusalAbortsThePreparedBranches(t *testing.T) {
 	m := New(2, holderCfg(0))
 	step(t, m, Commit{}, "prepare[1]")
 	step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
-	effs := step(t, m, HolderCommitted{Err: errBoom}, "rollback(1,true)")
-	_ = effs
+	step(t, m, HolderCommitted{Err: errBoom}, "rollback(0,false) rollback(1,true)")
+	step(t, m, RollbackDone{Branch: 0}, "")
 	e := step(t, m, RollbackDone{Branch: 1}, "report:aborted")
 	if r := e[0].(Report); !errors.Is(r.Err, errBoom) {
 		t.Fatalf("cause %v", r.Err)
