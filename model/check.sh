@@ -9,8 +9,12 @@
 #   6. the same: termination;
 #   7. its variant that settles a lost holder commit by reading the row,
 #      without a fence: must fail;
-#   8. the same variant checked for I1 alone: must fail.
-# Exits 0 only if 1, 2, 5 and 6 find no error and 3, 4, 7 and 8 each find one.
+#   8. the same variant checked for I1 alone: must fail;
+#   9. the holder with the application asking the outcome by transaction
+#      id, answered through a fence: I1-I3 and I5;
+#  10. the same, answered by reading the rows without a fence: must fail I5.
+# Exits 0 only if 1, 2, 5, 6 and 9 find no error and 3, 4, 7, 8 and 10 each
+# find one.
 # Arguments are extra spin definitions, e.g. -DMAXCRASH=3.
 # MODEL_KEEP=1 keeps the work directory (pan sources, logs, trails).
 set -euo pipefail
@@ -114,6 +118,8 @@ build holder-safety holder.pml "" "-DSAFETY -DNOCLAIM" &
 build holder-termination holder.pml "" "" &
 build holder-broken holder.pml "-DBROKEN_NO_FENCE" "-DSAFETY -DNOCLAIM" &
 build holder-broken-i1 holder.pml "-DBROKEN_NO_FENCE -DONLY_I1" "-DSAFETY -DNOCLAIM" &
+build holder-outcome holder.pml "-DAPP_OUTCOME" "-DSAFETY -DNOCLAIM" &
+build holder-outcome-read holder.pml "-DAPP_OUTCOME -DAPP_OUTCOME_READ" "-DSAFETY -DNOCLAIM" &
 wait
 
 verify safety ""
@@ -151,6 +157,15 @@ verify holder-broken-i1 ""
 if [ "$errors" != 0 ] && grep -q 'violated: I1' "$work/holder-broken-i1/trail.log"; then
 	line broken "holder: no fence, I1 only" "caught: $what"
 else line broken "holder: no fence, I1 only" "NOT CAUGHT${what:+: $what}"; ok=0; fi
+
+verify holder-outcome ""
+if [ "$errors" = 0 ]; then line correct "holder: outcome by id, I1-I3, I5" ok
+else line correct "holder: outcome by id, I1-I3, I5" "FAIL: $what"; ok=0; fi
+
+verify holder-outcome-read ""
+if [ "$errors" != 0 ] && grep -q 'violated: I5' "$work/holder-outcome-read/trail.log"; then
+	line broken "holder: outcome read, no fence" "caught: $what"
+else line broken "holder: outcome read, no fence" "NOT CAUGHT${what:+: $what}"; ok=0; fi
 
 total=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 if [ "$ok" = 1 ]; then

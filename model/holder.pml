@@ -15,10 +15,10 @@
  *                    participant-side assertions)
  *   APP_OUTCOME      the application asks what the transaction became
  *                    (client Outcome, Coordinator.ResolveTx), answered
- *                    through a fence, and I5 is checked
- *   APP_OUTCOME_READ with APP_OUTCOME: answered as ResolveTx does today,
- *                    by reading the holders' rows without a fence (no row
- *                    means "aborted"): fails I5 (see README.md)
+ *                    through a fence as ResolveTx does, and I5 is checked
+ *   APP_OUTCOME_READ with APP_OUTCOME: answered by reading the holders'
+ *                    rows without a fence (no row means "aborted"): must
+ *                    fail I5 (see README.md)
  *   MAXCRASH, MAXPCRASH, MAXLOSS, MAXDUP, QANY, PANY, MAXHKILL, MAXHFAIL
  *                    fault budgets (below)
  */
