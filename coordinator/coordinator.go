@@ -142,6 +142,7 @@ type Coordinator struct {
 
 	workers *workers // run participant calls
 
+	tracing   bool                       // Config.Tracer was given: spans are made
 	holder    participant.DecisionHolder // Config.Holder, or nil
 	forgetter *forgetter
 	usedMu    sync.Mutex
@@ -221,6 +222,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	tracing := cfg.Tracer != nil
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
@@ -237,6 +239,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		logger:    cfg.Logger,
 		live:      map[ids.TxID]*Tx{},
 		started:   time.Now(),
+		tracing:   tracing,
 	}
 	for _, r := range cfg.Resources {
 		if r == nil {

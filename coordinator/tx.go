@@ -375,7 +375,9 @@ func (d *driver) begin(p *phase, name Phase, ctx context.Context) {
 		return
 	}
 	p.start = time.Now()
-	_, p.span = d.t.c.cfg.Tracer.Start(ctx, "txcoord."+string(name), trace.WithAttributes(attribute.String("txcoord.txid", d.t.id.String())))
+	if d.t.c.tracing {
+		_, p.span = d.t.c.cfg.Tracer.Start(ctx, "txcoord."+string(name), trace.WithAttributes(attribute.String("txcoord.txid", d.t.id.String())))
+	}
 }
 
 func (d *driver) end(p *phase, name Phase, err error) {
@@ -383,11 +385,13 @@ func (d *driver) end(p *phase, name Phase, err error) {
 		return
 	}
 	p.ended = true
-	if err != nil {
-		p.span.RecordError(err)
-		p.span.SetStatus(codes.Error, err.Error())
+	if p.span != nil {
+		if err != nil {
+			p.span.RecordError(err)
+			p.span.SetStatus(codes.Error, err.Error())
+		}
+		p.span.End()
 	}
-	p.span.End()
 	if f := d.t.c.cfg.Observe; f != nil {
 		f(name, time.Since(p.start), err)
 	}

@@ -62,7 +62,7 @@ func (g GID) Validate() error {
 	if err := ValidateName("branch", g.Branch); err != nil {
 		return err
 	}
-	if n := len(g.GTRID()); n > MaxGTRIDLen {
+	if n := g.gtridLen(); n > MaxGTRIDLen {
 		return fmt.Errorf("%w: transaction part %q is %d bytes, at most %d allowed (shorten the prefix or coordinator id)", ErrBadGID, g.GTRID(), n, MaxGTRIDLen)
 	}
 	if len(g.Branch) > MaxBranchLen {
@@ -94,11 +94,31 @@ func nameByte(c byte) bool {
 
 // GTRID returns the transaction part: <prefix>.<coordinatorID>.<TxID>.
 func (g GID) GTRID() string {
-	return g.Prefix + "." + g.Coordinator + "." + g.TxID.String()
+	b := make([]byte, 0, g.gtridLen())
+	return string(g.appendGTRID(b))
+}
+
+// txidLen is the length of a TxID's canonical form.
+const txidLen = 36
+
+func (g GID) gtridLen() int { return len(g.Prefix) + 1 + len(g.Coordinator) + 1 + txidLen }
+
+func (g GID) appendGTRID(b []byte) []byte {
+	b = append(b, g.Prefix...)
+	b = append(b, '.')
+	b = append(b, g.Coordinator...)
+	b = append(b, '.')
+	return g.TxID.appendText(b)
 }
 
 // String returns the full gid.
-func (g GID) String() string { return g.GTRID() + "." + g.Branch }
+func (g GID) String() string {
+	b := make([]byte, 0, g.gtridLen()+1+len(g.Branch))
+	b = g.appendGTRID(b)
+	b = append(b, '.')
+	b = append(b, g.Branch...)
+	return string(b)
+}
 
 // IsZero reports whether g is the zero value.
 func (g GID) IsZero() bool { return g == GID{} }

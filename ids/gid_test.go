@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 )
 
 func mustTxID(t testing.TB) TxID {
@@ -200,5 +202,14 @@ func TestBranchesWithoutAHolderMarkNameNone(t *testing.T) {
 	}
 	if _, err := MarkHolder(strings.Repeat("s", 60), "bank"); !errors.Is(err, ErrBadGID) {
 		t.Errorf("a marked branch too long for a gid: %v", err)
+	}
+}
+
+func TestTxIDStringIsTheCanonicalUUIDForm(t *testing.T) {
+	for i := 0; i < 100; i++ {
+		id := mustTxID(t)
+		if got, want := id.String(), uuid.UUID(id).String(); got != want {
+			t.Fatalf("%q, want %q", got, want)
+		}
 	}
 }

@@ -42,7 +42,22 @@ func ParseTxID(s string) (TxID, error) {
 func (id TxID) IsZero() bool { return id == TxID{} }
 
 // String returns the canonical lower-case 36-character form.
-func (id TxID) String() string { return uuid.UUID(id).String() }
+func (id TxID) String() string { return string(id.appendText(make([]byte, 0, txidLen))) }
+
+// appendText appends the canonical form to b.
+func (id TxID) appendText(b []byte) []byte {
+	var buf [txidLen]byte
+	hex.Encode(buf[0:8], id[0:4])
+	buf[8] = '-'
+	hex.Encode(buf[9:13], id[4:6])
+	buf[13] = '-'
+	hex.Encode(buf[14:18], id[6:8])
+	buf[18] = '-'
+	hex.Encode(buf[19:23], id[8:10])
+	buf[23] = '-'
+	hex.Encode(buf[24:], id[10:])
+	return append(b, buf[:]...)
+}
 
 // Time returns the creation time embedded in a UUIDv7 id, or the zero time
 // if id is not a version 7 UUID.

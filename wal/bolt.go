@@ -691,14 +691,19 @@ func (b *Bolt) Note(rec Record) error {
 	if rec.Holder == "" {
 		return fmt.Errorf("%w: a noted decision names its holder", ErrBadRecord)
 	}
-	if err := rec.Validate(); err != nil {
-		return err
-	}
 	if rec.Time.IsZero() {
 		rec.Time = time.Now()
 	}
 	rec.Time = rec.Time.UTC()
 	rec.Branches = append([]Branch(nil), rec.Branches...)
+	if rec.Epoch == 0 {
+		rec.Epoch = b.epoch // set at open, never changed
+	}
+	// The LSN is not part of the encoding: encode outside the lock.
+	val, err := EncodeRecord(rec)
+	if err != nil {
+		return err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -707,18 +712,11 @@ func (b *Bolt) Note(rec Record) error {
 	if b.failed != nil {
 		return b.failed
 	}
-	if rec.Epoch == 0 {
-		rec.Epoch = b.epoch
-	}
 	if d, ok := b.byTx[rec.TxID]; ok {
 		_, err := existingLocked(d, &rec)
 		return err
 	}
 	rec.LSN = b.next
-	val, err := EncodeRecord(rec)
-	if err != nil {
-		return err
-	}
 	b.next++
 	b.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
 	if len(b.ends) == 0 {

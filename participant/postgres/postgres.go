@@ -271,7 +271,6 @@ func (r *Resource) finishPrepared(ctx context.Context, gid ids.GID, stmt, before
 	if err := gid.Validate(); err != nil {
 		return err
 	}
-	what := strings.ToLower(strings.TrimSpace(stmt))
 	q := stmt + ids.QuoteLiteral(gid.String())
 	lost, err := r.execAlone(ctx, q, before, after)
 	if lost && stmt == rollbackPrepared && ctx.Err() == nil {
@@ -282,9 +281,11 @@ func (r *Resource) finishPrepared(ctx context.Context, gid ids.GID, stmt, before
 			return nil
 		}
 	}
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
+	}
+	what := strings.ToLower(strings.TrimSpace(stmt))
+	switch {
 	case lost:
 		return fmt.Errorf("%w: postgres: %s: %s %s: %w", participant.ErrOutcomeUnknown, r.name, what, gid, err)
 	}
