@@ -675,12 +675,18 @@ func (b *Bolt) End(txid ids.TxID) error {
 	lsn := b.next
 	b.next++
 	d.Ended, d.EndLSN, d.EndTime = true, lsn, now
+	b.queueLazyLocked(lsn, val)
+	return nil
+}
+
+// queueLazyLocked queues a record that waits for the next sync (an END, or
+// a noted decision). b.mu is held.
+func (b *Bolt) queueLazyLocked(lsn uint64, val []byte) {
 	if len(b.ends) == 0 {
 		b.endsSince = time.Now()
 	}
 	b.ends = append(b.ends, pendingEnd{lsn: lsn, val: val})
 	b.watchEndsLocked()
-	return nil
 }
 
 // Note implements Log. The record waits in memory with the END records.
@@ -719,12 +725,8 @@ func (b *Bolt) Note(rec Record) error {
 	rec.LSN = b.next
 	b.next++
 	b.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
-	if len(b.ends) == 0 {
-		b.endsSince = time.Now()
-	}
-	b.ends = append(b.ends, pendingEnd{lsn: rec.LSN, val: val})
 	b.stats.Notes++
-	b.watchEndsLocked()
+	b.queueLazyLocked(rec.LSN, val)
 	return nil
 }
 

@@ -63,6 +63,23 @@ func (m *Mem) Append(ctx context.Context, rec Record) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	return m.add(rec, false)
+}
+
+// Note implements Log.
+func (m *Mem) Note(rec Record) error {
+	if rec.Holder == "" {
+		return fmt.Errorf("%w: a noted decision names its holder", ErrBadRecord)
+	}
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	_, err := m.add(rec, true)
+	return err
+}
+
+// add stores a decision, forced (Append) or noted as ended (Note).
+func (m *Mem) add(rec Record, noted bool) (uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -87,50 +104,17 @@ func (m *Mem) Append(ctx context.Context, rec Record) (uint64, error) {
 	}
 	rec.Branches = append([]Branch(nil), rec.Branches...)
 	m.recs[rec.LSN] = rec
-	m.byTx[rec.TxID] = &Decision{Record: rec}
-	m.stats.Appends++
-	m.stats.Syncs++
-	if m.stats.MaxBatch == 0 {
-		m.stats.MaxBatch = 1
+	d := &Decision{Record: rec}
+	if noted {
+		d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
+		m.stats.Notes++
+	} else {
+		m.stats.Appends++
+		m.stats.Syncs++
+		m.stats.MaxBatch = max(m.stats.MaxBatch, 1)
 	}
+	m.byTx[rec.TxID] = d
 	return rec.LSN, nil
-}
-
-// Note implements Log.
-func (m *Mem) Note(rec Record) error {
-	if rec.Holder == "" {
-		return fmt.Errorf("%w: a noted decision names its holder", ErrBadRecord)
-	}
-	if err := rec.Validate(); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return ErrClosed
-	}
-	if d, ok := m.byTx[rec.TxID]; ok {
-		if d.Kind != rec.Kind {
-			return fmt.Errorf("%w: %s has %v at LSN %d, refused %v", ErrConflict, rec.TxID, d.Kind, d.LSN, rec.Kind)
-		}
-		return nil
-	}
-	if m.failErr != nil {
-		return fmt.Errorf("%w: %v", ErrFailed, m.failErr)
-	}
-	rec.LSN = m.next
-	m.next++
-	if rec.Time.IsZero() {
-		rec.Time = time.Now().UTC()
-	}
-	if rec.Epoch == 0 {
-		rec.Epoch = m.epoch
-	}
-	rec.Branches = append([]Branch(nil), rec.Branches...)
-	m.recs[rec.LSN] = rec
-	m.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
-	m.stats.Notes++
-	return nil
 }
 
 // End implements Log.
