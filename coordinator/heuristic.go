@@ -237,7 +237,7 @@ func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit b
 	var branches []wal.Branch
 	for _, f := range found {
 		// A commit covers only the branches its row names.
-		if !commit || heldNames(d, f.GID) {
+		if !commit || d.Names(f.GID) {
 			branches = append(branches, wal.Branch{Resource: f.Resource, GID: f.GID})
 		}
 	}

@@ -220,7 +220,7 @@ func (c *Coordinator) resolveHeld(ctx context.Context, id ids.TxID, g *ids.GID) 
 			return Wait, false, err
 		}
 		d := got[id]
-		if d.Outcome == participant.OutcomeCommit && heldNames(d, *g) {
+		if d.Outcome == participant.OutcomeCommit && d.Names(*g) {
 			return CommitBranch, true, nil
 		}
 		return RollbackBranch, true, nil
@@ -297,17 +297,6 @@ func (c *Coordinator) usedHolders() []participant.DecisionHolder {
 	return out
 }
 
-// heldNames reports whether a holder's commit row names prepared branch g.
-// (The holder's own branch is never prepared: it committed with the row.)
-func heldNames(d participant.Decision, g ids.GID) bool {
-	for _, b := range d.Branches {
-		if b.GID == g {
-			return true
-		}
-	}
-	return false
-}
-
 // commitHolder performs protocol.CommitHolder: the holder branch records
 // the decision and commits. Never inline: a commit that hangs must not
 // hold a caller whose context ends (the outcome is then unknown).
@@ -339,14 +328,8 @@ func (d *driver) fenceHolder(e protocol.FenceHolder) {
 	t, c := d.t, d.t.c
 	c.logger.Warn("the decision holder's commit reply was lost; fencing", "txid", t.id, "holder", t.holder.Name(), "attempt", e.Attempt)
 	d.run(false, func() protocol.Event {
-		if e.Delay > 0 {
-			tm := time.NewTimer(e.Delay)
-			select {
-			case <-tm.C:
-			case <-c.ctx.Done():
-				tm.Stop()
-				return protocol.HolderFenced{Err: c.ctx.Err()}
-			}
+		if err := sleep(c.ctx, e.Delay); err != nil {
+			return protocol.HolderFenced{Err: err}
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
 		defer cancel()

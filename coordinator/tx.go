@@ -619,14 +619,8 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		d.run(false, func() protocol.Event {
 			ctx := d.commitCtx
 			if e.Attempt > 1 {
-				if e.Delay > 0 {
-					tm := time.NewTimer(e.Delay)
-					select {
-					case <-tm.C:
-					case <-c.ctx.Done():
-						tm.Stop()
-						return protocol.CommitDone{Branch: e.Branch, Err: c.ctx.Err()}
-					}
+				if err := sleep(c.ctx, e.Delay); err != nil {
+					return protocol.CommitDone{Branch: e.Branch, Err: err}
 				}
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
@@ -679,6 +673,21 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		panic(fmt.Sprintf("coordinator: unknown effect %T", e))
 	}
 	return nil
+}
+
+// sleep waits d, or until ctx ends (its error).
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // run performs f inline or on one of the coordinator's workers; either

@@ -61,6 +61,18 @@ type Decision struct {
 	Branches []BranchRef
 }
 
+// Names reports whether a commit decision covers prepared branch g: one of
+// the branches it names. (The holder's own branch is never prepared: it
+// committed with the decision.)
+func (d Decision) Names(g ids.GID) bool {
+	for _, b := range d.Branches {
+		if b.GID == g {
+			return true
+		}
+	}
+	return false
+}
+
 // DecisionHolder is a resource that can keep a transaction's commit
 // decision in its own database, in the same local transaction as its own
 // branch's work: that local commit is the global commit point, and no

@@ -351,7 +351,7 @@ func (p *pass) scan(ctx context.Context, names []string) {
 					p.rep.Stale = append(p.rep.Stale, f.act)
 				}
 				continue
-			case d.Outcome == participant.OutcomeCommit && heldNamed(d, f.pr.GID):
+			case d.Outcome == participant.OutcomeCommit && d.Names(f.pr.GID):
 				f.kind = wal.KindCommit
 			default:
 				f.kind = wal.KindAbort
@@ -484,16 +484,6 @@ const resolveParallel = 16
 func contains(list []ids.TxID, id ids.TxID) bool {
 	for _, x := range list {
 		if x == id {
-			return true
-		}
-	}
-	return false
-}
-
-// heldNamed reports whether a holder's commit row names prepared branch g.
-func heldNamed(d participant.Decision, g ids.GID) bool {
-	for _, b := range d.Branches {
-		if b.GID == g {
 			return true
 		}
 	}
