@@ -254,15 +254,7 @@ func TestIllegalEventPanicsNamingBothStates(t *testing.T) {
 // phase-two failures in random order and checks the rules that must hold
 // in every interleaving. Set PROTOCOL_SEED to replay one seed.
 func TestRandomInterleavings(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("PROTOCOL_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (replay with PROTOCOL_SEED=%d)", seed, seed)
+	seed := protocolSeed(t)
 	r := rand.New(rand.NewPCG(seed, 0))
 	for run := 0; run < 3000; run++ {
 		n := 2 + r.IntN(4)
@@ -493,15 +485,7 @@ func TestHolderPrepareTimeoutAborts(t *testing.T) {
 // committed (I2), nothing is rolled back after it did (I3), and the report
 // is never "aborted" for a holder that may have committed (I5).
 func TestRandomHolderInterleavings(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("PROTOCOL_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed = v
-	}
-	t.Logf("seed %d (replay with PROTOCOL_SEED=%d)", seed, seed)
+	seed := protocolSeed(t)
 	r := rand.New(rand.NewPCG(seed, 1))
 	for run := 0; run < 3000; run++ {
 		n := 2 + r.IntN(3)
@@ -607,4 +591,20 @@ func TestRandomHolderInterleavings(t *testing.T) {
 			}
 		}
 	}
+}
+
+// protocolSeed is a random test's seed: PROTOCOL_SEED, or the clock's. It
+// is logged for replay.
+func protocolSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("PROTOCOL_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (replay with PROTOCOL_SEED=%d)", seed, seed)
+	return seed
 }
