@@ -300,6 +300,11 @@ func (c *Coordinator) Close() error {
 	c.mu.Lock()
 	already := c.closed
 	c.closed = true
+	for _, t := range c.live {
+		if t.stop != nil {
+			t.stop() // its driver stops; phase two goes on after a restart
+		}
+	}
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()

@@ -313,7 +313,7 @@ func (d *driver) commitHolder(e protocol.CommitHolder) {
 		failpoint.Hit(failpoint.CoordBeforeDecision)
 		// Not the caller's context: a cancelled COMMIT would make the
 		// outcome unknown for nothing.
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+		ctx, cancel := context.WithTimeout(d.ctx, c.cfg.CallTimeout)
 		defer cancel()
 		err := hb.CommitDecision(ctx, dec)
 		if err == nil {
@@ -328,10 +328,10 @@ func (d *driver) fenceHolder(e protocol.FenceHolder) {
 	t, c := d.t, d.t.c
 	c.logger.Warn("the decision holder's commit reply was lost; fencing", "txid", t.id, "holder", t.holder.Name(), "attempt", e.Attempt)
 	d.run(false, func() protocol.Event {
-		if err := sleep(c.ctx, e.Delay); err != nil {
+		if err := sleep(d.ctx, e.Delay); err != nil {
 			return protocol.HolderFenced{Err: err}
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+		ctx, cancel := context.WithTimeout(d.ctx, c.cfg.CallTimeout)
 		defer cancel()
 		got, err := t.holder.Fence(ctx, c.owner(), []ids.TxID{t.id})
 		if err != nil {

@@ -38,6 +38,7 @@ type Tx struct {
 	done      chan struct{}  // closed when the outcome is known
 	result    error
 
+	stop     context.CancelFunc         // ends the driver's context; set under c.mu
 	holder   participant.DecisionHolder // the transaction's decision holder, or nil
 	holderAt int                        // index of the holder branch, or -1
 }
@@ -278,8 +279,12 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	case c.failed != nil:
 		refuse = fmt.Errorf("%w: %v", ErrLogFailed, c.failed)
 	}
+	var dctx context.Context
 	if refuse == nil {
 		c.wg.Add(1) // held by the driver until the transaction settles
+		// The driver's own context, which Close cancels: its calls and
+		// selects share no lock with other transactions'.
+		dctx, t.stop = context.WithCancel(context.Background())
 	}
 	c.mu.Unlock()
 	if refuse != nil {
@@ -298,7 +303,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 	}
 
 	prepCtx, cancelPrep := context.WithTimeout(ctx, c.cfg.PrepareTimeout)
-	d := &driver{t: t, branches: branches, regs: regs, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
+	d := &driver{t: t, ctx: dctx, branches: branches, regs: regs, prepCtx: prepCtx, cancelPrep: cancelPrep, callerCtx: ctx,
 		events: make(chan protocol.Event, 2*len(branches)+2)}
 	d.effs = d.step(ev)
 
@@ -341,6 +346,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 // then, if anything is left, in a goroutine owned by the coordinator.
 type driver struct {
 	t          *Tx
+	ctx        context.Context // ends at Close
 	branches   []participant.Branch
 	regs       []participant.Resource // phase two and rollbacks go through these
 	prepCtx    context.Context
@@ -493,7 +499,7 @@ func (d *driver) loop(caller bool, callerDone <-chan struct{}) bool {
 			c.logger.Warn("a rollback is still hanging; answering the caller, recovery will finish it", "txid", d.t.id)
 			d.report(protocol.Report{Outcome: protocol.OutcomeAborted, Err: cause})
 			return false
-		case <-c.ctx.Done():
+		case <-d.ctx.Done():
 			if !d.stopping {
 				d.stopping = true
 				d.cancelPrep()
@@ -512,6 +518,7 @@ func (d *driver) loop(caller bool, callerDone <-chan struct{}) bool {
 func (d *driver) close() {
 	t, c := d.t, d.t.c
 	defer c.wg.Done()
+	defer t.stop() // set before the driver began
 	d.cancelPrep()
 	if d.fallback != nil {
 		d.fallback.Stop()
@@ -586,7 +593,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		// Not the caller's context: once asked, the record is written or
 		// the log has failed; a cancelled wait would make the outcome
 		// unknown for nothing.
-		_, err := c.log.Append(c.ctx, rec)
+		_, err := c.log.Append(d.ctx, rec)
 		d.end(&dec, PhaseDecision, err)
 		if err != nil {
 			// A record refused before it was written (invalid,
@@ -602,7 +609,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		close(t.decided)
 		return protocol.DecisionLogged{}
 	case protocol.SendCommit:
-		if d.stopping || c.ctx.Err() != nil {
+		if d.stopping || d.ctx.Err() != nil {
 			return nil // left to recovery after restart
 		}
 		if e.Attempt > 1 {
@@ -612,18 +619,18 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		d.begin(&d.commit, PhaseCommit, d.callerCtx)
 		if e.Attempt == 1 && d.commitCtx == nil {
 			// First attempts share one deadline.
-			d.commitCtx, d.commitEnd = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+			d.commitCtx, d.commitEnd = context.WithTimeout(d.ctx, c.cfg.CallTimeout)
 		}
 		// Never inline: the caller may give up during phase two
 		// (ErrCommitPending) while a commit hangs until CallTimeout.
 		d.run(false, func() protocol.Event {
 			ctx := d.commitCtx
 			if e.Attempt > 1 {
-				if err := sleep(c.ctx, e.Delay); err != nil {
+				if err := sleep(d.ctx, e.Delay); err != nil {
 					return protocol.CommitDone{Branch: e.Branch, Err: err}
 				}
 				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+				ctx, cancel = context.WithTimeout(d.ctx, c.cfg.CallTimeout)
 				defer cancel()
 			}
 			err := d.regs[e.Branch].Commit(ctx, b.GID())
@@ -637,7 +644,7 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		// Never inline: a rollback that hangs past its call timeout must
 		// not keep the caller from its answer (abortWait in loop).
 		d.run(false, func() protocol.Event {
-			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.CallTimeout)
+			ctx, cancel := context.WithTimeout(d.ctx, c.cfg.CallTimeout)
 			defer cancel()
 			err := b.Abort(ctx)
 			if e.MayBePrepared && errors.Is(err, participant.ErrBranchDone) {
