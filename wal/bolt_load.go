@@ -1,0 +1,271 @@
+package wal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/txcoord/txcoord/ids"
+)
+
+// openError classifies an error from bbolt.Open.
+func openError(path string, opts BoltOptions, err error) error {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("%w: %s (waited %v)", ErrLocked, path, max(opts.LockTimeout, 0))
+	case errors.As(err, &pe):
+		return fmt.Errorf("wal: open %s: %w", path, err)
+	default:
+		return fmt.Errorf("%w: %s: %w", ErrBadFile, path, err)
+	}
+}
+
+// precheck opens an existing file read-only and checks that it is as long
+// as its bbolt metadata says, so that a truncated file is reported rather
+// than faulting when its missing pages are touched through the mmap.
+func precheck(path string, opts BoltOptions) error {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("wal: open %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", ErrBadFile, path)
+	}
+	if fi.Size() == 0 {
+		return nil
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: opts.boltTimeout()})
+	if err != nil {
+		return openError(path, opts, err)
+	}
+	defer db.Close()
+	var need int64
+	if err := db.View(func(tx *bbolt.Tx) error { need = tx.Size(); return nil }); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrBadFile, path, err)
+	}
+	fi, err = os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("wal: open %s: %w", path, err)
+	}
+	if fi.Size() < need {
+		return fmt.Errorf("%w: %s is truncated: %d bytes, its metadata needs %d", ErrBadFile, path, fi.Size(), need)
+	}
+	return nil
+}
+
+// load reads and checks the whole file, builds the index, then stores the
+// next epoch (creating the buckets of a new file, upgrading a version-1
+// file).
+func (b *Bolt) load() (err error) {
+	defer func() {
+		// bbolt panics on some damaged pages.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %s: damaged bbolt page: %v", ErrBadFile, b.path, p)
+		}
+	}()
+	var fresh bool
+	var epoch, ver uint64
+	var owner string
+	err = b.db.View(func(tx *bbolt.Tx) error {
+		mb := tx.Bucket(bucketMeta)
+		if mb == nil {
+			var other []string
+			_ = tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+				other = append(other, string(name))
+				return nil
+			})
+			if len(other) > 0 {
+				return fmt.Errorf("%w: %s has buckets %q but no %q: not a txcoord log", ErrBadFile, b.path, other, BucketMeta)
+			}
+			fresh = true
+			return nil
+		}
+		var err error
+		if ver, err = b.metaUint(mb, keyVersion); err != nil {
+			return err
+		}
+		if ver != fileFormat && ver != fileFormat1 {
+			return fmt.Errorf("%w: %s has format version %d; this build reads versions %d and %d", ErrBadFile, b.path, ver, fileFormat1, fileFormat)
+		}
+		if epoch, err = b.metaUint(mb, keyEpoch); err != nil {
+			return err
+		}
+		owner = string(mb.Get(keyOwner))
+		if b.opts.Owner != "" && owner != "" && owner != b.opts.Owner {
+			return fmt.Errorf("%w: %s belongs to coordinator %q, not %q", ErrWrongOwner, b.path, owner, b.opts.Owner)
+		}
+		lb := tx.Bucket(bucketLog)
+		if lb == nil {
+			return fmt.Errorf("%w: %s lacks bucket %q", ErrBadFile, b.path, BucketLog)
+		}
+		var xb *bbolt.Bucket
+		if ver == fileFormat1 {
+			if xb = tx.Bucket(bucketTx); xb == nil {
+				return fmt.Errorf("%w: %s (format version 1) lacks bucket %q", ErrBadFile, b.path, BucketTx)
+			}
+		}
+		return b.loadRecords(lb, xb)
+	})
+	if err != nil {
+		return err
+	}
+	if b.opts.ReadOnly {
+		if fresh {
+			return fmt.Errorf("%w: %s is empty: not a txcoord log", ErrBadFile, b.path)
+		}
+		b.epoch, b.owner = epoch, owner
+		return nil
+	}
+	epoch++
+	err = b.db.Update(func(tx *bbolt.Tx) error {
+		mb, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if fresh || ver == fileFormat1 {
+			if err := mb.Put(keyVersion, u64(fileFormat)); err != nil {
+				return err
+			}
+		}
+		if ver == fileFormat1 {
+			if err := tx.DeleteBucket(bucketTx); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketLog); err != nil {
+			return err
+		}
+		if owner == "" && b.opts.Owner != "" {
+			if err := mb.Put(keyOwner, []byte(b.opts.Owner)); err != nil {
+				return err
+			}
+			owner = b.opts.Owner
+		}
+		return mb.Put(keyEpoch, u64(epoch))
+	})
+	if err != nil {
+		return fmt.Errorf("wal: open %s: store epoch: %w", b.path, err)
+	}
+	b.epoch = epoch
+	b.owner = owner
+	return nil
+}
+
+func (b *Bolt) metaUint(mb *bbolt.Bucket, key []byte) (uint64, error) {
+	v := mb.Get(key)
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: %s: meta key %q is %d bytes, want 8", ErrBadFile, b.path, key, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+func (b *Bolt) corrupt(bucket string, key uint64, format string, args ...any) *CorruptError {
+	return &CorruptError{Path: b.path, Bucket: bucket, Key: key, Reason: fmt.Sprintf(format, args...)}
+}
+
+// decodeAt decodes the value v stored under key k of the log bucket.
+func (b *Bolt) decodeAt(k, v []byte) (Record, error) {
+	if len(k) != 8 {
+		return Record{}, b.corrupt(BucketLog, 0, "key %x is %d bytes, want 8", k, len(k))
+	}
+	lsn := binary.BigEndian.Uint64(k)
+	if lsn == 0 {
+		return Record{}, b.corrupt(BucketLog, 0, "key 0 is not a log sequence number")
+	}
+	if v == nil {
+		return Record{}, b.corrupt(BucketLog, lsn, "nested bucket where a record belongs")
+	}
+	rec, err := DecodeRecord(v)
+	if err != nil {
+		return Record{}, b.corrupt(BucketLog, lsn, "%s", strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": "))
+	}
+	rec.LSN = lsn
+	return rec, nil
+}
+
+// loadRecords reads every record, checks the state transitions and, in a
+// version-1 file (xb not nil), the tx index, and fills b.byTx and b.next.
+//
+// The next LSN is one past the largest key, or past the log bucket's
+// sequence, which compaction raises to every LSN it deletes, so that an LSN
+// is never reused.
+func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
+	var last uint64
+	c := lb.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		rec, err := b.decodeAt(k, v)
+		if err != nil {
+			return err
+		}
+		last = rec.LSN
+		switch rec.Kind {
+		case KindCommit, KindAbort:
+			if d, ok := b.byTx[rec.TxID]; ok {
+				return b.corrupt(BucketLog, rec.LSN, "second decision %v for %s (first: %v at key %d)", rec.Kind, rec.TxID, d.Kind, d.LSN)
+			}
+			if xb != nil {
+				iv := xb.Get(rec.TxID[:])
+				if len(iv) != 8 || binary.BigEndian.Uint64(iv) != rec.LSN {
+					return b.corrupt(BucketTx, rec.LSN, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", rec.TxID, rec.LSN, BucketTx, iv)
+				}
+			}
+			d := &Decision{Record: rec}
+			if rec.Holder != "" {
+				// A holder's decision is noted once it has ended.
+				d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
+			}
+			b.byTx[rec.TxID] = d
+		case KindEnd:
+			d, ok := b.byTx[rec.TxID]
+			if !ok {
+				return b.corrupt(BucketLog, rec.LSN, "END for %s without its decision", rec.TxID)
+			}
+			if d.Ended {
+				return b.corrupt(BucketLog, rec.LSN, "second END for %s (first at key %d)", rec.TxID, d.EndLSN)
+			}
+			d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
+		}
+	}
+	if xb != nil {
+		if err := b.checkIndex(xb); err != nil {
+			return err
+		}
+	}
+	if seq := lb.Sequence(); seq > last {
+		last = seq
+	}
+	b.next = last + 1
+	return nil
+}
+
+// checkIndex checks that the tx index of a version-1 file names exactly
+// the decisions of its log.
+func (b *Bolt) checkIndex(xb *bbolt.Bucket) error {
+	n := 0
+	c := xb.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) != 16 || len(v) != 8 {
+			return b.corrupt(BucketTx, 0, "entry %x -> %x: want a 16-byte id and an 8-byte LSN", k, v)
+		}
+		lsn := binary.BigEndian.Uint64(v)
+		d, ok := b.byTx[ids.TxID(k)]
+		if !ok || d.LSN != lsn {
+			return b.corrupt(BucketTx, lsn, "entry for %s points to key %d, which holds no decision for it", ids.TxID(k), lsn)
+		}
+		n++
+	}
+	if n != len(b.byTx) {
+		return b.corrupt(BucketTx, 0, "%d entries for %d decisions", n, len(b.byTx))
+	}
+	return nil
+}
