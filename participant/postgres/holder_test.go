@@ -352,3 +352,28 @@ func TestOpenWaitWaitsForAServerThatIsStarting(t *testing.T) {
 		t.Fatalf("a missing database: %v after %v", err, time.Since(start))
 	}
 }
+
+// FuzzParseDecision feeds decision rows as a database could answer them: a
+// row is either read whole and consistent, or refused with an error.
+func FuzzParseDecision(f *testing.F) {
+	id, _ := ids.NewTxID()
+	b, _ := ids.HolderBranch(1, "bank_a")
+	g, _ := ids.NewGID("txc", "c1", id, b)
+	f.Add(id.String(), "txc.c1", "C", int64(3), "bank_b/"+g.String())
+	f.Add(id.String(), "txc.c1", "A", int64(0), "")
+	f.Add("junk", "x", "Z", int64(-1), "a/b c")
+	f.Fuzz(func(t *testing.T, txid, owner, outcome string, epoch int64, branches string) {
+		d, err := parseDecision(txid, owner, outcome, epoch, time.Unix(0, 0), branches)
+		if err != nil {
+			return
+		}
+		if d.TxID.String() != strings.ToLower(txid) || (d.Outcome != participant.OutcomeCommit && d.Outcome != participant.OutcomeAbort) {
+			t.Fatalf("accepted %q %q as %+v", txid, outcome, d)
+		}
+		for _, br := range d.Branches {
+			if br.GID.TxID != d.TxID || br.GID.Validate() != nil {
+				t.Fatalf("accepted branch %+v of %s", br, d.TxID)
+			}
+		}
+	})
+}
