@@ -382,3 +382,37 @@ func TestI5OutcomeByIDFencesBeforeAnsweringAborted(t *testing.T) {
 		t.Fatalf("ResolveTx with the holder down = %v, %v; want wait and an error", res, err)
 	}
 }
+
+// F9: a commit compacted out of the log with a keep period shorter than
+// this run's (txctl wal compact --keep 0) reads as forgotten (wait), never
+// as aborted: the log keeps its compaction horizon.
+func TestCompactedCommitIsNeverAnsweredAborted(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 2, nil)
+	tx, _ := r.begin(t)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := r.c.ResolveTx(ctx, tx.ID()); res != CommitBranch {
+		t.Fatalf("before compaction: %v", res)
+	}
+	if n, err := r.log.Compact(ctx, time.Now().Add(time.Second)); n != 1 || err != nil {
+		t.Fatalf("compact: %d %v", n, err)
+	}
+	if res, err := r.c.ResolveTx(ctx, tx.ID()); res != Wait || err != nil {
+		t.Fatalf("a compacted commit answered %v (%v); want wait (forgotten)", res, err)
+	}
+	if !r.c.Forgotten(tx.ID()) {
+		t.Fatal("not forgotten")
+	}
+	// A transaction begun after the horizon is still presumed aborted
+	// (transaction ids carry milliseconds).
+	time.Sleep(2 * time.Millisecond)
+	later, _ := r.c.Begin(ctx)
+	if err := later.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := r.c.ResolveTx(ctx, later.ID()); res != RollbackBranch {
+		t.Fatalf("a transaction begun after the horizon: %v", res)
+	}
+}

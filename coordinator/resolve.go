@@ -135,5 +135,7 @@ func (c *Coordinator) resolve(ctx context.Context, id ids.TxID, g *ids.GID) (Res
 // Config.KeepEnded): its absence from the log no longer means it aborted.
 func (c *Coordinator) Forgotten(id ids.TxID) bool {
 	t := id.Time()
-	return t.IsZero() || t.Before(time.Now().Add(-c.cfg.KeepEnded))
+	// The log's horizon covers compactions made with a shorter keep
+	// period than this run's (txctl wal compact --keep, a past setting).
+	return t.IsZero() || t.Before(time.Now().Add(-c.cfg.KeepEnded)) || !t.After(c.log.Horizon())
 }

@@ -48,6 +48,9 @@ var (
 	keyVersion = []byte("version")
 	keyEpoch   = []byte("epoch")
 	keyOwner   = []byte("owner")
+	// keyHorizon holds the compaction horizon (Log.Horizon), Unix
+	// nanoseconds, once something was compacted.
+	keyHorizon = []byte("horizon")
 )
 
 // recordsChunk is how many records Records decodes per bbolt read
@@ -144,7 +147,8 @@ type Bolt struct {
 	// endsWatched is set while the END flusher will look at ends again
 	// without being woken.
 	endsWatched bool
-	next        uint64 // next LSN
+	next        uint64    // next LSN
+	horizon     time.Time // Log.Horizon
 	byTx        map[ids.TxID]*Decision
 	stats       Stats
 	// writeHook, if set, runs inside every write transaction (commits and
@@ -470,6 +474,13 @@ func (b *Bolt) readChunk(from uint64) ([]Record, error) {
 
 // Epoch implements Log.
 func (b *Bolt) Epoch() uint64 { return b.epoch }
+
+// Horizon implements Log.
+func (b *Bolt) Horizon() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.horizon
+}
 
 // Stats implements Log. Syncs counts the writer's and compaction's bbolt
 // commits, not the one OpenBolt makes to store the epoch.

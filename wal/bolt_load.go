@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"time"
 
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
@@ -101,6 +102,13 @@ func (b *Bolt) load() (err error) {
 			return err
 		}
 		owner = string(mb.Get(keyOwner))
+		if v := mb.Get(keyHorizon); v != nil {
+			h, err := b.metaUint(mb, keyHorizon)
+			if err != nil {
+				return err
+			}
+			b.horizon = time.Unix(0, int64(h)).UTC()
+		}
 		if b.opts.Owner != "" && owner != "" && owner != b.opts.Owner {
 			return fmt.Errorf("%w: %s belongs to coordinator %q, not %q", ErrWrongOwner, b.path, owner, b.opts.Owner)
 		}

@@ -76,6 +76,23 @@ func TestReopenKeepsNotedHolderDecisionsEnded(t *testing.T) {
 	}
 }
 
+func TestReopenKeepsTheCompactionHorizon(t *testing.T) {
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	mustAppend(t, l, commitRec(t, testID(1)))
+	_ = l.End(testID(1))
+	if _, err := l.Compact(context.Background(), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	h := l.Horizon()
+	if h.IsZero() {
+		t.Fatal("no horizon after compaction")
+	}
+	l = reopen(t, l, BoltOptions{})
+	if !l.Horizon().Equal(h) {
+		t.Fatalf("horizon %v after reopen, want %v", l.Horizon(), h)
+	}
+}
+
 func TestReopenEpochGrowsByOnePerOpen(t *testing.T) {
 	path := tempPath(t)
 	for want := uint64(1); want <= 4; want++ {

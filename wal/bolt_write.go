@@ -318,10 +318,14 @@ func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 	var victims []victim
 	b.mu.Lock()
 	gone := map[uint64]bool{}
+	horizon := b.horizon
 	for id, d := range b.byTx {
 		if d.Ended && d.EndTime.Before(before) {
 			victims = append(victims, victim{id, d.LSN, d.EndLSN})
 			gone[d.EndLSN] = true
+			if d.EndTime.After(horizon) {
+				horizon = d.EndTime
+			}
 		}
 	}
 	// An END of a removed transaction still in memory is never written.
@@ -354,6 +358,11 @@ func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 			}
 			top = max(top, v.lsn, v.endLSN)
 		}
+		// What began before the horizon may have had a decision that is
+		// gone now: it must read as forgotten, never as aborted.
+		if err := tx.Bucket(bucketMeta).Put(keyHorizon, u64(uint64(horizon.UnixNano()))); err != nil {
+			return err
+		}
 		// Keys deleted here may have been the largest; the sequence keeps
 		// their LSNs from being handed out again after a restart.
 		return lb.SetSequence(top)
@@ -370,6 +379,7 @@ func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 	for _, v := range victims {
 		delete(b.byTx, v.id)
 	}
+	b.horizon = horizon
 	b.stats.Compacted += uint64(len(victims))
 	b.stats.Syncs++
 	return len(victims), nil

@@ -356,3 +356,28 @@ func TestConformanceCompactBeforeEndIsWritten(t *testing.T) {
 		}
 	})
 }
+
+func TestConformanceCompactionMovesTheHorizon(t *testing.T) {
+	conform(t, func(t *testing.T, l Log) {
+		if !l.Horizon().IsZero() {
+			t.Fatalf("a new log has horizon %v", l.Horizon())
+		}
+		mustAppend(t, l, commitRec(t, testID(1)))
+		mustAppend(t, l, commitRec(t, testID(2)))
+		_ = l.End(testID(1))
+		if err := l.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := l.Lookup(testID(1))
+		if n, err := l.Compact(context.Background(), time.Now().Add(time.Second)); n != 1 || err != nil {
+			t.Fatalf("Compact = %d, %v", n, err)
+		}
+		if h := l.Horizon(); !h.Equal(d.EndTime) {
+			t.Fatalf("horizon %v, want the removed END's time %v", h, d.EndTime)
+		}
+		// A compaction that removes nothing keeps it.
+		if _, err := l.Compact(context.Background(), time.Now().Add(time.Second)); err != nil || !l.Horizon().Equal(d.EndTime) {
+			t.Fatalf("horizon %v after an empty compaction (%v)", l.Horizon(), err)
+		}
+	})
+}

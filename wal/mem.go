@@ -23,6 +23,7 @@ type Mem struct {
 	epoch   uint64
 	recs    map[uint64]Record
 	byTx    map[ids.TxID]*Decision
+	horizon time.Time
 	stats   Stats
 }
 
@@ -37,7 +38,7 @@ func NewMem() *Mem {
 func (m *Mem) Restart() *Mem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}}
+	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}, horizon: m.horizon}
 	for k, v := range m.recs {
 		n.recs[k] = v
 	}
@@ -208,6 +209,9 @@ func (m *Mem) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 			delete(m.recs, d.LSN)
 			delete(m.recs, d.EndLSN)
 			delete(m.byTx, id)
+			if d.EndTime.After(m.horizon) {
+				m.horizon = d.EndTime
+			}
 			n++
 		}
 	}
@@ -217,6 +221,13 @@ func (m *Mem) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 
 // Epoch implements Log.
 func (m *Mem) Epoch() uint64 { return m.epoch }
+
+// Horizon implements Log.
+func (m *Mem) Horizon() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.horizon
+}
 
 // Stats implements Log.
 func (m *Mem) Stats() Stats {

@@ -175,6 +175,11 @@ type Log interface {
 	Compact(ctx context.Context, endedBefore time.Time) (int, error)
 	// Epoch is this run's number: one more than the previous run's.
 	Epoch() uint64
+	// Horizon is the latest END time of the transactions compaction
+	// removed (zero if none was): a transaction begun at or before it may
+	// have had a decision that is gone, so the log no longer tells whether
+	// it committed. It is durable with the compaction.
+	Horizon() time.Time
 	// Stats reports counters since open.
 	Stats() Stats
 	// Close flushes END records and releases the log. It is safe to call

@@ -420,9 +420,17 @@ func TestWALOffline(t *testing.T) {
 	if code != exitOK || strings.Count(out, "COMMIT") != 3 || !strings.Contains(out, txids[1].String()) {
 		t.Fatalf("inspect: %s", out)
 	}
+	// The server's keep period by default: nothing ended that long ago.
 	code, out, errOut := txctl(t, "wal", "compact", "--wal", path, "-o", "json")
-	if v := mustJSON(t, "wal compact", out); code != exitOK || v["removed"].(float64) != 1 {
+	if v := mustJSON(t, "wal compact", out); code != exitOK || v["removed"].(float64) != 0 {
 		t.Fatalf("compact: exit %d %v %s", code, v, errOut)
+	}
+	if code, _, errOut := txctl(t, "wal", "compact", "--wal", path, "--keep", "0"); code != exitUsage || !strings.Contains(errOut, "--reason") {
+		t.Fatalf("compact --keep 0 without a reason: exit %d %s", code, errOut)
+	}
+	code, out, errOut = txctl(t, "wal", "compact", "--wal", path, "--keep", "0", "--reason", "test", "-o", "json")
+	if v := mustJSON(t, "wal compact", out); code != exitOK || v["removed"].(float64) != 1 {
+		t.Fatalf("compact --keep 0: exit %d %v %s", code, v, errOut)
 	}
 
 	// Damage the second record.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
 	"github.com/txcoord/txcoord/wal"
 )
 
@@ -117,15 +119,25 @@ The first damaged record is named by bucket and key; exit code 6.`,
 	}
 
 	var keep time.Duration
+	var reason string
 	compact := &cobra.Command{
 		Use:   "compact --wal FILE",
 		Short: "Remove ended transactions from the log",
-		Long: `Remove every transaction whose END is older than --keep. Until removed, the
-log still answers "committed" for a finished transaction; after, it is
-reported as forgotten.`,
-		Example: `  txctl wal compact --wal /var/lib/txcoord/txcoord.wal --keep 1h`,
-		Args:    cobra.NoArgs,
+		Long: `Remove every transaction whose END is older than --keep (default 1h, the
+server's own keep period). Until removed, the log still answers "committed"
+for a finished transaction; after, it is reported as forgotten (outcome
+unknown), never as aborted: the log keeps its compaction horizon. Keeping less
+than 1h loses answers a client may still ask for, and needs --reason.`,
+		Example: `  txctl wal compact --wal /var/lib/txcoord/txcoord.wal
+  txctl wal compact --wal /var/lib/txcoord/txcoord.wal --keep 10m --reason "disk full"`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keep < 0 {
+				return usageErr(fmt.Errorf("--keep %v: want a duration of 0 or more", keep))
+			}
+			if keep < defaultKeep && strings.TrimSpace(reason) == "" {
+				return usageErr(fmt.Errorf("--keep %v is less than the server's keep period (%v): decisions of that age may still be asked for, and would read as forgotten; say why with --reason", keep, defaultKeep))
+			}
 			b, err := open(false)
 			if err != nil {
 				return err
@@ -147,10 +159,15 @@ reported as forgotten.`,
 			return nil
 		},
 	}
-	compact.Flags().DurationVar(&keep, "keep", 0, "keep transactions that ended less than this long ago")
+	compact.Flags().DurationVar(&keep, "keep", defaultKeep, "keep transactions that ended less than this long ago")
+	compact.Flags().StringVar(&reason, "reason", "", "why to keep less than the server's keep period")
 	cmd.AddCommand(inspect, verify, compact)
 	return cmd
 }
+
+// defaultKeep is how long the server keeps finished decisions by default
+// (coordinator.Config.KeepEnded).
+const defaultKeep = time.Hour
 
 func walErr(err error) error {
 	var ce *wal.CorruptError
