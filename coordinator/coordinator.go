@@ -266,6 +266,10 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if err := c.claim(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.checkLogAge(ctx); err != nil {
+		c.unclaim()
+		return nil, err
+	}
 	if cfg.Seed != 0 {
 		c.rand = rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	}
@@ -619,7 +623,7 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	cfg := recovery.Config{
 		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs,
 		InDoubtTimeout: c.cfg.InDoubtTimeout, CallTimeout: c.cfg.CallTimeout, Logger: c.logger,
-		RunStart: c.started,
+		RunStart: c.started, LogCreated: c.logCreated(),
 	}
 	if !startup {
 		cfg.Live = c.isLive

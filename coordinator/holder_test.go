@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -414,5 +415,38 @@ func TestCompactedCommitIsNeverAnsweredAborted(t *testing.T) {
 	}
 	if res, _ := r.c.ResolveTx(ctx, later.ID()); res != RollbackBranch {
 		t.Fatalf("a transaction begun after the horizon: %v", res)
+	}
+}
+
+// F8: a log newer than a prepared branch it should know (the old log was
+// deleted and a new one made) refuses to start; a branch whose holder keeps
+// its decision does not need the log.
+func TestLogNewerThanAPreparedBranchRefusesToStart(t *testing.T) {
+	ctx := context.Background()
+	a := fake.New("a")
+	id, _ := ids.NewTxID()
+	g, _ := ids.NewGID(ids.DefaultPrefix, "test", id, "0")
+	a.AddPrepared(g.String())
+	time.Sleep(2 * time.Millisecond)
+	_, err := New(ctx, Config{ID: "test", Log: wal.NewMem(), Resources: []participant.Resource{a}, RecoveryInterval: -1})
+	if !errors.Is(err, ErrLogTooNew) || !strings.Contains(err.Error(), g.String()) {
+		t.Fatalf("New with a log newer than a prepared branch: %v", err)
+	}
+	if !a.IsPrepared(g.String()) {
+		t.Fatal("the branch was resolved")
+	}
+
+	h := fake.NewHolder("h")
+	b, _ := ids.HolderBranch(1, "h")
+	hg, _ := ids.NewGID(ids.DefaultPrefix, "test", id, b)
+	h.AddPrepared(hg.String())
+	time.Sleep(2 * time.Millisecond)
+	c, err := New(ctx, Config{ID: "test", Log: wal.NewMem(), Resources: []participant.Resource{h}, RecoveryInterval: -1})
+	if err != nil {
+		t.Fatalf("a branch whose holder decides refused the start: %v", err)
+	}
+	c.Close()
+	if !h.IsRolledBack(hg.String()) {
+		t.Fatal("the holder's fence should have settled the branch at start-up")
 	}
 }

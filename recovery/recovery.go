@@ -28,7 +28,18 @@ var (
 	// ErrUnknownResource reports a log record naming a resource that is not
 	// registered: its branches cannot be driven until it is.
 	ErrUnknownResource = errors.New("recovery: resource not registered")
+	// ErrBeforeLog reports a prepared branch of a transaction begun before
+	// the coordinator's log was created: its decision may be in a log that
+	// was lost, so presumed abort does not apply; resolve it by hand.
+	ErrBeforeLog = errors.New("recovery: prepared branch older than the log; its decision may be in a lost log")
 )
+
+// BeganBeforeLog reports whether transaction id began before a log created
+// at created (zero: unknown, never). Transaction ids carry milliseconds.
+func BeganBeforeLog(id ids.TxID, created time.Time) bool {
+	t := id.Time()
+	return !created.IsZero() && !t.IsZero() && !t.Add(time.Millisecond).After(created)
+}
 
 // Config says what a pass may touch.
 type Config struct {
@@ -43,6 +54,11 @@ type Config struct {
 	// ours is resolved only once it is older than this; any prepared branch
 	// older than this is reported as stale.
 	InDoubtTimeout time.Duration
+	// LogCreated is when the coordinator's log was created, if it knows: a
+	// branch of a transaction begun before it, that the log does not know
+	// and whose gid names no holder, may have its decision in a log that
+	// was lost, so it is left unresolved (never presumed aborted).
+	LogCreated time.Time
 	// RunStart is when this coordinator run began: a prepared branch of a
 	// transaction begun before it belongs to an earlier run and is resolved
 	// without waiting for InDoubtTimeout.
@@ -415,6 +431,17 @@ func (p *pass) classify(r participant.Resource, pr participant.Prepared, now tim
 			// The decision may be the holder's: ask it, not the log.
 			f.kind, f.holder = 0, h
 			f.act.Holder = h
+			break
+		}
+		if BeganBeforeLog(pr.GID.TxID, p.cfg.LogCreated) {
+			act.What, act.Err = "unresolved", fmt.Errorf("%w: %s began before the log was created (%s)", ErrBeforeLog, pr.GID.TxID, p.cfg.LogCreated.Format(time.RFC3339))
+			p.fail(act.Err)
+			p.rep.Actions = append(p.rep.Actions, act)
+			p.unresolved[pr.GID.TxID] = true
+			if stale {
+				p.rep.Stale = append(p.rep.Stale, act)
+			}
+			return nil
 		}
 	default:
 		act.What, act.Err = "unresolved", err

@@ -322,3 +322,15 @@ func TestYoungHolderRowsOfThisRunAndLiveOnesAreLeftAlone(t *testing.T) {
 		t.Fatalf("a young or live holder decision was touched: rows %d", h.Rows())
 	}
 }
+
+func TestBranchBegunBeforeTheLogIsNeverPresumedAborted(t *testing.T) {
+	a := fake.New("a")
+	g := gid(t, "c1", "0")
+	a.AddPrepared(g.String())
+	time.Sleep(2 * time.Millisecond)
+	log := wal.NewMem()
+	rep, _ := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}, LogCreated: log.Created()})
+	if !a.IsPrepared(g.String()) || !errors.Is(rep.Err(), ErrBeforeLog) {
+		t.Fatalf("prepared %v, report %+v", a.IsPrepared(g.String()), rep)
+	}
+}

@@ -51,6 +51,9 @@ var (
 	// keyHorizon holds the compaction horizon (Log.Horizon), Unix
 	// nanoseconds, once something was compacted.
 	keyHorizon = []byte("horizon")
+	// keyLogID and keyCreated hold the log's own id and creation time.
+	keyLogID   = []byte("log-id")
+	keyCreated = []byte("created")
 )
 
 // recordsChunk is how many records Records decodes per bbolt read
@@ -126,6 +129,11 @@ type Bolt struct {
 	db    *bbolt.DB
 	epoch uint64
 	owner string
+	// logID, created: the log's identity (empty, zero for a log made
+	// before they were kept); fresh: this open created the log.
+	logID   string
+	created time.Time
+	fresh   bool
 
 	kick chan struct{} // wakes the END flusher; capacity 1
 	stop chan struct{} // closed by Close
@@ -474,6 +482,19 @@ func (b *Bolt) readChunk(from uint64) ([]Record, error) {
 
 // Epoch implements Log.
 func (b *Bolt) Epoch() uint64 { return b.epoch }
+
+// LogID returns the log's own id, made when the log was created ("" for a
+// log made before logs kept one).
+func (b *Bolt) LogID() string { return b.logID }
+
+// Created returns when the log was created (zero for a log made before
+// logs kept it). A prepared branch older than its coordinator's log may
+// have its decision in a log that was lost.
+func (b *Bolt) Created() time.Time { return b.created }
+
+// Fresh reports whether this open created the log: the file was missing or
+// empty.
+func (b *Bolt) Fresh() bool { return b.fresh }
 
 // Horizon implements Log.
 func (b *Bolt) Horizon() time.Time {

@@ -102,6 +102,14 @@ func (b *Bolt) load() (err error) {
 			return err
 		}
 		owner = string(mb.Get(keyOwner))
+		b.logID = string(mb.Get(keyLogID))
+		if v := mb.Get(keyCreated); v != nil {
+			c, err := b.metaUint(mb, keyCreated)
+			if err != nil {
+				return err
+			}
+			b.created = time.Unix(0, int64(c)).UTC()
+		}
 		if v := mb.Get(keyHorizon); v != nil {
 			h, err := b.metaUint(mb, keyHorizon)
 			if err != nil {
@@ -158,6 +166,21 @@ func (b *Bolt) load() (err error) {
 				return err
 			}
 			owner = b.opts.Owner
+		}
+		if fresh {
+			// The log knows itself: an id and when it began. A log
+			// created before these were kept has neither.
+			id, err := ids.NewTxID()
+			if err != nil {
+				return err
+			}
+			b.logID, b.created, b.fresh = id.String(), time.Now().UTC(), true
+			if err := mb.Put(keyLogID, []byte(b.logID)); err != nil {
+				return err
+			}
+			if err := mb.Put(keyCreated, u64(uint64(b.created.UnixNano()))); err != nil {
+				return err
+			}
 		}
 		return mb.Put(keyEpoch, u64(epoch))
 	})

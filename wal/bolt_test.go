@@ -93,6 +93,19 @@ func TestReopenKeepsTheCompactionHorizon(t *testing.T) {
 	}
 }
 
+func TestTheLogKnowsItsIDAndCreationTime(t *testing.T) {
+	before := time.Now()
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	id, created := l.LogID(), l.Created()
+	if !l.Fresh() || id == "" || created.Before(before.Add(-time.Second)) || created.After(time.Now()) {
+		t.Fatalf("new log: fresh %v, id %q, created %v", l.Fresh(), id, created)
+	}
+	l = reopen(t, l, BoltOptions{})
+	if l.Fresh() || l.LogID() != id || !l.Created().Equal(created) {
+		t.Fatalf("reopened: fresh %v, id %q (was %q), created %v (was %v)", l.Fresh(), l.LogID(), id, l.Created(), created)
+	}
+}
+
 func TestReopenEpochGrowsByOnePerOpen(t *testing.T) {
 	path := tempPath(t)
 	for want := uint64(1); want <= 4; want++ {

@@ -24,13 +24,17 @@ type Mem struct {
 	recs    map[uint64]Record
 	byTx    map[ids.TxID]*Decision
 	horizon time.Time
+	created time.Time
 	stats   Stats
 }
 
 // NewMem returns an empty in-memory log at epoch 1.
 func NewMem() *Mem {
-	return &Mem{next: 1, epoch: 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}}
+	return &Mem{next: 1, epoch: 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}, created: time.Now().UTC()}
 }
+
+// Created returns when the log was made (NewMem).
+func (m *Mem) Created() time.Time { return m.created }
 
 // Restart returns a log with the same records and the next epoch, as a
 // process restart on the same file would; END records not flushed are kept
@@ -38,7 +42,7 @@ func NewMem() *Mem {
 func (m *Mem) Restart() *Mem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}, horizon: m.horizon}
+	n := &Mem{next: m.next, epoch: m.epoch + 1, recs: map[uint64]Record{}, byTx: map[ids.TxID]*Decision{}, horizon: m.horizon, created: m.created}
 	for k, v := range m.recs {
 		n.recs[k] = v
 	}

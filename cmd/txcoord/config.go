@@ -48,6 +48,9 @@ type Config struct {
 	// DBWait bounds how long start-up waits for a resource's database
 	// server that is down or starting.
 	DBWait time.Duration `yaml:"db_wait"`
+	// InitLog creates the decision log when DATA_DIR has none; without
+	// it, a missing or empty log refuses to start.
+	InitLog bool `yaml:"init_log"`
 
 	TLS            TLSConfig `yaml:"tls"`
 	ParticipantTLS TLSConfig `yaml:"participant_tls"`

@@ -128,6 +128,7 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.DurationVar(&cfg.RecoveryInterval, "recovery-interval", cfg.RecoveryInterval, "period of the recovery pass (negative: off)")
 	f.BoolVar(&cfg.StartupRecovery, "startup-recovery", cfg.StartupRecovery, "run a recovery pass at start (off, with a negative --recovery-interval, leaves everything in doubt for an operator)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop waits for calls in flight")
+	f.BoolVar(&cfg.InitLog, "init-log", cfg.InitLog, "create the decision log if DATA_DIR has none (the first start of a new coordinator)")
 	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for a resource's database server that is down or starting (0: fail at once)")
 	f.StringVar(&cfg.TLS.Cert, "tls-cert", cfg.TLS.Cert, "server certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&cfg.TLS.Key, "tls-key", cfg.TLS.Key, "server private key (PEM)")
@@ -178,6 +179,13 @@ func serve(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	walPath := filepath.Join(cfg.DataDir, "txcoord.wal")
+	if fi, err := os.Stat(walPath); (err != nil || fi.Size() == 0) && !cfg.InitLog {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("decision log %s: %w", walPath, err)
+		}
+		return fmt.Errorf("no decision log at %s: a new, empty log would presume abort for every transaction the lost one decided; "+
+			"start with --init-log only for a coordinator that has never run (or whose every transaction is finished), and otherwise restore the log", walPath)
+	}
 	log, err := wal.OpenBolt(walPath, wal.BoltOptions{Owner: cfg.Prefix + "." + cfg.ID, OnSync: metrics.ObserveSync})
 	if err != nil {
 		if errors.Is(err, wal.ErrLocked) {

@@ -138,6 +138,7 @@ func TestServeMutualTLSHealthMetricsAndStop(t *testing.T) {
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), freeAddr(t)
 	cfg.TLS = TLSConfig{Cert: sc, Key: sk, CA: caPath}
 	cfg.LogLevel = "warn"
+	cfg.InitLog = true
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +217,7 @@ func TestServeAdminToken(t *testing.T) {
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.AdminTokenFile = tokFile
 	cfg.LogLevel = "error"
+	cfg.InitLog = true
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- serve(ctx, cfg) }()
@@ -252,6 +254,7 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.LogLevel = "error"
+	cfg.InitLog = true
 	cfg.DBWait = 300 * time.Millisecond
 	cfg.Resources = map[string]string{
 		"ledger": "postgres://app:hunter2-secret@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2",
@@ -275,5 +278,25 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 	os.WriteFile(short, []byte("abc\n"), 0o600)
 	if _, err := adminTokens(short); err == nil || strings.Contains(err.Error(), "abc") {
 		t.Fatalf("a short token: %v", err)
+	}
+}
+
+// F8: a missing or empty decision log refuses to start without --init-log:
+// a new log would presume abort for whatever the lost one decided.
+func TestServeRefusesAMissingLogWithoutInitLog(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.LogLevel = "error"
+	for _, empty := range []bool{false, true} {
+		if empty {
+			if err := os.WriteFile(filepath.Join(cfg.DataDir, "txcoord.wal"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := serve(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "--init-log") {
+			t.Fatalf("empty file %v: %v", empty, err)
+		}
 	}
 }

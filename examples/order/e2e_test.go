@@ -139,7 +139,7 @@ func newRig(t *testing.T, seed uint64) *rig {
 		}
 	})
 
-	args := []string{"serve", "--listen", r.coordAddr, "--metrics-listen", r.metricsAddr,
+	args := []string{"serve", "--init-log", "--listen", r.coordAddr, "--metrics-listen", r.metricsAddr,
 		"--data-dir", dataDir, "--id", coordinatorID,
 		"--tx-timeout", "30s", "--in-doubt-timeout", "3s", "--recovery-interval", "5s",
 		"--shutdown-timeout", "10s", "--log-format", "text"}

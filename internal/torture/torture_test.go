@@ -327,7 +327,7 @@ func newRig(t *testing.T) *rig {
 	}
 	add(coordName, dbName(ledger), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[ledger].Port())))
 
-	args := []string{"serve", "--listen", r.coordAddr, "--metrics-listen", "off",
+	args := []string{"serve", "--init-log", "--listen", r.coordAddr, "--metrics-listen", "off",
 		"--data-dir", filepath.Join(t.TempDir(), "txcoord"), "--id", coordinatorID,
 		"--tx-timeout", "20s", "--prepare-timeout", "5s", "--call-timeout", "5s",
 		"--in-doubt-timeout", "3s", "--recovery-interval", "2s", "--shutdown-timeout", "10s", "--log-format", "text"}
