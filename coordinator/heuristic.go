@@ -9,6 +9,7 @@ import (
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/recovery"
 	"github.com/txcoord/txcoord/wal"
 )
 
@@ -16,6 +17,10 @@ var (
 	// ErrLive: the transaction is live in this run; only its caller (or a
 	// rollback) may finish it.
 	ErrLive = errors.New("coordinator: the transaction is live")
+	// ErrPresumedAborted: a forced COMMIT of a transaction that presumed
+	// abort has decided: this log holds no COMMIT for it and no holder
+	// keeps one, and its caller may have been told it aborted (I3, I5).
+	ErrPresumedAborted = errors.New("coordinator: presumed abort has decided the transaction; a forced commit would contradict it")
 	// ErrNothingPrepared: no resource holds a prepared branch of the
 	// transaction, so there is nothing to commit.
 	ErrNothingPrepared = errors.New("coordinator: no prepared branch of the transaction was found")
@@ -84,10 +89,13 @@ type PreparedBranch struct {
 //     fenced (so that a commit still in flight is settled), and an order
 //     that contradicts its row fails with wal.ErrConflict (I3); one that
 //     agrees is carried out, and nothing is logged as heuristic.
-//   - Otherwise the order is logged as a heuristic decision (who, why,
-//     when, and the branches), and carried out. A commit with no prepared
-//     branch found fails with ErrNothingPrepared; an abort with none logs
-//     nothing.
+//   - Otherwise presumed abort decides: a commit is refused
+//     (ErrPresumedAborted), unless the transaction began before the log
+//     was created (its decision may be in a lost log: only then is a
+//     commit by hand not a contradiction). An order carried out is logged
+//     as a heuristic decision (who, why, when, and the branches). A commit
+//     with no prepared branch found fails with ErrNothingPrepared; an
+//     abort with none logs nothing.
 func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit bool, who, why string) (*HeuristicReport, error) {
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
@@ -129,6 +137,14 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 		}
 		if h, name, ok := c.holderOfAny(found); ok {
 			return c.resolveAtHolder(ctx, id, commit, h, name, found, rep)
+		}
+		if commit && !recovery.BeganBeforeLog(id, c.logCreated()) {
+			// The log was there when the transaction began and holds no
+			// COMMIT: it aborted. Only a transaction older than the log,
+			// whose decision may be in a lost one, may be committed by
+			// hand.
+			return nil, fmt.Errorf("%w: the log holds no COMMIT for %s and it began after the log was created (%s): it aborted, and its client may have been told so",
+				ErrPresumedAborted, id, c.logCreated().Format(time.RFC3339))
 		}
 		for _, f := range found {
 			branches = append(branches, wal.Branch{Resource: f.Resource, GID: f.GID})

@@ -450,3 +450,32 @@ func TestLogNewerThanAPreparedBranchRefusesToStart(t *testing.T) {
 		t.Fatal("the holder's fence should have settled the branch at start-up")
 	}
 }
+
+// F5: a forced COMMIT of a transaction presumed abort decided (no COMMIT
+// record in a log that was there when it began) is refused; one begun
+// before the log was created may be committed by hand, and is logged as a
+// heuristic decision.
+func TestForcedCommitAfterPresumedAbortIsRefused(t *testing.T) {
+	ctx := context.Background()
+	old, _ := ids.NewTxID()
+	oldGID, _ := ids.NewGID(ids.DefaultPrefix, "test", old, "0")
+	time.Sleep(2 * time.Millisecond)
+	r := newRig(t, 1, nil)
+	young, _ := ids.NewTxID()
+	youngGID, _ := ids.NewGID(ids.DefaultPrefix, "test", young, "0")
+	r.rs[0].AddPrepared(youngGID.String())
+	if _, err := r.c.ResolveHeuristic(ctx, young, true, "op", "the client was sure"); !errors.Is(err, ErrPresumedAborted) {
+		t.Fatalf("forced commit after presumed abort: %v", err)
+	}
+	if !r.rs[0].IsPrepared(youngGID.String()) {
+		t.Fatal("the branch was touched")
+	}
+	if rep, err := r.c.ResolveHeuristic(ctx, young, false, "op", "presumed abort"); err != nil || !r.rs[0].IsRolledBack(youngGID.String()) {
+		t.Fatalf("abort: %+v %v", rep, err)
+	}
+	r.rs[0].AddPrepared(oldGID.String())
+	rep, err := r.c.ResolveHeuristic(ctx, old, true, "op", "the lost log said commit")
+	if err != nil || !rep.Heuristic || !r.rs[0].IsCommitted(oldGID.String()) {
+		t.Fatalf("commit of a transaction older than the log: %+v %v", rep, err)
+	}
+}

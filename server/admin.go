@@ -403,6 +403,8 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 			return nil, s.contradiction(id, err)
 		case errors.Is(err, coordinator.ErrUnknownResource):
 			return nil, status.Errorf(codes.FailedPrecondition, "%v; nothing changed", err)
+		case errors.Is(err, coordinator.ErrPresumedAborted):
+			return nil, status.Errorf(codes.FailedPrecondition, "refused: %v; roll its branches back (--abort)", err)
 		case errors.Is(err, coordinator.ErrNothingPrepared):
 			return nil, status.Errorf(codes.FailedPrecondition, "%v: nothing to commit (if it was begun here and not committed, it aborted: presumed abort)", err)
 		case errors.Is(err, coordinator.ErrLive):
