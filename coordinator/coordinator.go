@@ -69,6 +69,9 @@ type Config struct {
 	// RecoveryInterval is the period of the recovery loop (default 10s);
 	// negative disables the loop.
 	RecoveryInterval time.Duration
+	// RecoveryBudget bounds one recovery pass (default twice CallTimeout):
+	// what it has not reached by then waits for the next pass.
+	RecoveryBudget time.Duration
 	// SkipStartupRecovery leaves the start-up pass to the caller (Recover).
 	SkipStartupRecovery bool
 	// OwnerWait bounds how long New waits to claim the coordinator id at
@@ -138,7 +141,7 @@ type Coordinator struct {
 	randMu sync.Mutex
 	rand   *rand.Rand // per-transaction jitter seeds, only with Config.Seed
 
-	recoverMu sync.Mutex // one recovery pass at a time
+	passLock chan struct{} // held by a recovery pass or a heuristic decision (capacity 1)
 
 	workers *workers // run participant calls
 
@@ -229,6 +232,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if cfg.OwnerWait <= 0 {
 		cfg.OwnerWait = 10 * time.Second
 	}
+	if cfg.RecoveryBudget <= 0 {
+		cfg.RecoveryBudget = 2 * cfg.CallTimeout
+	}
 	if cfg.ForgetInterval <= 0 {
 		cfg.ForgetInterval = 100 * time.Millisecond
 	}
@@ -239,6 +245,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		logger:    cfg.Logger,
 		live:      map[ids.TxID]*Tx{},
 		started:   time.Now(),
+		passLock:  make(chan struct{}, 1),
 		tracing:   tracing,
 	}
 	for _, r := range cfg.Resources {
@@ -315,9 +322,9 @@ func (c *Coordinator) Close() error {
 	c.workers.wait()
 	if !already {
 		// Not while a pass (Recover, ResolveHeuristic) checks the claims.
-		c.recoverMu.Lock()
+		c.passLock <- struct{}{}
 		c.unclaim()
-		c.recoverMu.Unlock()
+		<-c.passLock
 	}
 	return nil
 }
@@ -610,11 +617,15 @@ func (c *Coordinator) Recover(ctx context.Context) (*recovery.Report, error) {
 }
 
 func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Report, error) {
-	unlock, err := c.lockPass("recovery pass")
+	unlock, err := c.lockPass(ctx, "recovery pass")
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// A pass has a time budget: a resource that hangs costs it at most
+	// that, and holds no admin call longer.
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RecoveryBudget)
+	defer cancel()
 	if err := c.checkClaims(ctx); err != nil {
 		c.logger.Error("recovery pass refused", "err", err)
 		return nil, err
@@ -663,19 +674,24 @@ func (c *Coordinator) recoveryLoop() {
 // pass, a heuristic decision) and returns its unlock. It refuses once the
 // log has failed (its contents are unknown: presumed abort is unsafe) or
 // Close was called (the coordinator no longer holds its id).
-func (c *Coordinator) lockPass(what string) (unlock func(), err error) {
+func (c *Coordinator) lockPass(ctx context.Context, what string) (unlock func(), err error) {
 	c.mu.Lock()
 	failed := c.failed
 	c.mu.Unlock()
 	if failed != nil {
 		return nil, fmt.Errorf("%w: %v", ErrLogFailed, failed)
 	}
-	c.recoverMu.Lock()
+	select {
+	case c.passLock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("coordinator: %s: a recovery pass or heuristic decision is running (bounded by the recovery budget, %v); try again: %w", what, c.cfg.RecoveryBudget, ctx.Err())
+	}
+	unlock = func() { <-c.passLock }
 	if c.isClosed() {
-		c.recoverMu.Unlock()
+		unlock()
 		return nil, fmt.Errorf("coordinator: %s: %w", what, ErrClosed)
 	}
-	return c.recoverMu.Unlock, nil
+	return unlock, nil
 }
 
 // isClosed reports whether Close was called.

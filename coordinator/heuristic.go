@@ -100,7 +100,7 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
 	}
-	unlock, err := c.lockPass("heuristic decision")
+	unlock, err := c.lockPass(ctx, "heuristic decision")
 	if err != nil {
 		return nil, err
 	}

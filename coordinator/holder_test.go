@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -477,5 +478,36 @@ func TestForcedCommitAfterPresumedAbortIsRefused(t *testing.T) {
 	rep, err := r.c.ResolveHeuristic(ctx, old, true, "op", "the lost log said commit")
 	if err != nil || !rep.Heuristic || !r.rs[0].IsCommitted(oldGID.String()) {
 		t.Fatalf("commit of a transaction older than the log: %+v %v", rep, err)
+	}
+}
+
+// F7: a recovery pass held up by a resource that never answers ends within
+// its budget and does not hold an operator's call past the call's own
+// deadline.
+func TestAHungResourceHoldsNoAdminCall(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 2, func(c *Config) { c.CallTimeout = time.Second; c.RecoveryBudget = 1500 * time.Millisecond })
+	entered := make(chan struct{})
+	var once sync.Once
+	r.rs[1].SetHooks(fake.Hooks{Prepared: func(ctx context.Context) error {
+		once.Do(func() { close(entered) })
+		return fake.Hang(ctx)
+	}})
+	passed := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := r.c.Recover(ctx)
+		passed <- err
+	}()
+	<-entered // the pass holds the lock and waits on the hung resource
+	id, _ := ids.NewTxID()
+	actx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := r.c.ResolveHeuristic(actx, id, false, "op", "stuck"); err == nil || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > time.Second {
+		t.Fatalf("an admin call during a hung pass: %v after %v", err, time.Since(start))
+	}
+	<-passed
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("the pass took %v, past its budget", took)
 	}
 }

@@ -461,6 +461,7 @@ func (p *pass) classify(r participant.Resource, pr participant.Prepared, now tim
 // settled (its holder is not registered, cannot hold decisions, or failed).
 func (p *pass) fence(ctx context.Context, fence map[string][]ids.TxID) map[ids.TxID]participant.Decision {
 	out := map[ids.TxID]participant.Decision{}
+	var wg sync.WaitGroup
 	for name, txids := range fence {
 		r, ok := p.res[name]
 		h, isHolder := r.(participant.DecisionHolder)
@@ -468,21 +469,29 @@ func (p *pass) fence(ctx context.Context, fence map[string][]ids.TxID) map[ids.T
 			p.fail(fmt.Errorf("%w: decision holder %q of %d transactions (for example %s) is not a registered holder", ErrUnknownResource, name, len(txids), txids[0]))
 			continue
 		}
-		fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-		got, err := h.Fence(fctx, p.owner(), txids)
-		cancel()
-		if err != nil {
-			p.fail(fmt.Errorf("recovery: fence %d transactions at decision holder %s: %w", len(txids), name, err))
-			continue
-		}
-		p.rep.Fenced += len(txids)
-		for id, d := range got {
-			out[id] = d
-			if d.Outcome == participant.OutcomeAbort {
-				p.aborted[name] = append(p.aborted[name], id)
+		// Holders are fenced in parallel: one that hangs delays no other.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+			got, err := h.Fence(fctx, p.owner(), txids)
+			cancel()
+			if err != nil {
+				p.fail(fmt.Errorf("recovery: fence %d transactions at decision holder %s: %w", len(txids), name, err))
+				return
 			}
-		}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.rep.Fenced += len(txids)
+			for id, d := range got {
+				out[id] = d
+				if d.Outcome == participant.OutcomeAbort {
+					p.aborted[name] = append(p.aborted[name], id)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	return out
 }
 
@@ -537,76 +546,92 @@ func named(branches []wal.Branch, g ids.GID) bool {
 // the end: commit each branch it names, note the decision in the log, and
 // forget the row. Abort rows are remembered for forgetAborted.
 func (p *pass) redriveHeld(ctx context.Context, names []string) {
-	now := p.cfg.Now()
-	epoch := p.cfg.Log.Epoch()
+	var wg sync.WaitGroup
 	for _, n := range names {
 		h, ok := p.res[n].(participant.DecisionHolder)
 		if !ok {
 			continue
 		}
-		lctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-		rows, err := h.Decisions(lctx, p.owner())
-		cancel()
-		if err != nil {
-			p.fail(fmt.Errorf("recovery: read the decisions held by %s: %w", n, err))
-			continue
-		}
-		var commits []participant.Decision
-		for _, d := range rows {
-			switch {
-			case p.live(d.TxID):
-			case d.Outcome == participant.OutcomeAbort:
-				p.aborted[n] = append(p.aborted[n], d.TxID)
-			case p.cfg.Live != nil && d.Epoch >= epoch && now.Sub(d.Time) < p.cfg.InDoubtTimeout:
-				// This run's phase two, or its forgetter, has it.
-			default:
-				commits = append(commits, d)
-			}
-		}
-		var done []ids.TxID
-		p.each(ctx, len(commits), func(i int) {
-			d := commits[i]
-			ok := true
-			branches := make([]wal.Branch, 0, len(d.Branches))
-			for _, b := range d.Branches {
-				wb := wal.Branch{Resource: b.Resource, GID: b.GID}
-				branches = append(branches, wb)
-				if err := p.finishHeld(ctx, wb, now.Sub(d.Time), n); err != nil {
-					ok = false
-				}
-			}
-			if !ok {
-				p.mu.Lock()
-				p.rep.Unfinished = append(p.rep.Unfinished, d.TxID)
-				p.mu.Unlock()
-				return
-			}
-			if err := p.cfg.Log.Note(wal.Record{Kind: wal.KindCommit, TxID: d.TxID, Time: now.UTC(), Epoch: d.Epoch, Branches: branches, Holder: n}); err != nil {
-				p.fail(fmt.Errorf("recovery: note %s held by %s: %w", d.TxID, n, err))
-				return
-			}
-			p.mu.Lock()
-			p.rep.Held++
-			done = append(done, d.TxID)
-			p.mu.Unlock()
-		})
-		if len(done) == 0 || ctx.Err() != nil {
-			continue
-		}
-		// The notes must be durable before the rows go.
-		fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-		err = p.cfg.Log.Flush(fctx)
-		if err == nil {
-			err = h.Forget(fctx, done)
-		}
-		cancel()
-		if err != nil {
-			p.fail(fmt.Errorf("recovery: forget %d finished decisions at %s: %w", len(done), n, err))
-			continue
-		}
-		p.rep.Forgotten += len(done)
-		p.cfg.Logger.Info("recovery: holder decisions driven to the end", "holder", n, "transactions", len(done))
+		// Holders in parallel: one that hangs delays no other.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.redriveHolder(ctx, n, h)
+		}()
 	}
+	wg.Wait()
+}
+
+// redriveHolder is redriveHeld for one holder.
+func (p *pass) redriveHolder(ctx context.Context, n string, h participant.DecisionHolder) {
+	now := p.cfg.Now()
+	epoch := p.cfg.Log.Epoch()
+	lctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	rows, err := h.Decisions(lctx, p.owner())
+	cancel()
+	if err != nil {
+		p.fail(fmt.Errorf("recovery: read the decisions held by %s: %w", n, err))
+		return
+	}
+	var commits []participant.Decision
+	for _, d := range rows {
+		switch {
+		case p.live(d.TxID):
+		case d.Outcome == participant.OutcomeAbort:
+			p.mu.Lock()
+			p.aborted[n] = append(p.aborted[n], d.TxID)
+			p.mu.Unlock()
+		case p.cfg.Live != nil && d.Epoch >= epoch && now.Sub(d.Time) < p.cfg.InDoubtTimeout:
+			// This run's phase two, or its forgetter, has it.
+		default:
+			commits = append(commits, d)
+		}
+	}
+	var done []ids.TxID
+	p.each(ctx, len(commits), func(i int) {
+		d := commits[i]
+		ok := true
+		branches := make([]wal.Branch, 0, len(d.Branches))
+		for _, b := range d.Branches {
+			wb := wal.Branch{Resource: b.Resource, GID: b.GID}
+			branches = append(branches, wb)
+			if err := p.finishHeld(ctx, wb, now.Sub(d.Time), n); err != nil {
+				ok = false
+			}
+		}
+		if !ok {
+			p.mu.Lock()
+			p.rep.Unfinished = append(p.rep.Unfinished, d.TxID)
+			p.mu.Unlock()
+			return
+		}
+		if err := p.cfg.Log.Note(wal.Record{Kind: wal.KindCommit, TxID: d.TxID, Time: now.UTC(), Epoch: d.Epoch, Branches: branches, Holder: n}); err != nil {
+			p.fail(fmt.Errorf("recovery: note %s held by %s: %w", d.TxID, n, err))
+			return
+		}
+		p.mu.Lock()
+		p.rep.Held++
+		done = append(done, d.TxID)
+		p.mu.Unlock()
+	})
+	if len(done) == 0 || ctx.Err() != nil {
+		return
+	}
+	// The notes must be durable before the rows go.
+	fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	err = p.cfg.Log.Flush(fctx)
+	if err == nil {
+		err = h.Forget(fctx, done)
+	}
+	cancel()
+	if err != nil {
+		p.fail(fmt.Errorf("recovery: forget %d finished decisions at %s: %w", len(done), n, err))
+		return
+	}
+	p.mu.Lock()
+	p.rep.Forgotten += len(done)
+	p.mu.Unlock()
+	p.cfg.Logger.Info("recovery: holder decisions driven to the end", "holder", n, "transactions", len(done))
 }
 
 // forgetAborted deletes the abort rows of transactions this pass left no

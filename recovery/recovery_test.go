@@ -334,3 +334,34 @@ func TestBranchBegunBeforeTheLogIsNeverPresumedAborted(t *testing.T) {
 		t.Fatalf("prepared %v, report %+v", a.IsPrepared(g.String()), rep)
 	}
 }
+
+// F7: a resource that never answers costs a pass one call timeout, in
+// parallel with the others, which are resolved all the same.
+func TestAHungResourceDoesNotDelayRecoveryAtTheOthers(t *testing.T) {
+	log := wal.NewMem()
+	var rs []participant.Resource
+	var orphans []ids.GID
+	for _, n := range []string{"a", "b", "c"} {
+		f := fake.New(n)
+		g := gid(t, "c1", "0")
+		f.AddPrepared(g.String())
+		orphans = append(orphans, g)
+		rs = append(rs, f)
+	}
+	hung := fake.New("hung")
+	hung.SetHooks(fake.Hooks{Prepared: fake.Hang})
+	rs = append(rs, hung)
+	start := time.Now()
+	rep, _ := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: rs, CallTimeout: 300 * time.Millisecond})
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("the pass took %v with one resource hung", took)
+	}
+	for i, g := range orphans {
+		if !rs[i].(*fake.Resource).IsRolledBack(g.String()) {
+			t.Fatalf("%s was not resolved while another resource hung", g)
+		}
+	}
+	if rep.RolledBack != 3 || len(rep.Errors) != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+}

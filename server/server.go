@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -60,6 +61,24 @@ type Server struct {
 	mu      sync.Mutex
 	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
+
+	starting atomic.Bool // the start-up recovery pass runs: transaction calls wait
+}
+
+// Starting marks the server as running its start-up recovery pass: Begin,
+// RegisterBranch, Commit and Rollback answer UNAVAILABLE until Ready, while
+// the admin calls, GetOutcome and Announce are served.
+func (s *Server) Starting() { s.starting.Store(true) }
+
+// Ready ends Starting.
+func (s *Server) Ready() { s.starting.Store(false) }
+
+// notReady is the answer to a transaction call while the server starts.
+func (s *Server) notReady() error {
+	if s.starting.Load() {
+		return status.Error(codes.Unavailable, "txcoord is starting: its start-up recovery pass is running; try again")
+	}
+	return nil
 }
 
 // entry is a transaction begun through the server.
@@ -241,6 +260,9 @@ func refused(err error) error {
 }
 
 func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoordv1.BeginResponse, error) {
+	if err := s.notReady(); err != nil {
+		return nil, err
+	}
 	timeout := s.cfg.TxTimeout
 	if d := req.GetTimeout(); d != nil {
 		if err := d.CheckValid(); err != nil {
@@ -314,6 +336,9 @@ func (s *Server) beginHolder(ctx context.Context, tx *coordinator.Tx) (string, e
 }
 
 func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBranchRequest) (*txcoordv1.RegisterBranchResponse, error) {
+	if err := s.notReady(); err != nil {
+		return nil, err
+	}
 	id, err := parseTxID(req.GetTxid())
 	if err != nil {
 		return nil, err
@@ -363,6 +388,9 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 }
 
 func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txcoordv1.CommitResponse, error) {
+	if err := s.notReady(); err != nil {
+		return nil, err
+	}
 	id, err := parseTxID(req.GetTxid())
 	if err != nil {
 		return nil, err
@@ -435,6 +463,9 @@ func (s *Server) commitFromLog(id ids.TxID) (*txcoordv1.CommitResponse, error) {
 }
 
 func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (*txcoordv1.RollbackResponse, error) {
+	if err := s.notReady(); err != nil {
+		return nil, err
+	}
 	id, err := parseTxID(req.GetTxid())
 	if err != nil {
 		return nil, err

@@ -477,3 +477,21 @@ func TestRecoverCountsHolderDecisions(t *testing.T) {
 		t.Fatal("the held commit was not driven to the end")
 	}
 }
+
+// F7: while the start-up recovery pass runs, the server already answers:
+// transaction calls get UNAVAILABLE, outcome questions are answered.
+func TestTransactionCallsWaitForTheStartUpPass(t *testing.T) {
+	e := start(t, nil, nil, server.Config{})
+	ctx := context.Background()
+	e.srv.Starting()
+	_, err := e.api.Begin(ctx, &txcoordv1.BeginRequest{})
+	wantCode(t, err, codes.Unavailable, "start-up recovery pass")
+	id, _ := ids.NewTxID()
+	if _, err := e.api.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String()}); err != nil {
+		t.Fatalf("GetOutcome while starting: %v", err)
+	}
+	e.srv.Ready()
+	if _, err := e.api.Begin(ctx, &txcoordv1.BeginRequest{}); err != nil {
+		t.Fatalf("Begin once ready: %v", err)
+	}
+}

@@ -244,13 +244,10 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 	}
 	metrics.Attach(c, srv)
-	if !cfg.StartupRecovery {
-		logger.Warn("start-up recovery pass skipped (--startup-recovery=false)")
-	} else if rep, err := c.Recover(ctx); err != nil {
-		logger.Warn("start-up recovery pass incomplete; the periodic pass goes on", "err", err)
-	} else {
-		logger.Info("start-up recovery pass", "redriven", rep.Redriven, "committed", rep.Committed, "rolled_back", rep.RolledBack, "unfinished", len(rep.Unfinished))
-	}
+	// The start-up pass runs once the server listens: admin calls,
+	// GetOutcome and Announce are served meanwhile, transaction calls get
+	// UNAVAILABLE, and the health service says NOT_SERVING.
+	srv.Starting()
 
 	tokens, err := adminTokens(cfg.AdminTokenFile)
 	if err != nil {
@@ -274,8 +271,8 @@ func serve(ctx context.Context, cfg Config) error {
 	srv.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus("txcoord.v1.Coordinator", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	hs.SetServingStatus("txcoord.v1.Coordinator", healthpb.HealthCheckResponse_NOT_SERVING)
 
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -302,7 +299,22 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { defer close(sweeper); srv.Run(runCtx) }()
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
-	logger.Info("txcoord serving", "listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "id", cfg.ID, "wal", walPath, "tls", cfg.TLS.enabled(), "mtls", cfg.TLS.CA != "")
+	logger.Info("txcoord listening", "listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "id", cfg.ID, "wal", walPath, "tls", cfg.TLS.enabled(), "mtls", cfg.TLS.CA != "")
+	recovered := make(chan struct{})
+	go func() {
+		defer close(recovered)
+		if !cfg.StartupRecovery {
+			logger.Warn("start-up recovery pass skipped (--startup-recovery=false)")
+		} else if rep, err := c.Recover(runCtx); err != nil {
+			logger.Warn("start-up recovery pass incomplete; the periodic pass goes on", "err", err)
+		} else {
+			logger.Info("start-up recovery pass", "redriven", rep.Redriven, "committed", rep.Committed, "rolled_back", rep.RolledBack, "unfinished", len(rep.Unfinished))
+		}
+		srv.Ready()
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		hs.SetServingStatus("txcoord.v1.Coordinator", healthpb.HealthCheckResponse_SERVING)
+		logger.Info("txcoord serving")
+	}()
 
 	var serveErr error
 	select {
@@ -321,6 +333,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	stopRun()
 	<-sweeper
+	<-recovered
 	// Phase two still running stays in the log; the next start drives it.
 	c.Close()
 	_ = srv.Close()

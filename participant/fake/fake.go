@@ -39,6 +39,9 @@ type Hooks struct {
 	Rollback func(ctx context.Context, gid ids.GID) error
 	// OnePhase runs before a one-phase commit.
 	OnePhase func(ctx context.Context, gid ids.GID) error
+	// Prepared runs before a scan of the prepared branches; an error fails
+	// the scan (Hang makes a resource that never answers).
+	Prepared func(ctx context.Context) error
 }
 
 // Resource is a fake resource.
@@ -136,6 +139,11 @@ func (r *Resource) resolve(ctx context.Context, op string, hook func(context.Con
 
 // Prepared implements participant.Resource.
 func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error) {
+	if h := r.hooksNow().Prepared; h != nil {
+		if err := h(ctx); err != nil {
+			return nil, err
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]participant.Prepared, 0, len(r.prepared))
