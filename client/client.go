@@ -165,7 +165,7 @@ func (c *Client) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) {
 
 // Commit commits the transaction; the error tells the outcome (OutcomeOf).
 func (t *Tx) Commit(ctx context.Context) error {
-	resp, err := t.c.coord.Commit(ctx, &txcoordv1.CommitRequest{Txid: t.tx.ID.String()})
+	resp, err := t.c.coord.Commit(ctx, &txcoordv1.CommitRequest{Txid: t.tx.ID.String(), Gtrid: t.tx.GTRID()})
 	if err != nil {
 		switch status.Code(err) {
 		case codes.NotFound, codes.FailedPrecondition:
@@ -195,7 +195,7 @@ func (t *Tx) Commit(ctx context.Context) error {
 // Rollback rolls the transaction back. Participants that cannot be reached
 // now are rolled back by recovery.
 func (t *Tx) Rollback(ctx context.Context, reason string) error {
-	resp, err := t.c.coord.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: t.tx.ID.String(), Reason: reason})
+	resp, err := t.c.coord.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: t.tx.ID.String(), Reason: reason, Gtrid: t.tx.GTRID()})
 	if err != nil {
 		return fmt.Errorf("txcoord: rollback %s: %w", t.tx.ID, err)
 	}
@@ -235,7 +235,17 @@ func TxID(ctx context.Context) (ids.TxID, bool) {
 // Outcome asks the coordinator what transaction id became: Committed,
 // Aborted, or Unknown while it is still being decided.
 func (c *Client) Outcome(ctx context.Context, id ids.TxID) (Outcome, error) {
-	resp, err := c.coord.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String()})
+	return c.outcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String()})
+}
+
+// Outcome asks what became of the transaction, naming its coordinator: a
+// coordinator that did not begin it answers an error, never an outcome.
+func (t *Tx) Outcome(ctx context.Context) (Outcome, error) {
+	return t.c.outcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: t.tx.ID.String(), Gtrid: t.tx.GTRID()})
+}
+
+func (c *Client) outcome(ctx context.Context, req *txcoordv1.GetOutcomeRequest) (Outcome, error) {
+	resp, err := c.coord.GetOutcome(ctx, req)
 	if err != nil {
 		return Unknown, err
 	}

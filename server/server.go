@@ -244,6 +244,24 @@ func parseTxID(s string) (ids.TxID, error) {
 	return id, nil
 }
 
+// ownGTRID checks that gtrid (if given) names transaction id of this
+// coordinator: another coordinator's transaction gets PERMISSION_DENIED, a
+// status no client reads as an outcome.
+func (s *Server) ownGTRID(gtrid string, id ids.TxID) error {
+	if gtrid == "" {
+		return nil
+	}
+	tx, err := remote.ParseGTRID(gtrid)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "malformed gtrid: %v", err)
+	}
+	if tx.Prefix != s.c.Prefix() || tx.Coordinator != s.c.ID() || tx.ID != id {
+		return status.Errorf(codes.PermissionDenied, "transaction %s was issued by coordinator %s.%s, not this one (%s.%s): ask that one; this one knows nothing of it",
+			gtrid, tx.Prefix, tx.Coordinator, s.c.Prefix(), s.c.ID())
+	}
+	return nil
+}
+
 // refused maps coordinator errors that refuse work to status codes.
 func refused(err error) error {
 	switch {
@@ -395,6 +413,9 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 	if err != nil {
 		return nil, err
 	}
+	if err := s.ownGTRID(req.GetGtrid(), id); err != nil {
+		return nil, err
+	}
 	e, ok := s.lookup(id)
 	if !ok {
 		return s.commitFromLog(id)
@@ -470,6 +491,9 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 	if err != nil {
 		return nil, err
 	}
+	if err := s.ownGTRID(req.GetGtrid(), id); err != nil {
+		return nil, err
+	}
 	e, ok := s.lookup(id)
 	if !ok {
 		d, err := s.c.Log().Lookup(id)
@@ -528,6 +552,9 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 		id, perr := parseTxID(req.GetTxid())
 		if perr != nil {
 			return nil, perr
+		}
+		if err := s.ownGTRID(req.GetGtrid(), id); err != nil {
+			return nil, err
 		}
 		res, err = s.c.ResolveTx(ctx, id)
 	}

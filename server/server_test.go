@@ -495,3 +495,24 @@ func TestTransactionCallsWaitForTheStartUpPass(t *testing.T) {
 		t.Fatalf("Begin once ready: %v", err)
 	}
 }
+
+// F6: a call naming another coordinator's transaction (two coordinators
+// behind one address, a client that asks the wrong one) gets
+// PERMISSION_DENIED, never an outcome: this coordinator would have said
+// "aborted" for a transaction it never saw.
+func TestCallsForAnotherCoordinatorsTransactionGetNoOutcome(t *testing.T) {
+	e := start(t, nil, nil, server.Config{})
+	ctx := context.Background()
+	id, _ := ids.NewTxID()
+	other := "txc.other-1." + id.String()
+	_, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: id.String(), Gtrid: other})
+	wantCode(t, err, codes.PermissionDenied, "coordinator txc.other-1")
+	_, err = e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: id.String(), Gtrid: other})
+	wantCode(t, err, codes.PermissionDenied, "coordinator txc.other-1")
+	_, err = e.api.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String(), Gtrid: other})
+	wantCode(t, err, codes.PermissionDenied, "coordinator txc.other-1")
+	// Its own gtrid is accepted.
+	if _, err := e.api.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String(), Gtrid: "txc.c1." + id.String()}); err != nil {
+		t.Fatal(err)
+	}
+}

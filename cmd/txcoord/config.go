@@ -86,7 +86,6 @@ func defaultConfig() Config {
 	return Config{
 		Listen:           "127.0.0.1:7070",
 		MetricsListen:    "127.0.0.1:9464",
-		ID:               "txcoord-1",
 		Prefix:           ids.DefaultPrefix,
 		TxTimeout:        time.Minute,
 		MaxTxTimeout:     10 * time.Minute,
@@ -132,7 +131,9 @@ func (c *Config) validate() error {
 	if c.DataDir == "" {
 		bad("data-dir is required: the directory of the decision log")
 	}
-	if err := ids.ValidateName("id", c.ID); err != nil {
+	if c.ID == "" {
+		bad("id is required: the coordinator id in every gid, unique among running coordinators (two with one id would resolve each other's branches)")
+	} else if err := ids.ValidateName("id", c.ID); err != nil {
 		bad("id: %v", err)
 	}
 	if err := ids.ValidateName("prefix", c.Prefix); err != nil {

@@ -56,7 +56,7 @@ func TestConfigRefusesNonsense(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := defaultConfig()
+			c := testConfig()
 			c.DataDir = t.TempDir()
 			tc.mod(&c)
 			err := c.validate()
@@ -67,9 +67,20 @@ func TestConfigRefusesNonsense(t *testing.T) {
 	}
 	c := defaultConfig()
 	c.DataDir = "d"
-	if err := c.validate(); err != nil {
-		t.Fatalf("defaults with a data dir: %v", err)
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "id is required") {
+		t.Fatalf("defaults without an id: %v", err)
 	}
+	c.ID = "orders-1"
+	if err := c.validate(); err != nil {
+		t.Fatalf("defaults with a data dir and an id: %v", err)
+	}
+}
+
+// testConfig is the defaults with an id.
+func testConfig() Config {
+	c := defaultConfig()
+	c.ID = "test-1"
+	return c
 }
 
 func TestConfigFileThenFlags(t *testing.T) {
@@ -133,7 +144,7 @@ func TestServeMutualTLSHealthMetricsAndStop(t *testing.T) {
 	caPath := ca.CAFile
 	sc, sk := ca.Server("server")
 	cc, ck := ca.Client("client")
-	cfg := defaultConfig()
+	cfg := testConfig()
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), freeAddr(t)
 	cfg.TLS = TLSConfig{Cert: sc, Key: sk, CA: caPath}
@@ -212,7 +223,7 @@ func TestServeAdminToken(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte("# operators\n"+tok+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultConfig()
+	cfg := testConfig()
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.AdminTokenFile = tokFile
@@ -250,7 +261,7 @@ func TestServeAdminToken(t *testing.T) {
 // A DSN's password never appears in what serve says about a resource it
 // cannot reach.
 func TestServeKeepsDSNSecrets(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := testConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.LogLevel = "error"
@@ -284,7 +295,7 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 // F8: a missing or empty decision log refuses to start without --init-log:
 // a new log would presume abort for whatever the lost one decided.
 func TestServeRefusesAMissingLogWithoutInitLog(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := testConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.LogLevel = "error"

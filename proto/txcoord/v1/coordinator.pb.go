@@ -462,8 +462,12 @@ func (*RegisterBranchResponse) Descriptor() ([]byte, []int) {
 }
 
 type CommitRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Txid          string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Txid  string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	// The transaction's gtrid, <prefix>.<coordinator id>.<txid> (from
+	// BeginResponse). A coordinator that did not issue it answers
+	// PERMISSION_DENIED (ask the one that did), never an outcome.
+	Gtrid         string `protobuf:"bytes,2,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +505,13 @@ func (*CommitRequest) Descriptor() ([]byte, []int) {
 func (x *CommitRequest) GetTxid() string {
 	if x != nil {
 		return x.Txid
+	}
+	return ""
+}
+
+func (x *CommitRequest) GetGtrid() string {
+	if x != nil {
+		return x.Gtrid
 	}
 	return ""
 }
@@ -568,9 +579,13 @@ func (x *CommitResponse) GetReason() string {
 }
 
 type RollbackRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Txid          string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Txid   string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	Reason string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The transaction's gtrid, <prefix>.<coordinator id>.<txid> (from
+	// BeginResponse). A coordinator that did not issue it answers
+	// PERMISSION_DENIED (ask the one that did), never an outcome.
+	Gtrid         string `protobuf:"bytes,3,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -615,6 +630,13 @@ func (x *RollbackRequest) GetTxid() string {
 func (x *RollbackRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *RollbackRequest) GetGtrid() string {
+	if x != nil {
+		return x.Gtrid
 	}
 	return ""
 }
@@ -1276,8 +1298,12 @@ type GetOutcomeRequest struct {
 	Gid  string `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"`
 	// The asking participant and its address, so the coordinator can reach
 	// it (optional).
-	Participant   string `protobuf:"bytes,3,opt,name=participant,proto3" json:"participant,omitempty"`
-	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	Participant string `protobuf:"bytes,3,opt,name=participant,proto3" json:"participant,omitempty"`
+	Address     string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// The transaction's gtrid, <prefix>.<coordinator id>.<txid> (from
+	// BeginResponse). A coordinator that did not issue it answers
+	// PERMISSION_DENIED (ask the one that did), never an outcome.
+	Gtrid         string `protobuf:"bytes,5,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1336,6 +1362,13 @@ func (x *GetOutcomeRequest) GetParticipant() string {
 func (x *GetOutcomeRequest) GetAddress() string {
 	if x != nil {
 		return x.Address
+	}
+	return ""
+}
+
+func (x *GetOutcomeRequest) GetGtrid() string {
+	if x != nil {
+		return x.Gtrid
 	}
 	return ""
 }
@@ -1886,16 +1919,18 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
 	"\vparticipant\x18\x03 \x01(\tR\vparticipant\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\"\x18\n" +
-	"\x16RegisterBranchResponse\"#\n" +
+	"\x16RegisterBranchResponse\"9\n" +
 	"\rCommitRequest\x12\x12\n" +
-	"\x04txid\x18\x01 \x01(\tR\x04txid\"\x83\x01\n" +
+	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
+	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\"\x83\x01\n" +
 	"\x0eCommitResponse\x12-\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\x12*\n" +
 	"\x11phase_two_pending\x18\x02 \x01(\bR\x0fphaseTwoPending\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"=\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"S\n" +
 	"\x0fRollbackRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"A\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05gtrid\x18\x03 \x01(\tR\x05gtrid\"A\n" +
 	"\x10RollbackResponse\x12-\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\"A\n" +
 	"\x15GetTransactionRequest\x12\x12\n" +
@@ -1950,12 +1985,13 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"older_than\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tolderThan\x12\x12\n" +
 	"\x04scan\x18\x03 \x01(\bR\x04scan\"W\n" +
 	"\x18ListTransactionsResponse\x12;\n" +
-	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\"u\n" +
+	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\"\x8b\x01\n" +
 	"\x11GetOutcomeRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
 	"\vparticipant\x18\x03 \x01(\tR\vparticipant\x12\x18\n" +
-	"\aaddress\x18\x04 \x01(\tR\aaddress\"?\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05gtrid\x18\x05 \x01(\tR\x05gtrid\"?\n" +
 	"\x12GetOutcomeResponse\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\"\x8a\x01\n" +
 	"\x0eResolveRequest\x12\x12\n" +
