@@ -289,7 +289,15 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.forgetter.run(c.ctx)
 	}()
 	if !cfg.SkipStartupRecovery {
-		if _, err := c.recover(ctx, true); err != nil {
+		_, err := c.recover(ctx, true)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// The pass ran out of its budget: what it did not reach is
+			// left to the recovery loop. Branches of earlier runs are
+			// resolved there without waiting for the in-doubt timeout.
+			c.logger.Warn("start-up recovery pass ran out of its budget; the recovery loop goes on", "budget", cfg.RecoveryBudget)
+			err = nil
+		}
+		if err != nil {
 			c.cancel()
 			c.wg.Wait()
 			c.unclaim()

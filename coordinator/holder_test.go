@@ -511,3 +511,21 @@ func TestAHungResourceHoldsNoAdminCall(t *testing.T) {
 		t.Fatalf("the pass took %v, past its budget", took)
 	}
 }
+
+// A start-up pass that runs out of its budget (a resource that never
+// answers) does not keep the coordinator from starting: the recovery loop
+// goes on.
+func TestStartUpPassOutOfBudgetStillStarts(t *testing.T) {
+	hung := fake.New("hung")
+	hung.SetHooks(fake.Hooks{Prepared: fake.Hang})
+	start := time.Now()
+	c, err := New(context.Background(), Config{ID: "test", Log: wal.NewMem(), Resources: []participant.Resource{hung},
+		CallTimeout: time.Second, RecoveryBudget: 300 * time.Millisecond, RecoveryInterval: -1})
+	if err != nil {
+		t.Fatalf("New with a resource that never answers: %v", err)
+	}
+	defer c.Close()
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("New took %v", took)
+	}
+}
