@@ -269,6 +269,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 			return nil, fmt.Errorf("coordinator: decision holder %s: %w", cfg.Holder, err)
 		}
 		c.holder = h
+		c.useHolder(h)
 	}
 	if err := c.claim(ctx); err != nil {
 		return nil, err

@@ -90,7 +90,6 @@ type forgetter struct {
 	queued map[participant.DecisionHolder][]ids.TxID
 	n      int
 	kick   chan struct{}
-	done   chan struct{}
 }
 
 // forgetBatch is how many queued rows make the forgetter run before its
@@ -99,7 +98,7 @@ const forgetBatch = 1024
 
 func newForgetter(c *Coordinator, interval time.Duration) *forgetter {
 	return &forgetter{c: c, interval: interval, queued: map[participant.DecisionHolder][]ids.TxID{},
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
+		kick: make(chan struct{}, 1)}
 }
 
 // add queues txid's row at h for deletion.
@@ -126,7 +125,6 @@ func (f *forgetter) pending() int {
 
 // run deletes queued rows every interval until ctx ends, then once more.
 func (f *forgetter) run(ctx context.Context) {
-	defer close(f.done)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
 	for {
@@ -188,7 +186,8 @@ func (c *Coordinator) holderOf(g ids.GID) (participant.DecisionHolder, string, b
 	return h, name, true
 }
 
-// holders lists the registered resources that can hold decisions.
+// holders lists the registered resources that can hold decisions, by
+// name.
 func (c *Coordinator) holders() []participant.DecisionHolder {
 	var out []participant.DecisionHolder
 	for _, r := range c.resourceList() {
@@ -196,7 +195,6 @@ func (c *Coordinator) holders() []participant.DecisionHolder {
 			out = append(out, h)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
 	return out
 }
 
@@ -225,23 +223,15 @@ func (c *Coordinator) resolveHeld(ctx context.Context, id ids.TxID, g *ids.GID) 
 		}
 		return RollbackBranch, true, nil
 	}
-	var errs []error
-	for _, h := range c.holders() {
-		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
-		d, err := h.HeldDecision(cctx, id)
-		cancel()
-		switch {
-		case err == nil && d.Outcome == participant.OutcomeCommit:
-			return CommitBranch, true, nil
-		case err == nil:
-			return RollbackBranch, true, nil
-		case !errors.Is(err, participant.ErrNoDecision):
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
+	_, d, err := c.HeldDecision(ctx, id, "")
+	switch {
+	case err == nil && d.Outcome == participant.OutcomeCommit:
+		return CommitBranch, true, nil
+	case err == nil:
+		return RollbackBranch, true, nil
+	case !errors.Is(err, participant.ErrNoDecision):
 		// A holder that cannot be asked may keep the commit.
-		return Wait, false, errors.Join(errs...)
+		return Wait, false, err
 	}
 	// No row anywhere proves nothing: a holder's session may still be
 	// committing (its coordinator lost the reply, or died). Fence the
@@ -266,8 +256,9 @@ func (c *Coordinator) resolveHeld(ctx context.Context, id ids.TxID, g *ids.GID) 
 	return res, true, nil
 }
 
-// useHolder records that a transaction of this run has decision holder h,
-// so that an outcome question without a gid fences it.
+// useHolder records that a transaction of this run has decision holder h
+// (the default holder is recorded at New), so that an outcome question
+// without a gid fences it.
 func (c *Coordinator) useHolder(h participant.DecisionHolder) {
 	c.usedMu.Lock()
 	defer c.usedMu.Unlock()
@@ -277,20 +268,12 @@ func (c *Coordinator) useHolder(h participant.DecisionHolder) {
 	c.used[h.Name()] = h
 }
 
-// usedHolders lists the default holder and every holder a transaction of
-// this run used, by name.
+// usedHolders lists the holders useHolder recorded, by name.
 func (c *Coordinator) usedHolders() []participant.DecisionHolder {
 	c.usedMu.Lock()
 	defer c.usedMu.Unlock()
-	seen := map[string]participant.DecisionHolder{}
-	if c.holder != nil {
-		seen[c.holder.Name()] = c.holder
-	}
-	for n, h := range c.used {
-		seen[n] = h
-	}
-	out := make([]participant.DecisionHolder, 0, len(seen))
-	for _, h := range seen {
+	out := make([]participant.DecisionHolder, 0, len(c.used))
+	for _, h := range c.used {
 		out = append(out, h)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })

@@ -204,7 +204,7 @@ func (p *pass) redrive(ctx context.Context) error {
 		}
 		done := true
 		for _, b := range d.Branches {
-			if err := p.finish(ctx, d.Kind, b, 0); err != nil {
+			if err := p.finish(ctx, d.Kind, b, 0, ""); err != nil {
 				done = false
 			}
 		}
@@ -226,30 +226,18 @@ func (p *pass) redrive(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// finish applies a decision to one branch. A branch the resource no
-// longer holds is done: it was finished by an earlier attempt (I6).
-func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time.Duration) error {
+// finish applies a decision to one branch; holder names the decision
+// holder that keeps it, if one does. A branch the resource no longer holds
+// is done: it was finished by an earlier attempt (I6).
+func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time.Duration, holder string) error {
 	r, ok := p.res[b.Resource]
 	if !ok {
 		err := fmt.Errorf("%w: %q (branch %s)", ErrUnknownResource, b.Resource, b.GID)
 		p.fail(err)
 		return err
 	}
-	act, err := p.apply(ctx, kind, r, b.GID, age, "")
+	act, err := p.apply(ctx, kind, r, b.GID, age, holder)
 	p.record(kind, act, err)
-	return err
-}
-
-// finishHeld commits one branch of a commit that decision holder keeps.
-func (p *pass) finishHeld(ctx context.Context, b wal.Branch, age time.Duration, holder string) error {
-	r, ok := p.res[b.Resource]
-	if !ok {
-		err := fmt.Errorf("%w: %q (branch %s, decided by holder %s)", ErrUnknownResource, b.Resource, b.GID, holder)
-		p.fail(err)
-		return err
-	}
-	act, err := p.apply(ctx, wal.KindCommit, r, b.GID, age, holder)
-	p.record(wal.KindCommit, act, err)
 	return err
 }
 
@@ -334,6 +322,7 @@ func (p *pass) scan(ctx context.Context, names []string) {
 	now := p.cfg.Now()
 	var todo []*found
 	fence := map[string][]ids.TxID{}
+	fenced := map[ids.TxID]bool{}
 	for i, n := range names {
 		r := p.res[n]
 		if errs[i] != nil {
@@ -344,7 +333,8 @@ func (p *pass) scan(ctx context.Context, names []string) {
 		for _, pr := range lists[i] {
 			if f := p.classify(r, pr, now); f != nil {
 				todo = append(todo, f)
-				if f.holder != "" && !contains(fence[f.holder], pr.GID.TxID) {
+				if f.holder != "" && !fenced[pr.GID.TxID] {
+					fenced[pr.GID.TxID] = true
 					fence[f.holder] = append(fence[f.holder], pr.GID.TxID)
 				}
 			}
@@ -360,12 +350,7 @@ func (p *pass) scan(ctx context.Context, names []string) {
 			d, ok := held[f.pr.GID.TxID]
 			switch {
 			case !ok:
-				f.act.What, f.act.Err = "unresolved", fmt.Errorf("recovery: the decision holder %s of %s could not be asked", f.holder, f.pr.GID.TxID)
-				p.rep.Actions = append(p.rep.Actions, f.act)
-				p.unresolved[f.pr.GID.TxID] = true
-				if f.stale {
-					p.rep.Stale = append(p.rep.Stale, f.act)
-				}
+				p.leave(f.act, fmt.Errorf("recovery: the decision holder %s of %s could not be asked", f.holder, f.pr.GID.TxID), f.stale)
 				continue
 			case d.Outcome == participant.OutcomeCommit && d.Names(f.pr.GID):
 				f.kind = wal.KindCommit
@@ -434,26 +419,28 @@ func (p *pass) classify(r participant.Resource, pr participant.Prepared, now tim
 			break
 		}
 		if BeganBeforeLog(pr.GID.TxID, p.cfg.LogCreated) {
-			act.What, act.Err = "unresolved", fmt.Errorf("%w: %s began before the log was created (%s)", ErrBeforeLog, pr.GID.TxID, p.cfg.LogCreated.Format(time.RFC3339))
-			p.fail(act.Err)
-			p.rep.Actions = append(p.rep.Actions, act)
-			p.unresolved[pr.GID.TxID] = true
-			if stale {
-				p.rep.Stale = append(p.rep.Stale, act)
-			}
+			err := fmt.Errorf("%w: %s began before the log was created (%s)", ErrBeforeLog, pr.GID.TxID, p.cfg.LogCreated.Format(time.RFC3339))
+			p.fail(err)
+			p.leave(act, err, stale)
 			return nil
 		}
 	default:
-		act.What, act.Err = "unresolved", err
 		p.fail(fmt.Errorf("recovery: look up %s: %w", pr.GID.TxID, err))
-		p.rep.Actions = append(p.rep.Actions, act)
-		p.unresolved[pr.GID.TxID] = true
-		if stale {
-			p.rep.Stale = append(p.rep.Stale, act)
-		}
+		p.leave(act, err, stale)
 		return nil
 	}
 	return f
+}
+
+// leave files a branch this pass cannot resolve. The caller holds p.mu or
+// runs alone.
+func (p *pass) leave(act Action, err error, stale bool) {
+	act.What, act.Err = "unresolved", err
+	p.rep.Actions = append(p.rep.Actions, act)
+	p.unresolved[act.TxID] = true
+	if stale {
+		p.rep.Stale = append(p.rep.Stale, act)
+	}
 }
 
 // fence settles, at each holder, the decisions of the transactions whose
@@ -516,15 +503,6 @@ func (p *pass) finishAll(ctx context.Context, todo []*found) {
 
 // resolveParallel bounds the commits and rollbacks a pass runs at once.
 const resolveParallel = 16
-
-func contains(list []ids.TxID, id ids.TxID) bool {
-	for _, x := range list {
-		if x == id {
-			return true
-		}
-	}
-	return false
-}
 
 // named reports whether g is one of a COMMIT record's branches; a record
 // that lists none (written before branches were listed) names them all.
@@ -595,7 +573,7 @@ func (p *pass) redriveHolder(ctx context.Context, n string, h participant.Decisi
 		for _, b := range d.Branches {
 			wb := wal.Branch{Resource: b.Resource, GID: b.GID}
 			branches = append(branches, wb)
-			if err := p.finishHeld(ctx, wb, now.Sub(d.Time), n); err != nil {
+			if err := p.finish(ctx, wal.KindCommit, wb, now.Sub(d.Time), n); err != nil {
 				ok = false
 			}
 		}
