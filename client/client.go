@@ -39,6 +39,11 @@ var (
 	// ErrCommitPending: committed (the decision is durable), but some
 	// participant has not acknowledged yet; it will.
 	ErrCommitPending = errors.New("txcoord: committed; phase two still in progress")
+	// ErrHeuristicHazard: COMMIT was decided, but a participant held no
+	// prepared branch and could not prove that it committed (rolled back or
+	// lost behind the coordinator's back): the transaction may be only
+	// partly applied. An operator must check it (txctl show).
+	ErrHeuristicHazard = errors.New("txcoord: heuristic hazard: committed, but a branch cannot be proven committed")
 )
 
 // Outcome is what a transaction ended as, as far as the caller can know.
@@ -48,6 +53,7 @@ const (
 	Unknown Outcome = iota
 	Committed
 	Aborted
+	Hazard
 )
 
 func (o Outcome) String() string {
@@ -56,19 +62,23 @@ func (o Outcome) String() string {
 		return "committed"
 	case Aborted:
 		return "aborted"
+	case Hazard:
+		return "hazard"
 	}
 	return "unknown"
 }
 
 // OutcomeOf classifies an error from Run or Tx.Commit: nil and
-// ErrCommitPending are Committed, ErrAborted is Aborted, anything else is
-// Unknown.
+// ErrCommitPending are Committed, ErrAborted is Aborted,
+// ErrHeuristicHazard is Hazard, anything else is Unknown.
 func OutcomeOf(err error) Outcome {
 	switch {
 	case err == nil, errors.Is(err, ErrCommitPending):
 		return Committed
 	case errors.Is(err, ErrAborted):
 		return Aborted
+	case errors.Is(err, ErrHeuristicHazard):
+		return Hazard
 	}
 	return Unknown
 }
@@ -180,6 +190,9 @@ func (t *Tx) Commit(ctx context.Context) error {
 	}
 	switch resp.GetOutcome() {
 	case txcoordv1.Outcome_OUTCOME_COMMITTED:
+		if resp.GetHeuristicHazard() {
+			return fmt.Errorf("%w (%s): %s", ErrHeuristicHazard, t.tx.ID, resp.GetReason())
+		}
 		if resp.GetPhaseTwoPending() {
 			return fmt.Errorf("%w (%s): %s", ErrCommitPending, t.tx.ID, resp.GetReason())
 		}
@@ -254,6 +267,8 @@ func (c *Client) outcome(ctx context.Context, req *txcoordv1.GetOutcomeRequest) 
 		return Committed, nil
 	case txcoordv1.TxState_TX_STATE_ABORTED:
 		return Aborted, nil
+	case txcoordv1.TxState_TX_STATE_HAZARD:
+		return Hazard, nil
 	}
 	return Unknown, nil
 }

@@ -152,11 +152,15 @@ type Coordinator struct {
 	used      map[string]participant.DecisionHolder // holders chosen by WithHolder this run
 
 	stats counters
+
+	hazardMu sync.Mutex
+	hazards  map[ids.TxID]error // heuristic hazards seen this run, until an operator ends them
 }
 
 type counters struct {
 	begun, committed, aborted, unknown, onePhase, retries atomic.Uint64
 	held, fenced, forgotten                               atomic.Uint64
+	hazards                                               atomic.Uint64
 }
 
 // Stats counts what a coordinator did since it started.
@@ -169,8 +173,12 @@ type Stats struct {
 	// holder rows deleted once finished, and ForgetPending those waiting.
 	Held, Fenced, Forgotten uint64
 	ForgetPending           int
-	Live                    int
-	Log                     wal.Stats
+	// Hazards counts transactions found to be heuristic hazards (each
+	// once per run); OpenHazards, those not yet ended by an operator.
+	Hazards     uint64
+	OpenHazards int
+	Live        int
+	Log         wal.Stats
 }
 
 // New starts a coordinator: it validates cfg, runs the start-up recovery
@@ -483,6 +491,7 @@ func (c *Coordinator) Stats() Stats {
 		Retries: c.stats.retries.Load(), Live: n, Log: c.log.Stats(),
 		Held: c.stats.held.Load(), Fenced: c.stats.fenced.Load(), Forgotten: c.stats.forgotten.Load(),
 		ForgetPending: c.forgetter.pending(),
+		Hazards:       c.stats.hazards.Load(), OpenHazards: len(c.HazardList()),
 	}
 }
 
@@ -649,6 +658,11 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 		cfg.Live = c.isLive
 	}
 	rep, err := recovery.Pass(ctx, cfg)
+	if rep != nil {
+		for _, h := range rep.Hazards {
+			c.hazard(h.TxID, h.Err)
+		}
+	}
 	if err == nil {
 		c.mu.Lock()
 		c.stale = rep.Stale

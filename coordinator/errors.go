@@ -18,6 +18,15 @@ var (
 	// durable) but some branch has not acknowledged yet; phase two goes on in
 	// the background and after a restart.
 	ErrCommitPending = errors.New("coordinator: committed; phase two still in progress")
+	// ErrHeuristicHazard: COMMIT was decided and every branch that could be
+	// committed was, but at least one branch's resource held no prepared
+	// branch and could not prove that it committed (rolled back or lost
+	// behind the coordinator's back: a restore, a failover to a standby
+	// that had not received it, a ROLLBACK PREPARED by hand). The
+	// transaction may be only partly applied. It is never ended or
+	// compacted: txctl shows it until an operator has checked the branch
+	// and ends it (txctl resolve --commit --accept-hazard).
+	ErrHeuristicHazard = errors.New("coordinator: heuristic hazard: committed, but a branch cannot be proven committed")
 	// ErrTxDone: the transaction was already committed or rolled back.
 	ErrTxDone = errors.New("coordinator: transaction already finished")
 	// ErrClosed: the coordinator is closed.
@@ -38,21 +47,25 @@ var (
 // Outcome is what a commit ended as, as far as the caller can know.
 type Outcome = protocol.Outcome
 
-// The three outcomes (DESIGN I5).
+// The outcomes (DESIGN I5), and the hazard a commit can meet.
 const (
 	Committed = protocol.OutcomeCommitted
 	Aborted   = protocol.OutcomeAborted
 	Unknown   = protocol.OutcomeUnknown
+	Hazard    = protocol.OutcomeHazard
 )
 
 // OutcomeOf classifies an error returned by Commit: nil and ErrCommitPending
-// are Committed, ErrAborted is Aborted, anything else is Unknown.
+// are Committed, ErrAborted is Aborted, ErrHeuristicHazard is Hazard,
+// anything else is Unknown.
 func OutcomeOf(err error) Outcome {
 	switch {
 	case err == nil, errors.Is(err, ErrCommitPending):
 		return Committed
 	case errors.Is(err, ErrAborted):
 		return Aborted
+	case errors.Is(err, ErrHeuristicHazard):
+		return Hazard
 	}
 	return Unknown
 }

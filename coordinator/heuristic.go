@@ -31,7 +31,22 @@ type BranchResult struct {
 	Resource string
 	GID      ids.GID
 	Err      error // nil: done (or already finished)
+	// Hazard: the branch was not prepared and nothing proves it committed;
+	// with AcceptHazard it counts as done (Err nil), otherwise Err wraps
+	// ErrHeuristicHazard.
+	Hazard bool
 }
+
+// ResolveOption changes how ResolveHeuristic carries out an order.
+type ResolveOption func(*resolveOptions)
+
+type resolveOptions struct{ acceptHazard bool }
+
+// AcceptHazard lets a commit end a transaction some of whose branches are
+// heuristic hazards (not prepared, and nothing proves they committed): the
+// operator has checked those branches' databases. Without it such a
+// transaction stays unfinished.
+func AcceptHazard() ResolveOption { return func(o *resolveOptions) { o.acceptHazard = true } }
 
 // Resolution report of ResolveHeuristic.
 type HeuristicReport struct {
@@ -96,7 +111,11 @@ type PreparedBranch struct {
 //     as a heuristic decision (who, why, when, and the branches). A commit
 //     with no prepared branch found fails with ErrNothingPrepared; an
 //     abort with none logs nothing.
-func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit bool, who, why string) (*HeuristicReport, error) {
+func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit bool, who, why string, opts ...ResolveOption) (*HeuristicReport, error) {
+	var o resolveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if why == "" {
 		return nil, fmt.Errorf("%w: a heuristic decision needs a reason", ErrConfig)
 	}
@@ -128,6 +147,14 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 			// without it could split the transaction.
 			return nil, fmt.Errorf("coordinator: cannot ask every resource for branches of %s: %w", id, errors.Join(errs...))
 		}
+		if len(found) == 0 && commit && o.acceptHazard {
+			// A hazard whose decision a holder keeps: every branch that
+			// could be committed was, so none is prepared.
+			if name, hd, err := c.HeldDecision(ctx, id, ""); err == nil && hd.Outcome == participant.OutcomeCommit {
+				h, _ := c.decisionHolder(name)
+				return c.resolveAtHolder(ctx, id, commit, true, h, name, nil, rep, who, why)
+			}
+		}
 		if len(found) == 0 {
 			if commit {
 				return nil, fmt.Errorf("%w: %s", ErrNothingPrepared, id)
@@ -136,7 +163,7 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 			return rep, nil
 		}
 		if h, name, ok := c.holderOfAny(found); ok {
-			return c.resolveAtHolder(ctx, id, commit, h, name, found, rep)
+			return c.resolveAtHolder(ctx, id, commit, o.acceptHazard, h, name, found, rep, who, why)
 		}
 		if commit && !recovery.BeganBeforeLog(id, c.logCreated()) {
 			// The log was there when the transaction began and holds no
@@ -161,19 +188,41 @@ func (c *Coordinator) ResolveHeuristic(ctx context.Context, id ids.TxID, commit 
 	default:
 		return nil, err
 	}
-	done := c.drive(ctx, commit, branches, rep)
+	done := c.drive(ctx, commit, branches, rep, o.acceptHazard)
 	if done {
 		if err := c.log.End(id); err != nil {
 			return rep, fmt.Errorf("coordinator: end %s: %w", id, err)
 		}
 		rep.Ended = true
+		c.endedByHand(id, rep, who, why, true)
 	}
 	return rep, nil
 }
 
+// endedByHand records an operator's end of transaction id: accepted
+// hazards are logged with who and why, and, if forgetProofs, the
+// branches' proofs are queued for deletion.
+func (c *Coordinator) endedByHand(id ids.TxID, rep *HeuristicReport, who, why string, forgetProofs bool) {
+	var regs []participant.Resource
+	var gids []ids.GID
+	for _, b := range rep.Branches {
+		if b.Hazard {
+			c.logger.Warn("heuristic hazard accepted by an operator; the transaction is ended", "txid", id, "resource", b.Resource, "gid", b.GID, "who", who, "why", why)
+		}
+		if r, ok := c.Resource(b.Resource); ok && rep.Decision == wal.KindCommit {
+			regs, gids = append(regs, r), append(gids, b.GID)
+		}
+	}
+	c.hazardEnded(id)
+	if forgetProofs {
+		c.forgetter.add(nil, id, regs, gids)
+	}
+}
+
 // drive commits or rolls back branches on an operator's order and reports
-// whether every one is finished.
-func (c *Coordinator) drive(ctx context.Context, commit bool, branches []wal.Branch, rep *HeuristicReport) bool {
+// whether every one is finished. A commit that finds a branch not prepared
+// and unproven is a hazard, finished only if acceptHazard.
+func (c *Coordinator) drive(ctx context.Context, commit bool, branches []wal.Branch, rep *HeuristicReport, acceptHazard bool) bool {
 	done := true
 	for _, b := range branches {
 		res := BranchResult{Resource: b.Resource, GID: b.GID}
@@ -188,8 +237,15 @@ func (c *Coordinator) drive(ctx context.Context, commit bool, branches []wal.Bra
 				res.Err = r.Rollback(cctx, b.GID)
 			}
 			cancel()
-			if errors.Is(res.Err, participant.ErrUnknownBranch) {
-				res.Err = nil // finished before (I6)
+			switch {
+			case !errors.Is(res.Err, participant.ErrUnknownBranch):
+			case !commit:
+				res.Err = nil // rolled back before (presumed abort)
+			case acceptHazard:
+				res.Err, res.Hazard = nil, true
+			default:
+				res.Hazard = true
+				res.Err = fmt.Errorf("%w: %w", ErrHeuristicHazard, res.Err)
 			}
 		}
 		if res.Err != nil {
@@ -234,7 +290,7 @@ func (c *Coordinator) holderOfAny(found []PreparedBranch) (participant.DecisionH
 
 // resolveAtHolder carries out an operator's order for a transaction whose
 // decision holder keeps the decision, if the holder's row agrees with it.
-func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit bool, h participant.DecisionHolder, name string, found []PreparedBranch, rep *HeuristicReport) (*HeuristicReport, error) {
+func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit, acceptHazard bool, h participant.DecisionHolder, name string, found []PreparedBranch, rep *HeuristicReport, who, why string) (*HeuristicReport, error) {
 	if h == nil {
 		return nil, fmt.Errorf("%w: the branches of %s name decision holder %q, which is not registered here; its row decides", ErrUnknownResource, id, name)
 	}
@@ -251,14 +307,19 @@ func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit b
 	}
 	rep.Holder = name
 	var branches []wal.Branch
-	for _, f := range found {
-		// A commit covers only the branches its row names.
-		if !commit || d.Names(f.GID) {
+	if commit {
+		// Every branch the row names: those committed before answer so,
+		// and one neither prepared nor proven is a hazard.
+		for _, b := range d.Branches {
+			branches = append(branches, wal.Branch{Resource: b.Resource, GID: b.GID})
+		}
+	} else {
+		for _, f := range found {
 			branches = append(branches, wal.Branch{Resource: f.Resource, GID: f.GID})
 		}
 	}
 	c.logger.Warn("operator's order carried out as the decision holder's row says", "txid", id, "holder", name, "decision", d.Outcome)
-	if !c.drive(ctx, commit, branches, rep) {
+	if !c.drive(ctx, commit, branches, rep, acceptHazard) {
 		return rep, nil
 	}
 	if commit {
@@ -273,9 +334,13 @@ func (c *Coordinator) resolveAtHolder(ctx context.Context, id ids.TxID, commit b
 			return rep, fmt.Errorf("coordinator: note %s: %w", id, err)
 		}
 	}
+	forgot := true
 	if err := h.Forget(ctx, []ids.TxID{id}); err != nil {
+		// The row stays, and with it the proofs its redrive needs.
+		forgot = false
 		c.logger.Warn("holder row kept; recovery forgets it", "txid", id, "holder", name, "err", err)
 	}
 	rep.Ended = true
+	c.endedByHand(id, rep, who, why, forgot)
 	return rep, nil
 }

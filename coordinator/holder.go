@@ -77,35 +77,50 @@ func (d *driver) holderDecision(branches []int) participant.Decision {
 	return dec
 }
 
-// forgetter deletes the rows of decisions whose every branch finished, in
-// batches, off the commit path. Before it deletes a commit row it makes
-// the log's note of that decision durable (one log flush per batch), so
-// that "what happened to transaction X" is still answered once the row is
-// gone.
+// forgetter deletes, in batches and off the commit path, the rows of
+// decisions whose every branch finished and the proofs (markers) of the
+// branches of ended transactions. Before it deletes anything it makes the
+// log's notes and END records durable (one log flush per batch): "what
+// happened to transaction X" is still answered once a row is gone, and no
+// recovery pass asks for a commit whose proof is gone. A transaction's
+// proofs go only after its holder's row: while the row is there, recovery
+// drives its commit again and needs them.
 type forgetter struct {
 	c        *Coordinator
 	interval time.Duration
 
-	mu     sync.Mutex
-	queued map[participant.DecisionHolder][]ids.TxID
-	n      int
-	kick   chan struct{}
+	mu    sync.Mutex
+	items []forgetItem
+	n     int
+	kick  chan struct{}
 }
 
-// forgetBatch is how many queued rows make the forgetter run before its
-// interval is up.
+// forgetItem is one finished transaction: its holder's row (h, if any)
+// and the proofs of its branches (gids[i] at regs[i]).
+type forgetItem struct {
+	h    participant.DecisionHolder
+	txid ids.TxID
+	regs []participant.Resource
+	gids []ids.GID
+}
+
+// forgetBatch is how many queued rows and proofs make the forgetter run
+// before its interval is up.
 const forgetBatch = 1024
 
 func newForgetter(c *Coordinator, interval time.Duration) *forgetter {
-	return &forgetter{c: c, interval: interval, queued: map[participant.DecisionHolder][]ids.TxID{},
-		kick: make(chan struct{}, 1)}
+	return &forgetter{c: c, interval: interval, kick: make(chan struct{}, 1)}
 }
 
-// add queues txid's row at h for deletion.
-func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID) {
+// add queues txid's row at h (if h is not nil) and the proofs of gids at
+// the resources that keep them (regs[i] for gids[i]) for deletion.
+func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID, regs []participant.Resource, gids []ids.GID) {
 	f.mu.Lock()
-	f.queued[h] = append(f.queued[h], txid)
-	f.n++
+	f.items = append(f.items, forgetItem{h: h, txid: txid, regs: regs, gids: gids})
+	if h != nil {
+		f.n++
+	}
+	f.n += len(gids)
 	full := f.n >= forgetBatch
 	f.mu.Unlock()
 	if full {
@@ -116,14 +131,15 @@ func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID) {
 	}
 }
 
-// pending reports how many rows wait for deletion.
+// pending reports how many rows and proofs wait for deletion.
 func (f *forgetter) pending() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.n
 }
 
-// run deletes queued rows every interval until ctx ends, then once more.
+// run deletes what is queued every interval until ctx ends, then once
+// more.
 func (f *forgetter) run(ctx context.Context) {
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
@@ -141,28 +157,51 @@ func (f *forgetter) run(ctx context.Context) {
 	}
 }
 
-// flush deletes every queued row. A failure leaves the rows to the next
-// recovery pass, which forgets them.
+// flush deletes everything queued. A failure leaves rows and proofs to the
+// next recovery pass, which forgets them.
 func (f *forgetter) flush(ctx context.Context) {
 	f.mu.Lock()
-	batch := f.queued
-	if f.n == 0 {
-		f.mu.Unlock()
+	items := f.items
+	f.items, f.n = nil, 0
+	f.mu.Unlock()
+	if len(items) == 0 {
 		return
 	}
-	f.queued, f.n = map[participant.DecisionHolder][]ids.TxID{}, 0
-	f.mu.Unlock()
 	c := f.c
 	if err := c.log.Flush(ctx); err != nil {
-		c.logger.Warn("holder rows kept: the log's notes of them could not be flushed", "err", err)
+		c.logger.Warn("holder rows and markers kept: the log's notes and END records could not be flushed", "err", err)
 		return
 	}
-	for h, txids := range batch {
+	rows := map[participant.DecisionHolder][]ids.TxID{}
+	for _, it := range items {
+		if it.h != nil {
+			rows[it.h] = append(rows[it.h], it.txid)
+		}
+	}
+	kept := map[participant.DecisionHolder]bool{}
+	for h, txids := range rows {
 		if err := h.Forget(ctx, txids); err != nil {
+			kept[h] = true
 			c.logger.Warn("holder rows kept; recovery forgets them", "holder", h.Name(), "rows", len(txids), "err", err)
 			continue
 		}
 		c.stats.forgotten.Add(uint64(len(txids)))
+	}
+	proofs := map[participant.Prover][]ids.GID{}
+	for _, it := range items {
+		if it.h != nil && kept[it.h] {
+			continue // the row stays, so do the proofs its redrive needs
+		}
+		for i, r := range it.regs {
+			if p, ok := r.(participant.Prover); ok {
+				proofs[p] = append(proofs[p], it.gids[i])
+			}
+		}
+	}
+	for p, gids := range proofs {
+		if err := p.ForgetProofs(ctx, gids); err != nil {
+			c.logger.Warn("markers kept; recovery forgets them", "markers", len(gids), "err", err)
+		}
 	}
 }
 
@@ -364,7 +403,13 @@ func (d *driver) forgetDecision() {
 			return
 		}
 	}
-	c.forgetter.add(t.holder, t.id)
+	var h participant.DecisionHolder = t.holder
+	if state != protocol.StateCommitted {
+		// A fence's abort row: no branch committed, no proof to forget.
+		c.forgetter.add(h, t.id, nil, nil)
+	} else {
+		c.forgetter.add(h, t.id, d.regs, d.gids())
+	}
 	failpoint.Hit(failpoint.CoordAfterEnd)
 }
 
@@ -398,4 +443,48 @@ func (c *Coordinator) HeldDecision(ctx context.Context, id ids.TxID, holder stri
 		return holder, participant.Decision{}, errors.Join(errs...)
 	}
 	return holder, participant.Decision{}, fmt.Errorf("%w: %s", participant.ErrNoDecision, id)
+}
+
+// hazard records that transaction id is a heuristic hazard (the first
+// time, it is counted and logged as an error).
+func (c *Coordinator) hazard(id ids.TxID, cause error) {
+	c.hazardMu.Lock()
+	if c.hazards == nil {
+		c.hazards = map[ids.TxID]error{}
+	}
+	_, seen := c.hazards[id]
+	c.hazards[id] = cause
+	c.hazardMu.Unlock()
+	if !seen {
+		c.stats.hazards.Add(1)
+		c.logger.Error("heuristic hazard: a branch of a committed transaction was not prepared and nothing proves it committed; it may be only partly applied. Check that branch's database, then end it with txctl resolve --commit --accept-hazard",
+			"txid", id, "err", cause)
+	}
+}
+
+// Hazard returns why transaction id is a heuristic hazard, or nil if it
+// is not known as one.
+func (c *Coordinator) Hazard(id ids.TxID) error {
+	c.hazardMu.Lock()
+	defer c.hazardMu.Unlock()
+	return c.hazards[id]
+}
+
+// HazardList returns the heuristic hazards found this run that no
+// operator has ended, sorted.
+func (c *Coordinator) HazardList() []ids.TxID {
+	c.hazardMu.Lock()
+	defer c.hazardMu.Unlock()
+	out := make([]ids.TxID, 0, len(c.hazards))
+	for id := range c.hazards {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+func (c *Coordinator) hazardEnded(id ids.TxID) {
+	c.hazardMu.Lock()
+	delete(c.hazards, id)
+	c.hazardMu.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +157,81 @@ func TestStartUpPassOutOfBudgetStillStarts(t *testing.T) {
 	defer c.Close()
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("New took %v", took)
+	}
+}
+
+// F2: a branch rolled back behind the coordinator's back between its
+// prepare and its commit is not reported as committed: the caller hears a
+// heuristic hazard, the log keeps COMMIT without END (recovery finds it
+// again), and only an operator who accepts the hazard ends it.
+func TestABranchLostBehindOurBackIsAHazardUntilAccepted(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 2, nil)
+	tx, bs := r.begin(t)
+	lost := bs[0].GID().String()
+	r.rs[0].SetHooks(fake.Hooks{Commit: func(_ context.Context, g ids.GID) error {
+		r.rs[0].Lose(g.String()) // a ROLLBACK PREPARED by hand
+		return nil
+	}})
+	err := tx.Commit(ctx)
+	if !errors.Is(err, ErrHeuristicHazard) || OutcomeOf(err) != Hazard {
+		t.Fatalf("Commit = %v; want a heuristic hazard", err)
+	}
+	if r.rs[0].IsCommitted(lost) || !r.rs[1].IsCommitted(bs[1].GID().String()) {
+		t.Fatal("want the lost branch not committed and the other committed")
+	}
+	if d, err := r.log.Lookup(tx.ID()); err != nil || d.Ended {
+		t.Fatalf("decision %+v, %v: want COMMIT without END", d, err)
+	}
+	if st := r.c.Stats(); st.Hazards != 1 || st.OpenHazards != 1 || st.Committed != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	r.rs[0].SetHooks(fake.Hooks{})
+	rep, err := r.c.Recover(ctx)
+	if err != nil || len(rep.Hazards) != 1 || rep.Redriven != 0 {
+		t.Fatalf("recovery: %+v, %v", rep, err)
+	}
+	if st := r.c.Stats(); st.Hazards != 1 {
+		t.Fatalf("a hazard found again is counted once: %+v", st)
+	}
+	// An order to commit does not end it by itself.
+	hr, err := r.c.ResolveHeuristic(ctx, tx.ID(), true, "op", "checked")
+	if err != nil || hr.Ended || len(hr.Branches) != 2 || !hr.Branches[0].Hazard || !errors.Is(hr.Branches[0].Err, ErrHeuristicHazard) {
+		t.Fatalf("resolve without accepting: %+v, %v", hr, err)
+	}
+	hr, err = r.c.ResolveHeuristic(ctx, tx.ID(), true, "op", "row re-entered by hand", AcceptHazard())
+	if err != nil || !hr.Ended {
+		t.Fatalf("resolve accepting the hazard: %+v, %v", hr, err)
+	}
+	if d, err := r.log.Lookup(tx.ID()); err != nil || !d.Ended {
+		t.Fatalf("decision %+v, %v: want ended", d, err)
+	}
+	if r.c.Hazard(tx.ID()) != nil || r.c.Stats().OpenHazards != 0 {
+		t.Fatal("the accepted hazard is still open")
+	}
+}
+
+// A lost reply to a branch's commit, retried, meets a resource that proves
+// the commit: committed, not a hazard.
+func TestARetriedCommitThatTheResourceProvesIsCommitted(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 2, nil)
+	tx, _ := r.begin(t)
+	var first atomic.Bool
+	r.rs[0].SetHooks(fake.Hooks{Commit: func(_ context.Context, g ids.GID) error {
+		if first.CompareAndSwap(false, true) {
+			// Commit, then lose the reply.
+			if err := r.rs[0].Commit(ctx, g); err != nil {
+				return err
+			}
+			return participant.ErrOutcomeUnknown
+		}
+		return nil
+	}})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("Commit = %v", err)
+	}
+	if st := r.c.Stats(); st.Hazards != 0 || st.Committed != 1 {
+		t.Fatalf("stats %+v", st)
 	}
 }

@@ -666,6 +666,9 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		failpoint.Hit(failpoint.CoordBeforeEnd)
 		if err := c.log.End(t.id); err != nil {
 			c.logger.Warn("END record not written; recovery will write it", "txid", t.id, "err", err)
+		} else {
+			// The branches' markers go once END is durable.
+			c.forgetter.add(nil, t.id, d.regs, d.gids())
 		}
 		failpoint.Hit(failpoint.CoordAfterEnd)
 	case protocol.CommitHolder:
@@ -680,6 +683,15 @@ func (d *driver) perform(e protocol.Effect, last bool) protocol.Event {
 		panic(fmt.Sprintf("coordinator: unknown effect %T", e))
 	}
 	return nil
+}
+
+// gids returns the gids of the transaction's branches, in order.
+func (d *driver) gids() []ids.GID {
+	out := make([]ids.GID, len(d.branches))
+	for i, b := range d.branches {
+		out[i] = b.GID()
+	}
+	return out
 }
 
 // sleep waits d, or until ctx ends (its error).
@@ -731,6 +743,9 @@ func (d *driver) report(r protocol.Report) {
 	case protocol.OutcomeAborted:
 		t.result = fmt.Errorf("%w (%s): %w", ErrAborted, t.id, r.Err)
 		c.stats.aborted.Add(1)
+	case protocol.OutcomeHazard:
+		t.result = fmt.Errorf("%w (%s): %w", ErrHeuristicHazard, t.id, r.Err)
+		c.hazard(t.id, r.Err)
 	default:
 		t.result = fmt.Errorf("%w (%s): %w", ErrOutcomeUnknown, t.id, r.Err)
 		c.stats.unknown.Add(1)

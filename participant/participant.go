@@ -20,9 +20,12 @@ import (
 
 var (
 	// ErrUnknownBranch reports that the resource holds no prepared branch with
-	// that gid. After COMMIT it is success only if the log holds COMMIT for
-	// the transaction (the branch was committed before); after ROLLBACK it is
-	// success (presumed abort).
+	// that gid. After ROLLBACK it is success (presumed abort). After COMMIT
+	// it means the resource cannot prove that the branch committed (a
+	// resource that can prove it answers nil): the branch was never
+	// prepared, or was rolled back or lost behind the coordinator's back, or
+	// committed where no proof was kept. The coordinator reports such a
+	// transaction as a heuristic hazard and never ends it.
 	ErrUnknownBranch = errors.New("participant: no such prepared branch")
 	// ErrBusy reports that another session is finishing the branch right now;
 	// retry later.
@@ -70,10 +73,13 @@ func (v Vote) Valid() bool { return v >= VoteYes && v <= VoteReadOnly }
 // Resource is a durable store that can hold prepared branches.
 //
 // Every method is idempotent (DESIGN I6): a second Commit or Rollback of the
-// same gid does nothing more. Commit and Rollback return ErrUnknownBranch
-// when the resource holds no prepared branch with that gid, ErrBusy when
-// another session is finishing it, and ErrOutcomeUnknown when the request
-// was sent but its result was lost.
+// same gid does nothing more. Commit returns nil for a branch it commits
+// and for one it can prove committed before (a marker or tombstone kept
+// with the branch's own work), and ErrUnknownBranch only for a gid it
+// holds no prepared branch and no proof of. Rollback returns
+// ErrUnknownBranch when the resource holds no prepared branch with that
+// gid. Both return ErrBusy when another session is finishing it, and
+// ErrOutcomeUnknown when the request was sent but its result was lost.
 type Resource interface {
 	// Name is the resource's unique name in the coordinator's registry and
 	// in the log.
@@ -87,6 +93,20 @@ type Resource interface {
 	// Prepared lists the prepared branches the resource holds, ours and
 	// foreign alike.
 	Prepared(ctx context.Context) ([]Prepared, error)
+}
+
+// Prover is implemented by resources that keep, with each prepared
+// branch's own work, a proof that it committed (a marker row, a tombstone),
+// so that Commit can tell "already committed" from "lost". Proofs are kept
+// until the coordinator forgets them, once the transaction's end is durable
+// in its log.
+type Prover interface {
+	// ForgetProofs deletes the proofs of gids. Deleting one that is not
+	// there is not an error.
+	ForgetProofs(ctx context.Context, gids []ids.GID) error
+	// Proofs lists the gids whose proofs the resource keeps and whose
+	// owner (the gid prefix and coordinator id, "txc.<id>") is owner.
+	Proofs(ctx context.Context, owner string) ([]ids.GID, error)
 }
 
 // Branch is one transaction's work at a resource, before phase two.

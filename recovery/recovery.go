@@ -32,6 +32,10 @@ var (
 	// the coordinator's log was created: its decision may be in a log that
 	// was lost, so presumed abort does not apply; resolve it by hand.
 	ErrBeforeLog = errors.New("recovery: prepared branch older than the log; its decision may be in a lost log")
+	// ErrHazard reports a branch of a committed transaction that its
+	// resource does not hold prepared and cannot prove committed: a
+	// heuristic hazard. The decision is never ended by recovery.
+	ErrHazard = errors.New("recovery: heuristic hazard: the branch is not prepared and nothing proves it committed")
 )
 
 // BeganBeforeLog reports whether transaction id began before a log created
@@ -75,7 +79,7 @@ type Action struct {
 	Resource string
 	GID      string
 	TxID     ids.TxID
-	What     string // "commit", "rollback", "skip-live", "skip-young", "foreign", "unresolved"
+	What     string // "commit", "rollback", "skip-live", "skip-young", "foreign", "unresolved", "hazard"
 	Age      time.Duration
 	Err      error
 	// Holder names the decision holder that decided, when the log did not.
@@ -97,9 +101,15 @@ type Report struct {
 	Fenced, Held, Forgotten int
 	// Stale lists prepared branches older than the in-doubt timeout that
 	// this pass left prepared (foreign ones, and ours it could not resolve).
-	Stale   []Action
-	Actions []Action
-	Errors  []error
+	Stale []Action
+	// Hazards lists the branches of committed transactions that their
+	// resources did not hold prepared and could not prove committed; their
+	// decisions stay unfinished (not in Errors: nothing failed to run).
+	Hazards []Action
+	// ProofsForgotten counts markers of ended transactions deleted.
+	ProofsForgotten int
+	Actions         []Action
+	Errors          []error
 }
 
 // Err joins every error of the pass.
@@ -144,6 +154,7 @@ func Pass(ctx context.Context, cfg Config) (*Report, error) {
 		return p.rep, err
 	}
 	p.forgetAborted(ctx)
+	p.forgetProofs(ctx, names)
 	return p.rep, nil
 }
 
@@ -152,7 +163,8 @@ type pass struct {
 	rep *Report
 	res map[string]participant.Resource
 
-	mu         sync.Mutex            // guards rep, unresolved and aborted while branches resolve in parallel
+	mu         sync.Mutex            // guards rep, unresolved, aborted and ended while branches resolve in parallel
+	ended      []wal.Branch          // branches of decisions this pass ended, whose proofs may go
 	scanFailed bool                  // a resource could not be scanned
 	unresolved map[ids.TxID]bool     // transactions with a prepared branch left
 	aborted    map[string][]ids.TxID // abort rows seen or made, by holder
@@ -220,6 +232,9 @@ func (p *pass) redrive(ctx context.Context) error {
 		}
 		p.mu.Lock()
 		p.rep.Redriven++
+		if d.Kind == wal.KindCommit {
+			p.ended = append(p.ended, d.Branches...)
+		}
 		p.mu.Unlock()
 		p.cfg.Logger.Debug("recovery: decision driven to the end", "txid", d.TxID, "decision", d.Kind, "branches", len(d.Branches))
 	})
@@ -258,11 +273,21 @@ func (p *pass) apply(ctx context.Context, kind wal.Kind, r participant.Resource,
 		err = r.Rollback(cctx, g)
 	}
 	failpoint.Hit(failpoint.RecoveryAfterResolve)
+	hazard := false
 	if errors.Is(err, participant.ErrUnknownBranch) {
-		return nil, nil
+		if kind != wal.KindCommit {
+			return nil, nil // rolled back before (presumed abort)
+		}
+		// A resource that can prove a commit answers nil: this branch is
+		// not prepared and nothing proves it committed.
+		hazard, what = true, "hazard"
 	}
 	act := &Action{Resource: r.Name(), GID: g.String(), TxID: g.TxID, What: what, Age: age, Err: err, Holder: holder}
-	if err != nil {
+	switch {
+	case hazard:
+		err = fmt.Errorf("%w: %s at %s: %w", ErrHazard, g, r.Name(), err)
+		act.Err = err
+	case err != nil:
 		err = fmt.Errorf("recovery: %s %s at %s: %w", what, g, r.Name(), err)
 	}
 	return act, err
@@ -272,6 +297,14 @@ func (p *pass) apply(ctx context.Context, kind wal.Kind, r participant.Resource,
 func (p *pass) record(kind wal.Kind, act *Action, err error) {
 	if act == nil {
 		return // already finished
+	}
+	if errors.Is(err, ErrHazard) {
+		p.mu.Lock()
+		p.rep.Hazards = append(p.rep.Hazards, *act)
+		p.rep.Actions = append(p.rep.Actions, *act)
+		p.mu.Unlock()
+		p.cfg.Logger.Debug("recovery: heuristic hazard", "resource", act.Resource, "gid", act.GID, "err", err)
+		return
 	}
 	if err != nil {
 		p.fail(err)
@@ -566,6 +599,7 @@ func (p *pass) redriveHolder(ctx context.Context, n string, h participant.Decisi
 		}
 	}
 	var done []ids.TxID
+	var doneBranches []wal.Branch
 	p.each(ctx, len(commits), func(i int) {
 		d := commits[i]
 		ok := true
@@ -590,6 +624,7 @@ func (p *pass) redriveHolder(ctx context.Context, n string, h participant.Decisi
 		p.mu.Lock()
 		p.rep.Held++
 		done = append(done, d.TxID)
+		doneBranches = append(doneBranches, branches...)
 		p.mu.Unlock()
 	})
 	if len(done) == 0 || ctx.Err() != nil {
@@ -608,6 +643,7 @@ func (p *pass) redriveHolder(ctx context.Context, n string, h participant.Decisi
 	}
 	p.mu.Lock()
 	p.rep.Forgotten += len(done)
+	p.ended = append(p.ended, doneBranches...)
 	p.mu.Unlock()
 	p.cfg.Logger.Info("recovery: holder decisions driven to the end", "holder", n, "transactions", len(done))
 }
@@ -639,5 +675,103 @@ func (p *pass) forgetAborted(ctx context.Context) {
 			continue
 		}
 		p.rep.Forgotten += len(gone)
+	}
+}
+
+// forgetProofs deletes the proofs (markers) that no decision needs any
+// more: those of the commits this pass ended, and those a crash left
+// behind. A proof is kept while its transaction is live, its COMMIT is in
+// the log without END, or a holder keeps a row for it; the log is flushed
+// first, so that every END and note seen here is durable before a proof
+// goes.
+func (p *pass) forgetProofs(ctx context.Context, names []string) {
+	byRes := map[string]map[ids.GID]bool{}
+	add := func(res string, g ids.GID) {
+		if byRes[res] == nil {
+			byRes[res] = map[ids.GID]bool{}
+		}
+		byRes[res][g] = true
+	}
+	for _, b := range p.ended {
+		add(b.Resource, b.GID)
+	}
+	var listed []ids.GID
+	if !p.scanFailed {
+		// Proofs left by a crash between END and their deletion.
+		for _, n := range names {
+			pr, ok := p.res[n].(participant.Prover)
+			if !ok {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+			gids, err := pr.Proofs(lctx, p.owner())
+			cancel()
+			if err != nil {
+				p.fail(fmt.Errorf("recovery: list the markers at %s: %w", n, err))
+				continue
+			}
+			for _, g := range gids {
+				add(n, g)
+				listed = append(listed, g)
+			}
+		}
+	}
+	if len(byRes) == 0 {
+		return
+	}
+	// What still needs a proof, read after the proofs were listed: a
+	// proof visible then belongs to a commit already decided.
+	keep := map[ids.TxID]bool{}
+	pending, err := p.cfg.Log.Pending()
+	if err != nil {
+		p.fail(fmt.Errorf("recovery: read pending decisions: %w", err))
+		return
+	}
+	for _, d := range pending {
+		keep[d.TxID] = true
+	}
+	if len(listed) > 0 {
+		for _, n := range names {
+			h, ok := p.res[n].(participant.DecisionHolder)
+			if !ok {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+			rows, err := h.Decisions(lctx, p.owner())
+			cancel()
+			if err != nil {
+				p.fail(fmt.Errorf("recovery: read the decisions held by %s: %w", n, err))
+				return
+			}
+			for _, d := range rows {
+				keep[d.TxID] = true
+			}
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	if err := p.cfg.Log.Flush(fctx); err != nil {
+		p.fail(fmt.Errorf("recovery: flush the log before forgetting markers: %w", err))
+		return
+	}
+	for n, set := range byRes {
+		pr, ok := p.res[n].(participant.Prover)
+		if !ok {
+			continue
+		}
+		var gone []ids.GID
+		for g := range set {
+			if !keep[g.TxID] && !p.live(g.TxID) {
+				gone = append(gone, g)
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		if err := pr.ForgetProofs(fctx, gone); err != nil {
+			p.fail(fmt.Errorf("recovery: forget %d markers at %s: %w", len(gone), n, err))
+			continue
+		}
+		p.rep.ProofsForgotten += len(gone)
 	}
 }

@@ -142,14 +142,46 @@ func TestLiveAndYoungBranchesAreLeftAlone(t *testing.T) {
 	}
 }
 
-func TestI6CommitOfAnAlreadyCommittedBranchIsDone(t *testing.T) {
+func TestI6CommitOfAProvenCommittedBranchIsDone(t *testing.T) {
 	log := wal.NewMem()
 	a := fake.New("a")
 	g := gid(t, "c1", "0")
-	commitRecord(t, log, wal.Branch{Resource: "a", GID: g}) // branch already committed: the resource no longer holds it
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: g})
+	a.AddCommitted(g.String()) // committed before: the resource proves it
 	rep, err := Pass(context.Background(), Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a}})
-	if err != nil || rep.Redriven != 1 || len(rep.Errors) != 0 {
+	if err != nil || rep.Redriven != 1 || len(rep.Errors) != 0 || len(rep.Hazards) != 0 {
 		t.Fatalf("report %+v err %v", rep, err)
+	}
+}
+
+// F2: a branch the resource neither holds prepared nor can prove
+// committed is a hazard: never counted as committed, never ended.
+func TestUnprovenCommitIsAHazardAndTheDecisionStays(t *testing.T) {
+	log := wal.NewMem()
+	a, b := fake.New("a"), fake.New("b")
+	ga, gb := gid(t, "c1", "0"), gid(t, "c1", "1")
+	gb.TxID = ga.TxID
+	b.AddPrepared(gb.String())
+	commitRecord(t, log, wal.Branch{Resource: "a", GID: ga}, wal.Branch{Resource: "b", GID: gb}) // a's branch was lost
+	cfg := Config{CoordinatorID: "c1", Log: log, Resources: []participant.Resource{a, b}}
+	for pass := 1; pass <= 2; pass++ {
+		rep, err := Pass(context.Background(), cfg)
+		if err != nil || rep.Redriven != 0 || len(rep.Hazards) != 1 || len(rep.Errors) != 0 {
+			t.Fatalf("pass %d: report %+v err %v", pass, rep, err)
+		}
+		h := rep.Hazards[0]
+		if h.What != "hazard" || h.Resource != "a" || h.GID != ga.String() || !errors.Is(h.Err, ErrHazard) {
+			t.Fatalf("pass %d: hazard %+v", pass, h)
+		}
+		if len(rep.Unfinished) != 1 || rep.Unfinished[0] != ga.TxID {
+			t.Fatalf("pass %d: unfinished %v", pass, rep.Unfinished)
+		}
+	}
+	if !b.IsCommitted(gb.String()) {
+		t.Fatal("the branch still prepared was not committed")
+	}
+	if d, err := log.Lookup(ga.TxID); err != nil || d.Ended {
+		t.Fatalf("decision %+v, %v: want COMMIT without END", d, err)
 	}
 }
 

@@ -87,9 +87,22 @@ type Config struct {
 	// CallTimeout bounds each call to the coordinator and each COMMIT or
 	// ROLLBACK PREPARED (default 10s).
 	CallTimeout time.Duration
+	// MarkerRetention is how long the database keeps the marker that
+	// proves a branch committed (postgres markers), so that a commit the
+	// coordinator retries after a lost reply is answered "committed" and
+	// not "unknown gid" (default 24h). Run deletes older markers, once an
+	// hour and never in its first hour (a coordinator retrying after this
+	// service was down gets there first). A commit retried later than this
+	// is reported by the coordinator as a heuristic hazard, never as
+	// committed. Negative keeps markers forever.
+	MarkerRetention time.Duration
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
+
+// markerPurgeEvery is how often Run deletes markers older than
+// MarkerRetention.
+const markerPurgeEvery = time.Hour
 
 // Participant is a service's participation in global transactions.
 type Participant struct {
@@ -137,6 +150,9 @@ func New(cfg Config) (*Participant, error) {
 	}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = 5 * time.Second
+	}
+	if cfg.MarkerRetention == 0 {
+		cfg.MarkerRetention = 24 * time.Hour
 	}
 	if cfg.CallTimeout <= 0 {
 		cfg.CallTimeout = 10 * time.Second
@@ -291,6 +307,7 @@ func (p *Participant) Run(ctx context.Context) error {
 	first := true
 	t := time.NewTicker(p.cfg.CheckInterval)
 	defer t.Stop()
+	nextPurge := time.Now().Add(markerPurgeEvery)
 	for {
 		if !announced {
 			actx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
@@ -306,6 +323,16 @@ func (p *Participant) Run(ctx context.Context) error {
 			p.logger.Warn("settling branches in doubt", "err", err)
 		} else if err == nil {
 			first = false
+		}
+		if p.cfg.MarkerRetention > 0 && time.Now().After(nextPurge) {
+			nextPurge = time.Now().Add(markerPurgeEvery)
+			pctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+			if n, err := p.res.PurgeMarkers(pctx, p.cfg.MarkerRetention); err != nil && ctx.Err() == nil {
+				p.logger.Warn("deleting old markers", "err", err)
+			} else if n > 0 {
+				p.logger.Debug("old markers deleted", "markers", n)
+			}
+			cancel()
 		}
 		select {
 		case <-ctx.Done():
@@ -369,8 +396,9 @@ func (p *Participant) settleOne(ctx context.Context, g ids.GID) (bool, error) {
 	}
 	switch resp.GetState() {
 	case txcoordv1.TxState_TX_STATE_COMMITTED:
-		err := p.res.Commit(cctx, g)
-		if err != nil && !errors.Is(err, participant.ErrUnknownBranch) {
+		if err := p.res.Commit(cctx, g); err != nil {
+			// Unknown gid here means it went from prepared to gone
+			// without a proven commit: not ours to call committed.
 			return false, err
 		}
 		p.logger.Info("branch in doubt committed: its transaction committed", "gid", g)

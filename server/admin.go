@@ -148,6 +148,7 @@ func (s *Server) heldOnly(ctx context.Context, id ids.TxID) (*txcoordv1.Transact
 	for _, b := range d.Branches {
 		out.Branches = append(out.Branches, &txcoordv1.Branch{Participant: b.Resource, Gid: b.GID.String(), State: "held"})
 	}
+	s.markHazard(out, id)
 	return out, nil
 }
 
@@ -230,7 +231,18 @@ func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 			out.DecisionHolder = d.Holder
 		}
 	}
+	if out != nil {
+		s.markHazard(out, id)
+	}
 	return out, out != nil
+}
+
+// markHazard shows tx as a heuristic hazard if the coordinator found it to
+// be one.
+func (s *Server) markHazard(tx *txcoordv1.Transaction, id ids.TxID) {
+	if err := s.c.Hazard(id); err != nil {
+		tx.State, tx.Hazard = txcoordv1.TxState_TX_STATE_HAZARD, err.Error()
+	}
 }
 
 func fromStatus(st coordinator.TxStatus) *txcoordv1.Transaction {
@@ -304,6 +316,23 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 			continue
 		}
 		if t, ok := s.describe(d.TxID); ok {
+			seen[t.Txid] = true
+			all = append(all, t)
+		}
+	}
+	// Hazards whose decision a holder keeps are in no log record.
+	for _, id := range s.c.HazardList() {
+		if seen[id.String()] {
+			continue
+		}
+		t, ok := s.describe(id)
+		if !ok {
+			if held, err := s.heldOnly(ctx, id); err == nil && held != nil {
+				t, ok = held, true
+			}
+		}
+		if ok {
+			seen[t.Txid] = true
 			all = append(all, t)
 		}
 	}
@@ -370,6 +399,9 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 	if req.GetReason() == "" {
 		return nil, status.Error(codes.InvalidArgument, "a reason is required: it is recorded with the decision")
 	}
+	if req.GetAcceptHazard() && want != txcoordv1.Decision_DECISION_COMMIT {
+		return nil, status.Error(codes.InvalidArgument, "accept_hazard goes with COMMIT: a hazard is a branch of a committed transaction")
+	}
 	if len(req.GetReason()) > 2000 || len(req.GetOperator()) > 200 {
 		return nil, status.Error(codes.InvalidArgument, "reason or operator too long")
 	}
@@ -397,7 +429,11 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 		}
 		resp.Action = "rolled back the live transaction"
 	} else {
-		rep, err := s.c.ResolveHeuristic(ctx, id, want == txcoordv1.Decision_DECISION_COMMIT, who, req.GetReason())
+		var opts []coordinator.ResolveOption
+		if req.GetAcceptHazard() {
+			opts = append(opts, coordinator.AcceptHazard())
+		}
+		rep, err := s.c.ResolveHeuristic(ctx, id, want == txcoordv1.Decision_DECISION_COMMIT, who, req.GetReason(), opts...)
 		switch {
 		case errors.Is(err, wal.ErrConflict):
 			return nil, s.contradiction(id, err)
@@ -418,6 +454,9 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 			br := &txcoordv1.BranchResult{Participant: b.Resource, Gid: b.GID.String(), Ok: b.Err == nil, Result: "committed"}
 			if rep.Decision != wal.KindCommit {
 				br.Result = "rolled back"
+			}
+			if b.Hazard && b.Err == nil {
+				br.Result = "not prepared and unproven: hazard accepted"
 			}
 			if b.Err != nil {
 				br.Result = b.Err.Error()

@@ -86,6 +86,8 @@ var (
 	descEnds    = prometheus.NewDesc("txcoord_wal_ends_total", "END records written.", nil, nil)
 	descPending = prometheus.NewDesc("txcoord_wal_pending_decisions", "Decisions in the log without END.", nil, nil)
 	descTracked = prometheus.NewDesc("txcoord_server_transactions", "Transactions the gRPC server remembers (open, and recently finished).", nil, nil)
+	descHazards = prometheus.NewDesc("txcoord_heuristic_hazards_total", "Committed transactions found with a branch not prepared at its resource and not proven committed (rolled back or lost behind the coordinator's back), each counted once per run.", nil, nil)
+	descOpenHaz = prometheus.NewDesc("txcoord_heuristic_hazards_open", "Heuristic hazards no operator has ended yet (txctl list --state hazard).", nil, nil)
 )
 
 type statsCollector struct {
@@ -94,7 +96,7 @@ type statsCollector struct {
 }
 
 func (sc *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked} {
+	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked, descHazards, descOpenHaz} {
 		ch <- d
 	}
 }
@@ -115,6 +117,8 @@ func (sc *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAppends, prometheus.CounterValue, float64(st.Log.Appends))
 	ch <- prometheus.MustNewConstMetric(descEnds, prometheus.CounterValue, float64(st.Log.Ends))
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Log.Pending))
+	ch <- prometheus.MustNewConstMetric(descHazards, prometheus.CounterValue, float64(st.Hazards))
+	ch <- prometheus.MustNewConstMetric(descOpenHaz, prometheus.GaugeValue, float64(st.OpenHazards))
 	if sc.s != nil {
 		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(sc.s.Live()))
 	}

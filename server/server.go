@@ -453,6 +453,8 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 
 func commitResponse(err error) *txcoordv1.CommitResponse {
 	switch coordinator.OutcomeOf(err) {
+	case coordinator.Hazard:
+		return &txcoordv1.CommitResponse{Outcome: txcoordv1.Outcome_OUTCOME_COMMITTED, HeuristicHazard: true, PhaseTwoPending: true, Reason: err.Error()}
 	case coordinator.Committed:
 		r := &txcoordv1.CommitResponse{Outcome: txcoordv1.Outcome_OUTCOME_COMMITTED}
 		if err != nil {
@@ -471,6 +473,9 @@ func (s *Server) commitFromLog(id ids.TxID) (*txcoordv1.CommitResponse, error) {
 	d, err := s.c.Log().Lookup(id)
 	switch {
 	case err == nil && d.Kind == wal.KindCommit:
+		if herr := s.c.Hazard(id); herr != nil {
+			return commitResponse(fmt.Errorf("%w (%s): %w", coordinator.ErrHeuristicHazard, id, herr)), nil
+		}
 		return &txcoordv1.CommitResponse{Outcome: txcoordv1.Outcome_OUTCOME_COMMITTED, PhaseTwoPending: !d.Ended}, nil
 	case err == nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was aborted by an operator; it cannot commit", id)
@@ -536,6 +541,7 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeRequest) (*txcoordv1.GetOutcomeResponse, error) {
 	var res coordinator.Resolution
 	var err error
+	var txid ids.TxID // when the application asks, by transaction
 	if req.GetGid() != "" {
 		g, perr := ids.ParseGID(req.GetGid())
 		if perr != nil {
@@ -556,6 +562,7 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 		if err := s.ownGTRID(req.GetGtrid(), id); err != nil {
 			return nil, err
 		}
+		txid = id
 		res, err = s.c.ResolveTx(ctx, id)
 	}
 	if err != nil {
@@ -570,6 +577,11 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 	switch res {
 	case coordinator.CommitBranch:
 		st = txcoordv1.TxState_TX_STATE_COMMITTED
+		if !txid.IsZero() && s.c.Hazard(txid) != nil {
+			// The application asks: the commit is a heuristic hazard. A
+			// participant asking for its branch is told to commit.
+			st = txcoordv1.TxState_TX_STATE_HAZARD
+		}
 	case coordinator.RollbackBranch:
 		st = txcoordv1.TxState_TX_STATE_ABORTED
 	}

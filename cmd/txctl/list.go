@@ -16,7 +16,7 @@ var stateNames = map[string]txcoordv1.TxState{
 	"committing": txcoordv1.TxState_TX_STATE_COMMITTING, "committed": txcoordv1.TxState_TX_STATE_COMMITTED,
 	"aborting": txcoordv1.TxState_TX_STATE_ABORTING, "aborted": txcoordv1.TxState_TX_STATE_ABORTED,
 	"unknown": txcoordv1.TxState_TX_STATE_UNKNOWN, "in-doubt": txcoordv1.TxState_TX_STATE_IN_DOUBT,
-	"heuristic": txcoordv1.TxState_TX_STATE_HEURISTIC,
+	"heuristic": txcoordv1.TxState_TX_STATE_HEURISTIC, "hazard": txcoordv1.TxState_TX_STATE_HAZARD,
 }
 
 func stateList() string {

@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 func newResolveCmd() *cobra.Command {
-	var commit, abort bool
+	var commit, abort, acceptHazard bool
 	var reason, operator string
 	cmd := &cobra.Command{
 		Use:   "resolve TXID (--commit | --abort) --reason TEXT",
@@ -28,9 +29,16 @@ the row (exit code 3; no branch is touched), and carries out one that agrees,
 logging nothing heuristic. Otherwise (the transaction was never decided, or
 its log was lost) it records your choice as a heuristic decision, with who,
 when and why, before carrying it out. A live, undecided transaction can only
-be aborted.`,
+be aborted.
+
+A committed transaction with a branch that is not prepared and that its
+database cannot prove committed (state hazard: rolled back or lost behind the
+coordinator's back) is never ended on its own. Check that branch's database
+(restore or redo its change by hand if it is missing), then end it with
+--commit --accept-hazard; who and why are logged.`,
 		Example: `  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --abort --reason "client gone; rows locked since 02:10"
-  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --commit --reason "log restored from backup shows COMMIT"`,
+  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --commit --reason "log restored from backup shows COMMIT"
+  txctl resolve 01a2f3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b --commit --accept-hazard --reason "ledger row re-entered by hand after the failover"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := parseTxIDArg(args[0])
@@ -43,6 +51,9 @@ be aborted.`,
 			if reason == "" {
 				return usageErr(errors.New("--reason is required: it is recorded with the decision"))
 			}
+			if acceptHazard && !commit {
+				return usageErr(errors.New("--accept-hazard goes with --commit: a hazard is a branch of a committed transaction"))
+			}
 			dec := txcoordv1.Decision_DECISION_ABORT
 			if commit {
 				dec = txcoordv1.Decision_DECISION_COMMIT
@@ -54,7 +65,7 @@ be aborted.`,
 			defer closeConn()
 			ctx, cancel := callCtx(cmd)
 			defer cancel()
-			resp, err := api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id, Decision: dec, Reason: reason, Operator: operator})
+			resp, err := api.Resolve(ctx, &txcoordv1.ResolveRequest{Txid: id, Decision: dec, Reason: reason, Operator: operator, AcceptHazard: acceptHazard})
 			if err != nil {
 				return rpcErr(err)
 			}
@@ -78,6 +89,10 @@ be aborted.`,
 				kept = "decision holder " + h + "'s row keeps the decision"
 			}
 			for _, b := range resp.GetBranches() {
+				if !b.GetOk() && strings.Contains(b.GetResult(), "heuristic hazard") {
+					return fail(exitRefused, fmt.Errorf("branch %s at %s is a heuristic hazard: %s", b.GetGid(), b.GetParticipant(), b.GetResult()),
+						"check that branch's database, then run again with --accept-hazard")
+				}
 				if !b.GetOk() {
 					return fail(exitUnavailable, fmt.Errorf("branch %s at %s not finished: %s", b.GetGid(), b.GetParticipant(), b.GetResult()),
 						kept+"; run `txctl recover` once the database is reachable, or wait for the next recovery pass")
@@ -91,5 +106,6 @@ be aborted.`,
 	cmd.Flags().BoolVar(&abort, "abort", false, "roll the transaction back")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded with a heuristic decision; required)")
 	cmd.Flags().StringVar(&operator, "operator", user, "who you are (recorded with a heuristic decision)")
+	cmd.Flags().BoolVar(&acceptHazard, "accept-hazard", false, "with --commit: end the transaction although a branch cannot be proven committed (you checked it)")
 	return cmd
 }

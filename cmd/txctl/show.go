@@ -48,6 +48,10 @@ says now), its branches and what each branch's database says of it now
 				return printJSON(out, t)
 			}
 			fmt.Fprintf(out, "transaction  %s\nstate        %s\nlive         %v\nstarted      %s\nage          %s\nretries      %d\n", t.GetTxid(), stateName(t.GetState()), t.GetLive(), ts(t.GetStarted()), age(t.GetAge()), t.GetRetries())
+			if t.GetHazard() != "" {
+				fmt.Fprintf(out, "hazard       %s\n", t.GetHazard())
+				fmt.Fprintf(out, "             check the branch's database, then: txctl resolve %s --commit --accept-hazard --reason ...\n", t.GetTxid())
+			}
 			if t.GetCause() != "" {
 				fmt.Fprintf(out, "cause        %s\n", t.GetCause())
 			}

@@ -27,6 +27,10 @@ var (
 	// ErrFenced is the abort cause when the reply to the decision holder's
 	// commit was lost and the fence found that it did not commit.
 	ErrFenced = errors.New("protocol: the decision holder did not commit (settled by a fence)")
+	// ErrHazard is the cause reported with OutcomeHazard: a branch's
+	// resource held no prepared branch to commit and could not prove that
+	// it committed before (participant.ErrUnknownBranch after COMMIT).
+	ErrHazard = errors.New("protocol: heuristic hazard: a branch was not prepared at its resource and nothing proves it committed")
 )
 
 // maxFenceAttempts is how many times a lost holder commit is fenced before
@@ -71,6 +75,12 @@ const (
 	OutcomeCommitted Outcome = 1 + iota
 	OutcomeAborted
 	OutcomeUnknown
+	// OutcomeHazard: COMMIT was decided and every other branch committed,
+	// but at least one branch's resource held no prepared branch and could
+	// not prove that it committed (it may have been rolled back or lost
+	// behind the coordinator's back). The transaction is never ended: an
+	// operator must look.
+	OutcomeHazard
 )
 
 func (o Outcome) String() string {
@@ -81,6 +91,8 @@ func (o Outcome) String() string {
 		return "aborted"
 	case OutcomeUnknown:
 		return "unknown"
+	case OutcomeHazard:
+		return "hazard"
 	}
 	return fmt.Sprintf("Outcome(%d)", uint8(o))
 }
@@ -99,9 +111,10 @@ const (
 	BranchCommitted                          // commit acknowledged
 	BranchRollingBack                        // rollback sent
 	BranchRolledBack                         // rollback done (or attempted; recovery finishes it)
+	BranchHazard                             // commit found no prepared branch and no proof it committed
 )
 
-var branchNames = [...]string{"", "active", "preparing", "prepared", "read-only", "failed", "timed-out", "committing", "committed", "rolling-back", "rolled-back"}
+var branchNames = [...]string{"", "active", "preparing", "prepared", "read-only", "failed", "timed-out", "committing", "committed", "rolling-back", "rolled-back", "hazard"}
 
 func (s BranchState) String() string {
 	if int(s) < len(branchNames) && s != 0 {
@@ -292,6 +305,7 @@ type Machine struct {
 	fences   int  // fence attempts so far
 	held     bool // the holder keeps a row for the transaction (a commit, or a fence's abort)
 	rbFailed bool // a rollback failed: a fence's abort row must stay for recovery
+	hazards  int  // branches whose commit found nothing prepared and no proof
 }
 
 // New returns a machine for a transaction with n branches, in StateActive.
@@ -399,10 +413,15 @@ func (m *Machine) Step(ev Event) []Effect {
 		if b.state != BranchCommitting {
 			panic(fmt.Sprintf("protocol: commit result for branch %d in state %v", ev.Branch, b.state))
 		}
-		// The log holds COMMIT, so a branch the resource no longer knows was
-		// committed by an earlier attempt (DESIGN I6).
+		// A resource answers nil for a branch it committed now or can
+		// prove committed before (DESIGN I6); "no such prepared branch"
+		// without proof is a hazard, never counted as committed.
 		if ev.Err == nil || errors.Is(ev.Err, participant.ErrUnknownBranch) {
 			b.state = BranchCommitted
+			if ev.Err != nil {
+				b.state, b.lastErr = BranchHazard, ev.Err
+				m.hazards++
+			}
 			m.waiting--
 			if m.waiting == 0 {
 				return m.committed()
@@ -545,14 +564,32 @@ func (m *Machine) commitPrepared() []Effect {
 	return effs
 }
 
-// committed ends phase two.
+// committed ends phase two. A hazard keeps the decision (no END, no
+// forgetting the holder's row), so that recovery and operators see it.
 func (m *Machine) committed() []Effect {
 	m.state = StateCommitted
+	if m.hazards > 0 {
+		return []Effect{m.report(OutcomeHazard, m.hazardErr())}
+	}
 	if m.held {
 		return []Effect{ForgetDecision{}, m.report(OutcomeCommitted, nil)}
 	}
 	return []Effect{LogEnd{}, m.report(OutcomeCommitted, nil)}
 }
+
+// hazardErr names the hazard branches.
+func (m *Machine) hazardErr() error {
+	var errs []error
+	for i, b := range m.branches {
+		if b.state == BranchHazard {
+			errs = append(errs, fmt.Errorf("branch %d: %w", i, b.lastErr))
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrHazard, errors.Join(errs...))
+}
+
+// Hazards returns how many branches are hazards.
+func (m *Machine) Hazards() int { return m.hazards }
 
 // aborted ends the rollbacks. A fence's abort row is forgotten only when
 // every rollback succeeded; otherwise recovery needs it.

@@ -219,14 +219,34 @@ func TestPhaseTwoRetriesWithCappedBackoffAndNeverGivesUp(t *testing.T) {
 	step(t, m, CommitDone{Branch: 1}, "end report:committed")
 }
 
-func TestI6UnknownBranchOnCommitIsSuccessBecauseTheLogHoldsCommit(t *testing.T) {
+// A resource that can prove a branch committed before answers nil (I6);
+// "no such prepared branch" is what one answers without proof, and that is
+// a hazard: reported, never ended, never counted as committed.
+func TestUnknownBranchOnCommitIsAHazardNotSuccess(t *testing.T) {
 	m := New(2, cfg())
 	step(t, m, Commit{}, "prepare[0 1]")
 	step(t, m, Voted{Branch: 0, Vote: participant.VoteYes}, "")
 	step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "log-commit[0 1]")
 	step(t, m, DecisionLogged{}, "commit(0#1) commit(1#1)")
 	step(t, m, CommitDone{Branch: 0, Err: participant.ErrUnknownBranch}, "")
-	step(t, m, CommitDone{Branch: 1}, "end report:committed")
+	step(t, m, CommitDone{Branch: 1}, "report:hazard")
+	if m.Branch(0).State != BranchHazard || m.Branch(1).State != BranchCommitted || m.Hazards() != 1 {
+		t.Fatalf("branches %v, %v; hazards %d", m.Branch(0).State, m.Branch(1).State, m.Hazards())
+	}
+	if !m.Settled() {
+		t.Fatal("a hazard leaves nothing for the engine to do")
+	}
+}
+
+func TestHazardAtAHeldDecisionKeepsItsRow(t *testing.T) {
+	c := cfg()
+	c.HasHolder, c.Holder = true, 0
+	m := New(2, c)
+	step(t, m, Commit{}, "prepare[1]")
+	step(t, m, Voted{Branch: 1, Vote: participant.VoteYes}, "commit-holder(0)[1]")
+	step(t, m, HolderCommitted{}, "commit(1#1)")
+	// No forget: the row stays for recovery and operators.
+	step(t, m, CommitDone{Branch: 1, Err: participant.ErrUnknownBranch}, "report:hazard")
 }
 
 func TestApplicationRollback(t *testing.T) {

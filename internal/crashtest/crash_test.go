@@ -78,6 +78,8 @@ var points = []point{
 	{name: failpoint.PGHolderAfterCommit, maxHit: 20},
 	{name: failpoint.PGHolderBeforeForget, maxHit: 3},
 	{name: failpoint.PGHolderAfterForget, maxHit: 3},
+	{name: failpoint.PGBeforeForgetMarkers, maxHit: 3},
+	{name: failpoint.PGAfterForgetMarkers, maxHit: 3},
 	// A fence runs when recovery finds branches prepared for a holder
 	// that holds no decision: left by a crash before the holder's row.
 	{name: failpoint.PGBeforeFence, maxHit: 1, inRecovery: true, leave: failpoint.PGHolderBeforeInsert},

@@ -38,6 +38,11 @@ const (
 	PGHolderBeforeForget = "pg-holder-before-forget" // rows to delete chosen, DELETE not sent
 	PGHolderAfterForget  = "pg-holder-after-forget"  // rows deleted
 
+	// PostgreSQL markers (proof that a branch committed), deleted once
+	// the transaction's end is durable in the log.
+	PGBeforeForgetMarkers = "pg-before-forget-markers" // markers to delete chosen, DELETE not sent
+	PGAfterForgetMarkers  = "pg-after-forget-markers"  // markers deleted
+
 	// Embedded key-value participant.
 	KVBeforePrepare = "kv-before-prepare"
 	KVAfterPrepare  = "kv-after-prepare"
@@ -61,6 +66,7 @@ var all = []string{
 	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
 	PGHolderBeforeInsert, PGHolderAfterInsert, PGHolderCommitSent, PGHolderAfterCommit,
 	PGBeforeFence, PGAfterFence, PGHolderBeforeForget, PGHolderAfterForget,
+	PGBeforeForgetMarkers, PGAfterForgetMarkers,
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
 	SDKAfterPrepare, SDKAfterRegister,
 	RecoveryBeforeResolve, RecoveryAfterResolve,

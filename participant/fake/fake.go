@@ -130,7 +130,9 @@ func (r *Resource) resolve(ctx context.Context, op string, hook func(context.Con
 	if _, ok := r.prepared[gid.String()]; ok {
 		delete(r.prepared, gid.String())
 		done[gid.String()] = true
-	} else {
+	} else if op != "commit" || !r.committed[gid.String()] {
+		// A commit of a branch committed before is proven by its
+		// tombstone (participant.Resource's contract).
 		err = fmt.Errorf("fake %s: %s %s: %w", r.name, op, gid, participant.ErrUnknownBranch)
 	}
 	r.journal = append(r.journal, Call{Op: op, GID: gid.String(), Err: err})
@@ -184,6 +186,28 @@ func (r *Resource) IsRolledBack(gid string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.rolledBack[gid]
+}
+
+// Lose rolls a prepared branch back behind the coordinator's back (a
+// ROLLBACK PREPARED by hand, a restore): it leaves no tombstone, so a
+// later commit cannot be proven.
+func (r *Resource) Lose(gid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.prepared[gid]; !ok {
+		return false
+	}
+	delete(r.prepared, gid)
+	r.rolledBack[gid] = true
+	return true
+}
+
+// AddCommitted plants the tombstone of a branch committed before, as if
+// by an earlier run.
+func (r *Resource) AddCommitted(raw string) {
+	r.mu.Lock()
+	r.committed[raw] = true
+	r.mu.Unlock()
 }
 
 // PreparedCount returns how many branches are prepared.

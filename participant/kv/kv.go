@@ -15,6 +15,10 @@
 //
 //	data      key -> version (8 bytes, big-endian) + value
 //	prepared  gid -> checksummed write set (see entry.go)
+//	committed gid -> commit time (8 bytes, Unix nanoseconds): the tombstone
+//	             that proves a branch committed, written in the commit's own
+//	             bbolt transaction and kept until the coordinator forgets it
+//	             (participant.Prover)
 //
 // Concurrent prepares, commits and rollbacks share one bbolt write
 // transaction and so one fsync.
@@ -23,6 +27,7 @@ package kv
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -63,8 +68,9 @@ var (
 const DefaultLockTimeout = time.Second
 
 var (
-	bucketData     = []byte("data")
-	bucketPrepared = []byte("prepared")
+	bucketData      = []byte("data")
+	bucketPrepared  = []byte("prepared")
+	bucketCommitted = []byte("committed")
 )
 
 // Options configures Open. The zero value is ready to use.
@@ -153,7 +159,7 @@ func Open(path string, name string, opts Options) (*Store, error) {
 // load creates the buckets and locks the keys of every prepared entry.
 func (s *Store) load() error {
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketData, bucketPrepared} {
+		for _, b := range [][]byte{bucketData, bucketPrepared, bucketCommitted} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %q: %w", b, err)
 			}
@@ -241,17 +247,20 @@ func (s *Store) Enlist(ctx context.Context, tx participant.Enlister) (*Branch, e
 }
 
 // Commit applies the prepared branch gid to the data, bumping the version
-// of every key it writes, removes its prepared entry and releases its
-// locks, in one fsynced transaction. It returns an error wrapping
-// participant.ErrUnknownBranch if no branch gid is prepared, as after a
-// first Commit or Rollback.
+// of every key it writes, removes its prepared entry, writes its tombstone
+// and releases its locks, in one fsynced transaction. A branch committed
+// before is proven by its tombstone (nil); otherwise, if no branch gid is
+// prepared, it returns an error wrapping participant.ErrUnknownBranch.
 func (s *Store) Commit(ctx context.Context, gid ids.GID) error {
 	raw := gid.String()
 	err := s.group.submit(ctx, writeCommit, func(tx *bolt.Tx) (effects, error) {
 		pb := tx.Bucket(bucketPrepared)
 		v := pb.Get([]byte(raw))
 		if v == nil {
-			return effects{}, fmt.Errorf("%w: %s in %s", participant.ErrUnknownBranch, raw, s.name)
+			if tx.Bucket(bucketCommitted).Get([]byte(raw)) != nil {
+				return effects{}, nil // committed before: the tombstone proves it
+			}
+			return effects{}, fmt.Errorf("%w: %s in %s (and no tombstone proves it committed)", participant.ErrUnknownBranch, raw, s.name)
 		}
 		e, err := decodeEntry(v)
 		if err != nil {
@@ -263,12 +272,59 @@ func (s *Store) Commit(ctx context.Context, gid ids.GID) error {
 		if err := pb.Delete([]byte(raw)); err != nil {
 			return effects{}, failTx(err)
 		}
+		var at [8]byte
+		binary.BigEndian.PutUint64(at[:], uint64(s.now().UnixNano()))
+		if err := tx.Bucket(bucketCommitted).Put([]byte(raw), at[:]); err != nil {
+			return effects{}, failTx(err)
+		}
 		return effects{onCommit: func() { s.release(raw) }}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("kv: commit %s: %w", raw, err)
 	}
 	return nil
+}
+
+var _ participant.Prover = (*Store)(nil)
+
+// ForgetProofs implements participant.Prover: it deletes the tombstones
+// of gids.
+func (s *Store) ForgetProofs(ctx context.Context, gids []ids.GID) error {
+	err := s.group.submit(ctx, writeOther, func(tx *bolt.Tx) (effects, error) {
+		b := tx.Bucket(bucketCommitted)
+		for _, g := range gids {
+			if err := b.Delete([]byte(g.String())); err != nil {
+				return effects{}, failTx(err)
+			}
+		}
+		return effects{}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("kv: forget %d tombstones in %s: %w", len(gids), s.name, err)
+	}
+	return nil
+}
+
+// Proofs implements participant.Prover.
+func (s *Store) Proofs(ctx context.Context, owner string) ([]ids.GID, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	prefix := []byte(owner + ".")
+	var out []ids.GID
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketCommitted).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if g, err := ids.ParseGID(string(k)); err == nil {
+				out = append(out, g)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv: list tombstones in %s: %w", s.name, err)
+	}
+	return out, nil
 }
 
 // Rollback discards the prepared branch gid and releases its locks. It

@@ -89,7 +89,7 @@ func TestRollbackDiscardsWriteSetAndReleasesLocks(t *testing.T) {
 	mustPrepare(t, b2, participant.VoteYes)
 }
 
-func TestIdempotence_SecondCommitOrRollbackIsUnknownBranch(t *testing.T) {
+func TestIdempotence_SecondCommitIsProvenSecondRollbackIsUnknownBranch(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, tempPath(t))
 	for _, tc := range []struct {
@@ -111,7 +111,12 @@ func TestIdempotence_SecondCommitOrRollbackIsUnknownBranch(t *testing.T) {
 			}
 			before := committed(t, s)
 			err := tc.finish(ctx, g)
-			if !errors.Is(err, participant.ErrUnknownBranch) {
+			if tc.name == "commit" {
+				// The tombstone proves the first commit.
+				if err != nil {
+					t.Fatalf("second commit = %v; want nil (proven)", err)
+				}
+			} else if !errors.Is(err, participant.ErrUnknownBranch) {
 				t.Fatalf("second %s = %v; want ErrUnknownBranch", tc.name, err)
 			}
 			if after := committed(t, s); !maps.Equal(before, after) {
@@ -515,4 +520,38 @@ type enlisterFunc func(context.Context, participant.Resource) (participant.Branc
 
 func (f enlisterFunc) Enlist(ctx context.Context, r participant.Resource) (participant.Branch, error) {
 	return f(ctx, r)
+}
+
+// A commit is proven by its tombstone until the coordinator forgets it; a
+// rolled-back or never-prepared gid has none.
+func TestTombstonesProveCommitsUntilForgotten(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, tempPath(t))
+	g := newGID(t, "kv1")
+	b := begin(t, s, g)
+	if err := b.Put(ctx, "tomb", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	mustPrepare(t, b, participant.VoteYes)
+	if err := s.Commit(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	owner := g.Prefix + "." + g.Coordinator
+	got, err := s.Proofs(ctx, owner)
+	if err != nil || len(got) != 1 || got[0] != g {
+		t.Fatalf("Proofs = %v, %v; want [%s]", got, err, g)
+	}
+	if other, _ := s.Proofs(ctx, owner+"x"); len(other) != 0 {
+		t.Fatalf("tombstones of another owner: %v", other)
+	}
+	never := newGID(t, "kv2")
+	if err := s.Commit(ctx, never); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("commit of a never-prepared gid = %v", err)
+	}
+	if err := s.ForgetProofs(ctx, []ids.GID{g}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, g); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("commit after its tombstone was forgotten = %v", err)
+	}
 }

@@ -256,9 +256,10 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
 	}
 	failpoint.Hit(failpoint.PGBeforePrepare)
-	// One round trip: the check, then PREPARE TRANSACTION, in one simple
-	// query. If the check fails, PostgreSQL runs nothing after it.
-	_, err := b.conn.ExecContext(ctx, b.check()+"; PREPARE TRANSACTION "+ids.QuoteLiteral(b.gid.String()))
+	// One round trip: the check, the marker, then PREPARE TRANSACTION, in
+	// one simple query. If the check fails, PostgreSQL runs nothing after
+	// it, so a read-only branch writes no marker.
+	_, err := b.conn.ExecContext(ctx, b.check()+b.r.markStmt(b.gid)+"; PREPARE TRANSACTION "+ids.QuoteLiteral(b.gid.String()))
 	if err == nil {
 		failpoint.Hit(failpoint.PGAfterPrepare)
 		b.finish(statePrepared, false)

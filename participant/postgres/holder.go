@@ -48,9 +48,10 @@ import (
 const DefaultDecisionTable = "txcoord_decisions"
 
 var (
-	// ErrHolderPrivilege reports a decision table that cannot be created
-	// or used with the connection's role; the error names the privilege.
-	ErrHolderPrivilege = errors.New("postgres: missing privilege for the decision table")
+	// ErrHolderPrivilege reports a decision or marker table that cannot be
+	// created or used with the connection's role; the error names the
+	// privilege.
+	ErrHolderPrivilege = errors.New("postgres: missing privilege for a txcoord table")
 	// ErrBadDecisionRow reports a decision row this build cannot read.
 	ErrBadDecisionRow = errors.New("postgres: malformed decision row")
 )
@@ -105,13 +106,25 @@ func (r *Resource) HolderReady(ctx context.Context) error {
 	if r.holderReady.Load() {
 		return nil
 	}
-	tbl := r.decisionTable()
+	if err := r.ensureTable(ctx, "decision table", r.decisionTable(), r.decisionDDL(),
+		"txid, coordinator, outcome, epoch, decided_at, branches"); err != nil {
+		return err
+	}
+	r.holderReady.Store(true)
+	return nil
+}
+
+// ensureTable creates one of txcoord's tables (what names it in errors)
+// if it is missing, and checks that the role may read, insert and delete
+// its rows and that it has the columns cols. An error wrapping
+// ErrHolderPrivilege names what is missing and how to grant it.
+func (r *Resource) ensureTable(ctx context.Context, what, tbl, ddl, cols string) error {
 	var exists bool
 	if err := r.db.QueryRowContext(ctx, "SELECT to_regclass($1) IS NOT NULL", tbl).Scan(&exists); err != nil {
-		return fmt.Errorf("postgres: %s: look for the decision table %s: %w", r.name, tbl, err)
+		return fmt.Errorf("postgres: %s: look for the %s %s: %w", r.name, what, tbl, err)
 	}
 	if !exists {
-		_, err := r.db.ExecContext(ctx, r.decisionDDL())
+		_, err := r.db.ExecContext(ctx, ddl)
 		switch state := SQLState(err); {
 		case err == nil, state == "42P07", state == "23505":
 			// Created, here or by a concurrent process.
@@ -122,12 +135,12 @@ func (r *Resource) HolderReady(ctx context.Context) error {
 			if schema == "" {
 				schema = "the first schema of search_path"
 			}
-			return fmt.Errorf("%w: %s (database %s): role %q may not create the decision table %s: it needs CREATE on %s; or have the schema's owner run\n  %s;\n  GRANT SELECT, INSERT, DELETE ON %s TO %s;\n(%v)",
-				ErrHolderPrivilege, r.name, r.database, role, tbl, schema, r.decisionDDL(), tbl, pq.QuoteIdentifier(role), err)
+			return fmt.Errorf("%w: %s (database %s): role %q may not create the %s %s: it needs CREATE on %s; or have the schema's owner run\n  %s;\n  GRANT SELECT, INSERT, DELETE ON %s TO %s;\n(%v)",
+				ErrHolderPrivilege, r.name, r.database, role, what, tbl, schema, ddl, tbl, pq.QuoteIdentifier(role), err)
 		case state == "3F000":
-			return fmt.Errorf("postgres: %s (database %s): the decision table's schema %q does not exist: %w", r.name, r.database, r.schema, err)
+			return fmt.Errorf("postgres: %s (database %s): the %s's schema %q does not exist: %w", r.name, r.database, what, r.schema, err)
 		default:
-			return fmt.Errorf("postgres: %s: create the decision table %s: %w", r.name, tbl, err)
+			return fmt.Errorf("postgres: %s: create the %s %s: %w", r.name, what, tbl, err)
 		}
 	}
 	var sel, ins, del bool
@@ -148,16 +161,15 @@ func (r *Resource) HolderReady(ctx context.Context) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: %s (database %s): role %q lacks %s on the decision table %s; have its owner run GRANT %s ON %s TO %s",
-			ErrHolderPrivilege, r.name, r.database, role, strings.Join(missing, ", "), tbl, strings.Join(missing, ", "), tbl, pq.QuoteIdentifier(role))
+		return fmt.Errorf("%w: %s (database %s): role %q lacks %s on the %s %s; have its owner run GRANT %s ON %s TO %s",
+			ErrHolderPrivilege, r.name, r.database, role, strings.Join(missing, ", "), what, tbl, strings.Join(missing, ", "), tbl, pq.QuoteIdentifier(role))
 	}
 	// The columns this build reads and writes.
-	rows, err := r.db.QueryContext(ctx, "SELECT txid, coordinator, outcome, epoch, decided_at, branches FROM "+tbl+" LIMIT 0")
+	rows, err := r.db.QueryContext(ctx, "SELECT "+cols+" FROM "+tbl+" LIMIT 0")
 	if err != nil {
-		return fmt.Errorf("postgres: %s: the decision table %s does not have the expected columns (txid, coordinator, outcome, epoch, decided_at, branches): %w", r.name, tbl, err)
+		return fmt.Errorf("postgres: %s: the %s %s does not have the expected columns (%s): %w", r.name, what, tbl, cols, err)
 	}
 	_ = rows.Close()
-	r.holderReady.Store(true)
 	return nil
 }
 

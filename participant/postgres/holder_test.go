@@ -300,7 +300,12 @@ func TestHolderReadyNamesTheMissingPrivilege(t *testing.T) {
 	if dsn == srv.DSN(appDB) {
 		t.Skipf("cannot derive a DSN for another role from %q", dsn)
 	}
-	r, err := Open(ctx, "weak", DriverPQ, dsn, Options{DecisionTable: role + "_decisions"})
+	// Markers are made in Open: without CREATE it names the table.
+	_, err := Open(ctx, "weak", DriverPQ, dsn, Options{MarkerTable: role + "_markers"})
+	if !errors.Is(err, ErrHolderPrivilege) || !strings.Contains(err.Error(), "marker table") || !strings.Contains(err.Error(), "GRANT SELECT, INSERT, DELETE") {
+		t.Fatalf("Open without CREATE for the marker table: %v", err)
+	}
+	r, err := Open(ctx, "weak", DriverPQ, dsn, Options{DecisionTable: role + "_decisions", NoMarkers: true})
 	if err != nil {
 		t.Fatal(err)
 	}

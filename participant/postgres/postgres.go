@@ -79,8 +79,18 @@ type Options struct {
 	// DecisionTable and DecisionSchema name the table that keeps commit
 	// decisions when the resource is a transaction's decision holder
 	// (default DefaultDecisionTable, in the first schema of search_path).
+	// The marker table lives in DecisionSchema too.
 	DecisionTable  string
 	DecisionSchema string
+	// MarkerTable names the table of markers that prove a branch committed
+	// (default DefaultMarkerTable). New creates it when missing.
+	MarkerTable string
+	// NoMarkers keeps no markers: no table, no row per prepared branch.
+	// COMMIT PREPARED that finds no prepared transaction then cannot be
+	// told from a branch lost behind the coordinator's back, so a commit
+	// whose reply was lost and is retried is reported as a heuristic
+	// hazard instead of committed.
+	NoMarkers bool
 }
 
 // DefaultMaxIdleConns is Open's idle-pool size.
@@ -95,6 +105,7 @@ type Resource struct {
 	owned    bool
 
 	table, schema string // the decision table
+	markers       string // the marker table's name; "" without markers
 	holderMu      sync.Mutex
 	holderReady   atomic.Bool // HolderReady succeeded
 }
@@ -132,6 +143,15 @@ func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource,
 	r := &Resource{name: name, db: db, database: database, table: opts.DecisionTable, schema: opts.DecisionSchema}
 	if r.table == "" {
 		r.table = DefaultDecisionTable
+	}
+	if !opts.NoMarkers {
+		r.markers = opts.MarkerTable
+		if r.markers == "" {
+			r.markers = DefaultMarkerTable
+		}
+		if err := r.markersReady(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }
@@ -249,14 +269,30 @@ func (r *Resource) begin(ctx context.Context, gid ids.GID) (*Branch, error) {
 	return newBranch(r, gid, conn), nil
 }
 
-// Commit runs COMMIT PREPARED for gid on a pooled connection. It returns an
-// error wrapping participant.ErrUnknownBranch if the database holds no such
-// prepared transaction (SQLSTATE 42704: already finished, or never
-// prepared), participant.ErrBusy if another session is finishing it
-// (SQLSTATE 55000), and participant.ErrOutcomeUnknown if the connection was
-// lost after the statement was sent. The driver's error stays wrapped.
+// Commit runs COMMIT PREPARED for gid on a pooled connection. When the
+// database holds no such prepared transaction (SQLSTATE 42704) it answers
+// nil if the branch's marker proves it committed, and otherwise an error
+// wrapping participant.ErrUnknownBranch (never prepared, or rolled back or
+// lost: a heuristic hazard for the coordinator). It returns
+// participant.ErrBusy if another session is finishing the branch (SQLSTATE
+// 55000), and participant.ErrOutcomeUnknown if the connection was lost
+// after the statement was sent. The driver's error stays wrapped.
 func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
-	return r.finishPrepared(ctx, gid, "COMMIT PREPARED ", failpoint.PGBeforeCommit, failpoint.PGAfterCommit)
+	err := r.finishPrepared(ctx, gid, "COMMIT PREPARED ", failpoint.PGBeforeCommit, failpoint.PGAfterCommit)
+	if !errors.Is(err, participant.ErrUnknownBranch) {
+		return err
+	}
+	ok, perr := r.proven(ctx, gid)
+	switch {
+	case perr != nil:
+		// Neither proven nor disproven: the caller tries again.
+		return fmt.Errorf("postgres: %s: commit prepared %s: no such prepared transaction, and its marker could not be read: %w", r.name, gid, perr)
+	case ok:
+		return nil
+	case r.markers == "":
+		return fmt.Errorf("%w (the resource keeps no markers, so a branch committed before cannot be told from one lost)", err)
+	}
+	return fmt.Errorf("%w (and no marker: it was never prepared, or was rolled back or lost behind the coordinator's back)", err)
 }
 
 // Rollback runs ROLLBACK PREPARED for gid on a pooled connection. Its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -74,7 +75,7 @@ func TestPrepareThenRollbackDiscardsTheWork(t *testing.T) {
 	})
 }
 
-func TestSecondCommitOrRollbackIsUnknownBranch42704(t *testing.T) {
+func TestSecondCommitIsProvenAndSecondRollbackIsUnknownBranch42704(t *testing.T) {
 	forDrivers(t, func(t *testing.T, driver string) {
 		ctx := testCtx(t)
 		db := rawDB(t, srv, appDB)
@@ -94,6 +95,13 @@ func TestSecondCommitOrRollbackIsUnknownBranch42704(t *testing.T) {
 				t.Fatalf("first %s: %v", finish.name, err)
 			}
 			err := finish.f(ctx, b.GID())
+			if finish.name == "commit" {
+				// The marker, committed with the branch, proves it.
+				if err != nil {
+					t.Fatalf("second commit = %v, want nil (proven)", err)
+				}
+				continue
+			}
 			if !errors.Is(err, participant.ErrUnknownBranch) {
 				t.Fatalf("second %s = %v, want ErrUnknownBranch", finish.name, err)
 			}
@@ -107,11 +115,95 @@ func TestSecondCommitOrRollbackIsUnknownBranch42704(t *testing.T) {
 		if n := count(t, db, table); n != 1 {
 			t.Fatalf("rows = %d, want the committed one only", n)
 		}
-		// A gid that was never prepared is the same answer.
+		// A gid that was never prepared has no proof.
 		if err := r.Commit(ctx, newGID(t, "never")); !errors.Is(err, participant.ErrUnknownBranch) {
 			t.Fatalf("commit of a never-prepared gid = %v, want ErrUnknownBranch", err)
 		}
 	})
+}
+
+// A branch rolled back behind the coordinator's back (a DBA's ROLLBACK
+// PREPARED) is never taken for committed: its marker went with it.
+func TestCommitOfABranchRolledBackBehindOurBackIsUnproven(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, DriverPQ, appDB)
+	b := preparedBranch(t, r, table)
+	if _, err := db.ExecContext(ctx, "ROLLBACK PREPARED "+ids.QuoteLiteral(b.GID().String())); err != nil {
+		t.Fatal(err)
+	}
+	err := r.Commit(ctx, b.GID())
+	if !errors.Is(err, participant.ErrUnknownBranch) || !strings.Contains(err.Error(), "no marker") {
+		t.Fatalf("commit after a ROLLBACK PREPARED by hand = %v, want ErrUnknownBranch without a marker", err)
+	}
+	if n := count(t, db, table); n != 0 {
+		t.Fatalf("rows = %d, want 0", n)
+	}
+}
+
+// Markers of committed branches are listed by owner and deleted by
+// ForgetProofs; a read-only branch and a rolled-back one leave none.
+func TestMarkersAreKeptForCommittedBranchesOnlyAndForgotten(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, DriverPQ, appDB)
+	owner := newGID(t, "x").Prefix + "." + newGID(t, "x").Coordinator
+	committed := preparedBranch(t, r, table)
+	if err := r.Commit(ctx, committed.GID()); err != nil {
+		t.Fatal(err)
+	}
+	rolled := preparedBranch(t, r, newTable(t, db))
+	if err := r.Rollback(ctx, rolled.GID()); err != nil {
+		t.Fatal(err)
+	}
+	ro := begin(t, r, "ro")
+	if vote, err := ro.Prepare(ctx); err != nil || vote != participant.VoteReadOnly {
+		t.Fatalf("read-only Prepare = %v, %v", vote, err)
+	}
+	after, err := r.Proofs(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(after, committed.GID()) || slices.Contains(after, rolled.GID()) || slices.Contains(after, ro.GID()) {
+		t.Fatalf("markers %v: want %s and neither %s nor %s", after, committed.GID(), rolled.GID(), ro.GID())
+	}
+	if other, err := r.Proofs(ctx, owner+"x"); err != nil || slices.Contains(other, committed.GID()) {
+		t.Fatalf("markers of another owner: %v, %v", other, err)
+	}
+	if err := r.ForgetProofs(ctx, []ids.GID{committed.GID(), rolled.GID()}); err != nil {
+		t.Fatal(err)
+	}
+	if gone, err := r.Proofs(ctx, owner); err != nil || slices.Contains(gone, committed.GID()) {
+		t.Fatalf("markers after ForgetProofs: %v, %v", gone, err)
+	}
+	// Without its marker, the committed branch can no longer be proven.
+	if err := r.Commit(ctx, committed.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("commit after its marker was forgotten = %v, want ErrUnknownBranch", err)
+	}
+}
+
+// Without markers, a branch committed before cannot be told from one lost.
+func TestWithoutMarkersASecondCommitIsUnproven(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r, err := Open(ctx, "nomarkers", DriverPQ, srv.DSN(appDB), Options{NoMarkers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b := preparedBranch(t, r, table)
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(ctx, b.GID()); !errors.Is(err, participant.ErrUnknownBranch) || !strings.Contains(err.Error(), "keeps no markers") {
+		t.Fatalf("second commit without markers = %v, want ErrUnknownBranch", err)
+	}
+	if r.MarkerTable() != "" {
+		t.Fatalf("MarkerTable = %q without markers", r.MarkerTable())
+	}
 }
 
 // The trap itself, without the adapter: PostgreSQL answers PREPARE
@@ -875,5 +967,35 @@ func TestIsDMLRecognisesOnlyRowChangingStatements(t *testing.T) {
 		if got := isDML(q); got != want {
 			t.Errorf("isDML(%q) = %v, want %v", q, got, want)
 		}
+	}
+}
+
+// PurgeMarkers deletes markers older than the age given, and only those.
+func TestPurgeMarkersDeletesOnlyOldOnes(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r, err := Open(ctx, "purge", DriverPQ, srv.DSN(appDB), Options{MarkerTable: table + "_markers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	old, young := preparedBranch(t, r, table), preparedBranch(t, r, newTable(t, db))
+	for _, b := range []*Branch{old, young} {
+		if err := r.Commit(ctx, b.GID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, "UPDATE "+r.MarkerTable()+" SET marked_at = now() - interval '2 hours' WHERE gid = $1", old.GID().String()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.PurgeMarkers(ctx, time.Hour); err != nil || n != 1 {
+		t.Fatalf("PurgeMarkers = %d, %v; want 1", n, err)
+	}
+	if err := r.Commit(ctx, young.GID()); err != nil {
+		t.Fatalf("the young marker went too: %v", err)
+	}
+	if err := r.Commit(ctx, old.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("the old marker is still there: %v", err)
 	}
 }

@@ -50,21 +50,27 @@ const (
 	TxState_TX_STATE_IN_DOUBT TxState = 8
 	// An operator's heuristic decision is logged and not yet finished.
 	TxState_TX_STATE_HEURISTIC TxState = 9
+	// COMMIT is decided, but a branch's resource holds no prepared branch and
+	// cannot prove that it committed (rolled back or lost behind the
+	// coordinator's back): the transaction may be only partly applied. It is
+	// never ended until an operator accepts it (Resolve with accept_hazard).
+	TxState_TX_STATE_HAZARD TxState = 10
 )
 
 // Enum value maps for TxState.
 var (
 	TxState_name = map[int32]string{
-		0: "TX_STATE_UNSPECIFIED",
-		1: "TX_STATE_ACTIVE",
-		2: "TX_STATE_PREPARING",
-		3: "TX_STATE_COMMITTING",
-		4: "TX_STATE_COMMITTED",
-		5: "TX_STATE_ABORTING",
-		6: "TX_STATE_ABORTED",
-		7: "TX_STATE_UNKNOWN",
-		8: "TX_STATE_IN_DOUBT",
-		9: "TX_STATE_HEURISTIC",
+		0:  "TX_STATE_UNSPECIFIED",
+		1:  "TX_STATE_ACTIVE",
+		2:  "TX_STATE_PREPARING",
+		3:  "TX_STATE_COMMITTING",
+		4:  "TX_STATE_COMMITTED",
+		5:  "TX_STATE_ABORTING",
+		6:  "TX_STATE_ABORTED",
+		7:  "TX_STATE_UNKNOWN",
+		8:  "TX_STATE_IN_DOUBT",
+		9:  "TX_STATE_HEURISTIC",
+		10: "TX_STATE_HAZARD",
 	}
 	TxState_value = map[string]int32{
 		"TX_STATE_UNSPECIFIED": 0,
@@ -77,6 +83,7 @@ var (
 		"TX_STATE_UNKNOWN":     7,
 		"TX_STATE_IN_DOUBT":    8,
 		"TX_STATE_HEURISTIC":   9,
+		"TX_STATE_HAZARD":      10,
 	}
 )
 
@@ -519,6 +526,10 @@ func (x *CommitRequest) GetGtrid() string {
 type CommitResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=txcoord.v1.Outcome" json:"outcome,omitempty"`
+	// With OUTCOME_COMMITTED: a branch cannot be proven committed (a
+	// heuristic hazard, see reason); the transaction may be only partly
+	// applied, and an operator must check it.
+	HeuristicHazard bool `protobuf:"varint,4,opt,name=heuristic_hazard,json=heuristicHazard,proto3" json:"heuristic_hazard,omitempty"`
 	// COMMITTED with phase two still running: every branch will commit.
 	PhaseTwoPending bool `protobuf:"varint,2,opt,name=phase_two_pending,json=phaseTwoPending,proto3" json:"phase_two_pending,omitempty"`
 	// Why, for ABORTED and UNKNOWN.
@@ -562,6 +573,13 @@ func (x *CommitResponse) GetOutcome() Outcome {
 		return x.Outcome
 	}
 	return Outcome_OUTCOME_UNSPECIFIED
+}
+
+func (x *CommitResponse) GetHeuristicHazard() bool {
+	if x != nil {
+		return x.HeuristicHazard
+	}
+	return false
 }
 
 func (x *CommitResponse) GetPhaseTwoPending() bool {
@@ -1064,7 +1082,10 @@ type Transaction struct {
 	// "abort" (a recovery fence found no commit), "none" (no row: not
 	// decided yet, or finished and forgotten), or "cannot ask: <error>".
 	// Empty when the holder was not asked.
-	HeldDecision  string `protobuf:"bytes,12,opt,name=held_decision,json=heldDecision,proto3" json:"held_decision,omitempty"`
+	HeldDecision string `protobuf:"bytes,12,opt,name=held_decision,json=heldDecision,proto3" json:"held_decision,omitempty"`
+	// Why the transaction is a heuristic hazard (TX_STATE_HAZARD), naming
+	// the branches that cannot be proven committed.
+	Hazard        string `protobuf:"bytes,13,opt,name=hazard,proto3" json:"hazard,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1179,6 +1200,13 @@ func (x *Transaction) GetDecisionHolder() string {
 func (x *Transaction) GetHeldDecision() string {
 	if x != nil {
 		return x.HeldDecision
+	}
+	return ""
+}
+
+func (x *Transaction) GetHazard() string {
+	if x != nil {
+		return x.Hazard
 	}
 	return ""
 }
@@ -1427,7 +1455,11 @@ type ResolveRequest struct {
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Who asks, as the operator says (the authenticated identity, when there
 	// is one, is recorded beside it).
-	Operator      string `protobuf:"bytes,4,opt,name=operator,proto3" json:"operator,omitempty"`
+	Operator string `protobuf:"bytes,4,opt,name=operator,proto3" json:"operator,omitempty"`
+	// With DECISION_COMMIT of a committed transaction: the operator has
+	// checked the branches that cannot be proven committed (heuristic
+	// hazards) and ends the transaction anyway.
+	AcceptHazard  bool `protobuf:"varint,5,opt,name=accept_hazard,json=acceptHazard,proto3" json:"accept_hazard,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1488,6 +1520,13 @@ func (x *ResolveRequest) GetOperator() string {
 		return x.Operator
 	}
 	return ""
+}
+
+func (x *ResolveRequest) GetAcceptHazard() bool {
+	if x != nil {
+		return x.AcceptHazard
+	}
+	return false
 }
 
 type BranchResult struct {
@@ -1922,9 +1961,10 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x16RegisterBranchResponse\"9\n" +
 	"\rCommitRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
-	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\"\x83\x01\n" +
+	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\"\xae\x01\n" +
 	"\x0eCommitResponse\x12-\n" +
-	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\x12*\n" +
+	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\x12)\n" +
+	"\x10heuristic_hazard\x18\x04 \x01(\bR\x0fheuristicHazard\x12*\n" +
 	"\x11phase_two_pending\x18\x02 \x01(\bR\x0fphaseTwoPending\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"S\n" +
 	"\x0fRollbackRequest\x12\x12\n" +
@@ -1964,7 +2004,7 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\theuristic\x18\x04 \x01(\bR\theuristic\x12\x10\n" +
 	"\x03who\x18\x05 \x01(\tR\x03who\x12\x10\n" +
 	"\x03why\x18\x06 \x01(\tR\x03why\x12\x16\n" +
-	"\x06holder\x18\a \x01(\tR\x06holder\"\xda\x03\n" +
+	"\x06holder\x18\a \x01(\tR\x06holder\"\xf2\x03\n" +
 	"\vTransaction\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\x124\n" +
@@ -1978,7 +2018,8 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\arecords\x18\n" +
 	" \x03(\v2\x15.txcoord.v1.LogRecordR\arecords\x12'\n" +
 	"\x0fdecision_holder\x18\v \x01(\tR\x0edecisionHolder\x12#\n" +
-	"\rheld_decision\x18\f \x01(\tR\fheldDecision\"\x94\x01\n" +
+	"\rheld_decision\x18\f \x01(\tR\fheldDecision\x12\x16\n" +
+	"\x06hazard\x18\r \x01(\tR\x06hazard\"\x94\x01\n" +
 	"\x17ListTransactionsRequest\x12+\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x13.txcoord.v1.TxStateR\x06states\x128\n" +
 	"\n" +
@@ -1993,12 +2034,13 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x14\n" +
 	"\x05gtrid\x18\x05 \x01(\tR\x05gtrid\"?\n" +
 	"\x12GetOutcomeResponse\x12)\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\"\x8a\x01\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\"\xaf\x01\n" +
 	"\x0eResolveRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x120\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x14.txcoord.v1.DecisionR\bdecision\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
-	"\boperator\x18\x04 \x01(\tR\boperator\"j\n" +
+	"\boperator\x18\x04 \x01(\tR\boperator\x12#\n" +
+	"\raccept_hazard\x18\x05 \x01(\bR\facceptHazard\"j\n" +
 	"\fBranchResult\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12\x16\n" +
@@ -2031,7 +2073,7 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x0fAnnounceRequest\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +
-	"\x10AnnounceResponse*\xf3\x01\n" +
+	"\x10AnnounceResponse*\x88\x02\n" +
 	"\aTxState\x12\x18\n" +
 	"\x14TX_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTX_STATE_ACTIVE\x10\x01\x12\x16\n" +
@@ -2042,7 +2084,9 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x10TX_STATE_ABORTED\x10\x06\x12\x14\n" +
 	"\x10TX_STATE_UNKNOWN\x10\a\x12\x15\n" +
 	"\x11TX_STATE_IN_DOUBT\x10\b\x12\x16\n" +
-	"\x12TX_STATE_HEURISTIC\x10\t*c\n" +
+	"\x12TX_STATE_HEURISTIC\x10\t\x12\x13\n" +
+	"\x0fTX_STATE_HAZARD\x10\n" +
+	"*c\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_COMMITTED\x10\x01\x12\x13\n" +
