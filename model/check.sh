@@ -13,8 +13,14 @@
 #   9. the holder with the application asking the outcome by transaction
 #      id, answered through a fence: I1-I3 and I5;
 #  10. the same, answered by reading the rows without a fence: must fail I5.
-# Exits 0 only if 1, 2, 5, 6 and 9 find no error and 3, 4, 7, 8 and 10 each
-# find one.
+#  11. the protocol with a prepared branch lost behind the coordinator's
+#      back (LOSE): I1-I3 and H (the loss is reported as a hazard, never
+#      as committed, and the decision never ended);
+#  12. the same: termination (a hazard is an end);
+#  13. its variant that takes "no such branch" on COMMIT for committed:
+#      must fail H.
+# Exits 0 only if 1, 2, 5, 6, 9, 11 and 12 find no error and 3, 4, 7, 8, 10
+# and 13 each find one.
 # Arguments are extra spin definitions, e.g. -DMAXCRASH=3.
 # MODEL_KEEP=1 keeps the work directory (pan sources, logs, trails).
 set -euo pipefail
@@ -109,7 +115,7 @@ start=$(date +%s.%N)
 say "$(spin -V | head -1); txcoord.pml, holder.pml${defs[*]:+ with ${defs[*]}}"
 ok=1
 
-# The eight verifiers compile in parallel; they run one after the other.
+# The verifiers compile in parallel; they run one after the other.
 build safety txcoord.pml "" "-DSAFETY -DNOCLAIM" &
 build termination txcoord.pml "" "" &
 build broken txcoord.pml "-DBROKEN_SEND_BEFORE_LOG" "-DSAFETY -DNOCLAIM" &
@@ -120,6 +126,9 @@ build holder-broken holder.pml "-DBROKEN_NO_FENCE" "-DSAFETY -DNOCLAIM" &
 build holder-broken-i1 holder.pml "-DBROKEN_NO_FENCE -DONLY_I1" "-DSAFETY -DNOCLAIM" &
 build holder-outcome holder.pml "-DAPP_OUTCOME" "-DSAFETY -DNOCLAIM" &
 build holder-outcome-read holder.pml "-DAPP_OUTCOME -DAPP_OUTCOME_READ" "-DSAFETY -DNOCLAIM" &
+build lose-safety txcoord.pml "-DLOSE" "-DSAFETY -DNOCLAIM" &
+build lose-termination txcoord.pml "-DLOSE" "" &
+build lose-broken txcoord.pml "-DLOSE -DBROKEN_NOTFOUND_IS_COMMIT" "-DSAFETY -DNOCLAIM" &
 wait
 
 verify safety ""
@@ -167,9 +176,22 @@ if [ "$errors" != 0 ] && grep -q 'violated: I5' "$work/holder-outcome-read/trail
 	line broken "holder: outcome read, no fence" "caught: $what"
 else line broken "holder: outcome read, no fence" "NOT CAUGHT${what:+: $what}"; ok=0; fi
 
+verify lose-safety ""
+if [ "$errors" = 0 ]; then line correct "lost branch: I1-I3, H" ok
+else line correct "lost branch: I1-I3, H" "FAIL: $what"; ok=0; fi
+
+verify lose-termination "-a"
+if [ "$errors" = 0 ]; then line correct "lost branch: termination (LTL)" ok
+else line correct "lost branch: termination (LTL)" "FAIL: $what"; ok=0; fi
+
+verify lose-broken ""
+if [ "$errors" != 0 ] && grep -q 'violated: H' "$work/lose-broken/trail.log"; then
+	line broken "lost branch taken for committed" "caught: $what"
+else line broken "lost branch taken for committed" "NOT CAUGHT${what:+: $what}"; ok=0; fi
+
 total=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 if [ "$ok" = 1 ]; then
-	say "PASS: both protocols keep I1-I3 and terminate; COMMIT sent before the log, and a lost holder commit settled without a fence, are caught (${total}s)"
+	say "PASS: both protocols keep I1-I3 and terminate, and a branch lost behind the coordinator's back is a reported hazard; COMMIT sent before the log, a lost holder commit settled without a fence, and a lost branch taken for committed are caught (${total}s)"
 else
 	say "FAIL (${total}s)"
 	exit 1

@@ -37,7 +37,7 @@
 
 mtype = {
 	PREPARE, COMMIT, ROLLBACK, ANS_COMMIT, ANS_ABORT,	/* to a participant */
-	YES, NO, ACK, QUERY					/* to the coordinator */
+	YES, NO, ACK, QUERY, NOTFOUND				/* to the coordinator */
 };
 
 /* Coordinator states. INIT..LOGGED, in the first run, are "deciding": an
@@ -52,6 +52,8 @@ mtype = {
 #define ABORTED    7	/* rollbacks sent */
 #define RECOVERED  8	/* after a restart: the transaction is not live */
 #define DOWN       9	/* crashed: volatile state lost, log kept */
+#define HAZARD    10	/* phase two over, but a branch was not prepared and
+			   nothing proves it committed: reported, never ended */
 
 /* Branch states at a participant. PREPARED, COMMITTED and ABORTED are
  * durable; WORKING is lost by a crash (the database rolls it back). */
@@ -59,6 +61,14 @@ mtype = {
 #define PREPARED   1
 #define BCOMMITTED 2
 #define BABORTED   3
+#define BLOST      4	/* rolled back or lost behind the coordinator's back
+			   (with LOSE): no proof that it committed is left */
+
+/* Branches a fault may lose (with LOSE): a ROLLBACK PREPARED by hand, a
+ * failover to a standby that had not received the PREPARE, a restore. */
+#ifndef MAXLOSE
+#define MAXLOSE 1
+#endif
 
 #define NONE 0
 
@@ -76,9 +86,10 @@ byte pst[N];
 byte cst = INIT;
 mtype vote[N];
 bit acked[N];
+bit hz[N];		/* commit answered "no such branch, no proof" */
 
 /* Fault budgets used so far. */
-byte crashes, pcrashes, lost, dups, queries;
+byte crashes, pcrashes, lost, dups, queries, losses;
 
 /* Ghosts, for the invariants only. */
 bit commitSent;		/* a COMMIT (or an answer "commit") has been sent */
@@ -90,7 +101,8 @@ bit abortActed;		/* an abort decision was acted on: a rollback sent,
 #define deciding    (live && (cst == INIT || cst == PREPARING || cst == LOGGING || cst == LOGGED))
 #define committed(i) (pst[i] == BCOMMITTED)
 #define aborted(i)   (pst[i] == BABORTED)
-#define decided(i)   (committed(i) || aborted(i))
+#define gone(i)      (pst[i] == BLOST)
+#define decided(i)   (committed(i) || aborted(i) || gone(i))
 
 /* I1 atomicity: never one branch committed and another rolled back. */
 #define I1 (!((committed(0) && aborted(1)) || (aborted(0) && committed(1))))
@@ -100,6 +112,10 @@ bit abortActed;		/* an abort decision was acted on: a rollback sent,
  * (rollback sent, "abort" answered, prepared branch rolled back) for a
  * transaction whose COMMIT is logged, before or after the record. */
 #define I3 (!(logCommit && abortActed))
+/* H: a branch lost behind the coordinator's back is never silent: the
+ * transaction is neither reported committed (every branch acknowledged)
+ * nor ended while one of its branches is gone. */
+#define H (!((gone(0) || gone(1)) && (cst == COMMITTED || logEnd)))
 
 /* A participant-side check: a decision reaching a branch that contradicts
  * it (always also a violation of I1 or I3). Off with ONLY_I1. */
@@ -131,7 +147,7 @@ inline reply(msg, i) {
 
 inline sendCommits() {
 	commitSent = 1;
-	acked[0] = 0; acked[1] = 0;
+	acked[0] = 0; acked[1] = 0; hz[0] = 0; hz[1] = 0;
 	send(0, COMMIT);
 	send(1, COMMIT)
 }
@@ -184,13 +200,13 @@ end:
 	/* Phase two retries: after a backoff (when nothing else happens),
 	 * COMMIT again every branch that has not acknowledged. Never gives up. */
 	:: atomic { timeout && cst == COMMITTING ->
-		if :: !acked[0] -> send(0, COMMIT) :: else -> skip fi;
-		if :: !acked[1] -> send(1, COMMIT) :: else -> skip fi }
+		if :: !acked[0] && !hz[0] -> send(0, COMMIT) :: else -> skip fi;
+		if :: !acked[1] && !hz[1] -> send(1, COMMIT) :: else -> skip fi }
 
 	/* The periodic recovery pass, once the transaction is no longer driven
 	 * by this run and its branches are older than the in-doubt timeout.
 	 * (A pass that finds nothing prepared changes nothing: not modelled.) */
-	:: atomic { timeout && (cst == ABORTED || cst == COMMITTED || cst == RECOVERED) &&
+	:: atomic { timeout && (cst == ABORTED || cst == COMMITTED || cst == RECOVERED || cst == HAZARD) &&
 		    (pst[0] == PREPARED || pst[1] == PREPARED) -> scan() }
 
 	/* Crash: memory lost, log kept (END may not have reached disk).
@@ -198,7 +214,7 @@ end:
 	 * it sent may still be executed. */
 	:: atomic { cst != DOWN && crashes < MAXCRASH ->
 		crashes++; cst = DOWN;
-		vote[0] = NONE; vote[1] = NONE; acked[0] = 0; acked[1] = 0;
+		vote[0] = NONE; vote[1] = NONE; acked[0] = 0; acked[1] = 0; hz[0] = 0; hz[1] = 0;
 		if :: logEnd -> logEnd = 0 :: skip fi;
 		do
 		:: nempty(toC) -> toC?_,_
@@ -225,11 +241,16 @@ end:
 			fi
 		:: m == NO ->
 			if :: cst == PREPARING -> cst = ABORTING :: else -> skip fi
-		:: m == ACK ->
+		:: m == ACK || m == NOTFOUND ->
 			if
 			:: cst == COMMITTING ->
-				acked[b] = 1;
-				if :: acked[0] && acked[1] -> logEnd = 1; cst = COMMITTED :: else -> skip fi
+				if :: m == ACK -> acked[b] = 1 :: else -> hz[b] = 1 fi;
+				if
+				:: acked[0] && acked[1] -> logEnd = 1; cst = COMMITTED
+				:: (acked[0] || hz[0]) && (acked[1] || hz[1]) && (hz[0] || hz[1]) ->
+					cst = HAZARD	/* reported; the COMMIT stays without END */
+				:: else -> skip
+				fi
 			:: else -> skip
 			fi
 		:: m == QUERY ->
@@ -265,12 +286,20 @@ end:
 			:: else -> skip		/* a second PREPARE does nothing */
 			fi
 		:: m == COMMIT ->
-			/* An unknown gid on COMMIT PREPARED is success when
-			 * COMMIT is logged: answer ACK in every state. */
-			check(pst[i] == PREPARED || pst[i] == BCOMMITTED,
+			/* A branch committed before is proven (its marker):
+			 * ACK. One lost behind our back has no proof: NOTFOUND. */
+			check(pst[i] == PREPARED || pst[i] == BCOMMITTED || gone(i),
 			      "COMMIT reached a branch not prepared (rolled back or never prepared)");
-			if :: pst[i] == PREPARED -> pst[i] = BCOMMITTED :: else -> skip fi;
-			reply(ACK, i)
+			if
+			:: pst[i] == PREPARED -> pst[i] = BCOMMITTED; reply(ACK, i)
+			:: pst[i] == BCOMMITTED -> reply(ACK, i)
+			:: else ->
+#ifdef BROKEN_NOTFOUND_IS_COMMIT
+				reply(ACK, i)	/* broken: an unknown gid taken for committed */
+#else
+				reply(NOTFOUND, i)
+#endif
+			fi
 		:: m == ROLLBACK ->
 			check(pst[i] != BCOMMITTED, "ROLLBACK reached a committed branch");
 			if
@@ -291,6 +320,12 @@ end:
 	 * bounded number of times) and whenever nothing else happens. */
 	:: atomic { pst[i] == PREPARED && queries < QANY -> queries++; reply(QUERY, i) }
 	:: atomic { timeout && pst[i] == PREPARED -> reply(QUERY, i) }
+
+#ifdef LOSE
+	/* A prepared branch rolled back or lost behind the coordinator's
+	 * back, with no proof of commit left. */
+	:: atomic { pst[i] == PREPARED && losses < MAXLOSE -> losses++; pst[i] = BLOST }
+#endif
 
 	/* Work never prepared is rolled back by the database once abandoned. */
 	:: atomic { timeout && pst[i] == WORKING -> pst[i] = BABORTED }
@@ -313,11 +348,12 @@ end:
 #ifdef ONLY_I1
 	atomic { !I1 -> printf("violated: I1 atomicity: one branch committed, another rolled back\n"); assert(I1) }
 #else
-	atomic { !(I1 && I2 && I3) ->
+	atomic { !(I1 && I2 && I3 && H) ->
 		if :: !I1 -> printf("violated: I1 atomicity: one branch committed, another rolled back\n") :: else -> skip fi;
 		if :: !I2 -> printf("violated: I2 COMMIT sent or applied before the COMMIT record is durable\n") :: else -> skip fi;
 		if :: !I3 -> printf("violated: I3 logged COMMIT contradicted by an abort\n") :: else -> skip fi;
-		assert(I1 && I2 && I3) }
+		if :: !H -> printf("violated: H a lost branch reported committed or ended\n") :: else -> skip fi;
+		assert(I1 && I2 && I3 && H) }
 #endif
 }
 
@@ -325,6 +361,6 @@ init {
 	atomic { run Participant(0); run Participant(1) }
 }
 
-/* Termination: eventually every branch is decided for good, and a logged
- * COMMIT has its END. */
-ltl terminates { <> [] (decided(0) && decided(1) && (!logCommit || logEnd)) }
+/* Termination: eventually every branch is decided for good (or lost), and
+ * a logged COMMIT has its END, or is a reported hazard. */
+ltl terminates { <> [] (decided(0) && decided(1) && (!logCommit || logEnd || cst == HAZARD)) }
