@@ -30,7 +30,7 @@ func TestViolationsFindEveryBrokenRule(t *testing.T) {
 			Balances:     970, Paid: 30, Stock: 98, Reserved: 2,
 		}
 	}
-	if v := checkViolations(clean(), data, []*record{committed}); len(v) != 0 {
+	if v := checkViolations(clean(), data, []*record{committed}, nil, true); len(v) != 0 {
 		t.Fatalf("a clean state has violations: %v", v)
 	}
 	for _, c := range []struct {
@@ -75,9 +75,57 @@ func TestViolationsFindEveryBrokenRule(t *testing.T) {
 	} {
 		s := clean()
 		recs := c.mutate(s, []*record{committed})
-		v := checkViolations(s, data, recs)
+		v := checkViolations(s, data, recs, map[ids.TxID]bool{}, true)
 		if len(v) == 0 || !strings.Contains(strings.Join(v, "\n"), c.mention) {
 			t.Errorf("%s: violations %q, want one mentioning %q", c.name, v, c.mention)
 		}
+	}
+}
+
+// A partial order of a transaction that lost a branch behind the
+// coordinator's back is no violation once reported as a hazard, and is one
+// when nobody reported it.
+func TestAReportedHazardIsNoViolationAndASilentOneIs(t *testing.T) {
+	data := shopData{money: 1000, stock: 100}
+	txid, err := ids.NewTxID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := order{id: "o00-000001", customer: "cust-01", item: "item-01", qty: 2, amount: 30}
+	partial := func() *shopdb.State {
+		return &shopdb.State{
+			Prepared:     map[string][]string{},
+			Orders:       map[string]shopdb.Order{o.id: {Customer: o.customer, Item: o.item, Qty: o.qty, Amount: o.amount}},
+			Payments:     map[string]shopdb.Payment{o.id: {Customer: o.customer, Amount: o.amount}},
+			Reservations: map[string]shopdb.Reservation{},
+			Balances:     970, Paid: 30, Stock: 100, Reserved: 0,
+		}
+	}
+	lost := map[ids.TxID]bool{txid: true}
+	for _, c := range []struct {
+		name      string
+		told      client.Outcome
+		asked     client.Outcome
+		final     bool
+		violation bool
+	}{
+		{"told hazard", client.Hazard, client.Unknown, true, false},
+		{"told unknown, coordinator says hazard", client.Unknown, client.Hazard, true, false},
+		{"told unknown, not yet asked", client.Unknown, client.Unknown, false, false},
+		{"told unknown, coordinator says unknown", client.Unknown, client.Unknown, true, true},
+		{"told committed", client.Committed, client.Committed, true, true},
+		{"told committed, before asking", client.Committed, client.Unknown, false, true},
+	} {
+		rec := &record{order: o, txid: txid, told: c.told, asked: c.asked}
+		v := checkViolations(partial(), data, []*record{rec}, lost, c.final)
+		if got := len(v) > 0; got != c.violation {
+			t.Errorf("%s: violations %q, want a violation: %v", c.name, v, c.violation)
+		}
+	}
+	// The same partial order without a branch rolled back by hand is a
+	// violation whatever was reported.
+	rec := &record{order: o, txid: txid, told: client.Hazard}
+	if v := checkViolations(partial(), data, []*record{rec}, nil, true); len(v) == 0 {
+		t.Error("a partial order with no branch lost is no violation")
 	}
 }

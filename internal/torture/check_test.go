@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/shopdb"
 )
 
@@ -94,6 +95,19 @@ func holds(s *shopdb.State, id string, rec *record) string {
 	return strings.Join(parts, "; ")
 }
 
+// hazard reports whether rec's transaction was reported as a heuristic
+// hazard: to its client, or by the coordinator when asked; or, before the
+// coordinator was asked (!final), whether it still may be.
+func (rec *record) hazard(final bool) bool {
+	switch {
+	case rec.told == client.Hazard, rec.asked == client.Hazard:
+		return true
+	case rec.told == client.Committed, rec.told == client.Aborted:
+		return false
+	}
+	return !final
+}
+
 func (rec *record) describe() string {
 	s := fmt.Sprintf("order %s (tx %s, meant to fail: %v) told %v", rec.order.id, rec.txid, rec.meant, rec.told)
 	if rec.err != nil {
@@ -108,7 +122,14 @@ func (rec *record) describe() string {
 // committed is there, one told aborted is not; money and stock are
 // conserved; nothing is prepared; and the coordinator's answer about a
 // transaction, when it has one, matches the databases.
-func checkViolations(s *shopdb.State, data shopData, records []*record) []string {
+//
+// An order of a transaction a branch of which was rolled back by hand
+// (lost) may be in some databases only, if that is reported: its client
+// was told, or the coordinator says, it is a heuristic hazard. Before the
+// coordinator is asked (final false), one whose client heard "unknown"
+// may still become so; once asked (final true), one not reported as a
+// hazard is a silent violation.
+func checkViolations(s *shopdb.State, data shopData, records []*record, lost map[ids.TxID]bool, final bool) []string {
 	var out []string
 	for _, svc := range services {
 		if n := len(s.Prepared[svc]); n > 0 {
@@ -132,6 +153,8 @@ func checkViolations(s *shopdb.State, data shopData, records []*record) []string
 			what = rec.describe()
 		}
 		switch {
+		case !s.Whole(id) && rec != nil && lost[rec.txid] && rec.hazard(final):
+			// Reported: an operator must look.
 		case !s.Whole(id):
 			out = append(out, fmt.Sprintf("atomicity: %s is in some databases only: %s", what, holds(s, id, rec)))
 		case !s.Agree(id):

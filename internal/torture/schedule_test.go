@@ -53,9 +53,14 @@ const (
 	cutLink
 	delayLink
 	blackholeLink
+	// rollbackByHand runs ROLLBACK PREPARED on one of the coordinator's
+	// prepared branches at a service's database, behind its back (a DBA, a
+	// failover that lost it): a commit of it must be reported as a
+	// heuristic hazard, never as committed.
+	rollbackByHand
 )
 
-var faultKinds = []faultKind{killCoordinator, killService, killDatabase, cutLink, delayLink, blackholeLink}
+var faultKinds = []faultKind{killCoordinator, killService, killDatabase, cutLink, delayLink, blackholeLink, rollbackByHand}
 
 func (k faultKind) String() string {
 	switch k {
@@ -71,6 +76,8 @@ func (k faultKind) String() string {
 		return "latency"
 	case blackholeLink:
 		return "blackhole"
+	case rollbackByHand:
+		return "rollback by hand"
 	}
 	return fmt.Sprintf("faultKind(%d)", int(k))
 }
@@ -90,6 +97,12 @@ func (k faultKind) targets() []string {
 		return out
 	case cutLink, delayLink, blackholeLink:
 		return links()
+	case rollbackByHand:
+		out := make([]string, 0, len(services))
+		for _, s := range services {
+			out = append(out, dbName(s))
+		}
+		return out
 	}
 	panic(fmt.Sprintf("torture: no targets for %v", k))
 }
@@ -156,6 +169,7 @@ var (
 		failpoint.PGHolderBeforeInsert, failpoint.PGHolderAfterInsert, failpoint.PGHolderCommitSent,
 		failpoint.PGHolderAfterCommit, failpoint.PGBeforeFence, failpoint.PGAfterFence,
 		failpoint.PGHolderBeforeForget, failpoint.PGHolderAfterForget,
+		failpoint.PGBeforeForgetMarkers, failpoint.PGAfterForgetMarkers,
 	}
 	serviceCrashPoints = []string{
 		failpoint.SDKAfterPrepare, failpoint.SDKAfterRegister, failpoint.PGBeforePrepare, failpoint.PGAfterPrepare,
@@ -240,6 +254,8 @@ func plan(seed uint64, cfg planConfig) []fault {
 				}
 			case killDatabase:
 				length = 1 + rng.IntN(3)
+			case rollbackByHand:
+				length = 1 // at once; nothing to end
 			case cutLink:
 				length = 1 + rng.IntN(5)
 			case delayLink:

@@ -3,6 +3,7 @@ package torture
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -17,10 +18,11 @@ import (
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	_ "github.com/lib/pq"
+	"github.com/lib/pq"
 	"google.golang.org/grpc"
 
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant/postgres"
 )
@@ -180,7 +182,7 @@ func TestTorture(t *testing.T) {
 	if err != nil {
 		violations = append(problems, fmt.Sprintf("reading the databases after stopping every process: %v", err))
 	} else {
-		violations = checkViolations(final, r.data, records)
+		violations = checkViolations(final, r.data, records, r.lostTxs(), true)
 	}
 	var procProblems []string
 	for _, name := range r.procNames() {
@@ -234,15 +236,18 @@ type rig struct {
 
 	mu       sync.Mutex
 	injected map[faultKind]int
-	armed    int      // kills whose restart armed a crash point
-	fails    []string // harness actions that failed
+	// lost holds the transactions a rollbackByHand fault rolled a
+	// prepared branch of back, with the gids.
+	lost  map[ids.TxID][]string
+	armed int      // kills whose restart armed a crash point
+	fails []string // harness actions that failed
 }
 
 func newRig(t *testing.T) *rig {
 	r := &rig{
 		binDir: t.TempDir(),
 		pg:     map[string]*pgtest.Server{}, dbs: map[string]*sql.DB{}, procs: map[string]*proc{},
-		links: map[string]*link{}, svcAddr: map[string]string{}, injected: map[faultKind]int{},
+		links: map[string]*link{}, svcAddr: map[string]string{}, injected: map[faultKind]int{}, lost: map[ids.TxID][]string{},
 	}
 	logDir, err := os.MkdirTemp("", "txcoord-torture-")
 	if err != nil {
@@ -488,7 +493,52 @@ func (r *rig) begin(f fault) {
 		r.links[f.target].delay(f.latency, f.jitter)
 	case blackholeLink:
 		r.links[f.target].blackhole(f.dir)
+	case rollbackByHand:
+		r.rollbackByHand(f)
 	}
+}
+
+// rollbackByHand rolls back one of the coordinator's prepared branches at
+// the database f targets, straight and not through a link.
+func (r *rig) rollbackByHand(f fault) {
+	db := r.dbs[strings.TrimPrefix(f.target, "pg-")]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var raw string
+	err := db.QueryRowContext(ctx, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txc.torture.%' ORDER BY random() LIMIT 1").Scan(&raw)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		r.ev.logf("slot %d: nothing prepared at %s to roll back", f.start, f.target)
+		return
+	case err != nil:
+		r.ev.logf("slot %d: %s could not be asked for prepared branches: %v", f.start, f.target, err)
+		return
+	}
+	g, err := ids.ParseGID(raw)
+	if err != nil {
+		r.fail("a prepared gid at %s does not parse: %q: %v", f.target, raw, err)
+		return
+	}
+	if _, err := db.ExecContext(ctx, "ROLLBACK PREPARED "+ids.QuoteLiteral(raw)); err != nil {
+		r.ev.logf("slot %d: ROLLBACK PREPARED %s at %s: %v", f.start, raw, f.target, err)
+		return
+	}
+	r.mu.Lock()
+	r.lost[g.TxID] = append(r.lost[g.TxID], raw)
+	r.mu.Unlock()
+	r.ev.logf("slot %d: rolled back %s at %s by hand", f.start, raw, f.target)
+}
+
+// lostTxs returns the transactions a branch of which was rolled back by
+// hand.
+func (r *rig) lostTxs() map[ids.TxID]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[ids.TxID]bool, len(r.lost))
+	for id := range r.lost {
+		out[id] = true
+	}
+	return out
 }
 
 // end ends fault f: what was killed starts again, the link heals. If ctx
@@ -608,11 +658,17 @@ func (r *rig) converge(records []*record, timeout time.Duration) ([]string, bool
 		if err != nil {
 			last = []string{fmt.Sprintf("reading the databases: %v", err)}
 		} else {
-			last = checkViolations(s, r.data, records)
+			last = checkViolations(s, r.data, records, r.lostTxs(), false)
 		}
-		// Every decision the ledger held is finished and its row deleted.
+		// Every decision the ledger held is finished and its row deleted,
+		// but those of heuristic hazards, which stay until an operator
+		// ends them.
+		var lost []string
+		for id := range r.lostTxs() {
+			lost = append(lost, id.String())
+		}
 		var rows int
-		if err := r.ledger.QueryRowContext(ctx, "SELECT count(*) FROM "+postgres.DefaultDecisionTable).Scan(&rows); err != nil && postgres.SQLState(err) != "42P01" {
+		if err := r.ledger.QueryRowContext(ctx, "SELECT count(*) FROM "+postgres.DefaultDecisionTable+" WHERE txid::text <> ALL($1)", pq.Array(lost)).Scan(&rows); err != nil && postgres.SQLState(err) != "42P01" {
 			last = append(last, fmt.Sprintf("reading the ledger's decisions: %v", err))
 		} else if rows > 0 {
 			last = append(last, fmt.Sprintf("%d decision rows left at the ledger", rows))
@@ -731,9 +787,9 @@ func (r *rig) summary(cfg config, in summaryInput) string {
 		cfg.duration, cfg.slots, slotLen, cfg.workers, raceEnabled, in.setup.Round(time.Second),
 		in.recovery.Round(100*time.Millisecond), in.total.Round(time.Second))
 
-	var told [3]int
+	var told [4]int // by client.Outcome
 	asMeant, begun := 0, 0
-	var later [3]int
+	var later [4]int
 	for _, rec := range in.records {
 		if strings.HasPrefix(rec.order.id, "after-") {
 			continue
@@ -749,11 +805,20 @@ func (r *rig) summary(cfg config, in summaryInput) string {
 			later[rec.asked]++
 		}
 	}
-	placed := told[client.Committed] + told[client.Aborted] + told[client.Unknown]
-	fmt.Fprintf(&b, "  transactions:  %d placed (%d begun): committed %d, aborted %d (%d as meant: funds, stock or client abort), unknown %d\n",
-		placed, begun, told[client.Committed], told[client.Aborted], asMeant, told[client.Unknown])
-	fmt.Fprintf(&b, "  unknown ones:  the coordinator says now: committed %d, aborted %d, still unknown %d\n",
-		later[client.Committed], later[client.Aborted], later[client.Unknown])
+	placed := told[client.Committed] + told[client.Aborted] + told[client.Unknown] + told[client.Hazard]
+	fmt.Fprintf(&b, "  transactions:  %d placed (%d begun): committed %d, aborted %d (%d as meant: funds, stock or client abort), unknown %d, heuristic hazard %d\n",
+		placed, begun, told[client.Committed], told[client.Aborted], asMeant, told[client.Unknown], told[client.Hazard])
+	fmt.Fprintf(&b, "  unknown ones:  the coordinator says now: committed %d, aborted %d, heuristic hazard %d, still unknown %d\n",
+		later[client.Committed], later[client.Aborted], later[client.Hazard], later[client.Unknown])
+	lost := r.lostTxs()
+	reported := 0
+	for _, rec := range in.records {
+		if lost[rec.txid] && rec.hazard(true) {
+			reported++
+		}
+	}
+	fmt.Fprintf(&b, "  rolled back by hand: %d transactions lost a prepared branch; %d reported as heuristic hazards (the checker allows a partial order only for those)\n",
+		len(lost), reported)
 
 	r.mu.Lock()
 	injected := 0
