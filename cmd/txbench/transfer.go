@@ -51,9 +51,10 @@ const (
 	modeTxcoord       = "txcoord"
 	modeTxcoordHolder = "txcoord-holder"
 	modeTxcoordGRPC   = "txcoord-grpc"
+	modeNoMarkers     = "txcoord-nomarkers"
 )
 
-var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeTxcoordHolder, modeTxcoordGRPC}
+var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeNoMarkers, modeTxcoordHolder, modeTxcoordGRPC}
 
 func newTransferCmd() *cobra.Command {
 	o := &transferOptions{}
@@ -72,6 +73,10 @@ func newTransferCmd() *cobra.Command {
                COMMIT PREPARED at bank_b; rows deleted in batches. The holder
                design's floor: the statements txcoord-holder sends, no coordinator
   txcoord      the coordinator library with its bbolt log (fsync on)
+  txcoord-nomarkers the same with resources that keep no markers (postgres
+               Options.NoMarkers): the cost of proving commits, as txcoord's
+               throughput relative to this mode's (paired, printed below the
+               table)
   txcoord-holder the coordinator library with bank_a as the decision holder: no log
                write on the commit path
   txcoord-grpc the same through a txcoord server: the client begins and commits over
@@ -234,6 +239,30 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		return err
 	}
 	defer c.Close()
+	// The same transfers with resources that keep no markers, under a
+	// coordinator of their own with a log of the same kind.
+	var cNM *coordinator.Coordinator
+	var resNM [2]*postgres.Resource
+	var logNM wal.Log = wal.NewMem()
+	if contains(o.modes, modeNoMarkers) {
+		for i, name := range []string{"bank_a", "bank_b"} {
+			if resNM[i], err = postgres.New(ctx, name, db[i], postgres.Options{Database: name, NoMarkers: true}); err != nil {
+				return err
+			}
+		}
+		if o.logKind == "bolt" {
+			bl, err := wal.OpenBolt(filepath.Join(dir, "txcoord-nomarkers.wal"), wal.BoltOptions{Owner: "txc.benchnm"})
+			if err != nil {
+				return err
+			}
+			logNM = bl
+		}
+		defer logNM.Close()
+		if cNM, err = coordinator.New(ctx, coordinator.Config{ID: "benchnm", Log: logNM, Resources: []participant.Resource{resNM[0], resNM[1]}}); err != nil {
+			return err
+		}
+		defer cNM.Close()
+	}
 	var plainRows *plainForgetter
 	if contains(o.modes, modePlainHolder) {
 		if plainRows, err = newPlainForgetter(ctx, db[0]); err != nil {
@@ -265,6 +294,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run, median of %d alternating rounds\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration, o.rounds)
 	}
 	var results []result
+	markerCost := map[int]float64{} // txcoord / txcoord-nomarkers, paired, by workers
 	var gidSeq atomic.Uint64
 	for _, w := range o.workers {
 		runs := map[string][]result{}
@@ -286,6 +316,10 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithoutHolder())
 					}
+				case modeNoMarkers:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return viaTxcoord(ctx, cNM, resNM, r, o.accounts, coordinator.WithoutHolder())
+					}
 				case modeTxcoordHolder:
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithHolder(res[0].Name()))
@@ -293,7 +327,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				case modeTxcoordGRPC:
 					op = func(ctx context.Context, r *rand.Rand) error { return grpcTransfer(ctx, rig, r, o.accounts) }
 				}
-				before := log.Stats().Syncs
+				before, beforeNM := log.Stats().Syncs, logNM.Stats().Syncs
 				var beforeRig uint64
 				if rig != nil {
 					beforeRig = rig.log.Stats().Syncs
@@ -303,6 +337,8 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				switch m {
 				case modeTxcoord:
 					r.Syncs = log.Stats().Syncs - before
+				case modeNoMarkers:
+					r.Syncs = logNM.Stats().Syncs - beforeNM
 				case modeTxcoordGRPC:
 					r.Syncs = rig.log.Stats().Syncs - beforeRig
 				}
@@ -317,12 +353,25 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 			}
 			results = append(results, r)
 		}
+		if contains(o.modes, modeTxcoord) && contains(o.modes, modeNoMarkers) {
+			markerCost[w] = pairedRatio(runs[modeTxcoord], runs[modeNoMarkers])
+		}
 	}
 	// What the holders keep after the run: finished decisions are deleted.
 	if plainRows != nil {
 		plainRows.close()
 	}
 	c.Close()
+	if cNM != nil {
+		cNM.Close()
+	}
+	// Markers of ended transactions are deleted by the forgetter.
+	var markersLeft [2]int
+	for i := range db {
+		if err := db[i].QueryRowContext(ctx, `SELECT count(*) FROM `+res[i].MarkerTable()).Scan(&markersLeft[i]); err != nil {
+			return err
+		}
+	}
 	var heldRows, plainHeldRows int
 	if contains(o.modes, modeTxcoordHolder) {
 		if err := db[0].QueryRowContext(ctx, `SELECT count(*) FROM `+res[0].DecisionTable()).Scan(&heldRows); err != nil {
@@ -362,6 +411,14 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if len(markerCost) > 0 {
+		var parts []string
+		for _, w := range o.workers {
+			parts = append(parts, fmt.Sprintf("%s at %d workers", pct(markerCost[w]), w))
+		}
+		fmt.Fprintf(out, "cost of proving commits (markers): txcoord / txcoord-nomarkers, paired: %s\n", strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(out, "markers left after the run: %d (bank_a), %d (bank_b)\n", markersLeft[0], markersLeft[1])
 	if contains(o.modes, modeTxcoordHolder) {
 		fmt.Fprintf(out, "decision rows left at the holder after the run: %d (txcoord-holder, %s)", heldRows, res[0].DecisionTable())
 		if plainRows != nil {
