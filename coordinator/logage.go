@@ -71,3 +71,14 @@ func (c *Coordinator) checkLogAge(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Instance names this coordinator to participants: its owner
+// ("<prefix>.<id>"), its log's id ("" for a log that has none, such as
+// the in-memory one) and this run's epoch. Participants that record it
+// refuse another instance with the same id.
+func (c *Coordinator) Instance() (owner, logID string, epoch uint64) {
+	if l, ok := c.log.(interface{ LogID() string }); ok {
+		logID = l.LogID()
+	}
+	return c.owner(), logID, c.log.Epoch()
+}

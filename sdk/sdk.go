@@ -111,6 +111,8 @@ type Participant struct {
 	res    *postgres.Resource
 	logger *slog.Logger
 
+	inst served // the coordinator instance served (instance.go)
+
 	mu      sync.Mutex
 	working map[ids.GID]bool // branches between BEGIN and the end of registration
 	started time.Time
@@ -264,8 +266,9 @@ func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b
 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.CallTimeout)
 	defer cancel()
-	_, err = p.coord.RegisterBranch(rctx, &txcoordv1.RegisterBranchRequest{
+	resp, err := p.coord.RegisterBranch(rctx, &txcoordv1.RegisterBranchRequest{
 		Txid: tx.ID.String(), Gid: gid.String(), Participant: p.cfg.Name, Address: p.cfg.Address,
+		ExpectedInstance: p.expected(rctx),
 	})
 	if err != nil {
 		switch status.Code(err) {
@@ -277,6 +280,12 @@ func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b
 			return fmt.Errorf("%w: %s: %v", ErrRefused, gid, err)
 		}
 		p.logger.Warn("branch prepared, registration unconfirmed; it will be settled by asking the outcome", "gid", gid, "err", err)
+		return fmt.Errorf("%w: %s: %v", ErrRegistrationUnknown, gid, err)
+	}
+	if err := p.learnAnswer(rctx, resp.GetInstance()); err != nil {
+		// Registered with a coordinator instance this participant does
+		// not serve (met for the first time by two processes at once):
+		// its calls will be refused; the branch waits for an operator.
 		return fmt.Errorf("%w: %s: %v", ErrRegistrationUnknown, gid, err)
 	}
 	p.count(func(s *Stats) { s.Registered++ })
@@ -311,7 +320,10 @@ func (p *Participant) Run(ctx context.Context) error {
 	for {
 		if !announced {
 			actx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-			_, err := p.coord.Announce(actx, &txcoordv1.AnnounceRequest{Participant: p.cfg.Name, Address: p.cfg.Address})
+			resp, err := p.coord.Announce(actx, &txcoordv1.AnnounceRequest{Participant: p.cfg.Name, Address: p.cfg.Address, ExpectedInstance: p.expected(actx)})
+			if err == nil {
+				err = p.learnAnswer(actx, resp.GetInstance())
+			}
 			cancel()
 			if err == nil {
 				announced = true
@@ -390,9 +402,13 @@ func (p *Participant) settleOne(ctx context.Context, g ids.GID) (bool, error) {
 	defer cancel()
 	resp, err := p.coord.GetOutcome(cctx, &txcoordv1.GetOutcomeRequest{
 		Txid: g.TxID.String(), Gid: g.String(), Participant: p.cfg.Name, Address: p.cfg.Address,
+		ExpectedInstance: p.expected(cctx),
 	})
 	if err != nil {
 		return false, fmt.Errorf("sdk: outcome of %s: %w", g, err)
+	}
+	if err := p.learnAnswer(cctx, resp.GetInstance()); err != nil {
+		return false, fmt.Errorf("sdk: outcome of %s: not acted on: %w", g, err)
 	}
 	switch resp.GetState() {
 	case txcoordv1.TxState_TX_STATE_COMMITTED:

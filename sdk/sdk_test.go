@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/txcoord/txcoord/client"
@@ -21,6 +23,8 @@ import (
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/participant/remote"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/sdk"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -473,5 +477,74 @@ func TestTransfersAcrossServicesWithADecisionHolder(t *testing.T) {
 	}
 	if _, err := cl.Begin(ctx, client.WithDecisionHolder("nope")); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("an unknown holder: %v", err)
+	}
+}
+
+// F6: a participant serves one coordinator instance. A second coordinator
+// with the same id but another log refuses the participant's branches
+// (they are rolled back at once, so it never decides them) and the
+// participant refuses its calls; a restart of the first coordinator (the
+// same log, a later run) is served.
+func TestASecondCoordinatorWithTheSameIDIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	dir1 := t.TempDir()
+	k := startCoord(t, dir1, "127.0.0.1:0")
+	addr := k.addr
+	cc, err := grpc.NewClient(addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a := startService(t, "bank_a", dsns[0], cc)
+	defer a.close()
+	cl := client.New(cc)
+	ctx := context.Background()
+	transfer := func() error {
+		return cl.Run(ctx, func(ctx context.Context) error { return move(ctx, a, 1, -1) })
+	}
+	if err := transfer(); err != nil {
+		t.Fatalf("through the first coordinator: %v", err)
+	}
+	first := k.log.LogID()
+	k.close()
+
+	// Another coordinator with the same id, on a new log, at the same
+	// address.
+	k = startCoord(t, t.TempDir(), addr)
+	if k.log.LogID() == first {
+		t.Fatal("the second log has the first one's id")
+	}
+	err = transfer()
+	if client.OutcomeOf(err) != client.Aborted || !strings.Contains(err.Error(), "another coordinator with the same id") {
+		t.Fatalf("through a second coordinator with the same id: %v; want aborted, refused", err)
+	}
+	if n := prepared(t, a); n != 0 {
+		t.Fatalf("%d branches left prepared", n)
+	}
+	if got := total(t, a); got != accounts*initial-1 {
+		t.Fatalf("total %d, want %d (only the first transfer)", got, accounts*initial-1)
+	}
+	// Its calls to the participant are refused too.
+	pc, err := grpc.NewClient(a.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	owner, logID, epoch := k.c.Instance()
+	mctx := metadata.AppendToOutgoingContext(ctx, remote.InstanceMetadataKey, remote.FormatInstance(owner, logID, epoch))
+	_, err = txcoordv1.NewParticipantClient(pc).ListPrepared(mctx, &txcoordv1.ListPreparedRequest{})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), first) {
+		t.Fatalf("ListPrepared from the second coordinator: %v; want FAILED_PRECONDITION naming the served log", err)
+	}
+	k.close()
+
+	// The first coordinator again: the same log, a later run.
+	k = startCoord(t, dir1, addr)
+	defer k.close()
+	if err := transfer(); err != nil {
+		t.Fatalf("through the first coordinator, restarted: %v", err)
 	}
 }

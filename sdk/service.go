@@ -38,6 +38,9 @@ func (s *service) gid(raw string) (ids.GID, error) {
 }
 
 func (s *service) Prepare(ctx context.Context, req *txcoordv1.PrepareRequest) (*txcoordv1.PrepareResponse, error) {
+	if err := s.p.admit(ctx); err != nil {
+		return nil, err
+	}
 	g, err := s.gid(req.GetGid())
 	if err != nil {
 		return nil, err
@@ -55,6 +58,9 @@ func (s *service) Prepare(ctx context.Context, req *txcoordv1.PrepareRequest) (*
 }
 
 func (s *service) Commit(ctx context.Context, req *txcoordv1.CommitBranchRequest) (*txcoordv1.CommitBranchResponse, error) {
+	if err := s.p.admit(ctx); err != nil {
+		return nil, err
+	}
 	g, err := s.gid(req.GetGid())
 	if err != nil {
 		return nil, err
@@ -67,6 +73,9 @@ func (s *service) Commit(ctx context.Context, req *txcoordv1.CommitBranchRequest
 }
 
 func (s *service) Rollback(ctx context.Context, req *txcoordv1.RollbackBranchRequest) (*txcoordv1.RollbackBranchResponse, error) {
+	if err := s.p.admit(ctx); err != nil {
+		return nil, err
+	}
 	g, err := s.gid(req.GetGid())
 	if err != nil {
 		return nil, err
@@ -79,6 +88,9 @@ func (s *service) Rollback(ctx context.Context, req *txcoordv1.RollbackBranchReq
 }
 
 func (s *service) ListPrepared(ctx context.Context, _ *txcoordv1.ListPreparedRequest) (*txcoordv1.ListPreparedResponse, error) {
+	if err := s.p.admit(ctx); err != nil {
+		return nil, err
+	}
 	list, err := s.p.res.Prepared(ctx)
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())

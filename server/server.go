@@ -113,6 +113,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
+	// Calls to participants name this coordinator's instance.
+	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...),
+		grpc.WithChainUnaryInterceptor(remote.InstanceInterceptor(cfg.Coordinator.Instance)))
 	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}}, nil
 }
 
@@ -377,6 +380,9 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
+		return nil, err
+	}
 	e, ok := s.lookup(id)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "unknown transaction %s: not begun here, or already finished and forgotten", id)
@@ -402,7 +408,36 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	default:
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &txcoordv1.RegisterBranchResponse{}, nil
+	return &txcoordv1.RegisterBranchResponse{Instance: s.instance()}, nil
+}
+
+// instance names this coordinator to participants.
+func (s *Server) instance() *txcoordv1.Instance {
+	owner, logID, epoch := s.c.Instance()
+	return &txcoordv1.Instance{Owner: owner, LogId: logID, Epoch: epoch}
+}
+
+// expected refuses a participant that serves another instance of this
+// coordinator's id (another log), or a later run of this one: this process
+// must not take its branches, nor answer for them.
+func (s *Server) expected(participant string, want *txcoordv1.Instance) error {
+	owner, logID, epoch := s.c.Instance()
+	if want.GetLogId() == "" || want.GetOwner() != owner {
+		return nil // nothing recorded for this id yet
+	}
+	switch {
+	case logID != "" && want.GetLogId() != logID:
+		s.logger.Error("a participant serves another coordinator with this id: refused; two coordinators with one id take each other's branches",
+			"participant", participant, "owner", owner, "theirs", want.GetLogId(), "ours", logID)
+		return status.Errorf(codes.FailedPrecondition,
+			"participant %s serves coordinator %s with log %s (epoch %d); this process is another coordinator with the same id (log %s): refused",
+			participant, owner, want.GetLogId(), want.GetEpoch(), logID)
+	case logID != "" && want.GetEpoch() > epoch:
+		return status.Errorf(codes.FailedPrecondition,
+			"participant %s has seen run %d of coordinator %s's log %s; this process is run %d, an older one still running: refused",
+			participant, want.GetEpoch(), owner, logID, epoch)
+	}
+	return nil
 }
 
 func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txcoordv1.CommitResponse, error) {
@@ -539,6 +574,9 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 }
 
 func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeRequest) (*txcoordv1.GetOutcomeResponse, error) {
+	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
+		return nil, err
+	}
 	var res coordinator.Resolution
 	var err error
 	var txid ids.TxID // when the application asks, by transaction
@@ -585,7 +623,7 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 	case coordinator.RollbackBranch:
 		st = txcoordv1.TxState_TX_STATE_ABORTED
 	}
-	return &txcoordv1.GetOutcomeResponse{State: st}, nil
+	return &txcoordv1.GetOutcomeResponse{State: st, Instance: s.instance()}, nil
 }
 
 func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (*txcoordv1.AnnounceResponse, error) {
@@ -595,8 +633,11 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
+		return nil, err
+	}
 	if _, err := s.AddParticipant(req.GetParticipant(), req.GetAddress()); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	return &txcoordv1.AnnounceResponse{}, nil
+	return &txcoordv1.AnnounceResponse{Instance: s.instance()}, nil
 }

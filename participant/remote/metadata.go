@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -107,4 +108,40 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", ids.ErrBadGID, len(h), HolderMetadataKey)
 	}
 	return tx, true, nil
+}
+
+// InstanceMetadataKey is the gRPC metadata key with which a coordinator
+// names itself on its calls to a participant: "<owner> <log id> <epoch>"
+// (see Instance in the API). A participant that serves another instance
+// with the same owner refuses the call.
+const InstanceMetadataKey = "txcoord-instance"
+
+// FormatInstance is the value of InstanceMetadataKey.
+func FormatInstance(owner, logID string, epoch uint64) string {
+	return fmt.Sprintf("%s %s %d", owner, logID, epoch)
+}
+
+// ParseInstance parses a value of InstanceMetadataKey.
+func ParseInstance(v string) (owner, logID string, epoch uint64, err error) {
+	parts := strings.Fields(v)
+	if len(parts) != 3 || len(v) > 200 {
+		return "", "", 0, fmt.Errorf("remote: malformed %s %q: want \"<owner> <log id> <epoch>\"", InstanceMetadataKey, v)
+	}
+	epoch, err = strconv.ParseUint(parts[2], 10, 64)
+	if err != nil {
+		return "", "", 0, fmt.Errorf("remote: malformed %s %q: epoch: %v", InstanceMetadataKey, v, err)
+	}
+	return parts[0], parts[1], epoch, nil
+}
+
+// InstanceInterceptor adds the coordinator's instance (as Instance
+// returns it) to every call a coordinator makes to a participant. It adds
+// nothing for a log without an id.
+func InstanceInterceptor(instance func() (owner, logID string, epoch uint64)) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if owner, logID, epoch := instance(); logID != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, InstanceMetadataKey, FormatInstance(owner, logID, epoch))
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 }

@@ -151,3 +151,15 @@ func TestGarbageFromParticipantIsForeign(t *testing.T) {
 		}
 	}
 }
+
+func TestInstanceMetadataRoundTripsAndRefusesGarbage(t *testing.T) {
+	owner, logID, epoch, err := remote.ParseInstance(remote.FormatInstance("txc.c1", "3f2a", 7))
+	if err != nil || owner != "txc.c1" || logID != "3f2a" || epoch != 7 {
+		t.Fatalf("round trip: %q %q %d %v", owner, logID, epoch, err)
+	}
+	for _, bad := range []string{"", "txc.c1 3f2a", "txc.c1 3f2a 7 8", "txc.c1 3f2a x", "txc.c1 3f2a -1", "txc.c1 3f2a 12abc"} {
+		if _, _, _, err := remote.ParseInstance(bad); err == nil {
+			t.Errorf("ParseInstance(%q) accepted", bad)
+		}
+	}
+}

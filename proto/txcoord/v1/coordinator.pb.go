@@ -363,7 +363,10 @@ func (x *BeginResponse) GetDecisionHolder() string {
 
 type RegisterBranchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Txid  string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
+	// The instance the participant serves, if it has recorded one: another
+	// instance with the same id refuses (FAILED_PRECONDITION).
+	ExpectedInstance *Instance `protobuf:"bytes,5,opt,name=expected_instance,json=expectedInstance,proto3" json:"expected_instance,omitempty"`
+	Txid             string    `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
 	// The prepared branch's gid: <gtrid>.<branch>.
 	Gid string `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"`
 	// The participant's name: unique among participants, [A-Za-z0-9_-].
@@ -404,6 +407,13 @@ func (*RegisterBranchRequest) Descriptor() ([]byte, []int) {
 	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{2}
 }
 
+func (x *RegisterBranchRequest) GetExpectedInstance() *Instance {
+	if x != nil {
+		return x.ExpectedInstance
+	}
+	return nil
+}
+
 func (x *RegisterBranchRequest) GetTxid() string {
 	if x != nil {
 		return x.Txid
@@ -433,7 +443,9 @@ func (x *RegisterBranchRequest) GetAddress() string {
 }
 
 type RegisterBranchResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The coordinator instance that took the branch.
+	Instance      *Instance `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -468,6 +480,79 @@ func (*RegisterBranchResponse) Descriptor() ([]byte, []int) {
 	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *RegisterBranchResponse) GetInstance() *Instance {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
+}
+
+// Instance names one coordinator: its id (owner, "<prefix>.<coordinator
+// id>"), the log it decides in (log_id, made when the log was created) and
+// the run of that log (epoch, higher at each start). A participant records
+// the instance it serves and refuses another instance with the same id
+// (two coordinators with one id would each take the other's prepared
+// branches for their own), and a run older than one it has seen.
+type Instance struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owner         string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	LogId         string                 `protobuf:"bytes,2,opt,name=log_id,json=logId,proto3" json:"log_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Instance) Reset() {
+	*x = Instance{}
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Instance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Instance) ProtoMessage() {}
+
+func (x *Instance) ProtoReflect() protoreflect.Message {
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Instance.ProtoReflect.Descriptor instead.
+func (*Instance) Descriptor() ([]byte, []int) {
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Instance) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Instance) GetLogId() string {
+	if x != nil {
+		return x.LogId
+	}
+	return ""
+}
+
+func (x *Instance) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type CommitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Txid  string                 `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
@@ -481,7 +566,7 @@ type CommitRequest struct {
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +578,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +591,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CommitRequest) GetTxid() string {
@@ -540,7 +625,7 @@ type CommitResponse struct {
 
 func (x *CommitResponse) Reset() {
 	*x = CommitResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +637,7 @@ func (x *CommitResponse) String() string {
 func (*CommitResponse) ProtoMessage() {}
 
 func (x *CommitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +650,7 @@ func (x *CommitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitResponse.ProtoReflect.Descriptor instead.
 func (*CommitResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CommitResponse) GetOutcome() Outcome {
@@ -610,7 +695,7 @@ type RollbackRequest struct {
 
 func (x *RollbackRequest) Reset() {
 	*x = RollbackRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +707,7 @@ func (x *RollbackRequest) String() string {
 func (*RollbackRequest) ProtoMessage() {}
 
 func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +720,7 @@ func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
 func (*RollbackRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RollbackRequest) GetTxid() string {
@@ -668,7 +753,7 @@ type RollbackResponse struct {
 
 func (x *RollbackResponse) Reset() {
 	*x = RollbackResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +765,7 @@ func (x *RollbackResponse) String() string {
 func (*RollbackResponse) ProtoMessage() {}
 
 func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +778,7 @@ func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
 func (*RollbackResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RollbackResponse) GetOutcome() Outcome {
@@ -716,7 +801,7 @@ type GetTransactionRequest struct {
 
 func (x *GetTransactionRequest) Reset() {
 	*x = GetTransactionRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +813,7 @@ func (x *GetTransactionRequest) String() string {
 func (*GetTransactionRequest) ProtoMessage() {}
 
 func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +826,7 @@ func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTransactionRequest.ProtoReflect.Descriptor instead.
 func (*GetTransactionRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetTransactionRequest) GetTxid() string {
@@ -777,7 +862,7 @@ type Branch struct {
 
 func (x *Branch) Reset() {
 	*x = Branch{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +874,7 @@ func (x *Branch) String() string {
 func (*Branch) ProtoMessage() {}
 
 func (x *Branch) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +887,7 @@ func (x *Branch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Branch.ProtoReflect.Descriptor instead.
 func (*Branch) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Branch) GetParticipant() string {
@@ -874,7 +959,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +971,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +984,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LogRecord) GetLsn() uint64 {
@@ -982,7 +1067,7 @@ type LoggedDecision struct {
 
 func (x *LoggedDecision) Reset() {
 	*x = LoggedDecision{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1079,7 @@ func (x *LoggedDecision) String() string {
 func (*LoggedDecision) ProtoMessage() {}
 
 func (x *LoggedDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1092,7 @@ func (x *LoggedDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoggedDecision.ProtoReflect.Descriptor instead.
 func (*LoggedDecision) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LoggedDecision) GetDecision() Decision {
@@ -1092,7 +1177,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1189,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1202,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Transaction) GetTxid() string {
@@ -1226,7 +1311,7 @@ type ListTransactionsRequest struct {
 
 func (x *ListTransactionsRequest) Reset() {
 	*x = ListTransactionsRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1323,7 @@ func (x *ListTransactionsRequest) String() string {
 func (*ListTransactionsRequest) ProtoMessage() {}
 
 func (x *ListTransactionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1336,7 @@ func (x *ListTransactionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTransactionsRequest.ProtoReflect.Descriptor instead.
 func (*ListTransactionsRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTransactionsRequest) GetStates() []TxState {
@@ -1284,7 +1369,7 @@ type ListTransactionsResponse struct {
 
 func (x *ListTransactionsResponse) Reset() {
 	*x = ListTransactionsResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1381,7 @@ func (x *ListTransactionsResponse) String() string {
 func (*ListTransactionsResponse) ProtoMessage() {}
 
 func (x *ListTransactionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1394,7 @@ func (x *ListTransactionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTransactionsResponse.ProtoReflect.Descriptor instead.
 func (*ListTransactionsResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTransactionsResponse) GetTransactions() []*Transaction {
@@ -1321,6 +1406,8 @@ func (x *ListTransactionsResponse) GetTransactions() []*Transaction {
 
 type GetOutcomeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in RegisterBranchRequest: another instance refuses to answer.
+	ExpectedInstance *Instance `protobuf:"bytes,6,opt,name=expected_instance,json=expectedInstance,proto3" json:"expected_instance,omitempty"`
 	// The transaction id, or a gid of one of its branches.
 	Txid string `protobuf:"bytes,1,opt,name=txid,proto3" json:"txid,omitempty"`
 	Gid  string `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"`
@@ -1338,7 +1425,7 @@ type GetOutcomeRequest struct {
 
 func (x *GetOutcomeRequest) Reset() {
 	*x = GetOutcomeRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1437,7 @@ func (x *GetOutcomeRequest) String() string {
 func (*GetOutcomeRequest) ProtoMessage() {}
 
 func (x *GetOutcomeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1450,14 @@ func (x *GetOutcomeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutcomeRequest.ProtoReflect.Descriptor instead.
 func (*GetOutcomeRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GetOutcomeRequest) GetExpectedInstance() *Instance {
+	if x != nil {
+		return x.ExpectedInstance
+	}
+	return nil
 }
 
 func (x *GetOutcomeRequest) GetTxid() string {
@@ -1405,14 +1499,16 @@ type GetOutcomeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// COMMITTED: commit the branch. ABORTED: roll it back. Anything else:
 	// ask again later.
-	State         TxState `protobuf:"varint,1,opt,name=state,proto3,enum=txcoord.v1.TxState" json:"state,omitempty"`
+	State TxState `protobuf:"varint,1,opt,name=state,proto3,enum=txcoord.v1.TxState" json:"state,omitempty"`
+	// The coordinator instance that answered.
+	Instance      *Instance `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetOutcomeResponse) Reset() {
 	*x = GetOutcomeResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1520,7 @@ func (x *GetOutcomeResponse) String() string {
 func (*GetOutcomeResponse) ProtoMessage() {}
 
 func (x *GetOutcomeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1533,7 @@ func (x *GetOutcomeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutcomeResponse.ProtoReflect.Descriptor instead.
 func (*GetOutcomeResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetOutcomeResponse) GetState() TxState {
@@ -1445,6 +1541,13 @@ func (x *GetOutcomeResponse) GetState() TxState {
 		return x.State
 	}
 	return TxState_TX_STATE_UNSPECIFIED
+}
+
+func (x *GetOutcomeResponse) GetInstance() *Instance {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
 }
 
 type ResolveRequest struct {
@@ -1466,7 +1569,7 @@ type ResolveRequest struct {
 
 func (x *ResolveRequest) Reset() {
 	*x = ResolveRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1581,7 @@ func (x *ResolveRequest) String() string {
 func (*ResolveRequest) ProtoMessage() {}
 
 func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1594,7 @@ func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
 func (*ResolveRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResolveRequest) GetTxid() string {
@@ -1542,7 +1645,7 @@ type BranchResult struct {
 
 func (x *BranchResult) Reset() {
 	*x = BranchResult{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1657,7 @@ func (x *BranchResult) String() string {
 func (*BranchResult) ProtoMessage() {}
 
 func (x *BranchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1670,7 @@ func (x *BranchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchResult.ProtoReflect.Descriptor instead.
 func (*BranchResult) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BranchResult) GetParticipant() string {
@@ -1616,7 +1719,7 @@ type ResolveResponse struct {
 
 func (x *ResolveResponse) Reset() {
 	*x = ResolveResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +1731,7 @@ func (x *ResolveResponse) String() string {
 func (*ResolveResponse) ProtoMessage() {}
 
 func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +1744,7 @@ func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
 func (*ResolveResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResolveResponse) GetTransaction() *Transaction {
@@ -1687,7 +1790,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1802,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1815,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 type RecoverResponse struct {
@@ -1738,7 +1841,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1853,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1866,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecoverResponse) GetRedriven() int32 {
@@ -1851,16 +1954,18 @@ func (x *RecoverResponse) GetForgotten() int32 {
 }
 
 type AnnounceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Participant   string                 `protobuf:"bytes,1,opt,name=participant,proto3" json:"participant,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in RegisterBranchRequest: another instance refuses the participant.
+	ExpectedInstance *Instance `protobuf:"bytes,3,opt,name=expected_instance,json=expectedInstance,proto3" json:"expected_instance,omitempty"`
+	Participant      string    `protobuf:"bytes,1,opt,name=participant,proto3" json:"participant,omitempty"`
+	Address          string    `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AnnounceRequest) Reset() {
 	*x = AnnounceRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +1977,7 @@ func (x *AnnounceRequest) String() string {
 func (*AnnounceRequest) ProtoMessage() {}
 
 func (x *AnnounceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +1990,14 @@ func (x *AnnounceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceRequest.ProtoReflect.Descriptor instead.
 func (*AnnounceRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AnnounceRequest) GetExpectedInstance() *Instance {
+	if x != nil {
+		return x.ExpectedInstance
+	}
+	return nil
 }
 
 func (x *AnnounceRequest) GetParticipant() string {
@@ -1903,14 +2015,16 @@ func (x *AnnounceRequest) GetAddress() string {
 }
 
 type AnnounceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The coordinator instance the participant announced itself to.
+	Instance      *Instance `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnounceResponse) Reset() {
 	*x = AnnounceResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2036,7 @@ func (x *AnnounceResponse) String() string {
 func (*AnnounceResponse) ProtoMessage() {}
 
 func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2049,14 @@ func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceResponse.ProtoReflect.Descriptor instead.
 func (*AnnounceResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AnnounceResponse) GetInstance() *Instance {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
 }
 
 var File_txcoord_v1_coordinator_proto protoreflect.FileDescriptor
@@ -1952,13 +2073,19 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
 	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\x126\n" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12'\n" +
-	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\"y\n" +
-	"\x15RegisterBranchRequest\x12\x12\n" +
+	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\"\xbc\x01\n" +
+	"\x15RegisterBranchRequest\x12A\n" +
+	"\x11expected_instance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
 	"\vparticipant\x18\x03 \x01(\tR\vparticipant\x12\x18\n" +
-	"\aaddress\x18\x04 \x01(\tR\aaddress\"\x18\n" +
-	"\x16RegisterBranchResponse\"9\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\"J\n" +
+	"\x16RegisterBranchResponse\x120\n" +
+	"\binstance\x18\x01 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"M\n" +
+	"\bInstance\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x15\n" +
+	"\x06log_id\x18\x02 \x01(\tR\x05logId\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"9\n" +
 	"\rCommitRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
 	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\"\xae\x01\n" +
@@ -2026,15 +2153,17 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"older_than\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tolderThan\x12\x12\n" +
 	"\x04scan\x18\x03 \x01(\bR\x04scan\"W\n" +
 	"\x18ListTransactionsResponse\x12;\n" +
-	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\"\x8b\x01\n" +
-	"\x11GetOutcomeRequest\x12\x12\n" +
+	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\"\xce\x01\n" +
+	"\x11GetOutcomeRequest\x12A\n" +
+	"\x11expected_instance\x18\x06 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
 	"\vparticipant\x18\x03 \x01(\tR\vparticipant\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x14\n" +
-	"\x05gtrid\x18\x05 \x01(\tR\x05gtrid\"?\n" +
+	"\x05gtrid\x18\x05 \x01(\tR\x05gtrid\"q\n" +
 	"\x12GetOutcomeResponse\x12)\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\"\xaf\x01\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x13.txcoord.v1.TxStateR\x05state\x120\n" +
+	"\binstance\x18\x02 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"\xaf\x01\n" +
 	"\x0eResolveRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x120\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x14.txcoord.v1.DecisionR\bdecision\x12\x16\n" +
@@ -2069,11 +2198,13 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x06fenced\x18\n" +
 	" \x01(\x05R\x06fenced\x12\x12\n" +
 	"\x04held\x18\v \x01(\x05R\x04held\x12\x1c\n" +
-	"\tforgotten\x18\f \x01(\x05R\tforgotten\"M\n" +
-	"\x0fAnnounceRequest\x12 \n" +
+	"\tforgotten\x18\f \x01(\x05R\tforgotten\"\x90\x01\n" +
+	"\x0fAnnounceRequest\x12A\n" +
+	"\x11expected_instance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\x12\n" +
-	"\x10AnnounceResponse*\x88\x02\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"D\n" +
+	"\x10AnnounceResponse\x120\n" +
+	"\binstance\x18\x01 \x01(\v2\x14.txcoord.v1.InstanceR\binstance*\x88\x02\n" +
 	"\aTxState\x12\x18\n" +
 	"\x14TX_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTX_STATE_ACTIVE\x10\x01\x12\x16\n" +
@@ -2122,7 +2253,7 @@ func file_txcoord_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_txcoord_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_txcoord_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_txcoord_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_txcoord_v1_coordinator_proto_goTypes = []any{
 	(TxState)(0),                     // 0: txcoord.v1.TxState
 	(Outcome)(0),                     // 1: txcoord.v1.Outcome
@@ -2131,77 +2262,84 @@ var file_txcoord_v1_coordinator_proto_goTypes = []any{
 	(*BeginResponse)(nil),            // 4: txcoord.v1.BeginResponse
 	(*RegisterBranchRequest)(nil),    // 5: txcoord.v1.RegisterBranchRequest
 	(*RegisterBranchResponse)(nil),   // 6: txcoord.v1.RegisterBranchResponse
-	(*CommitRequest)(nil),            // 7: txcoord.v1.CommitRequest
-	(*CommitResponse)(nil),           // 8: txcoord.v1.CommitResponse
-	(*RollbackRequest)(nil),          // 9: txcoord.v1.RollbackRequest
-	(*RollbackResponse)(nil),         // 10: txcoord.v1.RollbackResponse
-	(*GetTransactionRequest)(nil),    // 11: txcoord.v1.GetTransactionRequest
-	(*Branch)(nil),                   // 12: txcoord.v1.Branch
-	(*LogRecord)(nil),                // 13: txcoord.v1.LogRecord
-	(*LoggedDecision)(nil),           // 14: txcoord.v1.LoggedDecision
-	(*Transaction)(nil),              // 15: txcoord.v1.Transaction
-	(*ListTransactionsRequest)(nil),  // 16: txcoord.v1.ListTransactionsRequest
-	(*ListTransactionsResponse)(nil), // 17: txcoord.v1.ListTransactionsResponse
-	(*GetOutcomeRequest)(nil),        // 18: txcoord.v1.GetOutcomeRequest
-	(*GetOutcomeResponse)(nil),       // 19: txcoord.v1.GetOutcomeResponse
-	(*ResolveRequest)(nil),           // 20: txcoord.v1.ResolveRequest
-	(*BranchResult)(nil),             // 21: txcoord.v1.BranchResult
-	(*ResolveResponse)(nil),          // 22: txcoord.v1.ResolveResponse
-	(*RecoverRequest)(nil),           // 23: txcoord.v1.RecoverRequest
-	(*RecoverResponse)(nil),          // 24: txcoord.v1.RecoverResponse
-	(*AnnounceRequest)(nil),          // 25: txcoord.v1.AnnounceRequest
-	(*AnnounceResponse)(nil),         // 26: txcoord.v1.AnnounceResponse
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(*Instance)(nil),                 // 7: txcoord.v1.Instance
+	(*CommitRequest)(nil),            // 8: txcoord.v1.CommitRequest
+	(*CommitResponse)(nil),           // 9: txcoord.v1.CommitResponse
+	(*RollbackRequest)(nil),          // 10: txcoord.v1.RollbackRequest
+	(*RollbackResponse)(nil),         // 11: txcoord.v1.RollbackResponse
+	(*GetTransactionRequest)(nil),    // 12: txcoord.v1.GetTransactionRequest
+	(*Branch)(nil),                   // 13: txcoord.v1.Branch
+	(*LogRecord)(nil),                // 14: txcoord.v1.LogRecord
+	(*LoggedDecision)(nil),           // 15: txcoord.v1.LoggedDecision
+	(*Transaction)(nil),              // 16: txcoord.v1.Transaction
+	(*ListTransactionsRequest)(nil),  // 17: txcoord.v1.ListTransactionsRequest
+	(*ListTransactionsResponse)(nil), // 18: txcoord.v1.ListTransactionsResponse
+	(*GetOutcomeRequest)(nil),        // 19: txcoord.v1.GetOutcomeRequest
+	(*GetOutcomeResponse)(nil),       // 20: txcoord.v1.GetOutcomeResponse
+	(*ResolveRequest)(nil),           // 21: txcoord.v1.ResolveRequest
+	(*BranchResult)(nil),             // 22: txcoord.v1.BranchResult
+	(*ResolveResponse)(nil),          // 23: txcoord.v1.ResolveResponse
+	(*RecoverRequest)(nil),           // 24: txcoord.v1.RecoverRequest
+	(*RecoverResponse)(nil),          // 25: txcoord.v1.RecoverResponse
+	(*AnnounceRequest)(nil),          // 26: txcoord.v1.AnnounceRequest
+	(*AnnounceResponse)(nil),         // 27: txcoord.v1.AnnounceResponse
+	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
 }
 var file_txcoord_v1_coordinator_proto_depIdxs = []int32{
-	27, // 0: txcoord.v1.BeginRequest.timeout:type_name -> google.protobuf.Duration
-	28, // 1: txcoord.v1.BeginResponse.deadline:type_name -> google.protobuf.Timestamp
-	1,  // 2: txcoord.v1.CommitResponse.outcome:type_name -> txcoord.v1.Outcome
-	1,  // 3: txcoord.v1.RollbackResponse.outcome:type_name -> txcoord.v1.Outcome
-	28, // 4: txcoord.v1.Branch.prepared_at:type_name -> google.protobuf.Timestamp
-	28, // 5: txcoord.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
-	2,  // 6: txcoord.v1.LoggedDecision.decision:type_name -> txcoord.v1.Decision
-	28, // 7: txcoord.v1.LoggedDecision.time:type_name -> google.protobuf.Timestamp
-	0,  // 8: txcoord.v1.Transaction.state:type_name -> txcoord.v1.TxState
-	28, // 9: txcoord.v1.Transaction.started:type_name -> google.protobuf.Timestamp
-	27, // 10: txcoord.v1.Transaction.age:type_name -> google.protobuf.Duration
-	12, // 11: txcoord.v1.Transaction.branches:type_name -> txcoord.v1.Branch
-	14, // 12: txcoord.v1.Transaction.decision:type_name -> txcoord.v1.LoggedDecision
-	13, // 13: txcoord.v1.Transaction.records:type_name -> txcoord.v1.LogRecord
-	0,  // 14: txcoord.v1.ListTransactionsRequest.states:type_name -> txcoord.v1.TxState
-	27, // 15: txcoord.v1.ListTransactionsRequest.older_than:type_name -> google.protobuf.Duration
-	15, // 16: txcoord.v1.ListTransactionsResponse.transactions:type_name -> txcoord.v1.Transaction
-	0,  // 17: txcoord.v1.GetOutcomeResponse.state:type_name -> txcoord.v1.TxState
-	2,  // 18: txcoord.v1.ResolveRequest.decision:type_name -> txcoord.v1.Decision
-	15, // 19: txcoord.v1.ResolveResponse.transaction:type_name -> txcoord.v1.Transaction
-	21, // 20: txcoord.v1.ResolveResponse.branches:type_name -> txcoord.v1.BranchResult
-	21, // 21: txcoord.v1.RecoverResponse.actions:type_name -> txcoord.v1.BranchResult
-	3,  // 22: txcoord.v1.Coordinator.Begin:input_type -> txcoord.v1.BeginRequest
-	5,  // 23: txcoord.v1.Coordinator.RegisterBranch:input_type -> txcoord.v1.RegisterBranchRequest
-	7,  // 24: txcoord.v1.Coordinator.Commit:input_type -> txcoord.v1.CommitRequest
-	9,  // 25: txcoord.v1.Coordinator.Rollback:input_type -> txcoord.v1.RollbackRequest
-	11, // 26: txcoord.v1.Coordinator.GetTransaction:input_type -> txcoord.v1.GetTransactionRequest
-	16, // 27: txcoord.v1.Coordinator.ListTransactions:input_type -> txcoord.v1.ListTransactionsRequest
-	18, // 28: txcoord.v1.Coordinator.GetOutcome:input_type -> txcoord.v1.GetOutcomeRequest
-	20, // 29: txcoord.v1.Coordinator.Resolve:input_type -> txcoord.v1.ResolveRequest
-	23, // 30: txcoord.v1.Coordinator.Recover:input_type -> txcoord.v1.RecoverRequest
-	25, // 31: txcoord.v1.Coordinator.Announce:input_type -> txcoord.v1.AnnounceRequest
-	4,  // 32: txcoord.v1.Coordinator.Begin:output_type -> txcoord.v1.BeginResponse
-	6,  // 33: txcoord.v1.Coordinator.RegisterBranch:output_type -> txcoord.v1.RegisterBranchResponse
-	8,  // 34: txcoord.v1.Coordinator.Commit:output_type -> txcoord.v1.CommitResponse
-	10, // 35: txcoord.v1.Coordinator.Rollback:output_type -> txcoord.v1.RollbackResponse
-	15, // 36: txcoord.v1.Coordinator.GetTransaction:output_type -> txcoord.v1.Transaction
-	17, // 37: txcoord.v1.Coordinator.ListTransactions:output_type -> txcoord.v1.ListTransactionsResponse
-	19, // 38: txcoord.v1.Coordinator.GetOutcome:output_type -> txcoord.v1.GetOutcomeResponse
-	22, // 39: txcoord.v1.Coordinator.Resolve:output_type -> txcoord.v1.ResolveResponse
-	24, // 40: txcoord.v1.Coordinator.Recover:output_type -> txcoord.v1.RecoverResponse
-	26, // 41: txcoord.v1.Coordinator.Announce:output_type -> txcoord.v1.AnnounceResponse
-	32, // [32:42] is the sub-list for method output_type
-	22, // [22:32] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	28, // 0: txcoord.v1.BeginRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 1: txcoord.v1.BeginResponse.deadline:type_name -> google.protobuf.Timestamp
+	7,  // 2: txcoord.v1.RegisterBranchRequest.expected_instance:type_name -> txcoord.v1.Instance
+	7,  // 3: txcoord.v1.RegisterBranchResponse.instance:type_name -> txcoord.v1.Instance
+	1,  // 4: txcoord.v1.CommitResponse.outcome:type_name -> txcoord.v1.Outcome
+	1,  // 5: txcoord.v1.RollbackResponse.outcome:type_name -> txcoord.v1.Outcome
+	29, // 6: txcoord.v1.Branch.prepared_at:type_name -> google.protobuf.Timestamp
+	29, // 7: txcoord.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
+	2,  // 8: txcoord.v1.LoggedDecision.decision:type_name -> txcoord.v1.Decision
+	29, // 9: txcoord.v1.LoggedDecision.time:type_name -> google.protobuf.Timestamp
+	0,  // 10: txcoord.v1.Transaction.state:type_name -> txcoord.v1.TxState
+	29, // 11: txcoord.v1.Transaction.started:type_name -> google.protobuf.Timestamp
+	28, // 12: txcoord.v1.Transaction.age:type_name -> google.protobuf.Duration
+	13, // 13: txcoord.v1.Transaction.branches:type_name -> txcoord.v1.Branch
+	15, // 14: txcoord.v1.Transaction.decision:type_name -> txcoord.v1.LoggedDecision
+	14, // 15: txcoord.v1.Transaction.records:type_name -> txcoord.v1.LogRecord
+	0,  // 16: txcoord.v1.ListTransactionsRequest.states:type_name -> txcoord.v1.TxState
+	28, // 17: txcoord.v1.ListTransactionsRequest.older_than:type_name -> google.protobuf.Duration
+	16, // 18: txcoord.v1.ListTransactionsResponse.transactions:type_name -> txcoord.v1.Transaction
+	7,  // 19: txcoord.v1.GetOutcomeRequest.expected_instance:type_name -> txcoord.v1.Instance
+	0,  // 20: txcoord.v1.GetOutcomeResponse.state:type_name -> txcoord.v1.TxState
+	7,  // 21: txcoord.v1.GetOutcomeResponse.instance:type_name -> txcoord.v1.Instance
+	2,  // 22: txcoord.v1.ResolveRequest.decision:type_name -> txcoord.v1.Decision
+	16, // 23: txcoord.v1.ResolveResponse.transaction:type_name -> txcoord.v1.Transaction
+	22, // 24: txcoord.v1.ResolveResponse.branches:type_name -> txcoord.v1.BranchResult
+	22, // 25: txcoord.v1.RecoverResponse.actions:type_name -> txcoord.v1.BranchResult
+	7,  // 26: txcoord.v1.AnnounceRequest.expected_instance:type_name -> txcoord.v1.Instance
+	7,  // 27: txcoord.v1.AnnounceResponse.instance:type_name -> txcoord.v1.Instance
+	3,  // 28: txcoord.v1.Coordinator.Begin:input_type -> txcoord.v1.BeginRequest
+	5,  // 29: txcoord.v1.Coordinator.RegisterBranch:input_type -> txcoord.v1.RegisterBranchRequest
+	8,  // 30: txcoord.v1.Coordinator.Commit:input_type -> txcoord.v1.CommitRequest
+	10, // 31: txcoord.v1.Coordinator.Rollback:input_type -> txcoord.v1.RollbackRequest
+	12, // 32: txcoord.v1.Coordinator.GetTransaction:input_type -> txcoord.v1.GetTransactionRequest
+	17, // 33: txcoord.v1.Coordinator.ListTransactions:input_type -> txcoord.v1.ListTransactionsRequest
+	19, // 34: txcoord.v1.Coordinator.GetOutcome:input_type -> txcoord.v1.GetOutcomeRequest
+	21, // 35: txcoord.v1.Coordinator.Resolve:input_type -> txcoord.v1.ResolveRequest
+	24, // 36: txcoord.v1.Coordinator.Recover:input_type -> txcoord.v1.RecoverRequest
+	26, // 37: txcoord.v1.Coordinator.Announce:input_type -> txcoord.v1.AnnounceRequest
+	4,  // 38: txcoord.v1.Coordinator.Begin:output_type -> txcoord.v1.BeginResponse
+	6,  // 39: txcoord.v1.Coordinator.RegisterBranch:output_type -> txcoord.v1.RegisterBranchResponse
+	9,  // 40: txcoord.v1.Coordinator.Commit:output_type -> txcoord.v1.CommitResponse
+	11, // 41: txcoord.v1.Coordinator.Rollback:output_type -> txcoord.v1.RollbackResponse
+	16, // 42: txcoord.v1.Coordinator.GetTransaction:output_type -> txcoord.v1.Transaction
+	18, // 43: txcoord.v1.Coordinator.ListTransactions:output_type -> txcoord.v1.ListTransactionsResponse
+	20, // 44: txcoord.v1.Coordinator.GetOutcome:output_type -> txcoord.v1.GetOutcomeResponse
+	23, // 45: txcoord.v1.Coordinator.Resolve:output_type -> txcoord.v1.ResolveResponse
+	25, // 46: txcoord.v1.Coordinator.Recover:output_type -> txcoord.v1.RecoverResponse
+	27, // 47: txcoord.v1.Coordinator.Announce:output_type -> txcoord.v1.AnnounceResponse
+	38, // [38:48] is the sub-list for method output_type
+	28, // [28:38] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_txcoord_v1_coordinator_proto_init() }
@@ -2215,7 +2353,7 @@ func file_txcoord_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_txcoord_v1_coordinator_proto_rawDesc), len(file_txcoord_v1_coordinator_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
