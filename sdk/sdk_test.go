@@ -548,3 +548,55 @@ func TestASecondCoordinatorWithTheSameIDIsRefused(t *testing.T) {
 		t.Fatalf("through the first coordinator, restarted: %v", err)
 	}
 }
+
+// F2 through services: a branch rolled back by hand at a service's
+// database after it was prepared and registered is answered NOT_FOUND
+// (no marker proves it committed), and the client hears a heuristic
+// hazard, not "committed"; the branch that could commit did.
+func TestABranchRolledBackByHandAtAServiceIsAHazard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
+	defer a.close()
+	defer b.close()
+	ctx := context.Background()
+	tx, err := client.New(cc).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), a, 1, -10); err != nil {
+		t.Fatal(err)
+	}
+	if err := move(tx.Context(ctx), b, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	var gid string
+	if err := a.res.DB().QueryRowContext(ctx, "SELECT gid FROM pg_prepared_xacts").Scan(&gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.res.DB().ExecContext(ctx, "ROLLBACK PREPARED '"+gid+"'"); err != nil {
+		t.Fatal(err)
+	}
+	err = tx.Commit(ctx)
+	if !errors.Is(err, client.ErrHeuristicHazard) || client.OutcomeOf(err) != client.Hazard {
+		t.Fatalf("Commit = %v; want a heuristic hazard", err)
+	}
+	if got := total(t, a); got != accounts*initial {
+		t.Fatalf("bank_a total %d: its branch was rolled back by hand", got)
+	}
+	if got := total(t, b); got != accounts*initial+10 {
+		t.Fatalf("bank_b total %d: its branch should have committed", got)
+	}
+	if k.c.Hazard(tx.ID()) == nil {
+		t.Fatal("the coordinator does not list the hazard")
+	}
+}
