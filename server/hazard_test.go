@@ -9,8 +9,8 @@ import (
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
-	"github.com/txcoord/txcoord/server"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
+	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
 )
 
