@@ -484,23 +484,32 @@ func (r *Resource) Decisions(ctx context.Context, owner string) ([]participant.D
 // synchronous_commit off: a delete lost in a crash leaves rows that the
 // next recovery pass forgets, so it need not wait for the disk.
 func (r *Resource) Forget(ctx context.Context, txids []ids.TxID) error {
-	for len(txids) > 0 {
-		n := min(len(txids), forgetChunk)
-		failpoint.Hit(failpoint.PGHolderBeforeForget)
+	return r.deleteLazily(ctx, "decisions", len(txids), failpoint.PGHolderBeforeForget, failpoint.PGHolderAfterForget,
+		func(lo, hi int) string {
+			return "DELETE FROM " + r.decisionTable() + " WHERE txid = ANY(" + uuidArray(txids[lo:hi]) + ")"
+		})
+}
+
+// deleteLazily runs the DELETE that del returns for items lo..hi-1 of n,
+// forgetChunk at a time, each in a transaction committed with
+// synchronous_commit off (what a crash loses, recovery deletes again).
+// The crash points before and after bracket each chunk.
+func (r *Resource) deleteLazily(ctx context.Context, what string, n int, before, after string, del func(lo, hi int) string) error {
+	for lo := 0; lo < n; lo += forgetChunk {
+		hi := min(lo+forgetChunk, n)
+		failpoint.Hit(before)
 		conn, err := r.db.Conn(ctx)
 		if err != nil {
-			return fmt.Errorf("postgres: %s: forget %d decisions: %w", r.name, n, err)
+			return fmt.Errorf("postgres: %s: forget %d %s: %w", r.name, hi-lo, what, err)
 		}
-		_, err = conn.ExecContext(ctx, "BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM "+r.decisionTable()+
-			" WHERE txid = ANY("+uuidArray(txids[:n])+"); COMMIT")
+		_, err = conn.ExecContext(ctx, "BEGIN; SET LOCAL synchronous_commit = off; "+del(lo, hi)+"; COMMIT")
 		if err != nil {
 			// The session may be left inside the failed transaction.
 			discard(conn)
-			return fmt.Errorf("postgres: %s: forget %d decisions: %w", r.name, n, err)
+			return fmt.Errorf("postgres: %s: forget %d %s: %w", r.name, hi-lo, what, err)
 		}
 		_ = conn.Close()
-		failpoint.Hit(failpoint.PGHolderAfterForget)
-		txids = txids[n:]
+		failpoint.Hit(after)
 	}
 	return nil
 }

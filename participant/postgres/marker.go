@@ -102,24 +102,10 @@ func (r *Resource) ForgetProofs(ctx context.Context, gids []ids.GID) error {
 	if r.markers == "" {
 		return nil
 	}
-	for len(gids) > 0 {
-		n := min(len(gids), forgetChunk)
-		failpoint.Hit(failpoint.PGBeforeForgetMarkers)
-		conn, err := r.db.Conn(ctx)
-		if err != nil {
-			return fmt.Errorf("postgres: %s: forget %d markers: %w", r.name, n, err)
-		}
-		_, err = conn.ExecContext(ctx, "BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM "+r.markerTable()+
-			" WHERE gid = ANY("+gidArray(gids[:n])+"); COMMIT")
-		if err != nil {
-			discard(conn) // it may be left inside the failed transaction
-			return fmt.Errorf("postgres: %s: forget %d markers: %w", r.name, n, err)
-		}
-		_ = conn.Close()
-		failpoint.Hit(failpoint.PGAfterForgetMarkers)
-		gids = gids[n:]
-	}
-	return nil
+	return r.deleteLazily(ctx, "markers", len(gids), failpoint.PGBeforeForgetMarkers, failpoint.PGAfterForgetMarkers,
+		func(lo, hi int) string {
+			return "DELETE FROM " + r.markerTable() + " WHERE gid = ANY(" + gidArray(gids[lo:hi]) + ")"
+		})
 }
 
 // Proofs implements participant.Prover.
