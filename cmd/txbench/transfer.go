@@ -52,9 +52,10 @@ const (
 	modeTxcoordHolder = "txcoord-holder"
 	modeTxcoordGRPC   = "txcoord-grpc"
 	modeNoMarkers     = "txcoord-nomarkers"
+	modeHolderNoMarks = "txcoord-holder-nomarkers"
 )
 
-var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeNoMarkers, modeTxcoordHolder, modeTxcoordGRPC}
+var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeNoMarkers, modeTxcoordHolder, modeHolderNoMarks, modeTxcoordGRPC}
 
 func newTransferCmd() *cobra.Command {
 	o := &transferOptions{}
@@ -79,6 +80,8 @@ func newTransferCmd() *cobra.Command {
                table)
   txcoord-holder the coordinator library with bank_a as the decision holder: no log
                write on the commit path
+  txcoord-holder-nomarkers the same without markers (the cost of proving
+               bank_b's commit, printed below the table)
   txcoord-grpc the same through a txcoord server: the client begins and commits over
                gRPC and calls two bank services that join with the SDK; the server
                commits them over gRPC (all in this process, over loopback TCP;
@@ -244,7 +247,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	var cNM *coordinator.Coordinator
 	var resNM [2]*postgres.Resource
 	var logNM wal.Log = wal.NewMem()
-	if contains(o.modes, modeNoMarkers) {
+	if contains(o.modes, modeNoMarkers) || contains(o.modes, modeHolderNoMarks) {
 		for i, name := range []string{"bank_a", "bank_b"} {
 			if resNM[i], err = postgres.New(ctx, name, db[i], postgres.Options{Database: name, NoMarkers: true}); err != nil {
 				return err
@@ -294,7 +297,8 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run, median of %d alternating rounds\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration, o.rounds)
 	}
 	var results []result
-	markerCost := map[int]float64{} // txcoord / txcoord-nomarkers, paired, by workers
+	markerCost := map[int]float64{}       // txcoord / txcoord-nomarkers, paired, by workers
+	holderMarkerCost := map[int]float64{} // the same with the decision holder
 	var gidSeq atomic.Uint64
 	for _, w := range o.workers {
 		runs := map[string][]result{}
@@ -323,6 +327,10 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				case modeTxcoordHolder:
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithHolder(res[0].Name()))
+					}
+				case modeHolderNoMarks:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return viaTxcoord(ctx, cNM, resNM, r, o.accounts, coordinator.WithHolder(resNM[0].Name()))
 					}
 				case modeTxcoordGRPC:
 					op = func(ctx context.Context, r *rand.Rand) error { return grpcTransfer(ctx, rig, r, o.accounts) }
@@ -355,6 +363,9 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		}
 		if contains(o.modes, modeTxcoord) && contains(o.modes, modeNoMarkers) {
 			markerCost[w] = pairedRatio(runs[modeTxcoord], runs[modeNoMarkers])
+		}
+		if contains(o.modes, modeTxcoordHolder) && contains(o.modes, modeHolderNoMarks) {
+			holderMarkerCost[w] = pairedRatio(runs[modeTxcoordHolder], runs[modeHolderNoMarks])
 		}
 	}
 	// What the holders keep after the run: finished decisions are deleted.
@@ -411,12 +422,18 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(markerCost) > 0 {
+	for _, mc := range []struct {
+		what  string
+		ratio map[int]float64
+	}{{"txcoord / txcoord-nomarkers", markerCost}, {"txcoord-holder / txcoord-holder-nomarkers", holderMarkerCost}} {
+		if len(mc.ratio) == 0 {
+			continue
+		}
 		var parts []string
 		for _, w := range o.workers {
-			parts = append(parts, fmt.Sprintf("%s at %d workers", pct(markerCost[w]), w))
+			parts = append(parts, fmt.Sprintf("%s at %d workers", pct(mc.ratio[w]), w))
 		}
-		fmt.Fprintf(out, "cost of proving commits (markers): txcoord / txcoord-nomarkers, paired: %s\n", strings.Join(parts, ", "))
+		fmt.Fprintf(out, "cost of proving commits (markers): %s, paired: %s\n", mc.what, strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(out, "markers left after the run: %d (bank_a), %d (bank_b)\n", markersLeft[0], markersLeft[1])
 	if contains(o.modes, modeTxcoordHolder) {
