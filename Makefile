@@ -28,7 +28,8 @@ demo:
 	$(GO) run ./examples/transfer
 
 ## bench: WAL group commit against one fsync per decision; 2PC transfers
-## through txcoord (bbolt log, and a decision holder) against plain
+## through txcoord (bbolt log, and a decision holder; each with and without
+## the markers that prove commits) against plain
 ## PREPARE/COMMIT PREPARED and decision-holder loops and independent
 ## commits; 10,000 transactions left in doubt by kill -9 and the time a
 ## restart takes to resolve them; then 2PC against our saga and no atomicity on four
