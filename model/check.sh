@@ -18,9 +18,10 @@
 #      as committed, and the decision never ended);
 #  12. the same: termination (a hazard is an end);
 #  13. its variant that takes "no such branch" on COMMIT for committed:
-#      must fail H.
-# Exits 0 only if 1, 2, 5, 6, 9, 11 and 12 find no error and 3, 4, 7, 8, 10
-# and 13 each find one.
+#      must fail H;
+#  14-16. the same three with a decision holder (holder.pml -DLOSE).
+# Exits 0 only if 1, 2, 5, 6, 9, 11, 12, 14 and 15 find no error and 3, 4,
+# 7, 8, 10, 13 and 16 each find one.
 # Arguments are extra spin definitions, e.g. -DMAXCRASH=3.
 # MODEL_KEEP=1 keeps the work directory (pan sources, logs, trails).
 set -euo pipefail
@@ -129,6 +130,9 @@ build holder-outcome-read holder.pml "-DAPP_OUTCOME -DAPP_OUTCOME_READ" "-DSAFET
 build lose-safety txcoord.pml "-DLOSE" "-DSAFETY -DNOCLAIM" &
 build lose-termination txcoord.pml "-DLOSE" "" &
 build lose-broken txcoord.pml "-DLOSE -DBROKEN_NOTFOUND_IS_COMMIT" "-DSAFETY -DNOCLAIM" &
+build holder-lose-safety holder.pml "-DLOSE" "-DSAFETY -DNOCLAIM" &
+build holder-lose-termination holder.pml "-DLOSE" "" &
+build holder-lose-broken holder.pml "-DLOSE -DBROKEN_NOTFOUND_IS_COMMIT" "-DSAFETY -DNOCLAIM" &
 wait
 
 verify safety ""
@@ -188,6 +192,19 @@ verify lose-broken ""
 if [ "$errors" != 0 ] && grep -q 'violated: H' "$work/lose-broken/trail.log"; then
 	line broken "lost branch taken for committed" "caught: $what"
 else line broken "lost branch taken for committed" "NOT CAUGHT${what:+: $what}"; ok=0; fi
+
+verify holder-lose-safety ""
+if [ "$errors" = 0 ]; then line correct "holder: lost branch, I1-I3, H" ok
+else line correct "holder: lost branch, I1-I3, H" "FAIL: $what"; ok=0; fi
+
+verify holder-lose-termination "-a"
+if [ "$errors" = 0 ]; then line correct "holder: lost branch, termination" ok
+else line correct "holder: lost branch, termination" "FAIL: $what"; ok=0; fi
+
+verify holder-lose-broken ""
+if [ "$errors" != 0 ] && grep -q 'violated: H' "$work/holder-lose-broken/trail.log"; then
+	line broken "holder: lost branch committed" "caught: $what"
+else line broken "holder: lost branch committed" "NOT CAUGHT${what:+: $what}"; ok=0; fi
 
 total=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 if [ "$ok" = 1 ]; then

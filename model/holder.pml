@@ -59,7 +59,7 @@
 
 mtype = {
 	PREPARE, COMMIT, ROLLBACK, ANS_COMMIT, ANS_ABORT,	/* to B */
-	YES, NO, ACK, QUERY,					/* from B */
+	YES, NO, ACK, QUERY, NOTFOUND,				/* from B */
 	HOK, HERR,						/* from H's session */
 	DECIDE							/* to H's session */
 };
@@ -78,6 +78,8 @@ mtype = {
 			   the transaction is no longer live */
 #define RECOVERED  9	/* after a restart: the transaction is not live */
 #define DOWN      10	/* crashed: volatile state lost, log kept */
+#define HAZARD    11	/* COMMIT met B lost (with LOSE): reported; the row
+			   stays, never noted or forgotten */
 
 /* H's transaction at the holder's database. It begins (BEGIN and the
  * transaction's advisory lock, in one round trip) before B can be
@@ -97,6 +99,12 @@ mtype = {
 #define PREPARED   1
 #define BCOMMITTED 2
 #define BABORTED   3
+#define BLOST      4	/* rolled back or lost behind the coordinator's back
+			   (with LOSE): no proof that it committed is left */
+
+#ifndef MAXLOSE
+#define MAXLOSE 1	/* prepared branches lost behind the coordinator's back */
+#endif
 
 chan toB = [PCAP] of { mtype };
 chan toC = [CCAP] of { mtype };
@@ -126,7 +134,7 @@ bit hreqSent;		/* this run sent the commit request on H's session */
 bit horphan;
 
 /* Fault budgets used so far. */
-byte crashes, pcrashes, lost, dups, queries, passes, hkills, hfails;
+byte crashes, pcrashes, lost, dups, queries, passes, hkills, hfails, losses;
 
 /* The result of a fence (or, broken, of the read): RC, RA, or RNONE when
  * the holder could not be reached or the reply was lost. Reset after use. */
@@ -139,6 +147,7 @@ bit abortActed;		/* an abort decision was acted on: a rollback sent
 			   rolled back */
 bit everC;		/* the row has been 'C' (it may be forgotten since) */
 bit everA;		/* the row has been 'A' */
+bit hazardSeen;		/* a COMMIT to B was answered NOTFOUND (sticky) */
 #ifdef APP_OUTCOME
 bit told;		/* the application asked for the outcome */
 bit toldAborted;	/* and heard "aborted" */
@@ -146,11 +155,12 @@ bit toldAborted;	/* and heard "aborted" */
 
 #define live        (crashes == 0 && cst != UNKNOWN)
 #define deciding    (live && (cst == INIT || cst == PREPARING || cst == HOLDING || cst == FENCING))
-#define notLive     (cst == COMMITTED || cst == ABORTED || cst == UNKNOWN || cst == RECOVERED)
+#define notLive     (cst == COMMITTED || cst == ABORTED || cst == UNKNOWN || cst == RECOVERED || cst == HAZARD)
 #define hdecided    (hs != HOPEN)
 #define bcommitted  (bst == BCOMMITTED)
 #define baborted    (bst == BABORTED)
-#define bdecided    (bcommitted || baborted)
+#define bgone       (bst == BLOST)
+#define bdecided    (bcommitted || baborted || bgone)
 
 /* I1 atomicity: never one branch committed and the other rolled back. */
 #define I1 (!((hs == HCOMMITTED && baborted) || (hs == HROLLEDBACK && bcommitted)))
@@ -161,6 +171,9 @@ bit toldAborted;	/* and heard "aborted" */
  * B, answer "abort", prepared B rolled back) for a transaction whose row is
  * or was 'C', before or after it; and never both 'C' and 'A' rows. */
 #define I3 (!(everC && abortActed) && !(everC && everA))
+/* H: a lost B is never silent: the transaction is neither reported
+ * committed nor noted (and its row forgotten) while B is gone. */
+#define H (!(bgone && (cst == COMMITTED || noted)))
 #ifdef APP_OUTCOME
 /* I5: the caller never hears "aborted" for a transaction that commits. */
 #define I5 (!(toldAborted && everC))
@@ -381,6 +394,10 @@ end:
 			if :: cst == HOLDING -> cst = ABORTING :: else -> skip fi
 		:: m == ACK ->
 			if :: cst == COMMITTING -> acked = 1; cst = COMMITTED :: else -> skip fi
+		:: m == NOTFOUND ->
+			/* B not prepared and unproven: a hazard, reported; the
+			 * row stays for recovery and the operator. */
+			if :: cst == COMMITTING -> hazardSeen = 1; cst = HAZARD :: else -> skip fi
 		:: m == QUERY ->
 			/* Outcome of the in-doubt B: wait while deciding; from
 			 * the state while the run drives it; otherwise from the
@@ -457,12 +474,20 @@ end:
 			:: else -> skip		/* a second PREPARE does nothing */
 			fi
 		:: m == COMMIT ->
-			/* An unknown gid on COMMIT PREPARED is success when the
-			 * decision is COMMIT: answer ACK in every state. */
-			check(bst == PREPARED || bst == BCOMMITTED,
+			/* A branch committed before is proven (its marker):
+			 * ACK. One lost behind our back has no proof: NOTFOUND. */
+			check(bst == PREPARED || bst == BCOMMITTED || bgone,
 			      "COMMIT reached a branch not prepared (rolled back or never prepared)");
-			if :: bst == PREPARED -> bst = BCOMMITTED :: else -> skip fi;
-			reply(ACK)
+			if
+			:: bst == PREPARED -> bst = BCOMMITTED; reply(ACK)
+			:: bst == BCOMMITTED -> reply(ACK)
+			:: else ->
+#ifdef BROKEN_NOTFOUND_IS_COMMIT
+				reply(ACK)	/* broken: an unknown gid taken for committed */
+#else
+				reply(NOTFOUND)
+#endif
+			fi
 		:: m == ROLLBACK ->
 			check(bst != BCOMMITTED, "ROLLBACK reached a committed branch");
 			if
@@ -483,6 +508,12 @@ end:
 	 * bounded number of times) and whenever nothing else happens. */
 	:: atomic { bst == PREPARED && queries < QANY -> queries++; reply(QUERY) }
 	:: atomic { timeout && bst == PREPARED -> reply(QUERY) }
+
+#ifdef LOSE
+	/* B rolled back or lost behind the coordinator's back, with no proof
+	 * of commit left. */
+	:: atomic { bst == PREPARED && losses < MAXLOSE -> losses++; bst = BLOST }
+#endif
 
 	/* Work never prepared is rolled back by the database once abandoned. */
 	:: atomic { timeout && bst == WORKING -> bst = BABORTED }
@@ -505,15 +536,17 @@ end:
 #ifdef ONLY_I1
 	atomic { !I1 -> printf("violated: I1 atomicity: one branch committed, the other rolled back\n"); assert(I1) }
 #else
-	atomic { !(I1 && I2 && I3 && I5) ->
+	atomic { !(I1 && I2 && I3 && I5 && H) ->
 		if :: !I1 -> printf("violated: I1 atomicity: one branch committed, the other rolled back\n") :: else -> skip fi;
 		if :: !I2 -> printf("violated: I2 COMMIT sent or applied, or H committed, without the commit row\n") :: else -> skip fi;
 		if :: !I3 -> printf("violated: I3 commit row contradicted by an abort\n") :: else -> skip fi;
 		if :: !I5 -> printf("violated: I5 the caller heard aborted for a transaction that committed\n") :: else -> skip fi;
-		assert(I1 && I2 && I3 && I5) }
+		if :: !H -> printf("violated: H a lost branch reported committed or its row forgotten\n") :: else -> skip fi;
+		assert(I1 && I2 && I3 && I5 && H) }
 #endif
 }
 
-/* Termination: eventually both branches are decided for good, and the
- * decision row is gone (a commit noted in the log first). */
-ltl terminates { <> [] (hdecided && bdecided && row == RNONE) }
+/* Termination: eventually both branches are decided for good (or B lost),
+ * and the decision row is gone (a commit noted in the log first), or kept
+ * for a reported hazard (only with LOSE). */
+ltl terminates { <> [] (hdecided && bdecided && (row == RNONE || hazardSeen)) }
