@@ -115,6 +115,9 @@ func newForgetter(c *Coordinator, interval time.Duration) *forgetter {
 // add queues txid's row at h (if h is not nil) and the proofs of gids at
 // the resources that keep them (regs[i] for gids[i]) for deletion.
 func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID, regs []participant.Resource, gids []ids.GID) {
+	if h == nil && !anyProver(regs) {
+		return // nothing to delete: no log flush for it either
+	}
 	f.mu.Lock()
 	f.items = append(f.items, forgetItem{h: h, txid: txid, regs: regs, gids: gids})
 	if h != nil {
@@ -129,6 +132,16 @@ func (f *forgetter) add(h participant.DecisionHolder, txid ids.TxID, regs []part
 		default:
 		}
 	}
+}
+
+// anyProver reports whether some resource of regs keeps proofs.
+func anyProver(regs []participant.Resource) bool {
+	for _, r := range regs {
+		if _, ok := r.(participant.Prover); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // pending reports how many rows and proofs wait for deletion.
