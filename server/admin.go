@@ -538,6 +538,13 @@ func (s *Server) Recover(ctx context.Context, _ *txcoordv1.RecoverRequest) (*txc
 	for _, u := range rep.Unfinished {
 		resp.Unfinished = append(resp.Unfinished, u.String())
 	}
+	seen := map[ids.TxID]bool{}
+	for _, h := range rep.Hazards {
+		if !seen[h.TxID] {
+			seen[h.TxID] = true
+			resp.Hazards = append(resp.Hazards, h.TxID.String())
+		}
+	}
 	for _, e := range rep.Errors {
 		resp.Errors = append(resp.Errors, e.Error())
 	}

@@ -38,8 +38,15 @@ leaving young and foreign ones alone.`,
 			fmt.Fprintf(out, "decisions driven to the end  %d\nbranches committed           %d\nbranches rolled back         %d\nleft alone: live %d, young %d, foreign %d\n",
 				rep.GetRedriven(), rep.GetCommitted(), rep.GetRolledBack(), rep.GetSkippedLive(), rep.GetSkippedYoung(), rep.GetForeign())
 			fmt.Fprintf(out, "decision holders: fenced %d, held commits driven %d, rows forgotten %d\n", rep.GetFenced(), rep.GetHeld(), rep.GetForgotten())
+			hazard := map[string]bool{}
+			for _, h := range rep.GetHazards() {
+				hazard[h] = true
+				fmt.Fprintf(out, "heuristic hazard: %s (a branch is not prepared and nothing proves it committed: txctl show %s)\n", h, h)
+			}
 			for _, u := range rep.GetUnfinished() {
-				fmt.Fprintf(out, "unfinished: %s (some branch did not acknowledge; retried next pass)\n", u)
+				if !hazard[u] {
+					fmt.Fprintf(out, "unfinished: %s (some branch did not acknowledge; retried next pass)\n", u)
+				}
 			}
 			tw := table(out)
 			for _, a := range rep.GetActions() {

@@ -809,3 +809,59 @@ func TestScanNamesTheDecisionHolder(t *testing.T) {
 	}
 	t.Logf("txctl scan:\n%s", out)
 }
+
+// A committed transaction whose ledger_b branch was rolled back by hand
+// while the coordinator was down: after restart, recovery reports it as a
+// heuristic hazard; txctl lists and shows it as one; resolve --commit refuses to end it
+// (exit 3); with --accept-hazard it ends it.
+func TestHazardListedShownAndEndedOnlyWhenAccepted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	f := newFixture(t)
+	id := f.crash(t, "coord-after-decision")
+	dbA, dbB := f.db(t, "ledger_a"), f.db(t, "ledger_b")
+	var gid string
+	if err := dbB.QueryRow("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()").Scan(&gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dbB.Exec("ROLLBACK PREPARED '" + gid + "'"); err != nil {
+		t.Fatal(err)
+	}
+	addr := f.serve(t)
+	// The pass commits ledger_a and meets the hazard at ledger_b.
+	code, out, errOut := txctl(t, "recover", "--server", addr)
+	if code != exitOK || !strings.Contains(out, "heuristic hazard: "+id) || strings.Contains(out, "unfinished: "+id) {
+		t.Fatalf("recover: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "list", "--state", "hazard", "--server", addr, "-o", "json")
+	if code != exitOK || !strings.Contains(out, id) {
+		t.Fatalf("list --state hazard: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "show", id, "--server", addr)
+	if code != exitOK || !strings.Contains(out, "hazard") || !strings.Contains(out, "--accept-hazard") {
+		t.Fatalf("show: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "resolve", id, "--commit", "--reason", "drive it", "--server", addr)
+	if code != exitRefused || !strings.Contains(errOut, "heuristic hazard") {
+		t.Fatalf("resolve --commit of a hazard: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "resolve", id, "--abort", "--accept-hazard", "--reason", "x", "--server", addr)
+	if code != exitUsage {
+		t.Fatalf("--accept-hazard with --abort: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = txctl(t, "resolve", id, "--commit", "--accept-hazard", "--reason", "ledger_b credit re-entered by hand", "--server", addr)
+	if code != exitOK {
+		t.Fatalf("resolve --commit --accept-hazard: exit %d\n%s%s", code, out, errOut)
+	}
+	var a, b int
+	dbA.QueryRow("SELECT balance FROM accounts WHERE id = 1").Scan(&a)
+	dbB.QueryRow("SELECT balance FROM accounts WHERE id = 1").Scan(&b)
+	if a != 90 || b != 100 || preparedCount(t, dbA)+preparedCount(t, dbB) != 0 {
+		t.Fatalf("balances %d, %d: want ledger_a committed and ledger_b rolled back by hand", a, b)
+	}
+	code, out, _ = txctl(t, "list", "--state", "hazard", "--server", addr, "-o", "json")
+	if code != exitOK || strings.Contains(out, id) {
+		t.Fatalf("still listed as a hazard after acceptance: exit %d\n%s", code, out)
+	}
+}
