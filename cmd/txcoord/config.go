@@ -263,24 +263,3 @@ func sortedKeys(m map[string]string) []string {
 	sort.Strings(keys)
 	return keys
 }
-
-// redactDSN hides the password in a DSN for logs.
-func redactDSN(dsn string) string {
-	if i := strings.Index(dsn, "://"); i >= 0 {
-		rest := dsn[i+3:]
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			if colon := strings.Index(rest[:at], ":"); colon >= 0 {
-				return dsn[:i+3] + rest[:colon] + ":xxxxx" + rest[at:]
-			}
-		}
-		return dsn
-	}
-	var parts []string
-	for _, f := range strings.Fields(dsn) {
-		if strings.HasPrefix(strings.ToLower(f), "password=") {
-			f = "password=xxxxx"
-		}
-		parts = append(parts, f)
-	}
-	return strings.Join(parts, " ")
-}

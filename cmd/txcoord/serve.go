@@ -17,11 +17,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/txcoord/txcoord/coordinator"
-	"github.com/txcoord/txcoord/participant"
-	"github.com/txcoord/txcoord/participant/postgres"
-	"github.com/txcoord/txcoord/server"
-	"github.com/txcoord/txcoord/wal"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
@@ -31,6 +26,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/internal/dsn"
+	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/server"
+	"github.com/txcoord/txcoord/wal"
 
 	_ "github.com/lib/pq"
 )
@@ -206,7 +208,7 @@ func serve(ctx context.Context, cfg Config) error {
 				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", err, "retry_in", retryIn)
 			})
 		if err != nil {
-			return fmt.Errorf("resource %s (%s): %w", name, redactDSN(cfg.Resources[name]), err)
+			return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(cfg.Resources[name]), dsn.Scrub(err, cfg.Resources[name]))
 		}
 		defer r.Close()
 		resources = append(resources, r)

@@ -4,14 +4,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	_ "github.com/lib/pq"
 	"github.com/spf13/cobra"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/dsn"
 )
 
 // preparedRow is one prepared transaction found by scan.
@@ -50,7 +49,7 @@ FROM prep p
 ORDER BY p.prepared`
 
 func newScanCmd() *cobra.Command {
-	var dsn string
+	var connStr string
 	var stale time.Duration
 	cmd := &cobra.Command{
 		Use:   "scan --dsn DSN",
@@ -67,19 +66,19 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
   txctl scan --dsn 'host=db1 user=postgres dbname=ledger' --stale 30s -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if dsn == "" {
+			if connStr == "" {
 				return usageErr(errors.New("--dsn is required"))
 			}
-			db, err := sql.Open("postgres", dsn)
+			db, err := sql.Open("postgres", connStr)
 			if err != nil {
-				return usageErr(redactErr(err, dsn))
+				return usageErr(dsn.Scrub(err, connStr))
 			}
 			defer db.Close()
 			ctx, cancel := callCtx(cmd)
 			defer cancel()
 			rows, err := db.QueryContext(ctx, scanQuery)
 			if err != nil {
-				return fail(exitUnavailable, fmt.Errorf("scan: %w", redactErr(err, dsn)), "check --dsn; the role needs to read pg_prepared_xacts and pg_locks")
+				return fail(exitUnavailable, fmt.Errorf("scan: %w", dsn.Scrub(err, connStr)), "check --dsn; the role needs to read pg_prepared_xacts and pg_locks")
 			}
 			defer rows.Close()
 			var out []preparedRow
@@ -129,34 +128,9 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&dsn, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value)")
+	cmd.Flags().StringVar(&connStr, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value)")
 	cmd.Flags().DurationVar(&stale, "stale", time.Minute, "mark prepared transactions older than this as stale")
 	return cmd
-}
-
-// redactErr keeps the DSN's password out of an error message.
-func redactErr(err error, dsn string) error {
-	pw := dsnPassword(dsn)
-	if err == nil || pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
-}
-
-// dsnPassword finds the password in a URL or key=value DSN.
-func dsnPassword(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok {
-			return pw
-		}
-		return u.Query().Get("password")
-	}
-	for _, f := range strings.Fields(dsn) {
-		if v, ok := strings.CutPrefix(f, "password="); ok {
-			return strings.Trim(v, "'")
-		}
-	}
-	return ""
 }
 
 // parseArray reads a PostgreSQL text array of simple names: {a,b}.

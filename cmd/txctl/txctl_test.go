@@ -523,6 +523,10 @@ func TestScanKeepsDSNSecrets(t *testing.T) {
 		"postgres://app:hunter2-secret@127.0.0.1:1/x?sslmode=disable&connect_timeout=1",
 		"host=127.0.0.1 port=1 user=app password=hunter3-secret dbname=x sslmode=disable connect_timeout=1",
 		"postgres://app:hunter4-secret@127.0.0.1:1/x?sslmode=bogus",
+		"postgres://127.0.0.1:1/x?user=app&password=hunter5-secret&connect_timeout=1",
+		"host=127.0.0.1 port=1 user=app password = hunter6-secret dbname=x connect_timeout=1",
+		"host=127.0.0.1 port=1 user=app password='hunter7 secret' dbname=x connect_timeout=1",
+		"postgres://app:hunter8%zz@127.0.0.1:1/x",
 	} {
 		code, out, errOut := txctl(t, "scan", "--dsn", dsn, "--timeout", "3s")
 		if code == exitOK || strings.Contains(out+errOut, "hunter") {

@@ -33,6 +33,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/dsn"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
 )
@@ -161,16 +162,16 @@ func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource,
 // the driver's own parser, and unless opts.Database is set the database it
 // names (or, when it names none, the user name, as PostgreSQL defaults) is
 // the one New requires. Close closes the pool.
-func Open(ctx context.Context, name, driverName, dsn string, opts Options) (*Resource, error) {
+func Open(ctx context.Context, name, driverName, connStr string, opts Options) (*Resource, error) {
 	var (
 		db     *sql.DB
 		dbname string
 	)
 	switch driverName {
 	case "", DriverPQ:
-		cfg, err := pq.NewConfig(dsn)
+		cfg, err := pq.NewConfig(connStr)
 		if err != nil {
-			return nil, fmt.Errorf("postgres: resource %s: parse DSN: %w", name, err)
+			return nil, fmt.Errorf("postgres: resource %s: parse DSN: %w", name, dsn.Scrub(err, connStr))
 		}
 		dbname = cfg.Database
 		if dbname == "" {
@@ -182,9 +183,9 @@ func Open(ctx context.Context, name, driverName, dsn string, opts Options) (*Res
 		}
 		db = sql.OpenDB(c)
 	case DriverPGX, "pgx/v5":
-		cfg, err := pgx.ParseConfig(dsn)
+		cfg, err := pgx.ParseConfig(connStr)
 		if err != nil {
-			return nil, fmt.Errorf("postgres: resource %s: parse DSN: %w", name, err)
+			return nil, fmt.Errorf("postgres: resource %s: parse DSN: %w", name, dsn.Scrub(err, connStr))
 		}
 		dbname = cfg.Database
 		if dbname == "" {
