@@ -108,7 +108,7 @@ still running stays in the log for the next start.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys as the flags, dashes as underscores)")
 	bindFlags(f, &cfg)
-	f.StringArrayVar(&resources, "resource", nil, "PostgreSQL resource NAME=DSN that recovery scans (repeatable)")
+	f.StringArrayVar(&resources, "resource", nil, "PostgreSQL resource NAME=DSN that recovery scans (repeatable); NAME=@/path reads the DSN from a file, NAME=env:VAR from the environment")
 	f.StringArrayVar(&participants, "participant", nil, "remote participant NAME=HOST:PORT known before it announces itself (repeatable)")
 	return cmd
 }
@@ -203,12 +203,21 @@ func serve(ctx context.Context, cfg Config) error {
 
 	var resources []participant.Resource
 	for _, name := range sortedKeys(cfg.Resources) {
-		r, err := postgres.OpenWait(ctx, name, "postgres", cfg.Resources[name], postgres.Options{}, cfg.DBWait,
+		spec := cfg.Resources[name]
+		connStr, err := dsn.Resolve(spec)
+		if err != nil {
+			return fmt.Errorf("resource %s: %w", name, err)
+		}
+		if dsn.Literal(spec) {
+			logger.Warn("a resource's DSN carries its password in the configuration (as a flag, ps shows it); give NAME=@/path/to/dsn-file or NAME=env:VARIABLE, or use PGPASSFILE",
+				"resource", name, "dsn", dsn.Redact(spec))
+		}
+		r, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{}, cfg.DBWait,
 			func(err error, retryIn time.Duration) {
 				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", err, "retry_in", retryIn)
 			})
 		if err != nil {
-			return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(cfg.Resources[name]), dsn.Scrub(err, cfg.Resources[name]))
+			return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
 		}
 		defer r.Close()
 		resources = append(resources, r)

@@ -256,6 +256,10 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 	cfg.LogLevel = "error"
 	cfg.InitLog = true
 	cfg.DBWait = 300 * time.Millisecond
+	dsnFile := filepath.Join(t.TempDir(), "ledger.dsn")
+	if err := os.WriteFile(dsnFile, []byte("host=127.0.0.1 port=1 user=app password=hunter9-secret dbname=x connect_timeout=2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg.Resources = map[string]string{
 		"ledger": "postgres://app:hunter2-secret@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2",
 		"stock":  "host=127.0.0.1 port=1 user=app password=hunter3-secret dbname=stock sslmode=disable connect_timeout=2",
@@ -266,6 +270,8 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 		"spaced": "host=127.0.0.1 port=1 user=app password = hunter6-secret dbname=stock sslmode=disable connect_timeout=2",
 		"quoted": "host=127.0.0.1 port=1 user=app password='hunter7 secret' dbname=stock sslmode=disable connect_timeout=2",
 		"escape": "postgres://app:hunter8%zz@" + freeAddr(t) + "/ledger",
+		// A DSN kept off the command line, in a file.
+		"filed": "@" + dsnFile,
 	}
 	for name, dsn := range cfg.Resources {
 		c := cfg

@@ -6,7 +6,9 @@
 package dsn
 
 import (
+	"fmt"
 	"net/url"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -142,3 +144,35 @@ type scrubbed struct {
 
 func (e *scrubbed) Error() string { return e.msg }
 func (e *scrubbed) Unwrap() error { return e.err }
+
+// Resolve returns the DSN a configuration value names: "@/path" is read
+// from that file (surrounding whitespace trimmed), "env:NAME" from that
+// environment variable; anything else is the DSN itself. Neither form puts
+// the password on the command line, where ps shows it.
+func Resolve(spec string) (string, error) {
+	switch {
+	case strings.HasPrefix(spec, "@"):
+		b, err := os.ReadFile(spec[1:])
+		if err != nil {
+			return "", fmt.Errorf("read the DSN from %s: %w", spec[1:], err)
+		}
+		d := strings.TrimSpace(string(b))
+		if d == "" {
+			return "", fmt.Errorf("the DSN file %s is empty", spec[1:])
+		}
+		return d, nil
+	case strings.HasPrefix(spec, "env:"):
+		d := strings.TrimSpace(os.Getenv(spec[4:]))
+		if d == "" {
+			return "", fmt.Errorf("the environment variable %s that should hold the DSN is unset or empty", spec[4:])
+		}
+		return d, nil
+	}
+	return spec, nil
+}
+
+// Literal reports whether spec is a DSN written in place (not "@file" or
+// "env:NAME") that carries a password.
+func Literal(spec string) bool {
+	return !strings.HasPrefix(spec, "@") && !strings.HasPrefix(spec, "env:") && len(Passwords(spec)) > 0
+}

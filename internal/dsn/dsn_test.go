@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -85,5 +87,40 @@ func TestScrubHidesEveryFormInEveryError(t *testing.T) {
 	plain := errors.New("connection refused")
 	if Scrub(plain, forms[0]) != plain {
 		t.Error("an error with nothing to scrub is not returned as is")
+	}
+}
+
+func TestResolveReadsAFileOrTheEnvironment(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "dsn")
+	if err := os.WriteFile(file, []byte("  host=db1 password=S3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TXCOORD_TEST_DSN", "postgres://txc:S3cret@db1/ledger")
+	for spec, want := range map[string]string{
+		"@" + file:             "host=db1 password=S3cret",
+		"env:TXCOORD_TEST_DSN": "postgres://txc:S3cret@db1/ledger",
+		"host=db1 dbname=x":    "host=db1 dbname=x",
+		"postgres://txc@db1/x": "postgres://txc@db1/x",
+	} {
+		if got, err := Resolve(spec); err != nil || got != want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", spec, got, err, want)
+		}
+	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []string{"@" + filepath.Join(t.TempDir(), "missing"), "@" + empty, "env:TXCOORD_TEST_UNSET"} {
+		if _, err := Resolve(spec); err == nil {
+			t.Errorf("Resolve(%q) accepted", spec)
+		}
+	}
+	for spec, want := range map[string]bool{
+		"@" + file: false, "env:X": false, "host=db1 dbname=x": false,
+		"host=db1 password=S3cret": true, "postgres://txc:S3cret@db1/x": true,
+	} {
+		if got := Literal(spec); got != want {
+			t.Errorf("Literal(%q) = %v", spec, got)
+		}
 	}
 }
