@@ -63,11 +63,16 @@ connect to).
 A prepared transaction older than --stale is marked stale: it holds its locks
 until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 		Example: `  txctl scan --dsn 'postgres://postgres@db1:5432/ledger?sslmode=disable'
-  txctl scan --dsn 'host=db1 user=postgres dbname=ledger' --stale 30s -o json`,
+  txctl scan --dsn 'host=db1 user=postgres dbname=ledger' --stale 30s -o json
+  txctl scan --dsn @/etc/txcoord/ledger.dsn      # the DSN from a file, off the command line`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if connStr == "" {
 				return usageErr(errors.New("--dsn is required"))
+			}
+			connStr, err := dsn.Resolve(connStr)
+			if err != nil {
+				return usageErr(err)
 			}
 			db, err := sql.Open("postgres", connStr)
 			if err != nil {
@@ -128,7 +133,7 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().StringVar(&connStr, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value)")
+	cmd.Flags().StringVar(&connStr, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value); @/path reads it from a file, env:VAR from the environment")
 	cmd.Flags().DurationVar(&stale, "stale", time.Minute, "mark prepared transactions older than this as stale")
 	return cmd
 }

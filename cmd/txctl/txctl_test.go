@@ -533,6 +533,19 @@ func TestScanKeepsDSNSecrets(t *testing.T) {
 			t.Fatalf("scan of %q: exit %d\n%s%s", dsn, code, out, errOut)
 		}
 	}
+	// From a file: read, used, and not shown either.
+	file := filepath.Join(t.TempDir(), "dsn")
+	if err := os.WriteFile(file, []byte("host=127.0.0.1 port=1 user=app password=hunter9-secret dbname=x connect_timeout=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := txctl(t, "scan", "--dsn", "@"+file, "--timeout", "3s")
+	if code != exitUnavailable || strings.Contains(out+errOut, "hunter") {
+		t.Fatalf("scan --dsn @file: exit %d\n%s%s", code, out, errOut)
+	}
+	code, _, errOut = txctl(t, "scan", "--dsn", "@"+file+".missing")
+	if code != exitUsage || !strings.Contains(errOut, "missing") {
+		t.Fatalf("scan --dsn @missing: exit %d %s", code, errOut)
+	}
 }
 
 // fakes is a coordinator served on loopback whose decision holder is the
