@@ -491,7 +491,7 @@ func (c *Coordinator) Stats() Stats {
 		Retries: c.stats.retries.Load(), Live: n, Log: c.log.Stats(),
 		Held: c.stats.held.Load(), Fenced: c.stats.fenced.Load(), Forgotten: c.stats.forgotten.Load(),
 		ForgetPending: c.forgetter.pending(),
-		Hazards:       c.stats.hazards.Load(), OpenHazards: len(c.HazardList()),
+		Hazards:       c.stats.hazards.Load(), OpenHazards: c.openHazards(),
 	}
 }
 
