@@ -63,7 +63,7 @@ func TestTransactionTravelsInMetadata(t *testing.T) {
 		}
 	}
 	// Branch outside a transaction says so.
-	p, err := sdk.New(sdk.Config{Name: "x", Address: "127.0.0.1:1", Coordinator: conn, Resource: nil})
+	p, err := sdk.New(sdk.Config{Name: "x", Address: "127.0.0.1:1", Coordinator: conn, Resource: nil, InsecureAnyCaller: true})
 	if err == nil || p != nil {
 		t.Fatal("a participant without a database was accepted")
 	}

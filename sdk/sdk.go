@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
@@ -96,6 +97,15 @@ type Config struct {
 	// is reported by the coordinator as a heuristic hazard, never as
 	// committed. Negative keeps markers forever.
 	MarkerRetention time.Duration
+	// Authorizer checks the callers of the Participant service that
+	// Register serves: the coordinator only (authz.ForCoordinator with its
+	// SPIFFE ID). Required unless InsecureAnyCaller.
+	Authorizer *authz.Authorizer
+	// InsecureAnyCaller serves the Participant service to every caller:
+	// anyone who reaches the service's port may then list its prepared
+	// branches, and commit or roll them back. For tests and loopback-only
+	// development.
+	InsecureAnyCaller bool
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 }
@@ -146,6 +156,13 @@ func New(cfg Config) (*Participant, error) {
 	}
 	if cfg.Resource == nil {
 		return nil, errors.New("sdk: no database resource")
+	}
+	switch {
+	case cfg.Authorizer == nil && !cfg.InsecureAnyCaller:
+		return nil, errors.New("sdk: no Authorizer: the Participant service would take Commit, Rollback and ListPrepared from any caller; " +
+			"give Authorizer (authz.ForCoordinator(\"spiffe://...\") with mutual TLS) or, for tests and loopback-only development, InsecureAnyCaller")
+	case cfg.Authorizer == nil:
+		cfg.Authorizer = authz.Insecure()
 	}
 	if cfg.InDoubtTimeout <= 0 {
 		cfg.InDoubtTimeout = 30 * time.Second

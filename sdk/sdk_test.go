@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/authz"
+
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -66,7 +68,7 @@ func startCoordWith(t *testing.T, dir, addr string, mod func(*coordinator.Config
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{insecureDial}})
+	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{insecureDial}, Authorizer: authz.Insecure()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func startService(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, mo
 		t.Fatal(err)
 	}
 	cfg := sdk.Config{Name: name, Address: lis.Addr().String(), Coordinator: coordConn, Resource: res,
-		InDoubtTimeout: time.Hour, CheckInterval: time.Hour, CallTimeout: 3 * time.Second}
+		InDoubtTimeout: time.Hour, CheckInterval: time.Hour, CallTimeout: 3 * time.Second, InsecureAnyCaller: true}
 	for _, m := range mods {
 		m(&cfg)
 	}

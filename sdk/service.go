@@ -15,9 +15,10 @@ import (
 )
 
 // Register serves the Participant service (the coordinator's calls to
-// finish prepared branches) on s, beside the service's own API.
+// finish prepared branches) on s, beside the service's own API; every call
+// is checked by Config.Authorizer first, whatever interceptors s has.
 func (p *Participant) Register(s grpc.ServiceRegistrar) {
-	txcoordv1.RegisterParticipantServer(s, &service{p: p})
+	p.cfg.Authorizer.Register(s, &txcoordv1.Participant_ServiceDesc, &service{p: p})
 }
 
 type service struct {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"sort"
@@ -9,12 +10,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/coordinator/protocol"
 	"github.com/txcoord/txcoord/ids"
@@ -31,6 +32,20 @@ func (s *Server) GetTransaction(ctx context.Context, req *txcoordv1.GetTransacti
 	id, err := parseTxID(req.GetTxid())
 	if err != nil {
 		return nil, err
+	}
+	if !s.caller(ctx).Has(authz.Observer) {
+		// A client reads a transaction it began, while it is tracked.
+		e, live := s.lookup(id)
+		if !live {
+			return nil, s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+				"%s may read only transactions it began (and only while the server tracks them); %s is not one: reading others needs role observer", s.caller(ctx), id)
+		}
+		if err := s.mayAct(ctx, e, id, authz.Observer); err != nil {
+			return nil, err
+		}
+		if req.GetProbe() {
+			return nil, s.cfg.Authorizer.Deny(ctx, "role", codes.PermissionDenied, "probe asks every database: it needs role observer")
+		}
 	}
 	tx, ok := s.describe(id)
 	var found []coordinator.PreparedBranch
@@ -290,6 +305,10 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 		}
 		older = d.AsDuration()
 	}
+	size, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
 	want := map[txcoordv1.TxState]bool{}
 	for _, st := range req.GetStates() {
 		if st == txcoordv1.TxState_TX_STATE_UNSPECIFIED || txcoordv1.TxState_name[int32(st)] == "" {
@@ -371,7 +390,7 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 			all = append(all, t)
 		}
 	}
-	resp := &txcoordv1.ListTransactionsResponse{}
+	var list []*txcoordv1.Transaction
 	for _, t := range all {
 		if len(want) > 0 && !want[t.State] {
 			continue
@@ -379,12 +398,52 @@ func (s *Server) ListTransactions(ctx context.Context, req *txcoordv1.ListTransa
 		if older > 0 && t.GetAge().AsDuration() < older {
 			continue
 		}
-		resp.Transactions = append(resp.Transactions, t)
+		list = append(list, t)
 	}
-	sort.Slice(resp.Transactions, func(i, j int) bool {
-		return resp.Transactions[i].GetStarted().AsTime().Before(resp.Transactions[j].GetStarted().AsTime())
-	})
+	sort.Slice(list, func(i, j int) bool { return pageKey(list[i]) < pageKey(list[j]) })
+	i := 0
+	if after != "" {
+		i = sort.Search(len(list), func(i int) bool { return pageKey(list[i]) > after })
+	}
+	resp := &txcoordv1.ListTransactionsResponse{}
+	for ; i < len(list) && len(resp.Transactions) < size; i++ {
+		resp.Transactions = append(resp.Transactions, list[i])
+	}
+	if i < len(list) && len(resp.Transactions) > 0 {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(pageKey(resp.Transactions[len(resp.Transactions)-1])))
+	}
 	return resp, nil
+}
+
+// pageKey orders the list: by start time, then txid.
+func pageKey(t *txcoordv1.Transaction) string {
+	return fmt.Sprintf("%020d/%s", t.GetStarted().AsTime().UnixNano(), t.GetTxid())
+}
+
+const (
+	defaultPage = 500
+	maxPage     = 1000
+)
+
+// page reads a list request's paging.
+func page(size int32, token string) (int, string, error) {
+	n := int(size)
+	switch {
+	case n < 0:
+		return 0, "", status.Errorf(codes.InvalidArgument, "page_size %d is negative", n)
+	case n == 0:
+		n = defaultPage
+	case n > maxPage:
+		n = maxPage
+	}
+	if token == "" {
+		return n, "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || len(b) > 128 || !strings.Contains(string(b), "/") {
+		return 0, "", status.Error(codes.InvalidArgument, "malformed page_token: pass next_page_token as it came")
+	}
+	return n, string(b), nil
 }
 
 func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*txcoordv1.ResolveResponse, error) {
@@ -405,7 +464,11 @@ func (s *Server) Resolve(ctx context.Context, req *txcoordv1.ResolveRequest) (*t
 	if len(req.GetReason()) > 2000 || len(req.GetOperator()) > 200 {
 		return nil, status.Error(codes.InvalidArgument, "reason or operator too long")
 	}
-	who := identity(ctx, req.GetOperator())
+	if want == txcoordv1.Decision_DECISION_COMMIT && !s.caller(ctx).Has(authz.Admin) {
+		return nil, s.cfg.Authorizer.Deny(ctx, "role", codes.PermissionDenied,
+			"%s may not resolve to COMMIT: that is a break-glass decision, for role admin; an operator may resolve to ABORT", s.caller(ctx))
+	}
+	who := s.identity(ctx, req.GetOperator())
 	resp := &txcoordv1.ResolveResponse{}
 	if t, ok := s.c.Tx(id); ok {
 		// Live: only an abort of a transaction not yet being decided.
@@ -502,25 +565,17 @@ func (s *Server) contradiction(id ids.TxID, err error) error {
 	return status.Errorf(codes.FailedPrecondition, "refused: %v; a logged decision is never contradicted, so only it can be driven", err)
 }
 
-// identity names who asks: the operator's own words, and the client
-// certificate's subject when the call came over mutual TLS.
-func identity(ctx context.Context, operator string) string {
-	who := operator
-	if p, ok := peer.FromContext(ctx); ok {
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
-			cn := "cert:" + ti.State.PeerCertificates[0].Subject.CommonName
-			if who == "" {
-				who = cn
-			} else {
-				who += " (" + cn + ")"
-			}
-		}
-		if who == "" && p.Addr != nil {
-			who = "unnamed operator at " + p.Addr.String()
+// identity names who asks: the authenticated identity, with the
+// operator's own words as a note only.
+func (s *Server) identity(ctx context.Context, note string) string {
+	who := s.caller(ctx).String()
+	if who == authz.Anonymous {
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			who += " at " + p.Addr.String()
 		}
 	}
-	if who == "" {
-		who = "unnamed operator"
+	if note != "" {
+		who += " (says: " + note + ")"
 	}
 	return who
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/txcoord/txcoord/authz"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -25,7 +27,7 @@ func FuzzRequestValidation(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { c.Close() })
-	srv, err := server.New(server.Config{Coordinator: c})
+	srv, err := server.New(server.Config{Coordinator: c, Authorizer: authz.Insecure()})
 	if err != nil {
 		f.Fatal(err)
 	}

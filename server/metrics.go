@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/txcoord/txcoord/coordinator"
 )
 
@@ -88,6 +89,7 @@ var (
 	descTracked = prometheus.NewDesc("txcoord_server_transactions", "Transactions the gRPC server remembers (open, and recently finished).", nil, nil)
 	descHazards = prometheus.NewDesc("txcoord_heuristic_hazards_total", "Committed transactions found with a branch not prepared at its resource and not proven committed (rolled back or lost behind the coordinator's back), each counted once per run.", nil, nil)
 	descOpenHaz = prometheus.NewDesc("txcoord_heuristic_hazards_open", "Heuristic hazards no operator has ended yet (txctl list --state hazard).", nil, nil)
+	descRefused = prometheus.NewDesc("txcoord_calls_refused_total", "Calls refused by the trust model, by kind (anonymous, role, not-owner, participant-name, unknown-token, token-over-plaintext, quota-..., ...).", []string{"kind"}, nil)
 )
 
 type statsCollector struct {
@@ -96,7 +98,7 @@ type statsCollector struct {
 }
 
 func (sc *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked, descHazards, descOpenHaz} {
+	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked, descHazards, descOpenHaz, descRefused} {
 		ch <- d
 	}
 }
@@ -121,5 +123,8 @@ func (sc *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descOpenHaz, prometheus.GaugeValue, float64(st.OpenHazards))
 	if sc.s != nil {
 		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(sc.s.Live()))
+		for kind, n := range sc.s.cfg.Authorizer.Refusals() {
+			ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(n), kind)
+		}
 	}
 }

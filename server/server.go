@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
@@ -45,10 +47,26 @@ type Config struct {
 	// DialOptions are used to call remote participants (give transport
 	// credentials).
 	DialOptions []grpc.DialOption
+	// ParticipantDial, if set, gives options for calls to one participant
+	// before DialOptions: for example TLS that checks the certificate
+	// carries the identity bound to that name.
+	ParticipantDial func(name string) []grpc.DialOption
 	// Logger receives structured logs (default: discard).
 	Logger *slog.Logger
 	// Tracer makes a span per Begin (default: none).
 	Tracer trace.Tracer
+	// Authorizer checks every call (package authz: the trust model).
+	// Required: authz.Insecure() admits every caller.
+	Authorizer *authz.Authorizer
+	// MaxParticipants caps the remote participants known (default 1000):
+	// a new name past it is refused.
+	MaxParticipants int
+	// MaxLivePerIdentity caps the live transactions one identity has
+	// begun (default 10000).
+	MaxLivePerIdentity int
+	// MaxBranches caps the branches registered with one transaction
+	// (default 256).
+	MaxBranches int
 }
 
 // Server implements the Coordinator gRPC service.
@@ -61,6 +79,7 @@ type Server struct {
 	mu      sync.Mutex
 	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
+	live    map[string]int     // unfinished transactions by owner
 
 	starting atomic.Bool // the start-up recovery pass runs: transaction calls wait
 }
@@ -85,6 +104,8 @@ func (s *Server) notReady() error {
 type entry struct {
 	tx       *coordinator.Tx
 	deadline time.Time
+	owner    string    // the identity that began it
+	branches int       // registered through RegisterBranch
 	rolled   bool      // rollback asked (request or timeout): Commit is refused
 	commit   bool      // commit asked: rollbacks wait for its outcome
 	finished time.Time // when the outcome became known (zero before)
@@ -113,14 +134,29 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Tracer == nil {
 		cfg.Tracer = noop.NewTracerProvider().Tracer("")
 	}
+	if cfg.Authorizer == nil {
+		return nil, errors.New("server: no Authorizer: every call must be checked (give authz.New(...), or authz.Insecure() to admit every caller)")
+	}
+	if cfg.MaxParticipants <= 0 {
+		cfg.MaxParticipants = 1000
+	}
+	if cfg.MaxLivePerIdentity <= 0 {
+		cfg.MaxLivePerIdentity = 10000
+	}
+	if cfg.MaxBranches <= 0 {
+		cfg.MaxBranches = 256
+	}
 	// Calls to participants name this coordinator's instance.
 	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...),
 		grpc.WithChainUnaryInterceptor(remote.InstanceInterceptor(cfg.Coordinator.Instance)))
-	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}}, nil
+	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}, live: map[string]int{}}, nil
 }
 
-// Register serves the Coordinator service on s.
-func (s *Server) Register(r grpc.ServiceRegistrar) { txcoordv1.RegisterCoordinatorServer(r, s) }
+// Register serves the Coordinator service on r, every call checked by the
+// Authorizer.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	s.cfg.Authorizer.Register(r, &txcoordv1.Coordinator_ServiceDesc, s)
+}
 
 // AddParticipant registers a remote participant at addr, or moves a known
 // one there. Participants also register themselves (Announce, and with each
@@ -132,12 +168,26 @@ func (s *Server) AddParticipant(name, addr string) (*remote.Resource, error) {
 		if !isRemote {
 			return nil, fmt.Errorf("participant name %q is taken by the resource %s", name, name)
 		}
+		old := rr.Address()
 		if err := rr.SetAddress(addr); err != nil {
 			return nil, err
 		}
+		if old != addr {
+			s.logger.Warn("participant moved to a new address", "participant", name, "from", old, "to", addr)
+		}
 		return rr, nil
 	}
-	rr, err := remote.New(name, addr, s.cfg.DialOptions...)
+	s.mu.Lock()
+	full := len(s.remotes) >= s.cfg.MaxParticipants
+	s.mu.Unlock()
+	if full {
+		return nil, fmt.Errorf("%w: %d remote participants are known, the most this server keeps (--max-participants); %s is refused", errFull, s.cfg.MaxParticipants, name)
+	}
+	opts := s.cfg.DialOptions
+	if s.cfg.ParticipantDial != nil {
+		opts = append(s.cfg.ParticipantDial(name), opts...)
+	}
+	rr, err := remote.New(name, addr, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +246,9 @@ func (s *Server) sweep(ctx context.Context) {
 		case <-e.tx.Done():
 			if e.finished.IsZero() {
 				e.finished = now
+				if s.live[e.owner]--; s.live[e.owner] <= 0 {
+					delete(s.live, e.owner)
+				}
 			}
 		default:
 		}
@@ -265,6 +318,51 @@ func (s *Server) ownGTRID(gtrid string, id ids.TxID) error {
 	return nil
 }
 
+// errFull refuses a participant past MaxParticipants.
+var errFull = errors.New("participant registry full")
+
+// caller is the identity the authorization check put in ctx; a handler
+// called directly (not through Register) authenticates the caller itself.
+func (s *Server) caller(ctx context.Context) *authz.Identity {
+	if id, ok := authz.FromContext(ctx); ok {
+		return id
+	}
+	id, err := s.cfg.Authorizer.Authenticate(ctx)
+	if err != nil {
+		return nil
+	}
+	return id
+}
+
+// mayAct checks that the caller began transaction e, or holds role (if
+// any role may).
+func (s *Server) mayAct(ctx context.Context, e *entry, id ids.TxID, role authz.Role) error {
+	who := s.caller(ctx)
+	if (role != "" && who.Has(role)) || (who != nil && who.ID == e.owner) {
+		return nil
+	}
+	if role == "" {
+		return s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+			"transaction %s belongs to the identity that began it; %s is not it", id, who)
+	}
+	return s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+		"transaction %s belongs to the identity that began it; %s is not it and lacks role %s", id, who, role)
+}
+
+// speaksFor checks that the caller may act as participant name.
+func (s *Server) speaksFor(ctx context.Context, name string) error {
+	who := s.caller(ctx)
+	if who.Speaks(name) {
+		return nil
+	}
+	bound := who.ParticipantName()
+	if bound == "" {
+		bound = "none"
+	}
+	return s.cfg.Authorizer.Deny(ctx, "participant-name", codes.PermissionDenied,
+		"%s may not speak for participant %s (the name bound to it: %s)", who, name, bound)
+}
+
 // refused maps coordinator errors that refuse work to status codes.
 func refused(err error) error {
 	switch {
@@ -296,6 +394,14 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	}
 	if req.GetLogDecision() && req.GetDecisionHolder() != "" {
 		return nil, status.Error(codes.InvalidArgument, "decision_holder and log_decision exclude each other")
+	}
+	owner := s.caller(ctx).String()
+	s.mu.Lock()
+	busy := s.live[owner] >= s.cfg.MaxLivePerIdentity
+	s.mu.Unlock()
+	if busy {
+		return nil, s.cfg.Authorizer.Deny(ctx, "quota-live", codes.ResourceExhausted,
+			"%s has %d live transactions, the most one identity may have; finish some first", owner, s.cfg.MaxLivePerIdentity)
 	}
 	_, span := s.cfg.Tracer.Start(ctx, "txcoord.begin")
 	defer span.End()
@@ -330,7 +436,8 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	span.SetAttributes(attribute.String("txcoord.txid", tx.ID().String()))
 	deadline := time.Now().Add(timeout)
 	s.mu.Lock()
-	s.txs[tx.ID()] = &entry{tx: tx, deadline: deadline}
+	s.txs[tx.ID()] = &entry{tx: tx, deadline: deadline, owner: owner}
+	s.live[owner]++
 	s.mu.Unlock()
 	gtrid := remote.Tx{Prefix: s.c.Prefix(), Coordinator: s.c.ID(), ID: tx.ID()}.GTRID()
 	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder}, nil
@@ -380,6 +487,13 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(gid.Branch, req.GetParticipant()+"-") {
+		return nil, s.cfg.Authorizer.Deny(ctx, "participant-name", codes.PermissionDenied,
+			"branch %s is not named for participant %s (a participant's branches are NAME-...)", gid, req.GetParticipant())
+	}
 	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
 		return nil, err
 	}
@@ -389,16 +503,27 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	}
 	s.mu.Lock()
 	rolled := e.rolled
+	tooMany := e.branches >= s.cfg.MaxBranches
 	s.mu.Unlock()
 	if rolled {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is already being committed or rolled back; branch %s cannot join", id, gid)
 	}
+	if tooMany {
+		return nil, s.cfg.Authorizer.Deny(ctx, "quota-branches", codes.ResourceExhausted,
+			"transaction %s has %d branches, the most one may have; branch %s is refused", id, s.cfg.MaxBranches, gid)
+	}
 	res, err := s.AddParticipant(req.GetParticipant(), req.GetAddress())
+	if errors.Is(err, errFull) {
+		return nil, status.Error(codes.ResourceExhausted, err.Error())
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	switch err := e.tx.Join(res, gid); {
 	case err == nil:
+		s.mu.Lock()
+		e.branches++
+		s.mu.Unlock()
 	case errors.Is(err, coordinator.ErrDuplicateBranch):
 		return nil, status.Errorf(codes.AlreadyExists, "branch %s is already registered with transaction %s", gid, id)
 	case errors.Is(err, coordinator.ErrTxDone):
@@ -453,7 +578,17 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 	}
 	e, ok := s.lookup(id)
 	if !ok {
+		// Not tracked (finished past Retain, or begun before a restart):
+		// whoever began it is not known here, so the logged outcome is
+		// for GetOutcome to tell.
+		if !s.caller(ctx).Has(authz.Observer) {
+			return nil, s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+				"transaction %s is not tracked here (finished long ago, or begun before a restart): who began it is not known, so a commit is refused; ask its outcome (GetOutcome)", id)
+		}
 		return s.commitFromLog(id)
+	}
+	if err := s.mayAct(ctx, e, id, ""); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	rolled := e.rolled
@@ -536,6 +671,10 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 	}
 	e, ok := s.lookup(id)
 	if !ok {
+		if !s.caller(ctx).Has(authz.Operator) {
+			return nil, s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+				"transaction %s is not tracked here (finished long ago, or begun before a restart): who began it is not known, so a rollback is refused; ask its outcome (GetOutcome)", id)
+		}
 		d, err := s.c.Log().Lookup(id)
 		switch {
 		case err == nil && d.Kind == wal.KindCommit:
@@ -547,6 +686,9 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 			return &txcoordv1.RollbackResponse{Outcome: txcoordv1.Outcome_OUTCOME_ABORTED}, nil
 		}
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if err := s.mayAct(ctx, e, id, authz.Operator); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	e.rolled = e.rolled || !e.commit
@@ -591,6 +733,16 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 		if !g.Owned(s.c.Prefix(), s.c.ID()) {
 			return nil, status.Errorf(codes.FailedPrecondition, "gid %s was issued by coordinator %s.%s, not this one (%s.%s); ask that one", g, g.Prefix, g.Coordinator, s.c.Prefix(), s.c.ID())
 		}
+		if who := s.caller(ctx); !who.Has(authz.Observer) {
+			// A participant asks about its own branches only.
+			if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
+				return nil, err
+			}
+			if !strings.HasPrefix(g.Branch, req.GetParticipant()+"-") {
+				return nil, s.cfg.Authorizer.Deny(ctx, "participant-name", codes.PermissionDenied,
+					"branch %s is not one of participant %s's", g, req.GetParticipant())
+			}
+		}
 		res, err = s.c.ResolveBranch(ctx, g)
 	} else {
 		id, perr := parseTxID(req.GetTxid())
@@ -600,13 +752,27 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 		if err := s.ownGTRID(req.GetGtrid(), id); err != nil {
 			return nil, err
 		}
+		if who := s.caller(ctx); !who.Has(authz.Observer) {
+			e, live := s.lookup(id)
+			switch {
+			case live:
+				if err := s.mayAct(ctx, e, id, authz.Observer); err != nil {
+					return nil, err
+				}
+			case !who.Has(authz.Client):
+				// A participant asks by gid; a transaction's outcome
+				// is its client's or an observer's to read.
+				return nil, s.cfg.Authorizer.Deny(ctx, "not-owner", codes.PermissionDenied,
+					"%s may ask the outcome of its own branches (by gid), not of transaction %s", who, id)
+			}
+		}
 		txid = id
 		res, err = s.c.ResolveTx(ctx, id)
 	}
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	if req.GetParticipant() != "" && req.GetAddress() != "" {
+	if req.GetParticipant() != "" && req.GetAddress() != "" && s.caller(ctx).Speaks(req.GetParticipant()) {
 		if _, err := s.AddParticipant(req.GetParticipant(), req.GetAddress()); err != nil {
 			s.logger.Warn("participant asking an outcome gave a bad name or address", "participant", req.GetParticipant(), "address", req.GetAddress(), "err", err)
 		}
@@ -633,10 +799,16 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
+		return nil, err
+	}
 	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
 		return nil, err
 	}
 	if _, err := s.AddParticipant(req.GetParticipant(), req.GetAddress()); err != nil {
+		if errors.Is(err, errFull) {
+			return nil, status.Error(codes.ResourceExhausted, err.Error())
+		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return &txcoordv1.AnnounceResponse{Instance: s.instance()}, nil

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/authz"
+
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -58,6 +60,9 @@ func startWith(t *testing.T, log wal.Log, resources []participant.Resource, cfg 
 	}
 	cfg.Coordinator = c
 	cfg.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = authz.Insecure()
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -192,10 +197,18 @@ func TestGRPCBranchRegisteredTwice(t *testing.T) {
 	if _, err := e.api.RegisterBranch(ctx, req); err != nil {
 		t.Fatalf("the same registration delivered twice: %v", err)
 	}
-	// The same gid from another participant is refused.
+	// The same gid from another participant is refused: the branch is
+	// not named for it.
 	other := &txcoordv1.RegisterBranchRequest{Txid: b.Txid, Gid: req.Gid, Participant: "inv", Address: "127.0.0.1:2"}
 	_, err := e.api.RegisterBranch(ctx, other)
-	wantCode(t, err, codes.AlreadyExists, "already registered")
+	wantCode(t, err, codes.PermissionDenied, "not named for participant inv")
+	// The same gid again from its participant, at another address:
+	// registered already.
+	again := &txcoordv1.RegisterBranchRequest{Txid: b.Txid, Gid: req.Gid, Participant: "pay", Address: "127.0.0.1:2"}
+	_, err = e.api.RegisterBranch(ctx, again)
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("the same branch from its participant at a new address: %v", err)
+	}
 	tx, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: b.Txid})
 	if err != nil || len(tx.GetBranches()) != 1 {
 		t.Fatalf("want one branch, got %v %v", tx, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
 	"github.com/txcoord/txcoord/internal/pgtest"
 )
 

@@ -55,11 +55,26 @@ type Config struct {
 	TLS            TLSConfig `yaml:"tls"`
 	ParticipantTLS TLSConfig `yaml:"participant_tls"`
 
-	// AdminTokenFile holds the tokens (one per line) that may make admin
-	// calls (resolve, recover); AdminCNs are client certificate common
-	// names that may. With neither, only loopback callers may.
-	AdminTokenFile string   `yaml:"admin_token_file"`
-	AdminCNs       []string `yaml:"admin_cns"`
+	// Policy is the trust model's policy file (package authz): identities
+	// and their roles, reloaded when it changes and on SIGHUP. Grants add
+	// identities as ROLE=SPIFFE_ID (participant:NAME=SPIFFE_ID). With
+	// neither, any caller may begin, join and read, and nobody may make
+	// operators' calls unless AdminLoopback.
+	Policy string   `yaml:"policy"`
+	Grants []string `yaml:"grants"`
+	// AdminTokenFile holds tokens (one per line, file mode 0600) that
+	// stand for break-glass admins; accepted over TLS only.
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// AdminCNs is refused: identities are SPIFFE IDs, not common names.
+	AdminCNs []string `yaml:"admin_cns"`
+	// AdminLoopback gives callers on loopback with no credential the
+	// admin role (operators' calls included).
+	AdminLoopback bool `yaml:"admin_loopback"`
+	// Insecure allows a non-loopback listen address without TLS or a
+	// policy.
+	Insecure bool `yaml:"insecure"`
+	// Limits bound what callers can make the server hold.
+	Limits Limits `yaml:"limits"`
 
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
@@ -67,6 +82,9 @@ type Config struct {
 	// the OTEL_EXPORTER_OTLP_* environment).
 	Tracing      string `yaml:"tracing"`
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// OTLPInsecure sends spans (which carry txids and errors) to the
+	// collector without TLS.
+	OTLPInsecure bool `yaml:"otlp_insecure"`
 }
 
 // TLSConfig is a certificate pair and a CA. For the server: Cert and Key
@@ -99,6 +117,7 @@ func defaultConfig() Config {
 		LogLevel:         "info",
 		LogFormat:        "text",
 		Tracing:          "none",
+		Limits:           defaultLimits(),
 	}
 }
 
@@ -191,9 +210,16 @@ func (c *Config) validate() error {
 	if (c.ParticipantTLS.Cert == "") != (c.ParticipantTLS.Key == "") {
 		bad("participant-tls-cert and participant-tls-key go together")
 	}
-	if len(c.AdminCNs) > 0 && c.TLS.CA == "" {
-		bad("admin-cn needs tls-client-ca: client certificates are only verified with mutual TLS")
+	if len(c.AdminCNs) > 0 {
+		bad("%v", errAdminCN)
 	}
+	if _, err := parseGrants(c.Grants); err != nil {
+		bad("%v", err)
+	}
+	if c.AdminTokenFile != "" && !c.TLS.enabled() {
+		bad("admin-token-file needs TLS (tls-cert, tls-key): a token is refused over a connection without TLS")
+	}
+	c.Limits.validate(bad)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -217,6 +243,9 @@ func (c *Config) validate() error {
 func adminTokens(path string) ([]string, error) {
 	if path == "" {
 		return nil, nil
+	}
+	if err := checkSecretFile(path); err != nil {
+		return nil, fmt.Errorf("admin token file: %w", err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,11 +20,10 @@ import (
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/dsn"
 	"github.com/txcoord/txcoord/participant"
@@ -138,12 +135,28 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.StringVar(&cfg.ParticipantTLS.CA, "participant-tls-ca", cfg.ParticipantTLS.CA, "CA (PEM) that participants' certificates must chain to; turns TLS on for calls to participants")
 	f.StringVar(&cfg.ParticipantTLS.Cert, "participant-tls-cert", cfg.ParticipantTLS.Cert, "client certificate (PEM) presented to participants")
 	f.StringVar(&cfg.ParticipantTLS.Key, "participant-tls-key", cfg.ParticipantTLS.Key, "client private key (PEM) for participants")
-	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file of tokens (one per line) allowed to make admin calls (resolve, recover)")
-	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", cfg.AdminCNs, "client certificate common name allowed to make admin calls (repeatable; needs --tls-client-ca)")
+	f.StringVar(&cfg.Policy, "policy", cfg.Policy, "trust model policy file (YAML: identities and roles; reloaded on change and SIGHUP)")
+	f.StringArrayVar(&cfg.Grants, "grant", cfg.Grants, "give an identity a role: ROLE=spiffe://... or participant:NAME=spiffe://... (repeatable; roles: coordinator, participant, client, observer, operator, admin)")
+	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file (mode 0600) of tokens, one per line, each standing for a break-glass admin; over TLS only")
+	f.StringSliceVar(&cfg.AdminCNs, "admin-cn", cfg.AdminCNs, "refused: identities are SPIFFE IDs (use --grant admin=spiffe://...)")
+	_ = f.MarkHidden("admin-cn")
+	f.BoolVar(&cfg.AdminLoopback, "admin-loopback", cfg.AdminLoopback, "give loopback callers without a credential the admin role (a sidecar or port-forward is loopback too)")
+	f.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow a non-loopback --listen without mutual TLS and a policy")
+	f.IntVar(&cfg.Limits.MaxRecvMsgSize, "max-recv-msg-size", cfg.Limits.MaxRecvMsgSize, "largest request in bytes")
+	f.Uint32Var(&cfg.Limits.MaxConcurrentStreams, "max-concurrent-streams", cfg.Limits.MaxConcurrentStreams, "concurrent calls per connection")
+	f.IntVar(&cfg.Limits.MaxConnections, "max-connections", cfg.Limits.MaxConnections, "open connections at once")
+	f.DurationVar(&cfg.Limits.ConnectionTimeout, "connection-timeout", cfg.Limits.ConnectionTimeout, "bound on a new connection's handshake")
+	f.DurationVar(&cfg.Limits.MaxConnectionIdle, "max-connection-idle", cfg.Limits.MaxConnectionIdle, "close a connection idle this long")
+	f.DurationVar(&cfg.Limits.KeepaliveMinTime, "keepalive-min-time", cfg.Limits.KeepaliveMinTime, "a client pinging more often than this is disconnected")
+	f.DurationVar(&cfg.Limits.MaxCallDuration, "max-call-duration", cfg.Limits.MaxCallDuration, "deadline of a call that has none or a later one")
+	f.IntVar(&cfg.Limits.MaxParticipants, "max-participants", cfg.Limits.MaxParticipants, "remote participants known at once")
+	f.IntVar(&cfg.Limits.MaxLivePerIdentity, "max-live-per-identity", cfg.Limits.MaxLivePerIdentity, "live transactions one identity may have begun")
+	f.IntVar(&cfg.Limits.MaxBranches, "max-branches", cfg.Limits.MaxBranches, "branches registered with one transaction")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	f.StringVar(&cfg.Tracing, "tracing", cfg.Tracing, "OpenTelemetry spans: none, stdout, or otlp")
 	f.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", cfg.OTLPEndpoint, "OTLP/gRPC collector host:port for --tracing otlp (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+	f.BoolVar(&cfg.OTLPInsecure, "otlp-insecure", cfg.OTLPInsecure, "send spans to --otlp-endpoint without TLS")
 }
 
 func merge(a, b map[string]string) map[string]string {
@@ -169,6 +182,13 @@ func newLogger(cfg Config, w *os.File) *slog.Logger {
 
 func serve(ctx context.Context, cfg Config) error {
 	logger := newLogger(cfg, os.Stderr)
+	if err := cfg.transportCheck(logger); err != nil {
+		return err
+	}
+	authorizer, err := newAuthorizer(cfg, logger)
+	if err != nil {
+		return err
+	}
 
 	shutdownTracing, err := setupTracing(ctx, cfg)
 	if err != nil {
@@ -223,7 +243,7 @@ func serve(ctx context.Context, cfg Config) error {
 		resources = append(resources, r)
 	}
 
-	dialCreds, err := participantCreds(cfg.ParticipantTLS)
+	dialFor, err := participantDial(cfg.ParticipantTLS, authorizer, logger)
 	if err != nil {
 		return err
 	}
@@ -241,8 +261,9 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	srv, err := server.New(server.Config{
 		Coordinator: c, TxTimeout: cfg.TxTimeout, MaxTxTimeout: cfg.MaxTxTimeout,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(dialCreds)},
-		Logger:      logger, Tracer: otel.Tracer("txcoord"),
+		ParticipantDial: dialFor, Authorizer: authorizer,
+		MaxParticipants: cfg.Limits.MaxParticipants, MaxLivePerIdentity: cfg.Limits.MaxLivePerIdentity, MaxBranches: cfg.Limits.MaxBranches,
+		Logger: logger, Tracer: otel.Tracer("txcoord"),
 	})
 	if err != nil {
 		c.Close()
@@ -260,18 +281,10 @@ func serve(ctx context.Context, cfg Config) error {
 	// UNAVAILABLE, and the health service says NOT_SERVING.
 	srv.Starting()
 
-	tokens, err := adminTokens(cfg.AdminTokenFile)
-	if err != nil {
-		c.Close()
-		return err
-	}
-	policy := server.AdminPolicy{Tokens: tokens, CommonNames: cfg.AdminCNs, AllowLoopback: true}
-	if len(tokens) == 0 && len(cfg.AdminCNs) == 0 {
-		logger.Warn("no admin identity configured (--admin-token-file, --admin-cn): admin calls (resolve, recover) are accepted from loopback callers only")
-	}
-	opts := []grpc.ServerOption{grpc.UnaryInterceptor(policy.UnaryInterceptor())}
+	opts := append(cfg.Limits.serverOptions(),
+		grpc.ChainUnaryInterceptor(authorizer.UnaryInterceptor()), grpc.ChainStreamInterceptor(authorizer.StreamInterceptor()))
 	if cfg.TLS.enabled() {
-		creds, err := serverCreds(cfg.TLS)
+		creds, err := serverCreds(cfg.TLS, cfg.open(), logger)
 		if err != nil {
 			c.Close()
 			return err
@@ -285,7 +298,7 @@ func serve(ctx context.Context, cfg Config) error {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	hs.SetServingStatus("txcoord.v1.Coordinator", healthpb.HealthCheckResponse_NOT_SERVING)
 
-	lis, err := net.Listen("tcp", cfg.Listen)
+	lis, err := cfg.Limits.listen(cfg.Listen)
 	if err != nil {
 		c.Close()
 		return err
@@ -301,13 +314,16 @@ func serve(ctx context.Context, cfg Config) error {
 			c.Close()
 			return fmt.Errorf("metrics: %w", err)
 		}
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 		go func() { _ = httpSrv.Serve(mlis) }()
 	}
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	sweeper := make(chan struct{})
 	go func() { defer close(sweeper); srv.Run(runCtx) }()
+	watcher := make(chan struct{})
+	go func() { defer close(watcher); watchPolicy(runCtx, authorizer, logger) }()
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	logger.Info("txcoord listening", "listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "id", cfg.ID, "wal", walPath, "tls", cfg.TLS.enabled(), "mtls", cfg.TLS.CA != "")
@@ -344,6 +360,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}
 	stopRun()
 	<-sweeper
+	<-watcher
 	<-recovered
 	// Phase two still running stays in the log; the next start drives it.
 	c.Close()
@@ -361,54 +378,24 @@ func serve(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-func loadPool(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s: no PEM certificates", path)
-	}
-	return pool, nil
-}
-
-func serverCreds(t TLSConfig) (credentials.TransportCredentials, error) {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if t.CA != "" {
-		pool, err := loadPool(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("tls client CA: %w", err)
+// watchPolicy reloads the policy file when it changes and on SIGHUP.
+func watchPolicy(ctx context.Context, a *authz.Authorizer, logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go a.Watch(ctx, 2*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := a.Reload(); err != nil {
+				logger.Error("SIGHUP: the policy does not load; the previous one stays in force", "err", err)
+			} else {
+				logger.Info("SIGHUP: policy reloaded", "identities", a.Identities())
+			}
 		}
-		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
-	return credentials.NewTLS(tc), nil
-}
-
-func participantCreds(t TLSConfig) (credentials.TransportCredentials, error) {
-	if !t.enabled() {
-		return insecure.NewCredentials(), nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-	if t.CA != "" {
-		pool, err := loadPool(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("participant tls CA: %w", err)
-		}
-		tc.RootCAs = pool
-	}
-	if t.Cert != "" {
-		cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-		if err != nil {
-			return nil, fmt.Errorf("participant tls: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return credentials.NewTLS(tc), nil
 }
 
 func setupTracing(ctx context.Context, cfg Config) (func(), error) {
@@ -420,7 +407,10 @@ func setupTracing(ctx context.Context, cfg Config) (func(), error) {
 	case "otlp":
 		var opts []otlptracegrpc.Option
 		if cfg.OTLPEndpoint != "" {
-			opts = append(opts, otlptracegrpc.WithEndpoint(cfg.OTLPEndpoint), otlptracegrpc.WithInsecure())
+			opts = append(opts, otlptracegrpc.WithEndpoint(cfg.OTLPEndpoint))
+		}
+		if cfg.OTLPInsecure {
+			opts = append(opts, otlptracegrpc.WithInsecure())
 		}
 		exp, err = otlptracegrpc.New(ctx, opts...)
 	default:

@@ -204,20 +204,34 @@ func TestServeMutualTLSHealthMetricsAndStop(t *testing.T) {
 }
 
 // Admin calls with an admin token file configured: refused without the
-// token, served with it.
+// token, served with it over TLS; Begin needs none (no policy: open).
 func TestServeAdminToken(t *testing.T) {
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "admin-tokens")
 	const tok = "s3cr3t-admin-token-0123"
-	if err := os.WriteFile(tokFile, []byte("# operators\n"+tok+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokFile, []byte("# operators\n"+tok+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	ca := testpki.New(t)
+	sc, sk := ca.Server("server")
 	cfg := testConfig()
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
 	cfg.AdminTokenFile = tokFile
+	cfg.TLS = TLSConfig{Cert: sc, Key: sk}
 	cfg.LogLevel = "error"
 	cfg.InitLog = true
+	if err := serve(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a token file others can read: %v", err)
+	}
+	if err := os.Chmod(tokFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plain := cfg
+	plain.TLS = TLSConfig{}
+	if err := plain.validate(); err == nil || !strings.Contains(err.Error(), "admin-token-file needs TLS") {
+		t.Fatalf("a token file without TLS: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- serve(ctx, cfg) }()
@@ -227,7 +241,7 @@ func TestServeAdminToken(t *testing.T) {
 			t.Errorf("serve: %v", err)
 		}
 	}()
-	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientConfig("", ""))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,11 +253,65 @@ func TestServeAdminToken(t *testing.T) {
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("recover without the token: %v", err)
 	}
+	if _, err := api.Recover(metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer wrong-token-0123456789"), &txcoordv1.RecoverRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("recover with an unknown token: %v", err)
+	}
 	if _, err := api.Recover(metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+tok), &txcoordv1.RecoverRequest{}); err != nil {
 		t.Fatalf("recover with the token: %v", err)
 	}
 	if _, err := api.Begin(cctx, &txcoordv1.BeginRequest{}); err != nil {
 		t.Fatalf("begin needs no admin token: %v", err)
+	}
+}
+
+// Secure by default: a non-loopback listen address without TLS exits with
+// a one-line reason; with --insecure it starts (and warns).
+func TestServeRefusesPlaintextBeyondLoopback(t *testing.T) {
+	cfg := testConfig()
+	cfg.DataDir = t.TempDir()
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	cfg.Listen, cfg.MetricsListen = "0.0.0.0:"+port, "off"
+	cfg.LogLevel = "error"
+	cfg.InitLog = true
+	err := serve(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "without TLS") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("want a one-line refusal, got %v", err)
+	}
+	ca := testpki.New(t)
+	sc, sk := ca.Server("server")
+	cfg.TLS = TLSConfig{Cert: sc, Key: sk, CA: ca.CAFile}
+	if err := serve(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "--policy") {
+		t.Fatalf("mutual TLS but no policy: %v", err)
+	}
+	cfg.TLS = TLSConfig{}
+	cfg.Insecure = true
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	conn, err := grpc.NewClient("127.0.0.1:"+port, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+	defer ccancel()
+	if _, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("--insecure did not start: %v", err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	c := testConfig()
+	c.DataDir = "d"
+	c.AdminCNs = []string{"ops"}
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "SPIFFE") {
+		t.Fatalf("--admin-cn: %v", err)
+	}
+	c.AdminCNs = nil
+	c.Grants = []string{"operator"}
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "--grant") {
+		t.Fatalf("a malformed grant: %v", err)
 	}
 }
 

@@ -7,8 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 var stateNames = map[string]txcoordv1.TxState{
@@ -67,9 +68,18 @@ in-doubt ones), retry count and last error.`,
 			defer closeConn()
 			ctx, cancel := callCtx(cmd)
 			defer cancel()
-			resp, err := api.ListTransactions(ctx, req)
-			if err != nil {
-				return rpcErr(err)
+			// Every page, oldest first.
+			resp := &txcoordv1.ListTransactionsResponse{}
+			for {
+				pg, err := api.ListTransactions(ctx, req)
+				if err != nil {
+					return rpcErr(err)
+				}
+				resp.Transactions = append(resp.Transactions, pg.GetTransactions()...)
+				if pg.GetNextPageToken() == "" {
+					break
+				}
+				req.PageToken = pg.GetNextPageToken()
 			}
 			out := cmd.OutOrStdout()
 			if g.output == "json" {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 

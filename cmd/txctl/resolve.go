@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 

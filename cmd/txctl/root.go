@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
 type globals struct {
@@ -84,7 +85,7 @@ unreachable; 6 damaged log file; 7 log file in use by a running server.`,
 	pf.StringVar(&g.key, "tls-key", "", "client private key (PEM)")
 	pf.StringVar(&g.token, "token-file", os.Getenv("TXCOORD_TOKEN_FILE"), "file holding the admin token for resolve and recover ($TXCOORD_TOKEN_FILE; or the token itself in $TXCOORD_TOKEN)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
-	root.AddCommand(newListCmd(), newShowCmd(), newResolveCmd(), newRecoverCmd(), newScanCmd(), newWALCmd())
+	root.AddCommand(newListCmd(), newShowCmd(), newResolveCmd(), newRecoverCmd(), newScanCmd(), newWALCmd(), newCertsCmd())
 	return root
 }
 
@@ -127,6 +128,10 @@ func dial() (txcoordv1.CoordinatorClient, func(), error) {
 		}
 		creds = credentials.NewTLS(tc)
 	}
+	if token() != "" && g.caFile == "" && g.cert == "" {
+		return nil, nil, fail(exitUsage, errors.New("refusing to send a token without TLS: it would travel in plaintext (and the server refuses it)"),
+			"give --tls-ca (the CA of the server's certificate), or use a client certificate (--tls-cert, --tls-key)")
+	}
 	conn, err := grpc.NewClient(g.server, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, fail(exitUsage, err, "--server wants host:port")
@@ -139,17 +144,20 @@ func callCtx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	tok := os.Getenv("TXCOORD_TOKEN")
-	if g.token != "" {
-		b, err := os.ReadFile(g.token)
-		if err == nil {
-			tok = strings.TrimSpace(string(b))
-		}
-	}
-	if tok != "" {
+	if tok := token(); tok != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
 	return context.WithTimeout(ctx, g.timeout)
+}
+
+// token is the bearer token to send: --token-file's, or $TXCOORD_TOKEN.
+func token() string {
+	if g.token != "" {
+		if b, err := os.ReadFile(g.token); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	return os.Getenv("TXCOORD_TOKEN")
 }
 
 // rpcErr maps a server answer to an exit code and a hint.
@@ -163,7 +171,7 @@ func rpcErr(err error) error {
 	case codes.InvalidArgument:
 		return fail(exitUsage, errors.New(st.Message()), "")
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return fail(exitRefused, errors.New(st.Message()), "admin calls need --token-file (or $TXCOORD_TOKEN) or an admin client certificate (--tls-cert, --tls-key)")
+		return fail(exitRefused, errors.New(st.Message()), "the server's policy decides who may call what: present a client certificate whose spiffe:// identity has the role (--tls-cert, --tls-key, --tls-ca), or a token over TLS (--token-file)")
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return fail(exitUnavailable, fmt.Errorf("%s: %s", st.Code(), st.Message()),
 			fmt.Sprintf("is txcoord running at %s? Set --server or $TXCOORD_SERVER; raise --timeout for a slow server", g.server))

@@ -49,21 +49,21 @@ says now), its branches and what each branch's database says of it now
 			}
 			fmt.Fprintf(out, "transaction  %s\nstate        %s\nlive         %v\nstarted      %s\nage          %s\nretries      %d\n", t.GetTxid(), stateName(t.GetState()), t.GetLive(), ts(t.GetStarted()), age(t.GetAge()), t.GetRetries())
 			if t.GetHazard() != "" {
-				fmt.Fprintf(out, "hazard       %s\n", t.GetHazard())
+				fmt.Fprintf(out, "hazard       %s\n", clean(t.GetHazard()))
 				fmt.Fprintf(out, "             check the branch's database, then: txctl resolve %s --commit --accept-hazard --reason ...\n", t.GetTxid())
 			}
 			if t.GetCause() != "" {
-				fmt.Fprintf(out, "cause        %s\n", t.GetCause())
+				fmt.Fprintf(out, "cause        %s\n", clean(t.GetCause()))
 			}
 			if h := t.GetDecisionHolder(); h != "" {
-				fmt.Fprintf(out, "decision at  decision holder %s: %s\n", h, heldWords(t.GetHeldDecision()))
+				fmt.Fprintf(out, "decision at  decision holder %s: %s\n", h, clean(heldWords(t.GetHeldDecision())))
 			} else {
 				fmt.Fprintln(out, "decision at  the coordinator's log")
 			}
 			if d := t.GetDecision(); d != nil {
 				fmt.Fprintf(out, "decision     %s at %s, ended %v", d.GetDecision(), ts(d.GetTime()), d.GetEnded())
 				if d.GetHeuristic() {
-					fmt.Fprintf(out, ", heuristic by %s: %s", d.GetWho(), d.GetWhy())
+					fmt.Fprintf(out, ", heuristic by %s: %s", clean(d.GetWho()), clean(d.GetWhy()))
 				}
 				if d.GetHolder() != "" {
 					fmt.Fprintf(out, ", noted from decision holder %s's row", d.GetHolder())
@@ -76,7 +76,7 @@ says now), its branches and what each branch's database says of it now
 			tw := table(out)
 			fmt.Fprintln(tw, "  PARTICIPANT\tGID\tSTATE\tAT ITS DATABASE\tPREPARED AT\tATTEMPTS\tLAST ERROR")
 			for _, b := range t.GetBranches() {
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", b.GetParticipant(), b.GetGid(), b.GetState(), dash(b.GetAtResource()), ts(b.GetPreparedAt()), b.GetAttempts(), dash(b.GetLastError()))
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%s\n", clean(b.GetParticipant()), clean(b.GetGid()), b.GetState(), dash(b.GetAtResource()), ts(b.GetPreparedAt()), b.GetAttempts(), dash(b.GetLastError()))
 			}
 			if err := tw.Flush(); err != nil {
 				return err

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/authz"
+
 	"github.com/lib/pq"
 	"github.com/spf13/cobra"
 	"go.etcd.io/bbolt"
@@ -158,7 +160,7 @@ func (f *fixture) serve(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
+	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, Authorizer: authz.Insecure()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,7 +573,7 @@ func serveFakes(t *testing.T, plant func(*wal.Mem)) *fakes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Coordinator: c})
+	srv, err := server.New(server.Config{Coordinator: c, Authorizer: authz.Insecure()})
 	if err != nil {
 		t.Fatal(err)
 	}

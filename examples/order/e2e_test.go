@@ -22,6 +22,8 @@ import (
 
 	_ "github.com/lib/pq"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/examples/order/internal/shop"
@@ -29,6 +31,7 @@ import (
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/internal/proctest"
 	"github.com/txcoord/txcoord/internal/shopdb"
+	"github.com/txcoord/txcoord/pki"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -45,7 +48,8 @@ var kinds = []shop.Kind{shop.Orders, shop.Payment, shop.Inventory}
 // right after a COMMIT decision, restarts them, and checks after each step
 // that every order is in all three databases or in none, as its client was
 // told, that money and stock are conserved, and that nothing stays
-// prepared.
+// prepared. Every process talks mutual TLS under a policy, with
+// certificates made by txctl certs (the README's worked example).
 func TestE2E(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts txcoord, three services and three PostgreSQL servers")
@@ -96,6 +100,58 @@ type rig struct {
 
 	coord *proc
 	svc   map[shop.Kind]*proc
+
+	// pki holds the certificates made with txctl certs (the README's
+	// worked example): every process talks mutual TLS.
+	pki  string
+	dial []grpc.DialOption // the client's credentials, for health checks
+}
+
+const trustDomain = "shop.example"
+
+// spiffeOf is the identity of a process of the example.
+func spiffeOf(name string) string {
+	if name == "txcoord" {
+		return "spiffe://" + trustDomain + "/txcoord/" + coordinatorID
+	}
+	return "spiffe://" + trustDomain + "/svc/" + name
+}
+
+// tlsOf are name's certificate files.
+func (r *rig) tlsOf(name string) shop.TLSFiles {
+	return shop.TLSFiles{Cert: filepath.Join(r.pki, name+".pem"), Key: filepath.Join(r.pki, name+"-key.pem"), CA: filepath.Join(r.pki, "ca.pem")}
+}
+
+// issue makes the CA, a certificate per process and the policy with txctl,
+// as the README's worked example does.
+func (r *rig) issue(t *testing.T) {
+	r.pki = filepath.Join(t.TempDir(), "pki")
+	txctl := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command(filepath.Join(r.binDir, "txctl"), args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("txctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	txctl("certs", "ca", "--dir", r.pki)
+	for _, name := range []string{"txcoord", "orders", "payment", "inventory", "client"} {
+		txctl("certs", "issue", "--dir", r.pki, "--name", name, "--id", spiffeOf(name))
+	}
+	pol := "trust_domain: " + trustDomain + "\nidentities:\n" +
+		"  - {id: " + spiffeOf("txcoord") + ", roles: [coordinator]}\n" +
+		"  - {id: " + spiffeOf("client") + ", roles: [client]}\n"
+	for _, k := range kinds {
+		pol += "  - {id: " + spiffeOf(k.String()) + ", roles: [participant], participant: " + k.String() + "}\n"
+	}
+	if err := os.WriteFile(filepath.Join(r.pki, "policy.yaml"), []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := r.tlsOf("client")
+	rl, err := pki.NewReloader(pki.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.dial = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(rl.ClientConfig("", "")))}
 }
 
 func newRig(t *testing.T, seed uint64) *rig {
@@ -139,8 +195,13 @@ func newRig(t *testing.T, seed uint64) *rig {
 		}
 	})
 
+	r.issue(t)
+	ct := r.tlsOf("txcoord")
 	args := []string{"serve", "--init-log", "--listen", r.coordAddr, "--metrics-listen", r.metricsAddr,
 		"--data-dir", dataDir, "--id", coordinatorID,
+		"--tls-cert", ct.Cert, "--tls-key", ct.Key, "--tls-client-ca", ct.CA,
+		"--participant-tls-cert", ct.Cert, "--participant-tls-key", ct.Key, "--participant-tls-ca", ct.CA,
+		"--policy", filepath.Join(r.pki, "policy.yaml"),
 		"--tx-timeout", "30s", "--in-doubt-timeout", "3s", "--recovery-interval", "5s",
 		"--shutdown-timeout", "10s", "--log-format", "text"}
 	for _, k := range kinds {
@@ -148,8 +209,10 @@ func newRig(t *testing.T, seed uint64) *rig {
 	}
 	r.coord = r.newProc(t, "txcoord", args...)
 	for _, k := range kinds {
+		st := r.tlsOf(k.String())
 		r.svc[k] = r.newProc(t, k.String(), "--listen", r.addr[k], "--dsn", r.dsn[k],
-			"--coordinator", r.coordAddr, "--in-doubt-timeout", "2s", "--check-interval", "500ms")
+			"--coordinator", r.coordAddr, "--in-doubt-timeout", "2s", "--check-interval", "500ms",
+			"--tls-cert", st.Cert, "--tls-key", st.Key, "--tls-ca", st.CA, "--coordinator-id", spiffeOf("txcoord"))
 	}
 	if err := r.coord.start(); err != nil {
 		t.Fatal(err)
@@ -194,7 +257,7 @@ func (r *rig) build() error {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/txcoord", "./examples/order/orders", "./examples/order/payment",
+	args = append(args, "./cmd/txcoord", "./cmd/txctl", "./examples/order/orders", "./examples/order/payment",
 		"./examples/order/inventory", "./examples/order/client")
 	cmd := exec.Command(goBin, args...)
 	cmd.Dir = root
@@ -237,6 +300,7 @@ func (r *rig) clientConfig(prefix string, orders, workers int, failRate float64)
 	return shop.ClientConfig{
 		Coordinator: r.coordAddr, OrdersAddr: r.addr[shop.Orders], PaymentAddr: r.addr[shop.Payment],
 		InventoryAddr: r.addr[shop.Inventory],
+		TLS:           r.tlsOf("client"),
 		Orders:        orders, Workers: workers, FailRate: failRate, Seed: r.seed, IDPrefix: prefix,
 		OrderTimeout: 20 * time.Second, ResolveTimeout: 30 * time.Second,
 	}
@@ -427,7 +491,8 @@ func (r *rig) testClientCommand(t *testing.T) {
 	cmd := exec.CommandContext(ctx, filepath.Join(r.binDir, "client"),
 		"--coordinator", r.coordAddr, "--orders-addr", r.addr[shop.Orders], "--payment-addr", r.addr[shop.Payment],
 		"--inventory-addr", r.addr[shop.Inventory], "--orders", "20", "--workers", "4", "--fail-rate", "0.25",
-		"--seed", strconv.FormatUint(r.seed, 10), "--id-prefix", "d-")
+		"--seed", strconv.FormatUint(r.seed, 10), "--id-prefix", "d-",
+		"--tls-cert", r.tlsOf("client").Cert, "--tls-key", r.tlsOf("client").Key, "--tls-ca", r.tlsOf("client").CA)
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -622,6 +687,7 @@ type proc struct {
 	path    string
 	args    []string
 	addr    string // gRPC address, for readiness
+	dial    []grpc.DialOption
 	logPath string
 
 	mu   sync.Mutex
@@ -630,7 +696,7 @@ type proc struct {
 }
 
 func (r *rig) newProc(t *testing.T, name string, args ...string) *proc {
-	p := &proc{name: name, path: filepath.Join(r.binDir, name), args: args,
+	p := &proc{name: name, path: filepath.Join(r.binDir, name), args: args, dial: r.dial,
 		logPath: filepath.Join(r.logDir, name+".log")}
 	for i, a := range args {
 		if a == "--listen" && i+1 < len(args) {
@@ -739,7 +805,7 @@ func (p *proc) kill() {
 func (p *proc) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	switch err := proctest.WaitServing(ctx, p.addr, p.exited()); {
+	switch err := proctest.WaitServing(ctx, p.addr, p.exited(), p.dial...); {
 	case errors.Is(err, proctest.ErrExited):
 		return fmt.Errorf("%s exited before it was ready (%v); log:\n%s", p.name, p.exitState(), p.tail(30))
 	case err != nil:

@@ -10,8 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/txcoord/txcoord/authz"
+
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/pgtest"
@@ -19,8 +24,6 @@ import (
 	"github.com/txcoord/txcoord/sdk"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // The reply to the client's Commit is cut on its way back: the client is
@@ -43,7 +46,7 @@ func TestDecisionReplyLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{dial}})
+	srv, err := server.New(server.Config{Coordinator: c, DialOptions: []grpc.DialOption{dial}, Authorizer: authz.Insecure()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +90,7 @@ func TestDecisionReplyLost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := sdk.New(sdk.Config{Name: name, Address: l.Addr().String(), Coordinator: coordConn, Resource: res})
+		p, err := sdk.New(sdk.Config{Name: name, Address: l.Addr().String(), Coordinator: coordConn, Resource: res, InsecureAnyCaller: true})
 		if err != nil {
 			t.Fatal(err)
 		}

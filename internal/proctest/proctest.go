@@ -19,11 +19,14 @@ import (
 // ErrExited is returned by WaitServing when the process exited first.
 var ErrExited = errors.New("the process exited before it was serving")
 
-// WaitServing polls the gRPC health service at addr (plaintext) until it
-// answers SERVING, ctx ends, or exited (if not nil) is closed. A ctx error
-// carries the last answer's error.
-func WaitServing(ctx context.Context, addr string, exited <-chan struct{}) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// WaitServing polls the gRPC health service at addr (plaintext, unless opts
+// give credentials) until it answers SERVING, ctx ends, or exited (if not
+// nil) is closed. A ctx error carries the last answer's error.
+func WaitServing(ctx context.Context, addr string, exited <-chan struct{}, opts ...grpc.DialOption) error {
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -72,12 +73,29 @@ func (ca *CA) Client(cn string) (certFile, keyFile string) {
 	return ca.leaf(cn, x509.ExtKeyUsageClientAuth)
 }
 
+// Identity writes a certificate (client and server) for 127.0.0.1 whose
+// URI SAN is the SPIFFE ID id, valid until notAfter (a day if zero).
+func (ca *CA) Identity(name, id string, notAfter time.Time) (certFile, keyFile string) {
+	u, err := url.Parse(id)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	return ca.make(name, []*url.URL{u}, notAfter, x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth)
+}
+
 func (ca *CA) leaf(cn string, usage x509.ExtKeyUsage) (string, string) {
+	return ca.make(cn, nil, time.Time{}, usage)
+}
+
+func (ca *CA) make(cn string, uris []*url.URL, notAfter time.Time, usage ...x509.ExtKeyUsage) (string, string) {
 	ca.t.Helper()
 	ca.serial++
 	k := newKey(ca.t)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(24 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
+	if notAfter.IsZero() {
+		notAfter = time.Now().Add(24 * time.Hour)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-48 * time.Hour),
+		NotAfter: notAfter, ExtKeyUsage: usage, URIs: uris, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
 	if err != nil {
 		ca.t.Fatal(err)

@@ -239,7 +239,7 @@ func (p *proc) close() {
 // waitReady waits until the process's gRPC health service says SERVING.
 // The process may die and be restarted meanwhile.
 func (p *proc) waitReady(ctx context.Context) error {
-	if err := proctest.WaitServing(ctx, p.addr, nil); err != nil {
+	if err := proctest.WaitServing(ctx, p.addr, nil, dialOptions()...); err != nil {
 		return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
 	}
 	return nil

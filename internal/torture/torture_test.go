@@ -148,6 +148,12 @@ func TestTorture(t *testing.T) {
 	for i := range cfg.workers {
 		workers.Go(func() { w.run(ctx, i) })
 	}
+	h, err := newHostile(r.certs["intruder"], r.links[linkName(clientName, coordName)].addr, r.clientAddrs(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.close()
+	workers.Go(func() { h.run(ctx) })
 	r.runSchedule(ctx, chaosBegan, faults)
 	<-ctx.Done()
 	r.ev.logf("faults end: healing")
@@ -184,6 +190,8 @@ func TestTorture(t *testing.T) {
 	} else {
 		violations = checkViolations(final, r.data, records, r.lostTxs(), true)
 	}
+	hostileReport, accepted := h.report()
+	violations = append(violations, accepted...)
 	var procProblems []string
 	for _, name := range r.procNames() {
 		procProblems = append(procProblems, r.procs[name].problems()...)
@@ -194,7 +202,7 @@ func TestTorture(t *testing.T) {
 	t.Log(r.summary(cfg, summaryInput{
 		records: records, planned: planned, setup: setup, recovery: recovery, total: time.Since(began),
 		violations: len(violations), after: afterErrs,
-	}))
+	}) + "\n" + hostileReport)
 	for i, v := range violations {
 		if i == 50 {
 			t.Errorf("... and %d more violations", len(violations)-i)
@@ -222,6 +230,7 @@ type rig struct {
 	logDir string
 	ev     *events
 	data   shopData
+	certs  map[string]tlsFiles // by process, and the intruder
 
 	pg  map[string]*pgtest.Server // by service
 	dbs map[string]*sql.DB        // by service, straight to the server
@@ -332,8 +341,16 @@ func newRig(t *testing.T) *rig {
 	}
 	add(coordName, dbName(ledger), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[ledger].Port())))
 
+	certs, policy, err := issueTLS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.certs = certs
+	ct := certs[coordName]
 	args := []string{"serve", "--init-log", "--listen", r.coordAddr, "--metrics-listen", "off",
 		"--data-dir", filepath.Join(t.TempDir(), "txcoord"), "--id", coordinatorID,
+		"--tls-cert", ct.cert, "--tls-key", ct.key, "--tls-client-ca", ct.ca, "--policy", policy,
+		"--participant-tls-cert", ct.cert, "--participant-tls-key", ct.key, "--participant-tls-ca", ct.ca,
 		"--tx-timeout", "20s", "--prepare-timeout", "5s", "--call-timeout", "5s",
 		"--in-doubt-timeout", "3s", "--recovery-interval", "2s", "--shutdown-timeout", "10s", "--log-format", "text"}
 	for _, s := range services {
@@ -352,7 +369,8 @@ func newRig(t *testing.T) *rig {
 		r.procs[s] = r.newProc(s, r.svcAddr[s], "--listen", r.svcAddr[s],
 			"--advertise", r.links[linkName(coordName, s)].addr, "--dsn", dsn.String(),
 			"--coordinator", r.links[linkName(s, coordName)].addr,
-			"--in-doubt-timeout", "2s", "--check-interval", "500ms", "--stop-timeout", "5s")
+			"--in-doubt-timeout", "2s", "--check-interval", "500ms", "--stop-timeout", "5s",
+			"--tls-cert", certs[s].cert, "--tls-key", certs[s].key, "--tls-ca", certs[s].ca, "--coordinator-id", spiffeOf(coordName))
 	}
 	t.Cleanup(func() {
 		for _, p := range r.procs {

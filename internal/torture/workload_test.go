@@ -93,13 +93,18 @@ type workload struct {
 	records []*record
 }
 
-// dialOptions: plaintext on loopback, reconnection backoff from 100ms to a
-// second, and no waiting for a connection: a call to an unreachable peer
-// fails at once and its order aborts.
+// dialOptions: mutual TLS as the client (clientCreds; plaintext before
+// they are made), reconnection backoff from 100ms to a second, and no
+// waiting for a connection: a call to an unreachable peer fails at once and
+// its order aborts.
 func dialOptions() []grpc.DialOption {
 	bo := backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
+	creds := clientCreds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}),
 	}
 }

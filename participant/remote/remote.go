@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -112,6 +114,18 @@ func ValidateAddress(addr string) error {
 	if addr == "" || len(addr) > 255 || strings.ContainsAny(addr, " \t\r\n/") || !strings.Contains(addr, ":") {
 		return fmt.Errorf("remote: address %q is not host:port", addr)
 	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "" {
+		return fmt.Errorf("remote: address %q is not host:port", addr)
+	}
+	// A gRPC target scheme (unix:, unix-abstract:, dns:, passthrough:)
+	// would make the coordinator dial where the caller chooses.
+	if strings.Contains(host, ":") && net.ParseIP(host) == nil {
+		return fmt.Errorf("remote: address %q is not host:port (target schemes are refused)", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("remote: address %q: port %q is not a number", addr, port)
+	}
 	return nil
 }
 
@@ -193,7 +207,7 @@ func (r *Resource) mapErr(op string, gid ids.GID, err error) error {
 	if err == nil {
 		return nil
 	}
-	st := status.Convert(err)
+	st := status.New(status.Code(err), bounded(status.Convert(err).Message()))
 	where := fmt.Sprintf("remote: %s %s at %s (%s)", op, gid, r.name, r.Address())
 	switch st.Code() {
 	case codes.NotFound:
@@ -209,4 +223,22 @@ func (r *Resource) mapErr(op string, gid ids.GID, err error) error {
 	// DeadlineExceeded, Canceled, Unknown, Internal, anything else: the
 	// request may have been carried out.
 	return fmt.Errorf("%s: %w: %s: %s", where, participant.ErrOutcomeUnknown, st.Code(), st.Message())
+}
+
+// maxMessage bounds what a participant's error message may add to the
+// coordinator's memory, logs and operators' screens.
+const maxMessage = 1024
+
+// bounded keeps at most maxMessage bytes of a participant's message, with
+// control characters (terminal escapes) replaced.
+func bounded(msg string) string {
+	if len(msg) > maxMessage {
+		msg = msg[:maxMessage] + "...(truncated)"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(msg, "?"))
 }

@@ -78,6 +78,9 @@ func parseFlags(args []string, stderr io.Writer) (shop.ClientConfig, bool, error
 	fs.StringVar(&cfg.IDPrefix, "id-prefix", "o-"+time.Now().UTC().Format("20060102T150405")+"-", "prefix of the order ids (they must be new to the databases)")
 	fs.DurationVar(&cfg.OrderTimeout, "order-timeout", 30*time.Second, "time limit of one order's transaction")
 	fs.DurationVar(&cfg.ResolveTimeout, "resolve-timeout", time.Minute, "how long to keep asking the coordinator about orders whose outcome was unknown at commit")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "client certificate (PEM) with its spiffe:// identity; turns mutual TLS on")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "private key (PEM) of --tls-cert")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "CA (PEM) the coordinator's and services' certificates must chain to")
 	verbose := fs.Bool("v", false, "print every order's outcome")
 	if err := fs.Parse(args); err != nil {
 		return cfg, false, err

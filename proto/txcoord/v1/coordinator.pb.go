@@ -1304,7 +1304,12 @@ type ListTransactionsRequest struct {
 	OlderThan *durationpb.Duration `protobuf:"bytes,2,opt,name=older_than,json=olderThan,proto3" json:"older_than,omitempty"`
 	// Also scan every resource for prepared branches of this coordinator
 	// that no live transaction owns (in doubt).
-	Scan          bool `protobuf:"varint,3,opt,name=scan,proto3" json:"scan,omitempty"`
+	Scan bool `protobuf:"varint,3,opt,name=scan,proto3" json:"scan,omitempty"`
+	// At most this many transactions per answer (default 500, at most
+	// 1000), oldest first.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Continue after the answer that gave this next_page_token.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1360,9 +1365,25 @@ func (x *ListTransactionsRequest) GetScan() bool {
 	return false
 }
 
+func (x *ListTransactionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTransactionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListTransactionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Transactions  []*Transaction         `protobuf:"bytes,1,rep,name=transactions,proto3" json:"transactions,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Transactions []*Transaction         `protobuf:"bytes,1,rep,name=transactions,proto3" json:"transactions,omitempty"`
+	// Non-empty when more transactions follow: pass it as page_token.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1402,6 +1423,13 @@ func (x *ListTransactionsResponse) GetTransactions() []*Transaction {
 		return x.Transactions
 	}
 	return nil
+}
+
+func (x *ListTransactionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetOutcomeRequest struct {
@@ -2157,14 +2185,18 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	" \x03(\v2\x15.txcoord.v1.LogRecordR\arecords\x12'\n" +
 	"\x0fdecision_holder\x18\v \x01(\tR\x0edecisionHolder\x12#\n" +
 	"\rheld_decision\x18\f \x01(\tR\fheldDecision\x12\x16\n" +
-	"\x06hazard\x18\r \x01(\tR\x06hazard\"\x94\x01\n" +
+	"\x06hazard\x18\r \x01(\tR\x06hazard\"\xd0\x01\n" +
 	"\x17ListTransactionsRequest\x12+\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x13.txcoord.v1.TxStateR\x06states\x128\n" +
 	"\n" +
 	"older_than\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tolderThan\x12\x12\n" +
-	"\x04scan\x18\x03 \x01(\bR\x04scan\"W\n" +
+	"\x04scan\x18\x03 \x01(\bR\x04scan\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"\x7f\n" +
 	"\x18ListTransactionsResponse\x12;\n" +
-	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\"\xce\x01\n" +
+	"\ftransactions\x18\x01 \x03(\v2\x17.txcoord.v1.TransactionR\ftransactions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xce\x01\n" +
 	"\x11GetOutcomeRequest\x12A\n" +
 	"\x11expected_instance\x18\x06 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +

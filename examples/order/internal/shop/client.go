@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,7 @@ import (
 	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant/remote"
+	"github.com/txcoord/txcoord/pki"
 )
 
 // Failure is how an order is meant to fail, if at all.
@@ -84,6 +87,8 @@ type Result struct {
 type ClientConfig struct {
 	// Addresses (host:port) of the coordinator and the three services.
 	Coordinator, OrdersAddr, PaymentAddr, InventoryAddr string
+	// TLS, when set, makes every call over mutual TLS.
+	TLS TLSFiles
 	// Orders is how many orders to place, by Workers concurrent workers.
 	Orders, Workers int
 	// FailRate is the share of orders meant to fail, in equal parts
@@ -126,11 +131,18 @@ func PlaceOrders(ctx context.Context, cfg ClientConfig) (*Report, error) {
 	if cfg.Orders < 0 || cfg.Workers < 1 || cfg.FailRate < 0 || cfg.FailRate > 1 {
 		return nil, errors.New("shop: want orders >= 0, workers >= 1 and a fail rate within 0..1")
 	}
+	if err := cfg.TLS.check(); err != nil {
+		return nil, fmt.Errorf("shop: %w", err)
+	}
 	if cfg.OrderTimeout <= 0 {
 		cfg.OrderTimeout = 30 * time.Second
 	}
 	if cfg.ResolveTimeout <= 0 {
 		cfg.ResolveTimeout = time.Minute
+	}
+	tlsr, err := cfg.TLS.reloader(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		return nil, err
 	}
 	conns := map[string]*grpc.ClientConn{}
 	defer func() {
@@ -145,10 +157,10 @@ func PlaceOrders(ctx context.Context, cfg ClientConfig) (*Report, error) {
 		// A call to a peer that is unreachable fails at once: the order
 		// aborts (nothing of it can commit) instead of waiting. The
 		// interceptor carries the transaction in ctx to the services.
-		{"coordinator", cfg.Coordinator, dialOptions(false)},
-		{"orders", cfg.OrdersAddr, serviceDialOptions()},
-		{"payment", cfg.PaymentAddr, serviceDialOptions()},
-		{"inventory", cfg.InventoryAddr, serviceDialOptions()},
+		{"coordinator", cfg.Coordinator, dialOptions(tlsr, false)},
+		{"orders", cfg.OrdersAddr, serviceDialOptions(tlsr)},
+		{"payment", cfg.PaymentAddr, serviceDialOptions(tlsr)},
+		{"inventory", cfg.InventoryAddr, serviceDialOptions(tlsr)},
 	} {
 		c, err := grpc.NewClient(d.addr, d.opts...)
 		if err != nil {
@@ -208,8 +220,8 @@ func PlaceOrders(ctx context.Context, cfg ClientConfig) (*Report, error) {
 	return rep, nil
 }
 
-func serviceDialOptions() []grpc.DialOption {
-	return append(dialOptions(false), grpc.WithUnaryInterceptor(client.UnaryClientInterceptor()))
+func serviceDialOptions(tlsr *pki.Reloader) []grpc.DialOption {
+	return append(dialOptions(tlsr, false), grpc.WithUnaryInterceptor(client.UnaryClientInterceptor()))
 }
 
 type placer struct {

@@ -2,6 +2,7 @@ package shop
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,11 +17,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/pki"
 	"github.com/txcoord/txcoord/sdk"
 )
 
@@ -46,7 +50,43 @@ type ServiceConfig struct {
 	// DBWait is how long start-up waits for a database server that is
 	// down or still starting (0: do not wait).
 	DBWait time.Duration
-	Logger *slog.Logger
+	// TLS, when set, serves and calls over mutual TLS; CoordinatorID is
+	// then the SPIFFE ID of the only caller the participant API takes.
+	// Without TLS the service listens on loopback only.
+	TLS           TLSFiles
+	CoordinatorID string
+	Logger        *slog.Logger
+}
+
+// TLSFiles are a process's certificate, key and CA (PEM files), for
+// example from txctl certs issue.
+type TLSFiles struct{ Cert, Key, CA string }
+
+func (f TLSFiles) enabled() bool { return f.Cert != "" }
+
+// bindTLS adds the TLS flags to fs.
+func bindTLS(fs *flag.FlagSet, f *TLSFiles) {
+	fs.StringVar(&f.Cert, "tls-cert", "", "certificate (PEM) with this process's spiffe:// identity; turns mutual TLS on")
+	fs.StringVar(&f.Key, "tls-key", "", "private key (PEM) of --tls-cert")
+	fs.StringVar(&f.CA, "tls-ca", "", "CA (PEM) every peer's certificate must chain to")
+}
+
+func (f TLSFiles) check() error {
+	if f.Cert == "" && f.Key == "" && f.CA == "" {
+		return nil
+	}
+	if f.Cert == "" || f.Key == "" || f.CA == "" {
+		return errors.New("--tls-cert, --tls-key and --tls-ca go together")
+	}
+	return nil
+}
+
+// reloader loads f (nil without TLS).
+func (f TLSFiles) reloader(logger *slog.Logger) (*pki.Reloader, error) {
+	if !f.enabled() {
+		return nil, nil
+	}
+	return pki.NewReloader(pki.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}, func(err error) { logger.Error("tls", "err", err) })
 }
 
 // Default listen addresses of the services.
@@ -70,6 +110,8 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	fs.DurationVar(&cfg.CheckInterval, "check-interval", 2*time.Second, "how often to look for branches in doubt")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 10*time.Second, "how long a graceful stop waits for calls in flight")
 	fs.DurationVar(&cfg.DBWait, "db-wait", time.Minute, "how long start-up waits for a database server that is down or starting (0: fail at once)")
+	bindTLS(fs, &cfg.TLS)
+	fs.StringVar(&cfg.CoordinatorID, "coordinator-id", "", "with TLS: the coordinator's spiffe:// identity, the only caller of the participant API")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -86,6 +128,14 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	}
 	if cfg.DBWait < 0 {
 		err := fmt.Errorf("--db-wait %v: want a duration of 0 or more", cfg.DBWait)
+		fmt.Fprintln(fs.Output(), err)
+		return cfg, err
+	}
+	if err := cfg.TLS.check(); err == nil && cfg.TLS.enabled() && cfg.CoordinatorID == "" {
+		err = errors.New("--coordinator-id is required with TLS: the participant API takes calls from the coordinator only")
+		fmt.Fprintln(fs.Output(), err)
+		return cfg, err
+	} else if err != nil {
 		fmt.Fprintln(fs.Output(), err)
 		return cfg, err
 	}
@@ -119,20 +169,40 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	// Every call the participant makes to the coordinator has a deadline
 	// (sdk.Config.CallTimeout): a branch registered while txcoord restarts
 	// waits for it rather than being left in doubt.
-	coord, err := grpc.NewClient(cfg.Coordinator, dialOptions(true)...)
+	tlsr, err := cfg.TLS.reloader(logger)
+	if err != nil {
+		return err
+	}
+	pcfg := sdk.Config{
+		Name: cfg.Name, Address: cfg.Advertise, Resource: res,
+		InDoubtTimeout: cfg.InDoubtTimeout, CheckInterval: cfg.CheckInterval, Logger: logger,
+	}
+	srvOpts := []grpc.ServerOption{grpc.UnaryInterceptor(sdk.UnaryServerInterceptor())}
+	switch {
+	case tlsr != nil:
+		// Only the coordinator may finish or list this service's
+		// branches.
+		if pcfg.Authorizer, err = authz.ForCoordinator(cfg.CoordinatorID); err != nil {
+			return err
+		}
+		srvOpts = append(srvOpts, grpc.Creds(credentials.NewTLS(tlsr.ServerConfig(tls.RequireAndVerifyClientCert))))
+	case loopbackAddr(cfg.Listen):
+		pcfg.InsecureAnyCaller = true
+	default:
+		return fmt.Errorf("shop: refusing to listen on %s without TLS: the participant API would take Commit and Rollback from anyone (give --tls-cert, --tls-key, --tls-ca and --coordinator-id)", cfg.Listen)
+	}
+	coord, err := grpc.NewClient(cfg.Coordinator, dialOptions(tlsr, true)...)
 	if err != nil {
 		return fmt.Errorf("shop: coordinator %s: %w", cfg.Coordinator, err)
 	}
 	defer func() { err = errors.Join(err, coord.Close()) }()
-	p, err := sdk.New(sdk.Config{
-		Name: cfg.Name, Address: cfg.Advertise, Coordinator: coord, Resource: res,
-		InDoubtTimeout: cfg.InDoubtTimeout, CheckInterval: cfg.CheckInterval, Logger: logger,
-	})
+	pcfg.Coordinator = coord
+	p, err := sdk.New(pcfg)
 	if err != nil {
 		return err
 	}
 
-	srv := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
+	srv := grpc.NewServer(srvOpts...)
 	if err := register(srv, cfg.Kind, p); err != nil {
 		return err
 	}
@@ -208,15 +278,19 @@ func openDatabase(ctx context.Context, cfg ServiceConfig, logger *slog.Logger) (
 }
 
 // dialOptions are the options of the connections the example makes:
-// plaintext (a trusted loopback network; use TLS credentials elsewhere),
+// mutual TLS with tlsr's certificate (plaintext when nil: loopback only),
 // and reconnection backoff from 100ms to a second, so that a restarted
 // peer is reached again soon. With waitForReady, a call made while the peer is
 // unreachable waits for it (within the call's deadline) instead of failing
 // at once.
-func dialOptions(waitForReady bool) []grpc.DialOption {
+func dialOptions(tlsr *pki.Reloader, waitForReady bool) []grpc.DialOption {
 	bo := backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
+	creds := insecure.NewCredentials()
+	if tlsr != nil {
+		creds = credentials.NewTLS(tlsr.ClientConfig("", ""))
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 2 * time.Second}),
 	}
 	if waitForReady {
@@ -243,4 +317,14 @@ func Main(k Kind, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// loopbackAddr reports whether host:port listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

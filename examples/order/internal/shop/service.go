@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 
-	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
-	"github.com/txcoord/txcoord/participant/postgres"
-	"github.com/txcoord/txcoord/sdk"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	shopv1 "github.com/txcoord/txcoord/examples/order/proto/shop/v1"
+	"github.com/txcoord/txcoord/participant/postgres"
+	"github.com/txcoord/txcoord/sdk"
 )
 
 // Errors of the services' own rules; toStatus maps them to status codes.

@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/txcoord/txcoord/client"
-	"github.com/txcoord/txcoord/sdk"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/sdk"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
