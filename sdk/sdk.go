@@ -11,8 +11,9 @@
 // service, or the service restarted) is settled by asking the coordinator
 // for the transaction's outcome.
 //
-//	p, err := sdk.New(sdk.Config{Name: "payment", Address: "10.0.0.7:7002", Coordinator: coordConn, Resource: db})
-//	srv := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
+//	az, err := authz.ForCoordinator("spiffe://example.org/txcoord/orders-1") // only it may finish branches
+//	p, err := sdk.New(sdk.Config{Name: "payment", Address: "10.0.0.7:7002", Coordinator: coordConn, Resource: db, Authorizer: az})
+//	srv := grpc.NewServer(grpc.Creds(mutualTLS), grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
 //	p.Register(srv)
 //	go p.Run(ctx)
 //	...

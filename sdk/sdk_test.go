@@ -106,6 +106,12 @@ type service struct {
 
 func startService(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, mods ...func(*sdk.Config)) *service {
 	t.Helper()
+	return startServiceWith(t, name, dsn, coordConn, nil, mods...)
+}
+
+// startServiceWith is startService with the gRPC server's options given.
+func startServiceWith(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, opts []grpc.ServerOption, mods ...func(*sdk.Config)) *service {
+	t.Helper()
 	ctx := context.Background()
 	res, err := postgres.Open(ctx, name, "postgres", dsn, postgres.Options{})
 	if err != nil {
@@ -124,7 +130,7 @@ func startService(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, mo
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
+	gs := grpc.NewServer(append(opts, grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))...)
 	p.Register(gs)
 	go func() { _ = gs.Serve(lis) }()
 	rctx, stop := context.WithCancel(ctx)

@@ -266,26 +266,6 @@ func prepGID(t *testing.T, s *service) string {
 // behind pa.
 func startTLSService(t *testing.T, name, dsn string, coordConn *grpc.ClientConn, r *pki.Reloader, pa *authz.Authorizer) *service {
 	t.Helper()
-	ctx := context.Background()
-	res, err := postgres.Open(ctx, name, "postgres", dsn, postgres.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := sdk.New(sdk.Config{Name: name, Address: lis.Addr().String(), Coordinator: coordConn, Resource: res,
-		InDoubtTimeout: time.Hour, CheckInterval: time.Hour, CallTimeout: 3 * time.Second, Authorizer: pa})
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(r.ServerConfig(tls.RequireAndVerifyClientCert))),
-		grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
-	p.Register(gs)
-	go func() { _ = gs.Serve(lis) }()
-	rctx, stop := context.WithCancel(ctx)
-	s := &service{p: p, res: res, gs: gs, addr: lis.Addr().String(), stop: stop, done: make(chan struct{})}
-	go func() { defer close(s.done); _ = p.Run(rctx) }()
-	return s
+	return startServiceWith(t, name, dsn, coordConn, []grpc.ServerOption{grpc.Creds(credentials.NewTLS(r.ServerConfig(tls.RequireAndVerifyClientCert)))},
+		func(c *sdk.Config) { c.InsecureAnyCaller, c.Authorizer = false, pa })
 }

@@ -182,6 +182,9 @@ func (c *Config) open() bool { return c.Policy == "" && len(c.Grants) == 0 }
 // transportCheck is secure by default: a listen address other than
 // loopback needs TLS and a policy, unless --insecure says otherwise.
 func (c *Config) transportCheck(logger *slog.Logger) error {
+	if !c.open() && !c.ParticipantTLS.enabled() {
+		logger.Warn("calls to participants are in plaintext: nothing checks that the service answering for a name is that participant; give --participant-tls-ca, --participant-tls-cert and --participant-tls-key")
+	}
 	if loopbackHost(c.Listen) {
 		if c.open() {
 			logger.Warn("no --policy or --grant: any local process may begin, join, commit and read transactions (fine for development on loopback)")

@@ -262,6 +262,11 @@ func TestServeAdminToken(t *testing.T) {
 	if _, err := api.Begin(cctx, &txcoordv1.BeginRequest{}); err != nil {
 		t.Fatalf("begin needs no admin token: %v", err)
 	}
+	// F12: a request past --max-recv-msg-size (64 KiB) is refused.
+	big := &txcoordv1.ResolveRequest{Txid: "x", Reason: strings.Repeat("r", 100<<10)}
+	if _, err := api.Resolve(metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+tok), big); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 100 KiB request: %v", err)
+	}
 }
 
 // Secure by default: a non-loopback listen address without TLS exits with

@@ -106,7 +106,7 @@ coordinator's back) is never ended on its own. Check that branch's database
 	cmd.Flags().BoolVar(&commit, "commit", false, "commit the transaction")
 	cmd.Flags().BoolVar(&abort, "abort", false, "roll the transaction back")
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded with a heuristic decision; required)")
-	cmd.Flags().StringVar(&operator, "operator", user, "who you are (recorded with a heuristic decision)")
+	cmd.Flags().StringVar(&operator, "operator", user, "a note of who you are, recorded beside the identity the server authenticated (your certificate's or token's)")
 	cmd.Flags().BoolVar(&acceptHazard, "accept-hazard", false, "with --commit: end the transaction although a branch cannot be proven committed (you checked it)")
 	return cmd
 }
