@@ -5,7 +5,7 @@ BENCHTIME ?= 5s
 BENCHROUNDS ?= 3
 REPORT   ?= report
 
-.PHONY: all build test demo bench fuzz vet check-fmt pg proto check-proto model torture
+.PHONY: all build test crash demo bench fuzz vet check-fmt pg proto check-proto model torture
 
 all: build
 
@@ -17,9 +17,17 @@ pg:
 	@scripts/ensure-postgres.sh
 
 ## test: every test, with the race detector, against real PostgreSQL servers
-## that the tests start themselves.
+## that the tests start themselves; the crash test kills the coordinator
+## CRASH_RUNS times at each crash point (make crash for a longer run).
+CRASH_RUNS ?= 10
 test: pg vet
-	scripts/gotest.sh -race -count=1 -timeout 9m $(PKGS)
+	CRASHTEST_RUNS=$(CRASH_RUNS) scripts/gotest.sh -race -count=1 -timeout 9m $(PKGS)
+
+## crash: only the crash test, CRASH_RUNS kills per crash point (default
+## here 40).
+crash: pg
+	CRASHTEST_RUNS=$(if $(filter command line,$(origin CRASH_RUNS)),$(CRASH_RUNS),40) \
+		$(GO) test -race -count=1 -timeout 60m -v -run 'TestKillAtEveryCrashPoint' ./internal/crashtest/
 
 ## demo: bank transfers across two PostgreSQL databases (or the embedded
 ## store when PostgreSQL cannot be had), then an invariant check.
