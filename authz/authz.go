@@ -56,7 +56,6 @@ package authz
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -367,11 +366,10 @@ func (a *Authorizer) Authenticate(ctx context.Context) (*Identity, error) {
 			return nil, a.deny(ctx, "token-over-plaintext", codes.Unauthenticated, nil,
 				"a bearer token is refused over a connection without TLS: it would travel in plaintext")
 		}
-		sum := sha256.Sum256([]byte(tok))
-		for k, id := range pol.byToken {
-			if subtle.ConstantTimeCompare(k[:], sum[:]) == 1 {
-				return withVia(id, "token"), nil
-			}
+		// Looked up by digest: the time taken depends on the digest of
+		// what the caller sent, which tells it nothing of a real token.
+		if id, ok := pol.byToken[sha256.Sum256([]byte(tok))]; ok {
+			return withVia(id, "token"), nil
 		}
 		return nil, a.deny(ctx, "unknown-token", codes.Unauthenticated, nil, "the bearer token stands for no identity")
 	}

@@ -129,7 +129,10 @@ type Coordinator struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	claims  []participant.Claim // owner claims at the resources
+	claimOp sync.Mutex                   // one claim operation at a time (claims.go)
+	claimMu sync.Mutex                   // guards claims and down
+	claims  map[string]participant.Claim // owner claims at the resources that can guard the id
+	down    map[string]error             // guarded resources whose claim is not held: unreachable
 	started time.Time
 
 	mu     sync.Mutex
@@ -252,6 +255,8 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		resources: map[string]participant.Resource{},
 		logger:    cfg.Logger,
 		live:      map[ids.TxID]*Tx{},
+		claims:    map[string]participant.Claim{},
+		down:      map[string]error{},
 		started:   time.Now(),
 		passLock:  make(chan struct{}, 1),
 		tracing:   tracing,
@@ -342,53 +347,6 @@ func (c *Coordinator) Close() error {
 		c.passLock <- struct{}{}
 		c.unclaim()
 		<-c.passLock
-	}
-	return nil
-}
-
-// claim makes sure no other running coordinator uses this id at any
-// resource that can tell (participant.Guard): two would take each other's
-// prepared branches for their own.
-func (c *Coordinator) claim(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.OwnerWait)
-	defer cancel()
-	owner := c.cfg.Prefix + "." + c.cfg.ID
-	names := make([]string, 0, len(c.resources))
-	for n := range c.resources {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		g, ok := c.resources[n].(participant.Guard)
-		if !ok {
-			continue
-		}
-		cl, err := g.Guard(ctx, owner)
-		if err != nil {
-			c.unclaim()
-			return fmt.Errorf("coordinator: claim id %s at %s: %w", owner, n, err)
-		}
-		c.claims = append(c.claims, cl)
-	}
-	return nil
-}
-
-func (c *Coordinator) unclaim() {
-	for _, cl := range c.claims {
-		if err := cl.Release(); err != nil {
-			c.logger.Warn("releasing the coordinator id claim", "err", err)
-		}
-	}
-	c.claims = nil
-}
-
-// checkClaims makes sure this coordinator still holds its id everywhere
-// before a recovery pass resolves anything.
-func (c *Coordinator) checkClaims(ctx context.Context) error {
-	for _, cl := range c.claims {
-		if err := cl.Check(ctx); err != nil {
-			return fmt.Errorf("coordinator: lost the claim on id %s.%s; not resolving anything: %w", c.cfg.Prefix, c.cfg.ID, err)
-		}
 	}
 	return nil
 }
@@ -644,13 +602,19 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	// that, and holds no admin call longer.
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RecoveryBudget)
 	defer cancel()
-	if err := c.checkClaims(ctx); err != nil {
+	down, err := c.checkClaims(ctx)
+	if err != nil {
 		c.logger.Error("recovery pass refused", "err", err)
 		return nil, err
 	}
-	rs := c.resourceList()
+	var rs []participant.Resource
+	for _, r := range c.resourceList() {
+		if _, isDown := down[r.Name()]; !isDown {
+			rs = append(rs, r)
+		}
+	}
 	cfg := recovery.Config{
-		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs,
+		Prefix: c.cfg.Prefix, CoordinatorID: c.cfg.ID, Log: c.log, Resources: rs, Down: down,
 		InDoubtTimeout: c.cfg.InDoubtTimeout, CallTimeout: c.cfg.CallTimeout, Logger: c.logger,
 		RunStart: c.started, LogCreated: c.logCreated(),
 	}

@@ -53,6 +53,9 @@ func (t *Tx) Enlist(ctx context.Context, r participant.Resource) (participant.Br
 	if reg, ok := t.c.Resource(r.Name()); !ok || reg != r {
 		return nil, fmt.Errorf("%w: %q; pass it in Config.Resources so recovery can find its branches", ErrUnknownResource, r.Name())
 	}
+	if err := t.c.usable(ctx, r); err != nil {
+		return nil, err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.finishing {

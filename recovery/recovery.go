@@ -36,6 +36,9 @@ var (
 	// resource does not hold prepared and cannot prove committed: a
 	// heuristic hazard. The decision is never ended by recovery.
 	ErrHazard = errors.New("recovery: heuristic hazard: the branch is not prepared and nothing proves it committed")
+	// ErrResourceDown reports a branch at a resource that is down (Config.Down):
+	// it is left until the resource is back.
+	ErrResourceDown = errors.New("recovery: resource down")
 )
 
 // BeganBeforeLog reports whether transaction id began before a log created
@@ -51,6 +54,10 @@ type Config struct {
 	CoordinatorID string
 	Log           wal.Log
 	Resources     []participant.Resource
+	// Down names registered resources left out of Resources because they
+	// cannot be reached (with why): branches there wait for a later pass,
+	// and the rest is resolved.
+	Down map[string]error
 	// Live reports transactions this process is still running; recovery
 	// leaves them alone. Nil means none are live (the start-up pass).
 	Live func(ids.TxID) bool
@@ -110,6 +117,8 @@ type Report struct {
 	ProofsForgotten int
 	Actions         []Action
 	Errors          []error
+	// Down names the resources this pass left out, being down.
+	Down []string
 }
 
 // Err joins every error of the pass.
@@ -134,6 +143,15 @@ func Pass(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	p := &pass{cfg: cfg, rep: &Report{}, res: map[string]participant.Resource{},
 		unresolved: map[ids.TxID]bool{}, aborted: map[string][]ids.TxID{}}
+	downNames := make([]string, 0, len(cfg.Down))
+	for n := range cfg.Down {
+		downNames = append(downNames, n)
+	}
+	sort.Strings(downNames)
+	for _, n := range downNames {
+		p.rep.Down = append(p.rep.Down, n)
+		p.rep.Errors = append(p.rep.Errors, fmt.Errorf("%w: %s, left for a later pass: %v", ErrResourceDown, n, cfg.Down[n]))
+	}
 	for _, r := range cfg.Resources {
 		p.res[r.Name()] = r
 	}
@@ -247,6 +265,11 @@ func (p *pass) redrive(ctx context.Context) error {
 // resource proves it committed, and otherwise a hazard (apply).
 func (p *pass) finish(ctx context.Context, kind wal.Kind, b wal.Branch, age time.Duration, holder string) error {
 	r, ok := p.res[b.Resource]
+	if why, down := p.cfg.Down[b.Resource]; !ok && down {
+		// Left until the resource is back; reported once per pass by
+		// Pass.
+		return fmt.Errorf("%w: %s (branch %s): %v", ErrResourceDown, b.Resource, b.GID, why)
+	}
 	if !ok {
 		err := fmt.Errorf("%w: %q (branch %s)", ErrUnknownResource, b.Resource, b.GID)
 		p.fail(err)
@@ -486,6 +509,9 @@ func (p *pass) fence(ctx context.Context, fence map[string][]ids.TxID) map[ids.T
 	for name, txids := range fence {
 		r, ok := p.res[name]
 		h, isHolder := r.(participant.DecisionHolder)
+		if _, down := p.cfg.Down[name]; down && !ok {
+			continue // its branches are left: the holder cannot be asked
+		}
 		if !ok || !isHolder {
 			p.fail(fmt.Errorf("%w: decision holder %q of %d transactions (for example %s) is not a registered holder", ErrUnknownResource, name, len(txids), txids[0]))
 			continue

@@ -600,6 +600,7 @@ func (s *Server) Recover(ctx context.Context, _ *txcoordv1.RecoverRequest) (*txc
 			resp.Hazards = append(resp.Hazards, h.TxID.String())
 		}
 	}
+	resp.Down = append(resp.Down, rep.Down...)
 	for _, e := range rep.Errors {
 		resp.Errors = append(resp.Errors, e.Error())
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/participant"
 )
 
 // Metrics are the coordinator's Prometheus metrics. Make them before the
@@ -89,6 +90,7 @@ var (
 	descTracked = prometheus.NewDesc("txcoord_server_transactions", "Transactions the gRPC server remembers (open, and recently finished).", nil, nil)
 	descHazards = prometheus.NewDesc("txcoord_heuristic_hazards_total", "Committed transactions found with a branch not prepared at its resource and not proven committed (rolled back or lost behind the coordinator's back), each counted once per run.", nil, nil)
 	descOpenHaz = prometheus.NewDesc("txcoord_heuristic_hazards_open", "Heuristic hazards no operator has ended yet (txctl list --state hazard).", nil, nil)
+	descUp      = prometheus.NewDesc("txcoord_resource_up", "1 for a resource that can guard the coordinator id and is claimed; 0 for one that is down (unreachable: no branch is begun there, and its branches wait).", []string{"resource"}, nil)
 	descRefused = prometheus.NewDesc("txcoord_calls_refused_total", "Calls refused by the trust model, by kind (anonymous, role, not-owner, participant-name, unknown-token, token-over-plaintext, quota-..., ...).", []string{"kind"}, nil)
 )
 
@@ -98,7 +100,7 @@ type statsCollector struct {
 }
 
 func (sc *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked, descHazards, descOpenHaz, descRefused} {
+	for _, d := range []*prometheus.Desc{descTx, descBegun, descOne, descRetries, descLive, descInDoubt, descOldest, descSyncs, descAppends, descEnds, descPending, descTracked, descHazards, descOpenHaz, descRefused, descUp} {
 		ch <- d
 	}
 }
@@ -121,6 +123,17 @@ func (sc *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Log.Pending))
 	ch <- prometheus.MustNewConstMetric(descHazards, prometheus.CounterValue, float64(st.Hazards))
 	ch <- prometheus.MustNewConstMetric(descOpenHaz, prometheus.GaugeValue, float64(st.OpenHazards))
+	down := sc.c.DownResources()
+	for _, r := range sc.c.Resources() {
+		if _, guards := r.(participant.Guard); !guards {
+			continue
+		}
+		up := 1.0
+		if _, isDown := down[r.Name()]; isDown {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, r.Name())
+	}
 	if sc.s != nil {
 		ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(sc.s.Live()))
 		for kind, n := range sc.s.cfg.Authorizer.Refusals() {

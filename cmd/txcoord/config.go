@@ -45,9 +45,15 @@ type Config struct {
 	// StartupRecovery runs a recovery pass at start (default true).
 	StartupRecovery bool          `yaml:"startup_recovery"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
-	// DBWait bounds how long start-up waits for a resource's database
-	// server that is down or starting.
+	// DBWait bounds how long start-up waits for the decision holder's
+	// database server (and, with RequireResources, every resource's) that
+	// is down or starting.
 	DBWait time.Duration `yaml:"db_wait"`
+	// RequireResources refuses to start while a resource's database cannot
+	// be reached; by default the server starts without it (reported down)
+	// and claims it when it is back. The decision holder is always
+	// required.
+	RequireResources bool `yaml:"require_resources"`
 	// InitLog creates the decision log when DATA_DIR has none; without
 	// it, a missing or empty log refuses to start.
 	InitLog bool `yaml:"init_log"`

@@ -128,7 +128,8 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.BoolVar(&cfg.StartupRecovery, "startup-recovery", cfg.StartupRecovery, "run a recovery pass at start (off, with a negative --recovery-interval, leaves everything in doubt for an operator)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop waits for calls in flight")
 	f.BoolVar(&cfg.InitLog, "init-log", cfg.InitLog, "create the decision log if DATA_DIR has none (the first start of a new coordinator)")
-	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for a resource's database server that is down or starting (0: fail at once)")
+	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for the decision holder's database server (every resource's with --require-resources) that is down or starting (0: fail at once)")
+	f.BoolVar(&cfg.RequireResources, "require-resources", cfg.RequireResources, "refuse to start while a resource's database cannot be reached (default: start without it, reported down)")
 	f.StringVar(&cfg.TLS.Cert, "tls-cert", cfg.TLS.Cert, "server certificate (PEM); with --tls-key turns TLS on")
 	f.StringVar(&cfg.TLS.Key, "tls-key", cfg.TLS.Key, "server private key (PEM)")
 	f.StringVar(&cfg.TLS.CA, "tls-client-ca", cfg.TLS.CA, "CA (PEM) that client certificates must chain to (mutual TLS)")
@@ -232,12 +233,17 @@ func serve(ctx context.Context, cfg Config) error {
 			logger.Warn("a resource's DSN carries its password in the configuration (as a flag, ps shows it); give NAME=@/path/to/dsn-file or NAME=env:VARIABLE, or use PGPASSFILE",
 				"resource", name, "dsn", dsn.Redact(spec))
 		}
-		r, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{}, cfg.DBWait,
+		required := cfg.RequireResources || name == cfg.Holder
+		r, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{AllowDown: !required}, cfg.DBWait,
 			func(err error, retryIn time.Duration) {
-				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", err, "retry_in", retryIn)
+				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", dsn.Scrub(err, connStr), "retry_in", retryIn)
 			})
 		if err != nil {
 			return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+		}
+		if r.Unchecked() {
+			logger.Warn("resource database not reachable: starting without it (reported down); its branches wait, and none is begun there until it is back",
+				"resource", name, "dsn", dsn.Redact(connStr))
 		}
 		defer r.Close()
 		resources = append(resources, r)
@@ -324,6 +330,8 @@ func serve(ctx context.Context, cfg Config) error {
 	go func() { defer close(sweeper); srv.Run(runCtx) }()
 	watcher := make(chan struct{})
 	go func() { defer close(watcher); watchPolicy(runCtx, authorizer, logger) }()
+	healthWatch := make(chan struct{})
+	go func() { defer close(healthWatch); resourceHealth(runCtx, c, hs) }()
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	logger.Info("txcoord listening", "listen", lis.Addr().String(), "metrics", cfg.MetricsListen, "id", cfg.ID, "wal", walPath, "tls", cfg.TLS.enabled(), "mtls", cfg.TLS.CA != "")
@@ -361,6 +369,7 @@ func serve(ctx context.Context, cfg Config) error {
 	stopRun()
 	<-sweeper
 	<-watcher
+	<-healthWatch
 	<-recovered
 	// Phase two still running stays in the log; the next start drives it.
 	c.Close()
@@ -376,6 +385,28 @@ func serve(ctx context.Context, cfg Config) error {
 		return serveErr
 	}
 	return nil
+}
+
+// resourceHealth reports each resource in the health service as
+// "txcoord.v1.Coordinator/resource/NAME": NOT_SERVING while it is down.
+func resourceHealth(ctx context.Context, c *coordinator.Coordinator, hs *health.Server) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		down := c.DownResources()
+		for _, r := range c.Resources() {
+			st := healthpb.HealthCheckResponse_SERVING
+			if _, isDown := down[r.Name()]; isDown {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+			}
+			hs.SetServingStatus("txcoord.v1.Coordinator/resource/"+r.Name(), st)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // watchPolicy reloads the policy file when it changes and on SIGHUP.

@@ -329,6 +329,7 @@ func TestServeKeepsDSNSecrets(t *testing.T) {
 	cfg.LogLevel = "error"
 	cfg.InitLog = true
 	cfg.DBWait = 300 * time.Millisecond
+	cfg.RequireResources = true
 	dsnFile := filepath.Join(t.TempDir(), "ledger.dsn")
 	if err := os.WriteFile(dsnFile, []byte("host=127.0.0.1 port=1 user=app password=hunter9-secret dbname=x connect_timeout=2\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -384,5 +385,46 @@ func TestServeRefusesAMissingLogWithoutInitLog(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--init-log") {
 			t.Fatalf("empty file %v: %v", empty, err)
 		}
+	}
+}
+
+// A resource whose database is down at start does not keep the server
+// from serving: the health service reports it NOT_SERVING under
+// txcoord.v1.Coordinator/resource/NAME, and the server SERVING.
+func TestServeStartsWithAResourceDown(t *testing.T) {
+	cfg := testConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.LogLevel = "error"
+	cfg.InitLog = true
+	cfg.Resources = map[string]string{"ledger": "postgres://app@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2"}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		all, err1 := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: "txcoord.v1.Coordinator"}, grpc.WaitForReady(true))
+		res, err2 := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: "txcoord.v1.Coordinator/resource/ledger"})
+		ccancel()
+		if err1 == nil && err2 == nil && all.GetStatus() == healthpb.HealthCheckResponse_SERVING && res.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server %v %v, resource %v %v: want SERVING with the resource NOT_SERVING", all, err1, res, err2)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -39,6 +39,9 @@ leaving young and foreign ones alone.`,
 			fmt.Fprintf(out, "decisions driven to the end  %d\nbranches committed           %d\nbranches rolled back         %d\nleft alone: live %d, young %d, foreign %d\n",
 				rep.GetRedriven(), rep.GetCommitted(), rep.GetRolledBack(), rep.GetSkippedLive(), rep.GetSkippedYoung(), rep.GetForeign())
 			fmt.Fprintf(out, "decision holders: fenced %d, held commits driven %d, rows forgotten %d\n", rep.GetFenced(), rep.GetHeld(), rep.GetForgotten())
+			for _, d := range rep.GetDown() {
+				fmt.Fprintf(out, "resource down: %s (unreachable; its branches wait, and no branch is begun there until it is back)\n", clean(d))
+			}
 			hazard := map[string]bool{}
 			for _, h := range rep.GetHazards() {
 				hazard[h] = true

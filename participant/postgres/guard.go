@@ -20,6 +20,9 @@ var _ participant.Guard = (*Resource)(nil)
 // comes from the resource's pool and stays out of it until Release: a pool
 // limited with SetMaxOpenConns needs room for it.
 func (r *Resource) Guard(ctx context.Context, owner string) (participant.Claim, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	h := fnv.New64a()
 	h.Write([]byte("txcoord owner " + owner))
 	c := &claim{r: r, owner: owner, key: int64(h.Sum64())}

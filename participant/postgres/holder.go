@@ -98,6 +98,9 @@ func (r *Resource) decisionDDL() string {
 // insert and delete its rows. An error wrapping ErrHolderPrivilege names
 // what is missing and how to grant it.
 func (r *Resource) HolderReady(ctx context.Context) error {
+	if err := r.ready(ctx); err != nil {
+		return err
+	}
 	if r.holderReady.Load() {
 		return nil
 	}
@@ -183,6 +186,9 @@ func holderKey(id ids.TxID) int64 {
 // BEGIN. Its work and errors are those of any Branch; CommitDecision ends
 // it.
 func (r *Resource) BeginHolder(ctx context.Context, gid ids.GID) (participant.HolderBranch, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	if err := gid.Validate(); err != nil {
 		return nil, err
 	}
@@ -313,6 +319,9 @@ func uuidArray(txids []ids.TxID) string {
 
 // Fence implements participant.DecisionHolder.
 func (r *Resource) Fence(ctx context.Context, owner string, txids []ids.TxID) (map[ids.TxID]participant.Decision, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	if err := validOwner(owner); err != nil {
 		return nil, err
 	}
@@ -458,6 +467,9 @@ func parseDecision(txid, owner, outcome string, epoch int64, at time.Time, branc
 
 // HeldDecision implements participant.DecisionHolder.
 func (r *Resource) HeldDecision(ctx context.Context, txid ids.TxID) (participant.Decision, error) {
+	if err := r.ready(ctx); err != nil {
+		return participant.Decision{}, err
+	}
 	got, err := r.readDecisions(ctx, r.db, "txid = $1", txid.String())
 	if SQLState(err) == "42P01" {
 		got, err = nil, nil // no table: nothing was ever decided here
@@ -473,6 +485,9 @@ func (r *Resource) HeldDecision(ctx context.Context, txid ids.TxID) (participant
 
 // Decisions implements participant.DecisionHolder.
 func (r *Resource) Decisions(ctx context.Context, owner string) ([]participant.Decision, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	got, err := r.readDecisions(ctx, r.db, "coordinator = $1", owner)
 	if SQLState(err) == "42P01" {
 		return nil, nil
@@ -484,6 +499,9 @@ func (r *Resource) Decisions(ctx context.Context, owner string) ([]participant.D
 // synchronous_commit off: a delete lost in a crash leaves rows that the
 // next recovery pass forgets, so it need not wait for the disk.
 func (r *Resource) Forget(ctx context.Context, txids []ids.TxID) error {
+	if err := r.ready(ctx); err != nil {
+		return err
+	}
 	return r.deleteLazily(ctx, "decisions", len(txids), failpoint.PGHolderBeforeForget, failpoint.PGHolderAfterForget,
 		func(lo, hi int) string {
 			return "DELETE FROM " + r.decisionTable() + " WHERE txid = ANY(" + uuidArray(txids[lo:hi]) + ")"

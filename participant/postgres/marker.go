@@ -99,6 +99,9 @@ func (r *Resource) proven(ctx context.Context, gid ids.GID) (bool, error) {
 // gids, committing with synchronous_commit off (a delete lost in a crash
 // leaves markers that the next recovery pass forgets).
 func (r *Resource) ForgetProofs(ctx context.Context, gids []ids.GID) error {
+	if err := r.ready(ctx); err != nil {
+		return err
+	}
 	if r.markers == "" {
 		return nil
 	}
@@ -110,6 +113,9 @@ func (r *Resource) ForgetProofs(ctx context.Context, gids []ids.GID) error {
 
 // Proofs implements participant.Prover.
 func (r *Resource) Proofs(ctx context.Context, owner string) ([]ids.GID, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	if r.markers == "" {
 		return nil, nil
 	}
@@ -151,6 +157,9 @@ func (r *Resource) Proofs(ctx context.Context, owner string) ([]ids.GID, error) 
 // retried after that long without its marker is reported as a heuristic
 // hazard, never as committed. It returns how many it deleted.
 func (r *Resource) PurgeMarkers(ctx context.Context, age time.Duration) (int64, error) {
+	if err := r.ready(ctx); err != nil {
+		return 0, err
+	}
 	if r.markers == "" {
 		return 0, nil
 	}

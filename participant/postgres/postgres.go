@@ -92,6 +92,11 @@ type Options struct {
 	// whose reply was lost and is retried is reported as a heuristic
 	// hazard instead of committed.
 	NoMarkers bool
+	// AllowDown makes Open (and New, when Database is set) succeed while
+	// the server cannot be reached: the checks above run on first contact,
+	// and every call fails until they pass. A coordinator then starts with
+	// this resource down and claims it when it is back.
+	AllowDown bool
 }
 
 // DefaultMaxIdleConns is Open's idle-pool size.
@@ -109,6 +114,9 @@ type Resource struct {
 	markers       string // the marker table's name; "" without markers
 	holderMu      sync.Mutex
 	holderReady   atomic.Bool // HolderReady succeeded
+
+	pending atomic.Bool // opened with AllowDown while the server was down: not checked yet
+	initMu  sync.Mutex  // one check at a time
 }
 
 var _ participant.Resource = (*Resource)(nil)
@@ -124,24 +132,7 @@ func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource,
 	if db == nil {
 		return nil, fmt.Errorf("postgres: resource %s: nil *sql.DB", name)
 	}
-	var (
-		database    string
-		maxPrepared int
-	)
-	err := db.QueryRowContext(ctx,
-		"SELECT current_database(), current_setting('max_prepared_transactions')::int").Scan(&database, &maxPrepared)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: resource %s: check the server: %w", name, err)
-	}
-	if opts.Database != "" && database != opts.Database {
-		return nil, fmt.Errorf("%w: resource %s expects database %q but the connection reached %q; check the DSN (in key=value form, an empty value such as \"password= \" takes the next keyword as its value)",
-			ErrWrongDatabase, name, opts.Database, database)
-	}
-	if maxPrepared <= 0 {
-		return nil, fmt.Errorf("%w: resource %s (database %q): set max_prepared_transactions in postgresql.conf (at least max_connections) and restart the server",
-			ErrNoPreparedTransactions, name, database)
-	}
-	r := &Resource{name: name, db: db, database: database, table: opts.DecisionTable, schema: opts.DecisionSchema}
+	r := &Resource{name: name, db: db, database: opts.Database, table: opts.DecisionTable, schema: opts.DecisionSchema}
 	if r.table == "" {
 		r.table = DefaultDecisionTable
 	}
@@ -150,11 +141,64 @@ func New(ctx context.Context, name string, db *sql.DB, opts Options) (*Resource,
 		if r.markers == "" {
 			r.markers = DefaultMarkerTable
 		}
-		if err := r.markersReady(ctx); err != nil {
+	}
+	if err := r.check(ctx, opts.Database == ""); err != nil {
+		if !opts.AllowDown || opts.Database == "" || !Unreachable(err) {
 			return nil, err
 		}
+		// Checked on first contact (ready).
+		r.pending.Store(true)
 	}
 	return r, nil
+}
+
+// check makes sure the server can take part (the database, prepared
+// transactions, the marker table); learn records the database reached.
+func (r *Resource) check(ctx context.Context, learn bool) error {
+	var (
+		database    string
+		maxPrepared int
+	)
+	err := r.db.QueryRowContext(ctx,
+		"SELECT current_database(), current_setting('max_prepared_transactions')::int").Scan(&database, &maxPrepared)
+	if err != nil {
+		return fmt.Errorf("postgres: resource %s: check the server: %w", r.name, err)
+	}
+	if !learn && database != r.database {
+		return fmt.Errorf("%w: resource %s expects database %q but the connection reached %q; check the DSN (in key=value form, an empty value such as \"password= \" takes the next keyword as its value)",
+			ErrWrongDatabase, r.name, r.database, database)
+	}
+	if maxPrepared <= 0 {
+		return fmt.Errorf("%w: resource %s (database %q): set max_prepared_transactions in postgresql.conf (at least max_connections) and restart the server",
+			ErrNoPreparedTransactions, r.name, database)
+	}
+	if learn {
+		r.database = database
+	}
+	if r.markers != "" {
+		if err := r.markersReady(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ready checks a resource opened while its server was down (AllowDown)
+// on first contact; until that succeeds every call fails with why.
+func (r *Resource) ready(ctx context.Context) error {
+	if !r.pending.Load() {
+		return nil
+	}
+	r.initMu.Lock()
+	defer r.initMu.Unlock()
+	if !r.pending.Load() {
+		return nil
+	}
+	if err := r.check(ctx, false); err != nil {
+		return err
+	}
+	r.pending.Store(false)
+	return nil
 }
 
 // Open opens a connection pool with driverName (DriverPQ if empty, or
@@ -224,6 +268,10 @@ func (r *Resource) Close() error {
 // Name returns the resource's name.
 func (r *Resource) Name() string { return r.name }
 
+// Unchecked reports a resource opened with AllowDown whose server has not
+// been reached yet.
+func (r *Resource) Unchecked() bool { return r.pending.Load() }
+
 // Database returns the name of the database the resource reached.
 func (r *Resource) Database() string { return r.database }
 
@@ -248,6 +296,9 @@ func (r *Resource) Enlist(ctx context.Context, tx participant.Enlister) (*Branch
 // BEGIN on it. The connection stays pinned to the branch until it is
 // prepared, committed or rolled back.
 func (r *Resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	b, err := r.begin(ctx, gid)
 	if err != nil {
 		return nil, err
@@ -279,6 +330,9 @@ func (r *Resource) begin(ctx context.Context, gid ids.GID) (*Branch, error) {
 // 55000), and participant.ErrOutcomeUnknown if the connection was lost
 // after the statement was sent. The driver's error stays wrapped.
 func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
+	if err := r.ready(ctx); err != nil {
+		return err
+	}
 	err := r.finishPrepared(ctx, gid, "COMMIT PREPARED ", failpoint.PGBeforeCommit, failpoint.PGAfterCommit)
 	if !errors.Is(err, participant.ErrUnknownBranch) {
 		return err
@@ -299,6 +353,9 @@ func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
 // Rollback runs ROLLBACK PREPARED for gid on a pooled connection. Its
 // errors are those of Commit.
 func (r *Resource) Rollback(ctx context.Context, gid ids.GID) error {
+	if err := r.ready(ctx); err != nil {
+		return err
+	}
 	return r.finishPrepared(ctx, gid, rollbackPrepared, failpoint.PGBeforeRollback, failpoint.PGAfterRollback)
 }
 
@@ -366,6 +423,9 @@ func (r *Resource) execAlone(ctx context.Context, q, before, after string) (lost
 // read-only and is retried on another connection if one from the pool
 // turns out to be dead (after a server restart, for example).
 func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error) {
+	if err := r.ready(ctx); err != nil {
+		return nil, err
+	}
 	const attempts = 3
 	for i := 1; ; i++ {
 		out, err := r.prepared(ctx)

@@ -999,3 +999,46 @@ func TestPurgeMarkersDeletesOnlyOldOnes(t *testing.T) {
 		t.Fatalf("the old marker is still there: %v", err)
 	}
 }
+
+// AllowDown: a resource opened while its server is down is checked on
+// first contact; calls fail until then, and work once the server is back.
+func TestOpenWhileTheServerIsDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	ctx := context.Background()
+	s := pgtest.StartT(t, pgtest.Options{NoFsync: true})
+	if err := s.CreateDB(ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, "late", "postgres", s.DSN("late"), Options{}); err == nil {
+		t.Fatal("opened a resource whose server is down without AllowDown")
+	}
+	r, err := Open(ctx, "late", "postgres", s.DSN("late"), Options{AllowDown: true})
+	if err != nil {
+		t.Fatalf("AllowDown: %v", err)
+	}
+	defer r.Close()
+	if !r.Unchecked() {
+		t.Fatal("a resource never reached reports itself checked")
+	}
+	if _, err := r.Prepared(ctx); err == nil || !Unreachable(err) {
+		t.Fatalf("a call while the server is down: %v", err)
+	}
+	if err := s.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Prepared(ctx); err != nil {
+		t.Fatalf("a call once the server is back: %v", err)
+	}
+	if r.Unchecked() || r.Database() != "late" {
+		t.Fatalf("after first contact: unchecked %v, database %q", r.Unchecked(), r.Database())
+	}
+	var tables int
+	if err := r.DB().QueryRowContext(ctx, "SELECT count(*) FROM pg_tables WHERE tablename = $1", DefaultMarkerTable).Scan(&tables); err != nil || tables != 1 {
+		t.Fatalf("the marker table was not made on first contact: %d %v", tables, err)
+	}
+}

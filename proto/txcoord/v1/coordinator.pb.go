@@ -1866,7 +1866,10 @@ type RecoverResponse struct {
 	// Transactions found to be heuristic hazards: a branch not prepared and
 	// not proven committed. They stay unfinished until an operator accepts
 	// them (Resolve with accept_hazard).
-	Hazards       []string `protobuf:"bytes,13,rep,name=hazards,proto3" json:"hazards,omitempty"`
+	Hazards []string `protobuf:"bytes,13,rep,name=hazards,proto3" json:"hazards,omitempty"`
+	// Resources the pass left out, being down (unreachable: the coordinator
+	// id is not claimed there); their branches wait for a later pass.
+	Down          []string `protobuf:"bytes,14,rep,name=down,proto3" json:"down,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1988,6 +1991,13 @@ func (x *RecoverResponse) GetForgotten() int32 {
 func (x *RecoverResponse) GetHazards() []string {
 	if x != nil {
 		return x.Hazards
+	}
+	return nil
+}
+
+func (x *RecoverResponse) GetDown() []string {
+	if x != nil {
+		return x.Down
 	}
 	return nil
 }
@@ -2224,7 +2234,7 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\theuristic\x18\x03 \x01(\bR\theuristic\x124\n" +
 	"\bbranches\x18\x04 \x03(\v2\x18.txcoord.v1.BranchResultR\bbranches\x12'\n" +
 	"\x0fdecision_holder\x18\x05 \x01(\tR\x0edecisionHolder\"\x10\n" +
-	"\x0eRecoverRequest\"\x9e\x03\n" +
+	"\x0eRecoverRequest\"\xb2\x03\n" +
 	"\x0fRecoverResponse\x12\x1a\n" +
 	"\bredriven\x18\x01 \x01(\x05R\bredriven\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\x05R\tcommitted\x12\x1f\n" +
@@ -2242,7 +2252,8 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	" \x01(\x05R\x06fenced\x12\x12\n" +
 	"\x04held\x18\v \x01(\x05R\x04held\x12\x1c\n" +
 	"\tforgotten\x18\f \x01(\x05R\tforgotten\x12\x18\n" +
-	"\ahazards\x18\r \x03(\tR\ahazards\"\x90\x01\n" +
+	"\ahazards\x18\r \x03(\tR\ahazards\x12\x12\n" +
+	"\x04down\x18\x0e \x03(\tR\x04down\"\x90\x01\n" +
 	"\x0fAnnounceRequest\x12A\n" +
 	"\x11expected_instance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x18\n" +
