@@ -35,7 +35,8 @@ demo:
 	@scripts/ensure-postgres.sh --soft
 	$(GO) run ./examples/transfer
 
-## bench: WAL group commit against one fsync per decision; 2PC transfers
+## bench: WAL group commit against one fsync per decision; decisions/s on
+## the etcd log (one member in process) beside bbolt; 2PC transfers
 ## through txcoord (bbolt log, and a decision holder; each with and without
 ## the markers that prove commits) against plain
 ## PREPARE/COMMIT PREPARED and decision-holder loops and independent
@@ -45,6 +46,7 @@ demo:
 ## the report (JSON, SVG plots, summary.md) in $(REPORT)/.
 bench: pg
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
+	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./wal/etcd/
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
 	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench compare --report $(REPORT)/compare

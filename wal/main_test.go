@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"os"
+	"reflect"
 	"testing"
 	"time"
 
@@ -74,4 +75,12 @@ func setWriteHook(b *Bolt, fn func() error) {
 	b.mu.Lock()
 	b.writeHook = fn
 	b.mu.Unlock()
+}
+
+func sameDecision(t *testing.T, got Decision, want Record) {
+	t.Helper()
+	if got.LSN != want.LSN || got.Kind != want.Kind || got.TxID != want.TxID || !got.Time.Equal(want.Time) ||
+		!reflect.DeepEqual(got.Branches, want.Branches) || got.Heuristic != want.Heuristic || got.Who != want.Who || got.Why != want.Why {
+		t.Fatalf("decision\n got %+v\nwant %+v", got.Record, want)
+	}
 }

@@ -1,0 +1,257 @@
+package etcd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/txcoord/txcoord/wal"
+	etcdwal "github.com/txcoord/txcoord/wal/etcd"
+	"github.com/txcoord/txcoord/wal/waltest"
+)
+
+// cli is a client of the etcd member TestMain starts (real etcd, in this
+// process, with its fsync on).
+var cli *clientv3.Client
+
+func freeURL() (url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return url.URL{}, err
+	}
+	defer l.Close()
+	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		dir, err := os.MkdirTemp("", "txcoord-etcd-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		cfg := embed.NewConfig()
+		cfg.Dir = dir
+		cfg.LogLevel = "error"
+		client, err1 := freeURL()
+		peer, err2 := freeURL()
+		if err := errors.Join(err1, err2); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "start etcd:", err)
+			return 1
+		}
+		defer e.Close()
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(30 * time.Second):
+			fmt.Fprintln(os.Stderr, "etcd did not become ready within 30s")
+			return 1
+		}
+		cli, err = clientv3.New(clientv3.Config{Endpoints: []string{client.String()}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer cli.Close()
+		return m.Run()
+	}())
+}
+
+var prefixes atomic.Int64
+
+// newPrefix is a key prefix no other test uses.
+func newPrefix() string { return fmt.Sprintf("/txcoord-test/%d/", prefixes.Add(1)) }
+
+func open(t *testing.T, opts etcdwal.Options) *etcdwal.Log {
+	t.Helper()
+	l, err := etcdwal.Open(context.Background(), cli, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+func TestConformance(t *testing.T) {
+	waltest.Run(t, func(t *testing.T) wal.Log { return open(t, etcdwal.Options{Prefix: newPrefix()}) })
+}
+
+// What one process wrote, the next reads: decisions, ENDs, notes, the
+// horizon; and the epoch grows by one per open.
+func TestReopenReadsWhatEtcdHolds(t *testing.T) {
+	p := newPrefix()
+	ctx := context.Background()
+	l, err := etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(1)))
+	waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(2)))
+	note := waltest.CommitRec(t, waltest.TestID(3))
+	note.Holder = "pg-a"
+	if err := l.Note(note); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.End(waltest.TestID(2)); err != nil {
+		t.Fatal(err)
+	}
+	id, created := l.LogID(), l.Created()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, etcdwal.Options{Prefix: p})
+	if r.Epoch() != 2 || r.LogID() != id || !r.Created().Equal(created) {
+		t.Fatalf("reopened: epoch %d, id %s (was %s), created %v (was %v)", r.Epoch(), r.LogID(), id, r.Created(), created)
+	}
+	pend, err := r.Pending()
+	if err != nil || len(pend) != 1 || pend[0].LSN != a {
+		t.Fatalf("pending after reopen: %+v %v", pend, err)
+	}
+	for _, n := range []uint64{2, 3} {
+		if d, err := r.Lookup(waltest.TestID(n)); err != nil || !d.Ended {
+			t.Fatalf("tx %d after reopen: %+v %v", n, d, err)
+		}
+	}
+	if lsn := waltest.MustAppend(t, r, waltest.CommitRec(t, waltest.TestID(4))); lsn <= a {
+		t.Fatalf("an LSN after reopen (%d) is not past the old ones (%d)", lsn, a)
+	}
+}
+
+// Concurrent decisions share etcd transactions: 64 writers at once need
+// far fewer than 64.
+func TestGroupCommitSharesTransactions(t *testing.T) {
+	l := open(t, etcdwal.Options{Prefix: newPrefix()})
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() { waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(uint64(i+1)))) })
+	}
+	wg.Wait()
+	s := l.Stats()
+	if s.Appends != 64 || s.Syncs >= 64 || s.MaxBatch < 2 {
+		t.Fatalf("stats %+v: want 64 appends in fewer transactions", s)
+	}
+	t.Logf("64 concurrent decisions in %d etcd transactions (largest %d)", s.Syncs, s.MaxBatch)
+}
+
+// A write whose fence fails (another process took the log) is refused, and
+// the log writes nothing more: a deposed primary cannot decide.
+func TestFencedWriterDecidesNothing(t *testing.T) {
+	ctx := context.Background()
+	p := newPrefix()
+	owner := p + "owner"
+	put, err := cli.Put(ctx, owner, "me")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := put.Header.Revision
+	fence := func() []clientv3.Cmp {
+		return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(owner), "=", rev)}
+	}
+	l := open(t, etcdwal.Options{Prefix: p, Fence: fence})
+	waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(1)))
+	// Another process takes over: the key is made again.
+	if _, err := cli.Delete(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, owner, "them"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.Append(ctx, waltest.CommitRec(t, waltest.TestID(2)))
+	if !errors.Is(err, etcdwal.ErrFenced) || !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("a decision after losing the fence: %v, want ErrFenced", err)
+	}
+	if _, err := l.Append(ctx, waltest.CommitRec(t, waltest.TestID(3))); !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("a later decision: %v, want the log failed", err)
+	}
+	resp, err := cli.Get(ctx, p+"rec/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 1 {
+		t.Fatalf("records in etcd: %d %v, want the one written before the fence moved", resp.Count, err)
+	}
+	if _, err := etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: p, Fence: fence}); !errors.Is(err, etcdwal.ErrFenced) {
+		t.Fatalf("opening behind a failed fence: %v, want ErrFenced", err)
+	}
+}
+
+// A record etcd holds that does not decode stops Open with a CorruptError.
+func TestCorruptRecordIsReported(t *testing.T) {
+	p := newPrefix()
+	if _, err := cli.Put(context.Background(), p+"rec/00000000000000000001", "garbage"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := etcdwal.Open(context.Background(), cli, etcdwal.Options{Prefix: p})
+	var ce *wal.CorruptError
+	if !errors.As(err, &ce) || ce.Key != 1 {
+		t.Fatalf("err %v, want a CorruptError at LSN 1", err)
+	}
+	if _, err := etcdwal.Open(context.Background(), cli, etcdwal.Options{Prefix: "no-slash"}); err == nil {
+		t.Fatal("a prefix without a trailing slash was accepted")
+	}
+}
+
+// Decisions per second on etcd (one member, in this process, fsync on)
+// at 1, 8 and 64 writers, beside the bbolt log on this machine's disk in
+// the same run.
+func BenchmarkAppend(b *testing.B) {
+	logs := []struct {
+		name string
+		open func(b *testing.B) wal.Log
+	}{
+		{"etcd", func(b *testing.B) wal.Log {
+			l, err := etcdwal.Open(context.Background(), cli, etcdwal.Options{Prefix: newPrefix()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return l
+		}},
+		{"bbolt", func(b *testing.B) wal.Log {
+			l, err := wal.OpenBolt(filepath.Join(b.TempDir(), "wal.db"), wal.BoltOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return l
+		}},
+	}
+	for _, lg := range logs {
+		for _, writers := range []int{1, 8, 64} {
+			b.Run(fmt.Sprintf("%s/writers-%d", lg.name, writers), func(b *testing.B) {
+				l := lg.open(b)
+				defer l.Close()
+				var n atomic.Uint64
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				for range writers {
+					wg.Go(func() {
+						for {
+							i := n.Add(1)
+							if i > uint64(b.N) {
+								return
+							}
+							waltest.MustAppend(b, l, waltest.CommitRec(b, waltest.TestID(i)))
+						}
+					})
+				}
+				wg.Wait()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
+			})
+		}
+	}
+}
