@@ -58,6 +58,11 @@ type Config struct {
 	// it, a missing or empty log refuses to start.
 	InitLog bool `yaml:"init_log"`
 
+	// Etcd puts the decision log on etcd, with one primary per id and
+	// Standby processes waiting to take over.
+	Etcd    EtcdConfig `yaml:"etcd"`
+	Standby bool       `yaml:"standby"`
+
 	TLS            TLSConfig `yaml:"tls"`
 	ParticipantTLS TLSConfig `yaml:"participant_tls"`
 
@@ -124,6 +129,7 @@ func defaultConfig() Config {
 		LogFormat:        "text",
 		Tracing:          "none",
 		Limits:           defaultLimits(),
+		Etcd:             EtcdConfig{Prefix: "/txcoord/", Lease: 5 * time.Second},
 	}
 }
 
@@ -153,8 +159,12 @@ func (c *Config) validate() error {
 			bad("metrics-listen %q: want host:port, or off", c.MetricsListen)
 		}
 	}
-	if c.DataDir == "" {
-		bad("data-dir is required: the directory of the decision log")
+	if c.DataDir == "" && !c.Etcd.enabled() {
+		bad("data-dir is required: the directory of the decision log (or give --etcd-endpoints to keep it on etcd)")
+	}
+	c.Etcd.validate(bad)
+	if c.Standby && !c.Etcd.enabled() {
+		bad("standby needs etcd-endpoints: a standby waits on etcd to become the primary")
 	}
 	if c.ID == "" {
 		bad("id is required: the coordinator id in every gid, unique among running coordinators (two with one id would resolve each other's branches)")

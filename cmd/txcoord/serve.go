@@ -127,6 +127,13 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.DurationVar(&cfg.RecoveryInterval, "recovery-interval", cfg.RecoveryInterval, "period of the recovery pass (negative: off)")
 	f.BoolVar(&cfg.StartupRecovery, "startup-recovery", cfg.StartupRecovery, "run a recovery pass at start (off, with a negative --recovery-interval, leaves everything in doubt for an operator)")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long a graceful stop waits for calls in flight")
+	f.StringSliceVar(&cfg.Etcd.Endpoints, "etcd-endpoints", cfg.Etcd.Endpoints, "etcd client URLs: keep the decision log on etcd, with one primary per coordinator id")
+	f.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", cfg.Etcd.Prefix, "etcd key prefix of txcoord's keys")
+	f.DurationVar(&cfg.Etcd.Lease, "etcd-lease", cfg.Etcd.Lease, "the primary's lease: a standby takes over this long after the primary stops renewing it")
+	f.StringVar(&cfg.Etcd.CA, "etcd-ca", cfg.Etcd.CA, "CA (PEM) of etcd's server certificates")
+	f.StringVar(&cfg.Etcd.Cert, "etcd-cert", cfg.Etcd.Cert, "client certificate (PEM) for etcd")
+	f.StringVar(&cfg.Etcd.Key, "etcd-key", cfg.Etcd.Key, "client key (PEM) for etcd")
+	f.BoolVar(&cfg.Standby, "standby", cfg.Standby, "wait to become the primary of the coordinator id instead of refusing to start while another process is")
 	f.BoolVar(&cfg.InitLog, "init-log", cfg.InitLog, "create the decision log if DATA_DIR has none (the first start of a new coordinator)")
 	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for the decision holder's database server (every resource's with --require-resources) that is down or starting (0: fail at once)")
 	f.BoolVar(&cfg.RequireResources, "require-resources", cfg.RequireResources, "refuse to start while a resource's database cannot be reached (default: start without it, reported down)")
@@ -198,29 +205,41 @@ func serve(ctx context.Context, cfg Config) error {
 	defer shutdownTracing()
 
 	metrics := server.NewMetrics()
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	walPath := filepath.Join(cfg.DataDir, "txcoord.wal")
-	if fi, err := os.Stat(walPath); (err != nil || fi.Size() == 0) && !cfg.InitLog {
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("decision log %s: %w", walPath, err)
+	var log wal.Log
+	var prim *primary
+	walPath := "etcd"
+	if cfg.Etcd.enabled() {
+		if prim, err = becomePrimary(ctx, cfg, logger); err != nil {
+			return err
 		}
-		return fmt.Errorf("no decision log at %s: a new, empty log would presume abort for every transaction the lost one decided; "+
-			"start with --init-log only for a coordinator that has never run (or whose every transaction is finished), and otherwise restore the log", walPath)
-	}
-	log, err := wal.OpenBolt(walPath, wal.BoltOptions{Owner: cfg.Prefix + "." + cfg.ID, OnSync: metrics.ObserveSync})
-	if err != nil {
-		if errors.Is(err, wal.ErrLocked) {
-			return fmt.Errorf("%w: is another txcoord running on %s?", err, cfg.DataDir)
+		defer prim.close()
+		log = prim.log
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+			return fmt.Errorf("data directory: %w", err)
 		}
-		return err
-	}
-	defer func() {
-		if err := log.Close(); err != nil {
-			logger.Error("closing the log", "err", err)
+		walPath = filepath.Join(cfg.DataDir, "txcoord.wal")
+		if fi, err := os.Stat(walPath); (err != nil || fi.Size() == 0) && !cfg.InitLog {
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("decision log %s: %w", walPath, err)
+			}
+			return fmt.Errorf("no decision log at %s: a new, empty log would presume abort for every transaction the lost one decided; "+
+				"start with --init-log only for a coordinator that has never run (or whose every transaction is finished), and otherwise restore the log", walPath)
 		}
-	}()
+		blog, err := wal.OpenBolt(walPath, wal.BoltOptions{Owner: cfg.Prefix + "." + cfg.ID, OnSync: metrics.ObserveSync})
+		if err != nil {
+			if errors.Is(err, wal.ErrLocked) {
+				return fmt.Errorf("%w: is another txcoord running on %s?", err, cfg.DataDir)
+			}
+			return err
+		}
+		defer func() {
+			if err := blog.Close(); err != nil {
+				logger.Error("closing the log", "err", err)
+			}
+		}()
+		log = blog
+	}
 
 	var resources []participant.Resource
 	for _, name := range sortedKeys(cfg.Resources) {
@@ -352,12 +371,22 @@ func serve(ctx context.Context, cfg Config) error {
 	}()
 
 	var serveErr error
+	var lost <-chan struct{}
+	if prim != nil {
+		lost = prim.lost()
+	}
 	select {
 	case <-ctx.Done():
 		logger.Info("stopping: refusing new calls, finishing those in flight", "timeout", cfg.ShutdownTimeout)
 	case serveErr = <-served:
+	case <-lost:
+		logger.Error("lost the primary's lease on etcd: stopping at once; a standby takes over")
+		serveErr = errLostPrimary
 	}
 	hs.Shutdown()
+	if errors.Is(serveErr, errLostPrimary) {
+		gs.Stop() // its decisions would be refused by the fence anyway
+	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {

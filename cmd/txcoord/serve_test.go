@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +24,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/txcoord/txcoord/internal/etcdtest"
 	"github.com/txcoord/txcoord/internal/testpki"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
@@ -426,5 +431,132 @@ func TestServeStartsWithAResourceDown(t *testing.T) {
 			t.Fatalf("server %v %v, resource %v %v: want SERVING with the resource NOT_SERVING", all, err1, res, err2)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Two coordinators with one id on etcd: the first is the primary and
+// serves; a second without --standby refuses to start; one with --standby
+// waits, not listening, and takes over when the primary stops.
+func TestServeFailsOverToAStandby(t *testing.T) {
+	cluster, err := etcdtest.Start(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	base := testConfig()
+	base.ID = "ha-1"
+	base.MetricsListen = "off"
+	base.LogLevel = "error"
+	base.Etcd.Endpoints = cluster.Endpoints
+	base.Etcd.Lease = 2 * time.Second
+	a, b, c := base, base, base
+	a.Listen, b.Listen, c.Listen = freeAddr(t), freeAddr(t), freeAddr(t)
+	b.Standby = true
+	for _, cfg := range []Config{a, b, c} {
+		if err := cfg.validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctxA, stopA := context.WithCancel(context.Background())
+	servedA := make(chan error, 1)
+	go func() { servedA <- serve(ctxA, a) }()
+	defer func() { stopA(); <-servedA }()
+	serving := func(addr string, wait time.Duration) error {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		for {
+			hs, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "txcoord.v1.Coordinator"}, grpc.WaitForReady(true))
+			if err == nil && hs.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("not serving within %v: %v %v", wait, hs, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err := serving(a.Listen, 20*time.Second); err != nil {
+		t.Fatalf("the primary: %v", err)
+	}
+	if err := serve(context.Background(), c); err == nil || !strings.Contains(err.Error(), "--standby") {
+		t.Fatalf("a second primary for the id: %v", err)
+	}
+	ctxB, stopB := context.WithCancel(context.Background())
+	servedB := make(chan error, 1)
+	go func() { servedB <- serve(ctxB, b) }()
+	defer func() { stopB(); <-servedB }()
+	if err := serving(b.Listen, time.Second); err == nil {
+		t.Fatal("the standby serves while the primary does")
+	}
+	began := time.Now()
+	stopA()
+	if err := <-servedA; err != nil {
+		t.Fatalf("the primary's stop: %v", err)
+	}
+	servedA <- nil
+	if err := serving(b.Listen, 20*time.Second); err != nil {
+		t.Fatalf("the standby after the primary stopped: %v", err)
+	}
+	t.Logf("the standby served %v after the primary stopped", time.Since(began).Round(time.Millisecond))
+	conn, err := grpc.NewClient(b.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	api := txcoordv1.NewCoordinatorClient(conn)
+	bt, err := api.Begin(ctx, &txcoordv1.BeginRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.Commit(ctx, &txcoordv1.CommitRequest{Txid: bt.GetTxid()}); err != nil {
+		t.Fatalf("a transaction at the new primary: %v", err)
+	}
+
+	// The primary's lease ends under it (revoked here; a partition or a
+	// pause does the same once it expires): it stops with an error, and
+	// a standby takes over.
+	a.Standby = true
+	ctxA2, stopA2 := context.WithCancel(context.Background())
+	servedA2 := make(chan error, 1)
+	go func() { servedA2 <- serve(ctxA2, a) }()
+	defer func() { stopA2(); <-servedA2 }()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	var leaders *clientv3.GetResponse
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		// The primary's key, and the standby's campaigning behind it.
+		leaders, err = cli.Get(ctx, base.Etcd.Prefix+base.Prefix+"."+base.ID+"/primary", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+		if err == nil && len(leaders.Kvs) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("election keys: %v %v", leaders, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(leaders.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-servedB:
+		if !errors.Is(err, errLostPrimary) {
+			t.Fatalf("the primary whose lease ended: %v, want errLostPrimary", err)
+		}
+		servedB <- nil
+	case <-time.After(20 * time.Second):
+		t.Fatal("the primary kept serving after its lease ended")
+	}
+	if err := serving(a.Listen, 20*time.Second); err != nil {
+		t.Fatalf("the standby after the primary's lease ended: %v", err)
 	}
 }
