@@ -26,6 +26,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/internal/etcdtest"
 	"github.com/txcoord/txcoord/internal/testpki"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
@@ -493,6 +494,29 @@ func TestServeFailsOverToAStandby(t *testing.T) {
 	if err := serving(b.Listen, time.Second); err == nil {
 		t.Fatal("the standby serves while the primary does")
 	}
+	// A client given both addresses reaches whichever serves.
+	both, err := client.DialCoordinators([]string{b.Listen, a.Listen}, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer both.Close()
+	cl := client.New(both)
+	run := func(when string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for {
+			err := cl.Run(ctx, func(context.Context) error { return nil })
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: a transaction through DialCoordinators: %v", when, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	run("before the failover")
 	began := time.Now()
 	stopA()
 	if err := <-servedA; err != nil {
@@ -503,6 +527,7 @@ func TestServeFailsOverToAStandby(t *testing.T) {
 		t.Fatalf("the standby after the primary stopped: %v", err)
 	}
 	t.Logf("the standby served %v after the primary stopped", time.Since(began).Round(time.Millisecond))
+	run("after the failover")
 	conn, err := grpc.NewClient(b.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -67,7 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (shop.ClientConfig, bool, error
 	var cfg shop.ClientConfig
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server")
+	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server (host:port,host:port for a primary and its standbys)")
 	fs.StringVar(&cfg.OrdersAddr, "orders-addr", "127.0.0.1:7101", "host:port of the orders service")
 	fs.StringVar(&cfg.PaymentAddr, "payment-addr", "127.0.0.1:7102", "host:port of the payment service")
 	fs.StringVar(&cfg.InventoryAddr, "inventory-addr", "127.0.0.1:7103", "host:port of the inventory service")

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -162,7 +163,15 @@ func PlaceOrders(ctx context.Context, cfg ClientConfig) (*Report, error) {
 		{"payment", cfg.PaymentAddr, serviceDialOptions(tlsr)},
 		{"inventory", cfg.InventoryAddr, serviceDialOptions(tlsr)},
 	} {
-		c, err := grpc.NewClient(d.addr, d.opts...)
+		var c *grpc.ClientConn
+		var err error
+		if d.name == "coordinator" {
+			// Every address of the coordinator id (a primary and its
+			// standbys): the connection lands on the one that serves.
+			c, err = client.DialCoordinators(strings.Split(d.addr, ","), d.opts...)
+		} else {
+			c, err = grpc.NewClient(d.addr, d.opts...)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("shop: %s at %q: %w", d.name, d.addr, err)
 		}

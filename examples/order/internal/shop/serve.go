@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/txcoord/txcoord/authz"
+	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/pki"
 	"github.com/txcoord/txcoord/sdk"
@@ -40,7 +42,8 @@ type ServiceConfig struct {
 	Advertise string
 	// DSN is the service's PostgreSQL database.
 	DSN string
-	// Coordinator is the txcoord server's address (host:port).
+	// Coordinator is the txcoord server's address (host:port), or the
+	// addresses of a primary and its standbys, comma-separated.
 	Coordinator string
 	// InDoubtTimeout and CheckInterval: see sdk.Config.
 	InDoubtTimeout, CheckInterval time.Duration
@@ -104,7 +107,7 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	fs.StringVar(&cfg.Listen, "listen", defaultListen[k], "host:port of the gRPC server")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port where the coordinator reaches this service (default: --listen)")
 	fs.StringVar(&cfg.DSN, "dsn", "", "PostgreSQL database URL (required), e.g. postgres://postgres@127.0.0.1:5432/"+k.String()+"?sslmode=disable")
-	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server")
+	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server (host:port,host:port for a primary and its standbys)")
 	fs.StringVar(&cfg.Name, "name", k.String(), "participant name at the coordinator")
 	fs.DurationVar(&cfg.InDoubtTimeout, "in-doubt-timeout", 10*time.Second, "a branch prepared longer than this asks the coordinator for its outcome")
 	fs.DurationVar(&cfg.CheckInterval, "check-interval", 2*time.Second, "how often to look for branches in doubt")
@@ -191,7 +194,7 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	default:
 		return fmt.Errorf("shop: refusing to listen on %s without TLS: the participant API would take Commit and Rollback from anyone (give --tls-cert, --tls-key, --tls-ca and --coordinator-id)", cfg.Listen)
 	}
-	coord, err := grpc.NewClient(cfg.Coordinator, dialOptions(tlsr, true)...)
+	coord, err := client.DialCoordinators(strings.Split(cfg.Coordinator, ","), dialOptions(tlsr, true)...)
 	if err != nil {
 		return fmt.Errorf("shop: coordinator %s: %w", cfg.Coordinator, err)
 	}
