@@ -5,7 +5,7 @@ BENCHTIME ?= 5s
 BENCHROUNDS ?= 3
 REPORT   ?= report
 
-.PHONY: all build test crash demo bench fuzz vet check-fmt pg proto check-proto model torture
+.PHONY: all build test crash failover demo bench fuzz vet check-fmt pg proto check-proto model torture
 
 all: build
 
@@ -51,6 +51,11 @@ bench: pg
 	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench compare --report $(REPORT)/compare
 	$(GO) run ./cmd/txbench compare --workloads transfer --workers 8 --duration 4s --crash --report $(REPORT)/crash
+
+## failover: kill -9 a primary coordinator on etcd with 1,000 transactions
+## in doubt and print how long its standby takes to finish them.
+failover:
+	$(GO) test -count=1 -run 'TestStandbyFinishesWhatTheKilledPrimaryLeftInDoubt' -v ./internal/failover/ | grep -E 'failover:|^(ok|FAIL|---)'
 
 ## fuzz: each fuzz target for FUZZTIME.
 fuzz:

@@ -129,7 +129,7 @@ func defaultConfig() Config {
 		LogFormat:        "text",
 		Tracing:          "none",
 		Limits:           defaultLimits(),
-		Etcd:             EtcdConfig{Prefix: "/txcoord/", Lease: 5 * time.Second},
+		Etcd:             EtcdConfig{Prefix: "/txcoord/", Lease: 3 * time.Second},
 	}
 }
 
