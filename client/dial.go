@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
@@ -29,7 +30,13 @@ func DialCoordinators(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn
 		if err := remote.ValidateAddress(a); err != nil {
 			return nil, fmt.Errorf("client: %w", err)
 		}
-		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		// Each address is verified under its own host name (TLS), not
+		// the resolver's made-up target.
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
 	}
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -53,6 +54,7 @@ var errLostPrimary = errors.New("lost the primary's lease on etcd: stopped servi
 // primary is this process's hold on the coordinator id on etcd, and the
 // decision log it may write while it holds it.
 type primary struct {
+	once sync.Once
 	cli  *clientv3.Client
 	sess *concurrency.Session
 	el   *concurrency.Election
@@ -118,6 +120,17 @@ func becomePrimary(ctx context.Context, cfg Config, logger *slog.Logger) (*prima
 // lost is closed when the lease ends (etcd unreachable past the lease, or
 // revoked).
 func (p *primary) lost() <-chan struct{} { return p.sess.Done() }
+
+// abandon lets go after the lease ended: nothing more is sent to etcd
+// (the links may be cut); what was not written stays unwritten.
+func (p *primary) abandon() {
+	p.once.Do(func() {
+		_ = p.cli.Close() // in-flight and later calls fail at once
+		if p.log != nil {
+			_ = p.log.Close()
+		}
+	})
+}
 
 // close gives the id up: a standby takes over at once.
 func (p *primary) close() {

@@ -212,7 +212,14 @@ func serve(ctx context.Context, cfg Config) error {
 		if prim, err = becomePrimary(ctx, cfg, logger); err != nil {
 			return err
 		}
-		defer prim.close()
+		defer func() {
+			select {
+			case <-prim.lost():
+				prim.abandon()
+			default:
+				prim.close()
+			}
+		}()
 		log = prim.log
 	} else {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -382,6 +389,7 @@ func serve(ctx context.Context, cfg Config) error {
 	case <-lost:
 		logger.Error("lost the primary's lease on etcd: stopping at once; a standby takes over")
 		serveErr = errLostPrimary
+		prim.abandon() // decisions in flight fail now (outcome unknown), not at etcd's timeout
 	}
 	hs.Shutdown()
 	if errors.Is(serveErr, errLostPrimary) {

@@ -52,7 +52,7 @@ func Start(n int) (*Cluster, error) {
 		cfg := embed.NewConfig()
 		cfg.Name = fmt.Sprintf("m%d", i)
 		cfg.Dir = dir
-		cfg.LogLevel = "error"
+		cfg.LogLevel = "panic" // its shutdown logs errors about closed listeners
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 		cfgs[i] = cfg

@@ -17,13 +17,18 @@ import (
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	_ "github.com/lib/pq"
+	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/etcdtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/internal/proctest"
+	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/wal"
 	etcdwal "github.com/txcoord/txcoord/wal/etcd"
 )
@@ -257,4 +262,131 @@ func TestStandbyFinishesWhatTheKilledPrimaryLeftInDoubt(t *testing.T) {
 	t.Logf("failover: primary killed with -9 while %d transactions were in doubt at 2 databases (etcd: 3 members, the default lease); "+
 		"the standby served %v later and had finished all %d (%d committed at both, %d rolled back at both) %v after the kill",
 		inDoubt, served.Round(time.Millisecond), inDoubt, inDoubt/2, inDoubt/2, finished.Round(time.Millisecond))
+}
+
+// A primary cut off from etcd while it runs (every etcd link a blackhole)
+// cannot decide: a commit it is asked for then is answered without
+// "committed", it stops serving once its lease ends, and the standby takes
+// over and presumes that transaction aborted. Brought back, the old primary
+// refuses to start as a second primary and waits with --standby.
+func TestPartitionedPrimaryCannotDecide(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds txcoord and starts etcd")
+	}
+	ctx := context.Background()
+	bin := build(t)
+	cluster, err := etcdtest.Start(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	toxi := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+	var proxies []*toxiproxy.Proxy
+	var viaProxy []string
+	for i, ep := range cluster.Endpoints {
+		p := toxiproxy.NewProxy(toxi, fmt.Sprintf("etcd%d", i), "127.0.0.1:0", strings.TrimPrefix(ep, "http://"))
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop()
+		proxies = append(proxies, p)
+		viaProxy = append(viaProxy, "http://"+p.Listen)
+	}
+	logDir := t.TempDir()
+	start := func(name, listen string, endpoints []string, extra ...string) (*exec.Cmd, chan error) {
+		args := []string{"serve", "--id", "part-1", "--listen", listen, "--metrics-listen", "off",
+			"--etcd-endpoints", strings.Join(endpoints, ","), "--log-format", "text"}
+		cmd := exec.Command(bin, append(args, extra...)...)
+		f, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = f, f
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait(); f.Close() }()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited; exited <- nil })
+		return cmd, exited
+	}
+	addrA, addrB := freeAddr(t), freeAddr(t)
+	_, exitedA := start("primary", addrA, viaProxy)
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := proctest.WaitServing(wctx, addrA, nil); err != nil {
+		t.Fatalf("the primary: %v\n%s", err, proctest.Tail(filepath.Join(logDir, "primary.log"), 20))
+	}
+	start("standby", addrB, cluster.Endpoints, "--standby")
+
+	connA, err := grpc.NewClient(addrA, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer connA.Close()
+	apiA := txcoordv1.NewCoordinatorClient(connA)
+	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ccancel()
+	b, err := apiA.Begin(cctx, &txcoordv1.BeginRequest{LogDecision: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A participant's branch joins: its COMMIT needs a decision record.
+	if _, err := apiA.RegisterBranch(cctx, &txcoordv1.RegisterBranchRequest{Txid: b.GetTxid(), Gid: b.GetGtrid() + ".pay-1", Participant: "pay", Address: "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	// The partition: every link from the primary to etcd a blackhole.
+	for _, p := range proxies {
+		for _, stream := range []string{"upstream", "downstream"} {
+			js := fmt.Sprintf(`{"name":"hole-%s","type":"timeout","stream":%q,"attributes":{"timeout":0}}`, stream, stream)
+			if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cut := time.Now()
+	resp, err := apiA.Commit(cctx, &txcoordv1.CommitRequest{Txid: b.GetTxid()})
+	if err == nil && resp.GetOutcome() == txcoordv1.Outcome_OUTCOME_COMMITTED {
+		t.Fatalf("a primary cut off from etcd answered committed: %v", resp)
+	}
+	t.Logf("the cut-off primary answered the commit with %v %v", resp.GetOutcome(), err)
+	select {
+	case err := <-exitedA:
+		exitedA <- err
+		if err == nil {
+			t.Fatal("the cut-off primary exited cleanly; want an error exit")
+		}
+		t.Logf("the cut-off primary stopped %v after the cut: %v", time.Since(cut).Round(time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the cut-off primary still runs 30s after the cut:\n%s", proctest.Tail(filepath.Join(logDir, "primary.log"), 20))
+	}
+	if log := proctest.Tail(filepath.Join(logDir, "primary.log"), 50); !strings.Contains(log, "lost the primary's lease") {
+		t.Fatalf("the primary's log does not say it lost its lease:\n%s", log)
+	}
+	if err := proctest.WaitServing(wctx, addrB, nil); err != nil {
+		t.Fatalf("the standby: %v\n%s", err, proctest.Tail(filepath.Join(logDir, "standby.log"), 20))
+	}
+	connB, err := grpc.NewClient(addrB, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer connB.Close()
+	out, err := txcoordv1.NewCoordinatorClient(connB).GetOutcome(cctx, &txcoordv1.GetOutcomeRequest{Txid: b.GetTxid()})
+	if err != nil || out.GetState() != txcoordv1.TxState_TX_STATE_ABORTED {
+		t.Fatalf("the new primary's outcome of the transaction the old one could not decide: %v %v, want aborted", out, err)
+	}
+	// The old primary comes back, links healed.
+	for _, p := range proxies {
+		p.Toxics.ResetToxics(ctx)
+	}
+	_, again := start("primary-again", freeAddr(t), viaProxy)
+	select {
+	case err := <-again:
+		again <- err
+		if log := proctest.Tail(filepath.Join(logDir, "primary-again.log"), 5); err == nil || !strings.Contains(log, "--standby") {
+			t.Fatalf("a second primary for the id: %v\n%s", err, log)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old primary, back, neither refused nor served")
+	}
 }
