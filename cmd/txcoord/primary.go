@@ -83,7 +83,9 @@ func becomePrimary(ctx context.Context, cfg Config, logger *slog.Logger) (*prima
 		p.close()
 		return nil, err
 	}
-	p.sess, err = concurrency.NewSession(cli, concurrency.WithTTL(int(cfg.Etcd.Lease.Round(time.Second)/time.Second)), concurrency.WithContext(ctx))
+	// The lease lives until close or abandon, not until ctx (a stop
+	// signal) ends: a graceful stop resigns, it does not lose the lease.
+	p.sess, err = concurrency.NewSession(cli, concurrency.WithTTL(int(cfg.Etcd.Lease.Round(time.Second)/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return fail(fmt.Errorf("etcd %s: open a lease: %w", strings.Join(cfg.Etcd.Endpoints, ","), err))
 	}
