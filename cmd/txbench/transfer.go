@@ -22,14 +22,18 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/etcdtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/internal/saga"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/wal"
+	etcdwal "github.com/txcoord/txcoord/wal/etcd"
 )
 
 type transferOptions struct {
@@ -53,9 +57,10 @@ const (
 	modeTxcoordGRPC   = "txcoord-grpc"
 	modeNoMarkers     = "txcoord-nomarkers"
 	modeHolderNoMarks = "txcoord-holder-nomarkers"
+	modeTxcoordEtcd   = "txcoord-etcd"
 )
 
-var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeNoMarkers, modeTxcoordHolder, modeHolderNoMarks, modeTxcoordGRPC}
+var allModes = []string{modeIndependent, modePlain2PC, modePlainHolder, modeTxcoord, modeNoMarkers, modeTxcoordHolder, modeHolderNoMarks, modeTxcoordGRPC, modeTxcoordEtcd}
 
 func newTransferCmd() *cobra.Command {
 	o := &transferOptions{}
@@ -82,6 +87,9 @@ func newTransferCmd() *cobra.Command {
                write on the commit path
   txcoord-holder-nomarkers the same without markers (the cost of proving
                bank_b's commit, printed below the table)
+  txcoord-etcd the coordinator library with its log on etcd (three members started
+               in this process, fsync on): the decision is one etcd transaction,
+               shared by concurrent commits
   txcoord-grpc the same through a txcoord server: the client begins and commits over
                gRPC and calls two bank services that join with the SDK; the server
                commits them over gRPC (all in this process, over loopback TCP;
@@ -273,6 +281,28 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		}
 		defer plainRows.close()
 	}
+	var cE *coordinator.Coordinator
+	var logE wal.Log
+	if contains(o.modes, modeTxcoordEtcd) {
+		cluster, err := etcdtest.Start(3)
+		if err != nil {
+			return fmt.Errorf("txcoord-etcd: %w", err)
+		}
+		defer cluster.Close()
+		cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return fmt.Errorf("txcoord-etcd: %w", err)
+		}
+		defer cli.Close()
+		if logE, err = etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: "/txbench/txc.benchetcd/log/"}); err != nil {
+			return fmt.Errorf("txcoord-etcd: %w", err)
+		}
+		defer logE.Close()
+		if cE, err = coordinator.New(ctx, coordinator.Config{ID: "benchetcd", Log: logE, Resources: []participant.Resource{res[0], res[1]}}); err != nil {
+			return fmt.Errorf("txcoord-etcd: %w", err)
+		}
+		defer cE.Close()
+	}
 	var rig *grpcMode
 	if contains(o.modes, modeTxcoordGRPC) {
 		rig, err = newGRPCMode(ctx, dir, db[:], []string{"bank_a", "bank_b"})
@@ -324,6 +354,10 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return viaTxcoord(ctx, cNM, resNM, r, o.accounts, coordinator.WithoutHolder())
 					}
+				case modeTxcoordEtcd:
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return viaTxcoord(ctx, cE, res, r, o.accounts, coordinator.WithoutHolder())
+					}
 				case modeTxcoordHolder:
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return viaTxcoord(ctx, c, res, r, o.accounts, coordinator.WithHolder(res[0].Name()))
@@ -336,6 +370,10 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					op = func(ctx context.Context, r *rand.Rand) error { return grpcTransfer(ctx, rig, r, o.accounts) }
 				}
 				before, beforeNM := log.Stats().Syncs, logNM.Stats().Syncs
+				var beforeE uint64
+				if logE != nil {
+					beforeE = logE.Stats().Syncs
+				}
 				var beforeRig uint64
 				if rig != nil {
 					beforeRig = rig.log.Stats().Syncs
@@ -347,6 +385,8 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 					r.Syncs = log.Stats().Syncs - before
 				case modeNoMarkers:
 					r.Syncs = logNM.Stats().Syncs - beforeNM
+				case modeTxcoordEtcd:
+					r.Syncs = logE.Stats().Syncs - beforeE
 				case modeTxcoordGRPC:
 					r.Syncs = rig.log.Stats().Syncs - beforeRig
 				}
@@ -375,6 +415,9 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	c.Close()
 	if cNM != nil {
 		cNM.Close()
+	}
+	if cE != nil {
+		cE.Close()
 	}
 	// Markers of ended transactions are deleted by the forgetter.
 	var markersLeft [2]int
