@@ -319,6 +319,22 @@ func TestLostConnectionDuringPrepareVotesNoAndLeavesNothingPrepared(t *testing.T
 		if _, err := db.ExecContext(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
 			t.Fatal(err)
 		}
+		// The signal is handled asynchronously: release the held commits
+		// only once the backend is gone, or under load its PREPARE may be
+		// released first and succeed (then the test would test nothing).
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			var n int
+			if err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the terminated backend is still there after 10s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		releaseCommits(t)
 		res := <-result
 		if res.vote != participant.VoteNo || !errors.Is(res.err, ErrRolledBack) {
