@@ -309,15 +309,7 @@ func (l *Log) Append(ctx context.Context, rec wal.Record) (uint64, error) {
 		return 0, fmt.Errorf("%w: %s has %v being written, refused %v", wal.ErrConflict, rec.TxID, o.rec.Kind, rec.Kind)
 	}
 	if !ok {
-		rec.LSN = l.next
-		l.next++
-		if rec.Time.IsZero() {
-			rec.Time = time.Now().UTC()
-		}
-		if rec.Epoch == 0 {
-			rec.Epoch = l.epoch
-		}
-		rec.Branches = append([]wal.Branch(nil), rec.Branches...)
+		l.stampLocked(&rec)
 		o = &op{rec: rec, done: make(chan struct{})}
 		l.inflight[rec.TxID] = o
 		l.queue = append(l.queue, o)
@@ -357,6 +349,20 @@ func (l *Log) signal() {
 	}
 }
 
+// stampLocked gives a new decision record its LSN, time, epoch and a
+// copy of its branches.
+func (l *Log) stampLocked(rec *wal.Record) {
+	rec.LSN = l.next
+	l.next++
+	if rec.Time.IsZero() {
+		rec.Time = time.Now().UTC()
+	}
+	if rec.Epoch == 0 {
+		rec.Epoch = l.epoch
+	}
+	rec.Branches = append([]wal.Branch(nil), rec.Branches...)
+}
+
 // Note implements wal.Log.
 func (l *Log) Note(rec wal.Record) error {
 	if rec.Holder == "" {
@@ -379,15 +385,7 @@ func (l *Log) Note(rec wal.Record) error {
 	if o, ok := l.inflight[rec.TxID]; ok && o.rec.Kind != rec.Kind {
 		return fmt.Errorf("%w: %s has %v being written, refused %v", wal.ErrConflict, rec.TxID, o.rec.Kind, rec.Kind)
 	}
-	rec.LSN = l.next
-	l.next++
-	if rec.Time.IsZero() {
-		rec.Time = time.Now().UTC()
-	}
-	if rec.Epoch == 0 {
-		rec.Epoch = l.epoch
-	}
-	rec.Branches = append([]wal.Branch(nil), rec.Branches...)
+	l.stampLocked(&rec)
 	l.byTx[rec.TxID] = &wal.Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
 	l.lazy = append(l.lazy, rec)
 	l.stats.Notes++
