@@ -15,8 +15,9 @@
 // when they fail, this process is no longer the log's writer, the write is
 // refused with ErrFenced and the log accepts nothing more, so a deposed
 // primary cannot write a decision after a standby took over. A write whose
-// outcome is unknown (etcd unreachable, a timeout) fails the log too: only
-// a fresh Open, which reads what etcd holds, knows what was written.
+// outcome stays unknown (etcd unreachable past Options.WriteBudget) fails
+// the log too: only a fresh Open, which reads what etcd holds, knows what
+// was written.
 package etcd
 
 import (
@@ -31,6 +32,8 @@ import (
 
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/wal"
@@ -57,6 +60,9 @@ type Options struct {
 	EndFlushDelay time.Duration
 	// Timeout bounds each etcd call (default 5s).
 	Timeout time.Duration
+	// WriteBudget bounds how long a write is tried again while etcd
+	// cannot take it (default 30s); then the log fails.
+	WriteBudget time.Duration
 }
 
 // op is one queued write: a decision to make durable, or a flush barrier.
@@ -120,6 +126,9 @@ func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Log, error)
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
+	}
+	if opts.WriteBudget <= 0 {
+		opts.WriteBudget = 30 * time.Second
 	}
 	l := &Log{cli: cli, opts: opts, next: 1, byTx: map[ids.TxID]*wal.Decision{}, inflight: map[ids.TxID]*op{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), finished: make(chan struct{})}
@@ -560,18 +569,39 @@ func (l *Log) commit(recs []wal.Record) error {
 	return l.txn(puts)
 }
 
-// txn runs ops behind the fence.
+// txn runs ops behind the fence. A write that fails for a while (a
+// leader election, a member restarting) is tried again until WriteBudget
+// has passed: the ops put and delete fixed keys with fixed values, so
+// running them twice changes nothing, and the fence is compared each time.
 func (l *Log) txn(ops []clientv3.Op) error {
-	ctx, cancel := context.WithTimeout(context.Background(), l.opts.Timeout)
-	defer cancel()
-	tr, err := l.cli.Txn(ctx).If(l.fence()...).Then(ops...).Commit()
-	if err != nil {
-		return fmt.Errorf("etcd wal: %s: write: %w", l.opts.Prefix, err)
+	deadline := time.Now().Add(l.opts.WriteBudget)
+	delay := 50 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(l.cli.Ctx(), l.opts.Timeout)
+		tr, err := l.cli.Txn(ctx).If(l.fence()...).Then(ops...).Commit()
+		cancel()
+		if err == nil {
+			if !tr.Succeeded {
+				return ErrFenced
+			}
+			return nil
+		}
+		if !transient(err) || l.cli.Ctx().Err() != nil || time.Now().Add(delay).After(deadline) {
+			return fmt.Errorf("etcd wal: %s: write: %w", l.opts.Prefix, err)
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, time.Second)
 	}
-	if !tr.Succeeded {
-		return ErrFenced
+}
+
+// transient reports an etcd error that a later attempt may not meet.
+func transient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
 	}
-	return nil
+	msg := err.Error()
+	return errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "leader") || strings.Contains(msg, "timed out")
 }
 
 // Lookup implements wal.Log.
