@@ -61,7 +61,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -518,17 +517,6 @@ func (a *Authorizer) Refusals() map[string]uint64 {
 	for k, v := range a.refusals {
 		out[k] = v
 	}
-	return out
-}
-
-// RefusalKinds lists the kinds of Refusals in order, for reports.
-func (a *Authorizer) RefusalKinds() []string {
-	r := a.Refusals()
-	out := make([]string, 0, len(r))
-	for k := range r {
-		out = append(out, k)
-	}
-	sort.Strings(out)
 	return out
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -36,7 +37,7 @@ func BenchmarkAuthorize(b *testing.B) {
 	}
 	pol := &authz.Policy{TrustDomain: "example.org"}
 	for i := range 1000 {
-		id := "spiffe://example.org/svc/other-" + string(rune('a'+i%26)) + "-" + itoa(i)
+		id := "spiffe://example.org/svc/other-" + string(rune('a'+i%26)) + "-" + strconv.Itoa(i)
 		pol.Identities = append(pol.Identities, authz.Entry{ID: id, Roles: []authz.Role{authz.Client}})
 	}
 	pol.Identities = append(pol.Identities, authz.Entry{ID: me, Roles: []authz.Role{authz.Client}, TokenSHA256: []string{authz.TokenDigest("tok-0123456789")}})
@@ -68,15 +69,4 @@ func BenchmarkAuthorize(b *testing.B) {
 			}
 		}
 	})
-}
-
-func itoa(i int) string {
-	if i == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; i > 0; i /= 10 {
-		b = append([]byte{byte('0' + i%10)}, b...)
-	}
-	return string(b)
 }
