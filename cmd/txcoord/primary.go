@@ -28,6 +28,8 @@ type EtcdConfig struct {
 	CA        string        `yaml:"ca"`
 	Cert      string        `yaml:"cert"`
 	Key       string        `yaml:"key"`
+	// KeepHistory leaves etcd's revision history alone.
+	KeepHistory bool `yaml:"keep_history"`
 }
 
 func (e EtcdConfig) enabled() bool { return len(e.Endpoints) > 0 }
@@ -85,7 +87,17 @@ func becomePrimary(ctx context.Context, cfg Config, logger *slog.Logger) (*prima
 	}
 	// The lease lives until close or abandon, not until ctx (a stop
 	// signal) ends: a graceful stop resigns, it does not lose the lease.
-	p.sess, err = concurrency.NewSession(cli, concurrency.WithTTL(int(cfg.Etcd.Lease.Round(time.Second)/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted here, within a deadline: a cluster that cannot
+	// be reached (a wrong address, a refused certificate) is an error at
+	// start, not a wait without end.
+	ttl := int(cfg.Etcd.Lease.Round(time.Second) / time.Second)
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	lease, err := cli.Grant(gctx, int64(ttl))
+	cancel()
+	if err != nil {
+		return fail(fmt.Errorf("etcd %s: open a lease (is the cluster reachable, and are --etcd-ca, --etcd-cert and --etcd-key right?): %w", strings.Join(cfg.Etcd.Endpoints, ","), err))
+	}
+	p.sess, err = concurrency.NewSession(cli, concurrency.WithTTL(ttl), concurrency.WithLease(lease.ID), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return fail(fmt.Errorf("etcd %s: open a lease: %w", strings.Join(cfg.Etcd.Endpoints, ","), err))
 	}
@@ -112,7 +124,7 @@ func becomePrimary(ctx context.Context, cfg Config, logger *slog.Logger) (*prima
 	}
 	key, rev := p.el.Key(), p.el.Rev()
 	fence := func() []clientv3.Cmp { return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)} }
-	if p.log, err = etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: base + "log/", Fence: fence}); err != nil {
+	if p.log, err = etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: base + "log/", Fence: fence, KeepHistory: cfg.Etcd.KeepHistory}); err != nil {
 		return fail(fmt.Errorf("etcd: open the decision log: %w", err))
 	}
 	logger.Info("primary of the coordinator id", "id", cfg.Prefix+"."+cfg.ID, "waited", time.Since(began).Round(time.Millisecond), "epoch", p.log.Epoch())

@@ -585,3 +585,75 @@ func TestServeFailsOverToAStandby(t *testing.T) {
 		t.Fatalf("the standby after the primary's lease ended: %v", err)
 	}
 }
+
+// The decision log and the election on an etcd cluster that takes clients
+// only over mutual TLS: with --etcd-ca, --etcd-cert and --etcd-key the
+// coordinator serves; without a client certificate it does not start, and
+// says why.
+func TestServeOnEtcdOverMutualTLS(t *testing.T) {
+	ca := testpki.New(t)
+	srvCert, srvKey := ca.Server("etcd")
+	cluster, err := etcdtest.StartTLS(1, etcdtest.TLS{Cert: srvCert, Key: srvKey, CA: ca.CAFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	if !strings.HasPrefix(cluster.Endpoints[0], "https://") {
+		t.Fatalf("endpoint %s is not TLS", cluster.Endpoints[0])
+	}
+	cliCert, cliKey := ca.Client("txcoord")
+	cfg := testConfig()
+	cfg.ID = "tls-1"
+	cfg.MetricsListen = "off"
+	cfg.LogLevel = "error"
+	cfg.Listen = freeAddr(t)
+	cfg.Etcd.Endpoints = cluster.Endpoints
+	cfg.Etcd.Lease = 2 * time.Second
+	cfg.Etcd.CA, cfg.Etcd.Cert, cfg.Etcd.Key = ca.CAFile, cliCert, cliKey
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	noCert := cfg
+	noCert.Etcd.Cert, noCert.Etcd.Key = "", ""
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = serve(ctx, noCert)
+	if err == nil || !strings.Contains(err.Error(), "etcd") {
+		t.Fatalf("serve without a client certificate for etcd: %v, want a refusal that names etcd", err)
+	}
+	if b, rerr := os.ReadFile(cliKey); rerr == nil && strings.Contains(err.Error(), strings.TrimSpace(string(b))) {
+		t.Fatal("the error shows the key")
+	}
+	t.Logf("without a client certificate: %v", err)
+
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(sctx, cfg) }()
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	api := txcoordv1.NewCoordinatorClient(conn)
+	var bt *txcoordv1.BeginResponse
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		bt, err = api.Begin(ctx, &txcoordv1.BeginRequest{}, grpc.WaitForReady(true))
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("Begin at a coordinator on etcd over TLS: %v", err)
+	}
+	if _, err := api.Commit(ctx, &txcoordv1.CommitRequest{Txid: bt.GetTxid()}); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+}

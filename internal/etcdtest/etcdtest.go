@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -22,17 +23,33 @@ type Cluster struct {
 	dirs      []string
 }
 
-func freeURL() (url.URL, error) {
+func freeURL(scheme string) (url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return url.URL{}, err
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
+	return url.URL{Scheme: scheme, Host: l.Addr().String()}, nil
+}
+
+// TLS files of members that serve clients over mutual TLS.
+type TLS struct {
+	Cert, Key string // the members' certificate (for 127.0.0.1) and key
+	CA        string // clients' certificates must chain to it
 }
 
 // Start starts a cluster of n members and waits until it is ready.
-func Start(n int) (*Cluster, error) {
+func Start(n int) (*Cluster, error) { return start(n, nil) }
+
+// StartTLS starts a cluster of n members that serve clients only over
+// TLS and refuse a client without a certificate from tls.CA.
+func StartTLS(n int, tls TLS) (*Cluster, error) { return start(n, &tls) }
+
+func start(n int, tls *TLS) (*Cluster, error) {
+	scheme := "http"
+	if tls != nil {
+		scheme = "https"
+	}
 	c := &Cluster{}
 	cfgs := make([]*embed.Config, n)
 	var initial []string
@@ -43,8 +60,8 @@ func Start(n int) (*Cluster, error) {
 			return nil, err
 		}
 		c.dirs = append(c.dirs, dir)
-		client, err1 := freeURL()
-		peer, err2 := freeURL()
+		client, err1 := freeURL(scheme)
+		peer, err2 := freeURL("http")
 		if err := errors.Join(err1, err2); err != nil {
 			c.Close()
 			return nil, err
@@ -55,6 +72,9 @@ func Start(n int) (*Cluster, error) {
 		cfg.LogLevel = "panic" // its shutdown logs errors about closed listeners
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+		if tls != nil {
+			cfg.ClientTLSInfo = transport.TLSInfo{CertFile: tls.Cert, KeyFile: tls.Key, TrustedCAFile: tls.CA, ClientCertAuth: true}
+		}
 		cfgs[i] = cfg
 		initial = append(initial, cfg.Name+"="+peer.String())
 		c.Endpoints = append(c.Endpoints, client.String())

@@ -13,7 +13,8 @@ const (
 	CoordBeforeOnePhase = "coord-before-one-phase" // single branch, before its local commit
 	CoordAfterOnePhase  = "coord-after-one-phase"  // single branch committed, caller not told
 
-	// WAL, around each bbolt commit (fsync).
+	// WAL, around each durable write of the log: a bbolt commit (fsync), an
+	// etcd transaction (a Raft majority), and around compaction.
 	WALBeforeSync    = "wal-before-sync"
 	WALAfterSync     = "wal-after-sync"
 	WALBeforeCompact = "wal-before-compact"

@@ -31,11 +31,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/wal"
 )
 
@@ -63,6 +65,15 @@ type Options struct {
 	// WriteBudget bounds how long a write is tried again while etcd
 	// cannot take it (default 30s); then the log fails.
 	WriteBudget time.Duration
+	// HistoryInterval is how often Compact also compacts etcd's history
+	// (default 5m): it drops every revision older than the one it saw at
+	// its previous history compaction, so at least one interval of
+	// history stays for watchers, as the Kubernetes API server does.
+	// etcd's history is the whole cluster's, not this log's.
+	HistoryInterval time.Duration
+	// KeepHistory leaves etcd's history alone, for a cluster whose
+	// operator compacts it (etcd --auto-compaction-retention).
+	KeepHistory bool
 }
 
 // op is one queued write: a decision to make durable, or a flush barrier.
@@ -93,6 +104,11 @@ type Log struct {
 	created  time.Time
 	logID    string
 	stats    wal.Stats
+	// histRev and histAt: the revision seen at the last history
+	// compaction, and when.
+	histRev       int64
+	histAt        time.Time
+	histCompacted int64
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -129,6 +145,9 @@ func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Log, error)
 	}
 	if opts.WriteBudget <= 0 {
 		opts.WriteBudget = 30 * time.Second
+	}
+	if opts.HistoryInterval <= 0 {
+		opts.HistoryInterval = 5 * time.Minute
 	}
 	l := &Log{cli: cli, opts: opts, next: 1, byTx: map[ids.TxID]*wal.Decision{}, inflight: map[ids.TxID]*op{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), finished: make(chan struct{})}
@@ -566,7 +585,12 @@ func (l *Log) commit(recs []wal.Record) error {
 		}
 		puts = append(puts, clientv3.OpPut(l.key(lsnKey(r.LSN)), string(b)))
 	}
-	return l.txn(puts)
+	failpoint.Hit(failpoint.WALBeforeSync)
+	if err := l.txn(puts); err != nil {
+		return err
+	}
+	failpoint.Hit(failpoint.WALAfterSync)
+	return nil
 }
 
 // txn runs ops behind the fence. A write that fails for a while (a
@@ -663,7 +687,7 @@ func (l *Log) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 	}
 	if len(gone) == 0 {
 		l.mu.Unlock()
-		return 0, nil
+		return 0, l.compactHistory(ctx)
 	}
 	drop := map[uint64]bool{}
 	for _, d := range gone {
@@ -682,6 +706,7 @@ func (l *Log) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 		keys = append(keys, l.key(lsnKey(lsn)))
 	}
 	sort.Strings(keys)
+	failpoint.Hit(failpoint.WALBeforeCompact)
 	for i := 0; i < len(keys); i += l.opts.MaxBatch {
 		var ops []clientv3.Op
 		for _, k := range keys[i:min(i+l.opts.MaxBatch, len(keys))] {
@@ -706,7 +731,50 @@ func (l *Log) Compact(ctx context.Context, endedBefore time.Time) (int, error) {
 	l.horizon = horizon
 	l.stats.Compacted += uint64(len(gone))
 	l.mu.Unlock()
-	return len(gone), nil
+	failpoint.Hit(failpoint.WALAfterCompact)
+	return len(gone), l.compactHistory(ctx)
+}
+
+// compactHistory compacts etcd's history, at most once per
+// HistoryInterval, up to the revision seen at the previous time. Its
+// failure fails nothing: the records are gone already, and the next pass
+// tries again.
+func (l *Log) compactHistory(ctx context.Context) error {
+	if l.opts.KeepHistory {
+		return nil
+	}
+	l.mu.Lock()
+	prev, due := l.histRev, time.Since(l.histAt) >= l.opts.HistoryInterval
+	l.mu.Unlock()
+	if !due {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, l.opts.Timeout)
+	defer cancel()
+	resp, err := l.cli.Get(cctx, l.key(keyID), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("etcd wal: %s: history compaction: %w", l.opts.Prefix, err)
+	}
+	if prev > 0 {
+		if _, err := l.cli.Compact(cctx, prev); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+			return fmt.Errorf("etcd wal: %s: compact etcd's history to revision %d: %w", l.opts.Prefix, prev, err)
+		}
+	}
+	l.mu.Lock()
+	l.histRev, l.histAt = resp.Header.Revision, time.Now()
+	if prev > 0 {
+		l.histCompacted = prev
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// HistoryCompactedTo returns the revision this log last compacted etcd's
+// history to (0: never).
+func (l *Log) HistoryCompactedTo() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.histCompacted
 }
 
 // Epoch implements wal.Log.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/txcoord/txcoord/ids"
@@ -158,6 +159,65 @@ func TestFencedWriterDecidesNothing(t *testing.T) {
 	}
 	if _, err := etcdwal.Open(ctx, cli, etcdwal.Options{Prefix: p, Fence: fence}); !errors.Is(err, etcdwal.ErrFenced) {
 		t.Fatalf("opening behind a failed fence: %v, want ErrFenced", err)
+	}
+}
+
+// Compact deletes ended transactions and, once per HistoryInterval, drops
+// etcd's history up to the revision its previous pass saw: a deleted
+// record's old revisions go too, so the keyspace and its history stay
+// bounded. KeepHistory leaves the history alone.
+func TestCompactDropsEtcdHistory(t *testing.T) {
+	ctx := context.Background()
+	p := newPrefix()
+	l := open(t, etcdwal.Options{Prefix: p, HistoryInterval: time.Nanosecond})
+	ended := func(n uint64) {
+		waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(n)))
+		if err := l.End(waltest.TestID(n)); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended(1)
+	before, err := cli.Get(ctx, p+"rec/", clientv3.WithPrefix())
+	if err != nil || len(before.Kvs) != 2 {
+		t.Fatalf("records before compaction: %v %v, want a decision and its END", before.Kvs, err)
+	}
+	old := before.Header.Revision
+	if n, err := l.Compact(ctx, time.Now().Add(time.Second)); n != 1 || err != nil {
+		t.Fatalf("first compaction: %d %v, want 1 transaction", n, err)
+	}
+	if got := l.HistoryCompactedTo(); got != 0 {
+		t.Fatalf("the first pass compacted history to %d; it only notes the revision", got)
+	}
+	// The deleted records are still in the history, for watchers.
+	if resp, err := cli.Get(ctx, p+"rec/", clientv3.WithPrefix(), clientv3.WithRev(old)); err != nil || len(resp.Kvs) != 2 {
+		t.Fatalf("history at revision %d after one pass: %v %v, want the two records", old, resp, err)
+	}
+	ended(2)
+	if n, err := l.Compact(ctx, time.Now().Add(time.Second)); n != 1 || err != nil {
+		t.Fatalf("second compaction: %d %v", n, err)
+	}
+	to := l.HistoryCompactedTo()
+	if to <= old {
+		t.Fatalf("history compacted to %d, want past %d", to, old)
+	}
+	if _, err := cli.Get(ctx, p+"rec/", clientv3.WithPrefix(), clientv3.WithRev(old)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("history at revision %d after two passes: %v, want it compacted", old, err)
+	}
+	if resp, err := cli.Get(ctx, p+"rec/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("records left: %v %v", resp, err)
+	}
+
+	keep := open(t, etcdwal.Options{Prefix: newPrefix(), HistoryInterval: time.Nanosecond, KeepHistory: true})
+	for range 2 {
+		if _, err := keep.Compact(ctx, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := keep.HistoryCompactedTo(); got != 0 {
+		t.Fatalf("KeepHistory: history compacted to %d", got)
 	}
 }
 
