@@ -96,11 +96,14 @@ model:
 ## concurrent orders while processes and database servers are killed and
 ## links between them cut, delayed and blackholed; then healing, recovery
 ## and the invariants. DURATION of faults (default 2m); SEED replays a run
-## (default random, printed first).
+## (default random, printed first). FAILOVER=1: two coordinators on an etcd
+## cluster, a primary and a standby, with kills and etcd partitions of
+## either in the fault mix.
 DURATION ?= 2m
 SEED     ?=
+FAILOVER ?=
 torture: pg
 	@secs=$$(echo '$(DURATION)' | awk '{ s = 0; d = $$0; while (match(d, /^[0-9]+[hms]/)) { u = substr(d, RLENGTH, 1); s += substr(d, 1, RLENGTH - 1) * (u == "h" ? 3600 : u == "m" ? 60 : 1); d = substr(d, RLENGTH + 1) } if (d != "" || s == 0) exit 1; print s }') || \
 		{ echo "DURATION=$(DURATION): want a duration such as 90s, 10m or 1h30m" >&2; exit 2; }; \
-	TORTURE_DURATION='$(DURATION)' TORTURE_SEED='$(SEED)' \
+	TORTURE_DURATION='$(DURATION)' TORTURE_SEED='$(SEED)' TORTURE_FAILOVER='$(FAILOVER)' \
 		$(GO) test -count=1 -run '^TestTorture$$' -v -timeout $$((secs + 1800))s ./internal/torture/

@@ -3,8 +3,10 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -102,4 +104,60 @@ func mustCA(t *testing.T) *CA {
 		t.Fatal(err)
 	}
 	return ca
+}
+
+// ClientConfigFor asks the expected identity at each handshake: when the
+// answer changes (a reloaded policy), the next connection to a server with
+// the old identity is refused, and one with the new identity is accepted.
+func TestClientConfigForAsksTheIdentityAtEachHandshake(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reloader := func(id, name string) *Reloader {
+		cert, key := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+		writeLeaf(t, ca, id, cert, key)
+		r, err := NewReloader(Files{Cert: cert, Key: key, CA: caFile}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	server := reloader("spiffe://a.b/payment", "server")
+	client := reloader("spiffe://a.b/coordinator", "client")
+	want := "spiffe://a.b/payment"
+	cfg := client.ClientConfigFor("", func() string { return want })
+	handshake := func(cfg *tls.Config) error {
+		c, s := net.Pipe()
+		defer c.Close()
+		defer s.Close()
+		done := make(chan error, 1)
+		go func() {
+			err := tls.Server(s, server.ServerConfig(tls.RequireAndVerifyClientCert)).Handshake()
+			s.Close()
+			done <- err
+		}()
+		err := tls.Client(c, cfg).Handshake()
+		c.Close()
+		<-done
+		return err
+	}
+	if err := handshake(cfg); err != nil {
+		t.Fatalf("the expected identity: %v", err)
+	}
+	want = "spiffe://a.b/someone-else"
+	if err := handshake(cfg); err == nil || !strings.Contains(err.Error(), "someone-else") {
+		t.Fatalf("after the expected identity changed: %v, want a refusal", err)
+	}
+	// With no identity expected, the host name is checked, and the
+	// server's certificate names no host.
+	want = ""
+	if err := handshake(client.ClientConfigFor("payment.example", func() string { return want })); err == nil {
+		t.Fatal("with no identity expected, a certificate without the host name was accepted")
+	}
 }

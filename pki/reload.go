@@ -143,6 +143,20 @@ func (r *Reloader) ServerConfig(clientAuth tls.ClientAuthType) *tls.Config {
 // certificate must carry that SPIFFE ID; the host name is then not
 // checked, as the identity is what is trusted.
 func (r *Reloader) ClientConfig(serverName, wantID string) *tls.Config {
+	if wantID == "" && r.files.CA == "" {
+		return r.clientConfig(serverName, nil)
+	}
+	return r.clientConfig(serverName, func() string { return wantID })
+}
+
+// ClientConfigFor is ClientConfig with the expected identity asked of want
+// at each handshake (for example from a policy that is reloaded): "" means
+// no identity is expected, and the host name is checked instead.
+func (r *Reloader) ClientConfigFor(serverName string, want func() string) *tls.Config {
+	return r.clientConfig(serverName, want)
+}
+
+func (r *Reloader) clientConfig(serverName string, want func() string) *tls.Config {
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
 	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		cert, _ := r.current()
@@ -151,12 +165,13 @@ func (r *Reloader) ClientConfig(serverName, wantID string) *tls.Config {
 		}
 		return cert, nil
 	}
-	if wantID == "" && r.files.CA == "" {
+	if want == nil {
 		return c
 	}
 	// Verify by hand so that the CA can rotate.
 	c.InsecureSkipVerify = true
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		wantID := want()
 		_, pool := r.current()
 		if len(cs.PeerCertificates) == 0 {
 			return fmt.Errorf("tls: the server sent no certificate")

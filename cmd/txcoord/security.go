@@ -221,7 +221,8 @@ func serverCreds(t TLSConfig, open bool, logger *slog.Logger) (credentials.Trans
 
 // participantDial is the dialer of calls to participants: with a CA and a
 // policy binding the participant's name to an identity, the participant's
-// certificate must carry that identity, whatever address it announced.
+// certificate must carry that identity, whatever address it announced,
+// as the policy says at each handshake.
 func participantDial(t TLSConfig, a *authz.Authorizer, logger *slog.Logger) (func(name string) []grpc.DialOption, error) {
 	if !t.enabled() {
 		creds := insecure.NewCredentials()
@@ -232,8 +233,13 @@ func participantDial(t TLSConfig, a *authz.Authorizer, logger *slog.Logger) (fun
 		return nil, fmt.Errorf("participant tls: %w", err)
 	}
 	return func(name string) []grpc.DialOption {
-		want, _ := a.ParticipantID(name)
-		return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(r.ClientConfig(t.ServerName, want)))}
+		// Asked at each handshake: a reloaded policy that binds the
+		// name to another identity holds from the next connection on.
+		want := func() string {
+			id, _ := a.ParticipantID(name)
+			return id
+		}
+		return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(r.ClientConfigFor(t.ServerName, want)))}
 	}, nil
 }
 

@@ -133,7 +133,7 @@ func bindFlags(f *pflag.FlagSet, cfg *Config) {
 	f.StringVar(&cfg.Etcd.CA, "etcd-ca", cfg.Etcd.CA, "CA (PEM) of etcd's server certificates")
 	f.StringVar(&cfg.Etcd.Cert, "etcd-cert", cfg.Etcd.Cert, "client certificate (PEM) for etcd")
 	f.StringVar(&cfg.Etcd.Key, "etcd-key", cfg.Etcd.Key, "client key (PEM) for etcd")
-	f.BoolVar(&cfg.Etcd.KeepHistory, "etcd-keep-history", cfg.Etcd.KeepHistory, "leave etcd's revision history alone (by default the primary compacts it every 5m, keeping the last 5m, once it deleted ended transactions): for a cluster whose operator compacts it")
+	f.BoolVar(&cfg.Etcd.KeepHistory, "etcd-keep-history", cfg.Etcd.KeepHistory, "leave etcd's revision history alone (by default the primary compacts it every 5m up to the revision it saw 5m before): for a cluster whose operator compacts it")
 	f.BoolVar(&cfg.Standby, "standby", cfg.Standby, "wait to become the primary of the coordinator id instead of refusing to start while another process is")
 	f.BoolVar(&cfg.InitLog, "init-log", cfg.InitLog, "create the decision log if DATA_DIR has none (the first start of a new coordinator)")
 	f.DurationVar(&cfg.DBWait, "db-wait", cfg.DBWait, "how long start-up waits for the decision holder's database server (every resource's with --require-resources) that is down or starting (0: fail at once)")

@@ -1,15 +1,21 @@
 // Package etcdtest starts throwaway etcd members inside the test process
-// (go.etcd.io/etcd/server/v3/embed), on free loopback ports in temporary
-// directories, with their fsync on.
+// (go.etcd.io/etcd/server/v3/embed) or as processes of their own
+// (StartProcesses, with the program in ./member), on free loopback ports
+// in temporary directories, with their fsync on.
 package etcdtest
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -20,6 +26,7 @@ import (
 type Cluster struct {
 	Endpoints []string // client URLs, one per member
 	members   []*embed.Etcd
+	procs     []*exec.Cmd
 	dirs      []string
 }
 
@@ -99,17 +106,102 @@ func start(n int, tls *TLS) (*Cluster, error) {
 	return c, nil
 }
 
-// Stop stops member i (its data stays; it does not restart).
+// StartProcesses starts a cluster of n members, each a process running
+// bin (a build of ./member) that dies with the caller, and waits until
+// every member serves clients. Each member's output goes to member-N.log
+// in its directory.
+func StartProcesses(n int, bin string) (*Cluster, error) {
+	c := &Cluster{}
+	type member struct{ name, dir, client, peer string }
+	var ms []member
+	var initial []string
+	for i := range n {
+		dir, err := os.MkdirTemp("", "txcoord-etcd-")
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.dirs = append(c.dirs, dir)
+		client, err1 := freeURL("http")
+		peer, err2 := freeURL("http")
+		if err := errors.Join(err1, err2); err != nil {
+			c.Close()
+			return nil, err
+		}
+		m := member{fmt.Sprintf("m%d", i), dir, client.String(), peer.String()}
+		ms = append(ms, m)
+		initial = append(initial, m.name+"="+m.peer)
+		c.Endpoints = append(c.Endpoints, m.client)
+	}
+	ready := make(chan error, n)
+	for i, m := range ms {
+		cmd := exec.Command(bin, "-name", m.name, "-dir", filepath.Join(m.dir, "data"), "-client-url", m.client,
+			"-peer-url", m.peer, "-initial-cluster", strings.Join(initial, ","))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		logf, err := os.Create(filepath.Join(m.dir, fmt.Sprintf("member-%d.log", i)))
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		cmd.Stderr = logf
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			logf.Close()
+			c.Close()
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			c.Close()
+			return nil, fmt.Errorf("etcdtest: start %s: %w", bin, err)
+		}
+		logf.Close()
+		c.procs = append(c.procs, cmd)
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if sc.Text() == "ready" {
+					ready <- nil
+					_, _ = io.Copy(io.Discard, out)
+					return
+				}
+			}
+			ready <- fmt.Errorf("etcdtest: member %s exited before it was ready (see %s)", m.name, m.dir)
+		}()
+	}
+	timeout := time.After(60 * time.Second)
+	for range n {
+		select {
+		case err := <-ready:
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+		case <-timeout:
+			c.Close()
+			return nil, errors.New("etcdtest: the cluster did not become ready within 60s")
+		}
+	}
+	return c, nil
+}
+
+// Stop stops member i (its data stays; it does not restart). A member
+// that is a process is killed (SIGKILL).
 func (c *Cluster) Stop(i int) {
-	if c.members[i] != nil {
+	if i < len(c.members) && c.members[i] != nil {
 		c.members[i].Close()
 		c.members[i] = nil
+	}
+	if i < len(c.procs) && c.procs[i] != nil {
+		_ = c.procs[i].Process.Kill()
+		_ = c.procs[i].Wait()
+		c.procs[i] = nil
 	}
 }
 
 // Close stops every member and removes their data.
 func (c *Cluster) Close() {
-	for i := range c.members {
+	for i := range max(len(c.members), len(c.procs)) {
 		c.Stop(i)
 	}
 	for _, d := range c.dirs {

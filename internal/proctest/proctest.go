@@ -31,6 +31,12 @@ func WaitServing(ctx context.Context, addr string, exited <-chan struct{}, opts 
 		return err
 	}
 	defer conn.Close()
+	return WaitServingConn(ctx, conn, exited)
+}
+
+// WaitServingConn is WaitServing on a connection the caller made (for
+// example to whichever of several addresses serves).
+func WaitServingConn(ctx context.Context, conn *grpc.ClientConn, exited <-chan struct{}) error {
 	hc := healthpb.NewHealthClient(conn)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)

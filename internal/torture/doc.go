@@ -19,7 +19,7 @@
 // pg_prepared_xacts, and the coordinator's answer about each transaction
 // must match the databases. It has tests only:
 //
-//	go test -race -run Torture -v ./internal/torture/   # short run (25s of faults)
+//	go test -race -run Torture -v ./internal/torture/   # short runs (25s of faults), without and with failover
 //	make torture DURATION=10m SEED=123                   # long run
 //
 // The environment sets TORTURE_DURATION (how long faults are injected),
@@ -27,4 +27,13 @@
 // TORTURE_WORKERS (concurrent clients, default 4) and TORTURE_KEEP_LOGS=1
 // (keep the logs of a run that passed; a failed run always keeps them:
 // each process's output, the timeline of faults, and every order's fate).
+//
+// TORTURE_FAILOVER=1 (make torture FAILOVER=1) runs two coordinators for
+// the one id, their log on a 3-member etcd cluster started in the test
+// process, both started with --standby: the first is the primary, the
+// other takes over when it dies. Kills then hit either coordinator, each
+// has its own link to etcd, and a fault kind of its own blackholes that
+// link for 2-8s, past the 3s lease about as often as not: a primary cut
+// off must stop deciding, and its standby take over and finish what it
+// left in doubt. Clients and services are given both addresses.
 package torture

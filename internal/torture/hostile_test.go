@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/pki"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
@@ -110,7 +111,7 @@ type hostile struct {
 	accepted []string       // calls that passed: violations
 }
 
-func newHostile(f tlsFiles, coordAddr string, svcAddrs map[string]string, w *workload) (*hostile, error) {
+func newHostile(f tlsFiles, coords []string, svcAddrs map[string]string, w *workload) (*hostile, error) {
 	creds, err := credsOf(f)
 	if err != nil {
 		return nil, err
@@ -123,10 +124,11 @@ func newHostile(f tlsFiles, coordAddr string, svcAddrs map[string]string, w *wor
 		}
 		return c, err
 	}
-	c, err := dial(coordAddr)
+	c, err := client.DialCoordinators(coords, append(dialOptions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return nil, err
 	}
+	h.conns = append(h.conns, c)
 	h.coord = txcoordv1.NewCoordinatorClient(c)
 	for _, s := range services {
 		c, err := dial(svcAddrs[s])

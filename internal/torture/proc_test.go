@@ -17,9 +17,13 @@ import (
 	"github.com/txcoord/txcoord/internal/proctest"
 )
 
+// etcdMember is the etcd member program's name in the build directory.
+const etcdMember = "etcd-member"
+
 // build builds txcoord and the order example's services into dir, with the
-// race detector if the test runs with it.
-func build(dir string) error {
+// race detector if the test runs with it, and with etcd, the etcd member
+// program (without it: the race detector would slow etcd, not test us).
+func build(dir string, etcd bool) error {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
@@ -41,6 +45,14 @@ func build(dir string) error {
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if etcd {
+		args := []string{"build", "-o", filepath.Join(dir, etcdMember), "./internal/etcdtest/member"}
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 	return nil
 }
@@ -243,6 +255,12 @@ func (p *proc) waitReady(ctx context.Context) error {
 		return fmt.Errorf("%s not ready at %s: %v; log:\n%s", p.name, p.addr, err, p.tail(30))
 	}
 	return nil
+}
+
+// log returns the process's whole log ("" if it cannot be read).
+func (p *proc) log() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b)
 }
 
 // tail returns the last n lines of the process's log.

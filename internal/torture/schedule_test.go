@@ -14,6 +14,22 @@ import (
 // faults target.
 const coordName = "txcoord"
 
+// coordB is the second coordinator of a failover run: both serve one
+// coordinator id, their log on an etcd cluster, one the primary and the
+// other a standby that takes over when the primary dies or is cut off.
+const coordB = "txcoord-b"
+
+// etcdName is the etcd cluster, as one end of a link.
+const etcdName = "etcd"
+
+// coordinators lists the coordinator processes of a run.
+func coordinators(failover bool) []string {
+	if failover {
+		return []string{coordName, coordB}
+	}
+	return []string{coordName}
+}
+
 // services are the order example's services, in the order a client calls
 // them.
 var services = []string{"orders", "payment", "inventory"}
@@ -34,13 +50,23 @@ func linkName(from, to string) string { return from + "->" + to }
 // clientName is the test's own client, as one end of a link.
 const clientName = "client"
 
-// links lists every link, in a fixed order.
-func links() []string {
+// links lists every link, in a fixed order. The coordinators of a
+// failover run share their links to the services and to the ledger (what
+// a service advertises is one address), and each has its own to etcd.
+func links(failover bool) []string {
 	out := []string{linkName(clientName, coordName)}
 	for _, s := range services {
 		out = append(out, linkName(clientName, s), linkName(s, coordName), linkName(coordName, s), linkName(s, dbName(s)))
 	}
-	return append(out, linkName(coordName, dbName(ledger)))
+	out = append(out, linkName(coordName, dbName(ledger)))
+	if failover {
+		out = append(out, linkName(clientName, coordB))
+		for _, s := range services {
+			out = append(out, linkName(s, coordB))
+		}
+		out = append(out, linkName(coordName, etcdName), linkName(coordB, etcdName))
+	}
+	return out
 }
 
 // faultKind is a kind of fault. The zero value is invalid.
@@ -58,9 +84,20 @@ const (
 	// failover that lost it): a commit of it must be reported as a
 	// heuristic hazard, never as committed.
 	rollbackByHand
+	// isolateCoordinator blackholes a coordinator's link to etcd for
+	// longer than its lease: a primary must stop deciding, and the
+	// standby take over (failover runs only).
+	isolateCoordinator
 )
 
-var faultKinds = []faultKind{killCoordinator, killService, killDatabase, cutLink, delayLink, blackholeLink, rollbackByHand}
+// kinds lists the kinds of fault of a run.
+func kinds(failover bool) []faultKind {
+	out := []faultKind{killCoordinator, killService, killDatabase, cutLink, delayLink, blackholeLink, rollbackByHand}
+	if failover {
+		out = append(out, isolateCoordinator)
+	}
+	return out
+}
 
 func (k faultKind) String() string {
 	switch k {
@@ -78,15 +115,23 @@ func (k faultKind) String() string {
 		return "blackhole"
 	case rollbackByHand:
 		return "rollback by hand"
+	case isolateCoordinator:
+		return "coordinator cut off from etcd"
 	}
 	return fmt.Sprintf("faultKind(%d)", int(k))
 }
 
 // targets lists what a fault of kind k can hit.
-func (k faultKind) targets() []string {
+func (k faultKind) targets(failover bool) []string {
 	switch k {
 	case killCoordinator:
-		return []string{coordName}
+		return coordinators(failover)
+	case isolateCoordinator:
+		var out []string
+		for _, c := range coordinators(failover) {
+			out = append(out, linkName(c, etcdName))
+		}
+		return out
 	case killService:
 		return services
 	case killDatabase:
@@ -96,7 +141,7 @@ func (k faultKind) targets() []string {
 		}
 		return out
 	case cutLink, delayLink, blackholeLink:
-		return links()
+		return links(failover)
 	case rollbackByHand:
 		out := make([]string, 0, len(services))
 		for _, s := range services {
@@ -188,6 +233,8 @@ type planConfig struct {
 	calm int
 	// maxActive bounds the faults on at once.
 	maxActive int
+	// failover: two coordinators on etcd (coordB, isolateCoordinator).
+	failover bool
 }
 
 // planStream selects the random stream of the schedule among the streams
@@ -225,13 +272,13 @@ func plan(seed uint64, cfg planConfig) []fault {
 			// Kinds come from a shuffled deck, so that a short run meets
 			// every kind.
 			if len(deck) == 0 {
-				deck = append(deck, faultKinds...)
+				deck = append(deck, kinds(cfg.failover)...)
 				rng.Shuffle(len(deck), func(i, j int) { deck[i], deck[j] = deck[j], deck[i] })
 			}
 			kind := deck[0]
 			deck = deck[1:]
 			var candidates []string
-			for _, t := range kind.targets() {
+			for _, t := range kind.targets(cfg.failover) {
 				if free[t] <= s {
 					candidates = append(candidates, t)
 				}
@@ -256,6 +303,9 @@ func plan(seed uint64, cfg planConfig) []fault {
 				length = 1 + rng.IntN(3)
 			case rollbackByHand:
 				length = 1 // at once; nothing to end
+			case isolateCoordinator:
+				// 2-8s: past the 3s lease about as often as not.
+				length = 2 + rng.IntN(7)
 			case cutLink:
 				length = 1 + rng.IntN(5)
 			case delayLink:
@@ -301,12 +351,16 @@ func TestScheduleIsAFunctionOfTheSeedAndSlotsOnly(t *testing.T) {
 }
 
 func TestScheduleKeepsItsBounds(t *testing.T) {
-	for seed := range uint64(200) {
-		cfg := planConfig{slots: 25, calm: 2, maxActive: 3}
+	for seed := range uint64(400) {
+		failover := seed%2 == 1
+		cfg := planConfig{slots: 25, calm: 2, maxActive: 3, failover: failover}
+		if failover {
+			cfg.slots = 40 // one more kind of fault to meet
+		}
 		faults := plan(seed, cfg)
-		kinds := map[faultKind]bool{}
+		seen := map[faultKind]bool{}
 		for i, f := range faults {
-			kinds[f.kind] = true
+			seen[f.kind] = true
 			if f.start < cfg.calm || f.end > cfg.slots || f.end <= f.start {
 				t.Fatalf("seed %d: fault %v is outside slots %d..%d", seed, f, cfg.calm, cfg.slots)
 			}
@@ -325,8 +379,8 @@ func TestScheduleKeepsItsBounds(t *testing.T) {
 				}
 			}
 		}
-		if len(kinds) != len(faultKinds) {
-			t.Errorf("seed %d: a 25-slot run has only %d kinds of fault: %v", seed, len(kinds), faults)
+		if want := len(kinds(failover)); len(seen) != want {
+			t.Errorf("seed %d: a %d-slot run has only %d of %d kinds of fault: %v", seed, cfg.slots, len(seen), want, faults)
 		}
 	}
 }

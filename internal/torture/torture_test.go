@@ -3,14 +3,13 @@ package torture
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,11 +18,12 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/lib/pq"
-	"google.golang.org/grpc"
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/etcdtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
+	"github.com/txcoord/txcoord/internal/proctest"
 	"github.com/txcoord/txcoord/participant/postgres"
 )
 
@@ -33,6 +33,7 @@ const (
 	envSeed     = "TORTURE_SEED"      // seed of the schedule and the orders (default random)
 	envWorkers  = "TORTURE_WORKERS"   // concurrent clients (default 4)
 	envKeepLogs = "TORTURE_KEEP_LOGS" // "1": keep the logs of a run that passed
+	envFailover = "TORTURE_FAILOVER"  // "1": two coordinators on etcd, a primary and a standby
 )
 
 const (
@@ -66,6 +67,7 @@ type config struct {
 	seed     uint64
 	workers  int
 	slots    int
+	failover bool
 }
 
 func configFromEnv() (config, error) {
@@ -91,6 +93,13 @@ func configFromEnv() (config, error) {
 		}
 		cfg.workers = n
 	}
+	switch s := os.Getenv(envFailover); s {
+	case "", "0":
+	case "1":
+		cfg.failover = true
+	default:
+		return cfg, fmt.Errorf("%s=%q: want 1 or 0", envFailover, s)
+	}
 	cfg.slots = int(cfg.duration / slotLen)
 	return cfg, nil
 }
@@ -100,6 +109,9 @@ func (c config) replay() string {
 	cmd := fmt.Sprintf("make torture SEED=%d DURATION=%v", c.seed, c.duration)
 	if c.workers != defaultWorkers {
 		cmd = fmt.Sprintf("%s=%d %s", envWorkers, c.workers, cmd)
+	}
+	if c.failover {
+		cmd += " FAILOVER=1"
 	}
 	return cmd
 }
@@ -119,20 +131,46 @@ func TestTorture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("seed %d: %v of faults, %d workers (replay: %s)", cfg.seed, cfg.duration, cfg.workers, cfg.replay())
+	torture(t, cfg)
+}
+
+// TestTortureFailover is TestTorture with two coordinators on etcd, a
+// primary and a standby (TORTURE_FAILOVER=1), so that a plain go test
+// runs both; make torture runs one, as FAILOVER says.
+func TestTortureFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts two txcoords, three services, three PostgreSQL servers and etcd")
+	}
+	cfg, err := configFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.failover {
+		t.Skip(envFailover + "=1: TestTorture runs with failover")
+	}
+	cfg.failover = true
+	torture(t, cfg)
+}
+
+func torture(t *testing.T, cfg config) {
+	mode := "one coordinator, its log in bbolt"
+	if cfg.failover {
+		mode = "two coordinators, a primary and a standby, their log on a 3-member etcd cluster"
+	}
+	t.Logf("seed %d: %v of faults, %d workers, %s (replay: %s)", cfg.seed, cfg.duration, cfg.workers, mode, cfg.replay())
 	began := time.Now()
-	r := newRig(t)
+	r := newRig(t, cfg.failover)
 	setup := time.Since(began)
 	t.Logf("set up in %v; logs in %s", setup.Round(time.Millisecond), r.logDir)
 
-	faults := plan(cfg.seed, planConfig{slots: cfg.slots, calm: calmSlots, maxActive: maxActive})
+	faults := plan(cfg.seed, planConfig{slots: cfg.slots, calm: calmSlots, maxActive: maxActive, failover: cfg.failover})
 	planned := map[faultKind]int{}
 	for _, f := range faults {
 		planned[f.kind]++
 	}
 	t.Logf("schedule: %d faults in %d slots of %v", len(faults), cfg.slots, slotLen)
 
-	w, err := newWorkload(cfg.seed, r.data, r.links[linkName(clientName, coordName)].addr, r.clientAddrs())
+	w, err := newWorkload(cfg.seed, r.data, r.clientCoordAddrs(), r.clientAddrs())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +186,7 @@ func TestTorture(t *testing.T) {
 	for i := range cfg.workers {
 		workers.Go(func() { w.run(ctx, i) })
 	}
-	h, err := newHostile(r.certs["intruder"], r.links[linkName(clientName, coordName)].addr, r.clientAddrs(), w)
+	h, err := newHostile(r.certs["intruder"], r.clientCoordAddrs(), r.clientAddrs(), w)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,21 +264,24 @@ func TestTorture(t *testing.T) {
 
 // rig is the running system.
 type rig struct {
-	binDir string
-	logDir string
-	ev     *events
-	data   shopData
-	certs  map[string]tlsFiles // by process, and the intruder
+	failover bool
+	binDir   string
+	logDir   string
+	ev       *events
+	data     shopData
+	certs    map[string]tlsFiles // by process, and the intruder
 
 	pg  map[string]*pgtest.Server // by service
 	dbs map[string]*sql.DB        // by service, straight to the server
 	// ledger is the coordinator's decision holder, straight to its server.
 	ledger *sql.DB
-	procs  map[string]*proc // txcoord and the services
+	procs  map[string]*proc // the coordinators and the services
 	links  map[string]*link
 	proxy  *toxiproxy.ApiServer
+	// etcd holds the coordinators' log in a failover run.
+	etcd *etcdtest.Cluster
 
-	coordAddr string
+	coordAddr map[string]string // by coordinator
 	svcAddr   map[string]string
 
 	mu       sync.Mutex
@@ -252,10 +293,10 @@ type rig struct {
 	fails []string // harness actions that failed
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T, failover bool) *rig {
 	r := &rig{
-		binDir: t.TempDir(),
-		pg:     map[string]*pgtest.Server{}, dbs: map[string]*sql.DB{}, procs: map[string]*proc{},
+		failover: failover, binDir: t.TempDir(), coordAddr: map[string]string{},
+		pg: map[string]*pgtest.Server{}, dbs: map[string]*sql.DB{}, procs: map[string]*proc{},
 		links: map[string]*link{}, svcAddr: map[string]string{}, injected: map[faultKind]int{}, lost: map[ids.TxID][]string{},
 	}
 	logDir, err := os.MkdirTemp("", "txcoord-torture-")
@@ -278,9 +319,22 @@ func newRig(t *testing.T) *rig {
 
 	var wg sync.WaitGroup
 	var buildErr error
-	wg.Go(func() { buildErr = build(r.binDir) })
+	var etcdErr error
+	wg.Go(func() {
+		if buildErr = build(r.binDir, failover); buildErr == nil && failover {
+			// Its members are processes: their goroutines are not the
+			// test's, and they die with it.
+			r.etcd, etcdErr = etcdtest.StartProcesses(3, filepath.Join(r.binDir, etcdMember))
+		}
+	})
 	r.startPostgres(t)
 	wg.Wait()
+	if r.etcd != nil {
+		t.Cleanup(r.etcd.Close)
+	}
+	if etcdErr != nil {
+		t.Fatal(etcdErr)
+	}
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
@@ -309,15 +363,18 @@ func newRig(t *testing.T) *rig {
 	}
 
 	// The processes' ports stay taken until the proxies have theirs.
-	held := holdPorts(t, 1+len(services))
+	coords := r.coordinators()
+	held := holdPorts(t, len(coords)+len(services))
 	t.Cleanup(func() {
 		for _, l := range held {
 			l.Close()
 		}
 	})
-	r.coordAddr = held[0].Addr().String()
+	for i, c := range coords {
+		r.coordAddr[c] = held[i].Addr().String()
+	}
 	for i, s := range services {
-		r.svcAddr[s] = held[1+i].Addr().String()
+		r.svcAddr[s] = held[len(coords)+i].Addr().String()
 	}
 	r.proxy = newProxyServer()
 	t.Cleanup(func() {
@@ -332,14 +389,29 @@ func newRig(t *testing.T) *rig {
 		}
 		r.links[l.name] = l
 	}
-	add(clientName, coordName, r.coordAddr)
+	add(clientName, coordName, r.coordAddr[coordName])
 	for _, s := range services {
 		add(clientName, s, r.svcAddr[s])
-		add(s, coordName, r.coordAddr)
+		add(s, coordName, r.coordAddr[coordName])
 		add(coordName, s, r.svcAddr[s])
 		add(s, dbName(s), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[s].Port())))
 	}
 	add(coordName, dbName(ledger), net.JoinHostPort("127.0.0.1", strconv.Itoa(r.pg[ledger].Port())))
+	if failover {
+		add(clientName, coordB, r.coordAddr[coordB])
+		for _, s := range services {
+			add(s, coordB, r.coordAddr[coordB])
+		}
+		// Each coordinator reaches etcd through its own link, to a
+		// member of its own.
+		for i, c := range coords {
+			u, err := url.Parse(r.etcd.Endpoints[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			add(c, etcdName, u.Host)
+		}
+	}
 
 	certs, policy, err := issueTLS(t.TempDir())
 	if err != nil {
@@ -347,8 +419,7 @@ func newRig(t *testing.T) *rig {
 	}
 	r.certs = certs
 	ct := certs[coordName]
-	args := []string{"serve", "--init-log", "--listen", r.coordAddr, "--metrics-listen", "off",
-		"--data-dir", filepath.Join(t.TempDir(), "txcoord"), "--id", coordinatorID,
+	args := []string{"serve", "--metrics-listen", "off", "--id", coordinatorID,
 		"--tls-cert", ct.cert, "--tls-key", ct.key, "--tls-client-ca", ct.ca, "--policy", policy,
 		"--participant-tls-cert", ct.cert, "--participant-tls-key", ct.key, "--participant-tls-ca", ct.ca,
 		"--tx-timeout", "20s", "--prepare-timeout", "5s", "--call-timeout", "5s",
@@ -362,13 +433,22 @@ func newRig(t *testing.T) *rig {
 	for _, l := range held {
 		l.Close()
 	}
-	r.procs[coordName] = r.newProc(coordName, r.coordAddr, args...)
+	for _, c := range coords {
+		own := append([]string{"--listen", r.coordAddr[c]}, args...)
+		if failover {
+			// Both wait as standbys; the first to start is the primary.
+			own = append(own, "--standby", "--etcd-endpoints", "http://"+r.links[linkName(c, etcdName)].addr, "--etcd-lease", "3s")
+		} else {
+			own = append(own, "--init-log", "--data-dir", filepath.Join(t.TempDir(), "txcoord"))
+		}
+		r.procs[c] = r.newProc(c, r.coordAddr[c], own...)
+	}
 	for _, s := range services {
 		dsn := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: r.links[linkName(s, dbName(s))].addr,
 			Path: "/" + s, RawQuery: "sslmode=disable&connect_timeout=5"}
 		r.procs[s] = r.newProc(s, r.svcAddr[s], "--listen", r.svcAddr[s],
 			"--advertise", r.links[linkName(coordName, s)].addr, "--dsn", dsn.String(),
-			"--coordinator", r.links[linkName(s, coordName)].addr,
+			"--coordinator", strings.Join(r.serviceCoordAddrs(s), ","),
 			"--in-doubt-timeout", "2s", "--check-interval", "500ms", "--stop-timeout", "5s",
 			"--tls-cert", certs[s].cert, "--tls-key", certs[s].key, "--tls-ca", certs[s].ca, "--coordinator-id", spiffeOf(coordName))
 	}
@@ -377,10 +457,15 @@ func newRig(t *testing.T) *rig {
 			p.close()
 		}
 	})
+	// The first coordinator is the primary once it serves; a second then
+	// waits as its standby.
 	for _, name := range r.procNames() {
 		p := r.procs[name]
 		if err := p.start(""); err != nil {
 			t.Fatal(err)
+		}
+		if name == coordB {
+			continue
 		}
 		if err := p.waitReady(ctx); err != nil {
 			t.Fatal(err)
@@ -393,11 +478,46 @@ func newRig(t *testing.T) *rig {
 }
 
 func (r *rig) newProc(name, addr string, args ...string) *proc {
-	return newProc(name, filepath.Join(r.binDir, name), addr, filepath.Join(r.logDir, name+".log"), r.ev, args...)
+	bin := name
+	if name == coordB {
+		bin = coordName
+	}
+	return newProc(name, filepath.Join(r.binDir, bin), addr, filepath.Join(r.logDir, name+".log"), r.ev, args...)
 }
 
-// procNames lists the processes, coordinator first.
-func (r *rig) procNames() []string { return append([]string{coordName}, services...) }
+// coordinators lists the coordinator processes.
+func (r *rig) coordinators() []string { return coordinators(r.failover) }
+
+// procNames lists the processes, coordinators first.
+func (r *rig) procNames() []string { return append(r.coordinators(), services...) }
+
+// clientCoordAddrs returns where the client reaches the coordinators:
+// through their links.
+func (r *rig) clientCoordAddrs() []string {
+	var out []string
+	for _, c := range r.coordinators() {
+		out = append(out, r.links[linkName(clientName, c)].addr)
+	}
+	return out
+}
+
+// serviceCoordAddrs returns where service s reaches the coordinators.
+func (r *rig) serviceCoordAddrs(s string) []string {
+	var out []string
+	for _, c := range r.coordinators() {
+		out = append(out, r.links[linkName(s, c)].addr)
+	}
+	return out
+}
+
+// coordAddrs returns the coordinators' own addresses, past the links.
+func (r *rig) coordAddrs() []string {
+	var out []string
+	for _, c := range r.coordinators() {
+		out = append(out, r.coordAddr[c])
+	}
+	return out
+}
 
 // clientAddrs returns where the client reaches each service: through its
 // link.
@@ -447,222 +567,38 @@ func (r *rig) failures() []string {
 	return append([]string(nil), r.fails...)
 }
 
-// runSchedule runs the faults, each target's in order on its own
-// goroutine, at the start of their slots counted from began, until ctx
-// ends. A fault still on when ctx ends is left for heal.
-func (r *rig) runSchedule(ctx context.Context, began time.Time, faults []fault) {
-	byTarget := map[string][]fault{}
-	var targets []string
-	for _, f := range faults {
-		if len(byTarget[f.target]) == 0 {
-			targets = append(targets, f.target)
-		}
-		byTarget[f.target] = append(byTarget[f.target], f)
-	}
-	at := func(slot int) time.Time { return began.Add(time.Duration(slot) * slotLen) }
-	var wg sync.WaitGroup
-	for _, target := range targets {
-		wg.Go(func() {
-			for _, f := range byTarget[target] {
-				if !sleepUntil(ctx, at(f.start)) {
-					return
-				}
-				r.begin(f)
-				if !sleepUntil(ctx, at(f.end)) {
-					return
-				}
-				r.end(ctx, f)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-func sleepUntil(ctx context.Context, t time.Time) bool {
-	timer := time.NewTimer(time.Until(t))
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
-	}
-}
-
-// begin injects fault f.
-func (r *rig) begin(f fault) {
-	r.ev.logf("slot %d: %v", f.start, f)
-	r.mu.Lock()
-	r.injected[f.kind]++
-	if f.arm != "" {
-		r.armed++
-	}
-	r.mu.Unlock()
-	switch f.kind {
-	case killCoordinator, killService:
-		r.procs[f.target].kill()
-	case killDatabase:
-		if err := r.pg[strings.TrimPrefix(f.target, "pg-")].Kill(); err != nil {
-			r.fail("kill %s: %v", f.target, err)
-		}
-	case cutLink:
-		r.links[f.target].cutOff()
-	case delayLink:
-		r.links[f.target].delay(f.latency, f.jitter)
-	case blackholeLink:
-		r.links[f.target].blackhole(f.dir)
-	case rollbackByHand:
-		r.rollbackByHand(f)
-	}
-}
-
-// rollbackByHand rolls back one of the coordinator's prepared branches at
-// the database f targets, straight and not through a link.
-func (r *rig) rollbackByHand(f fault) {
-	db := r.dbs[strings.TrimPrefix(f.target, "pg-")]
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var raw string
-	err := db.QueryRowContext(ctx, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txc.torture.%' ORDER BY random() LIMIT 1").Scan(&raw)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		r.ev.logf("slot %d: nothing prepared at %s to roll back", f.start, f.target)
-		return
-	case err != nil:
-		r.ev.logf("slot %d: %s could not be asked for prepared branches: %v", f.start, f.target, err)
-		return
-	}
-	g, err := ids.ParseGID(raw)
-	if err != nil {
-		r.fail("a prepared gid at %s does not parse: %q: %v", f.target, raw, err)
-		return
-	}
-	if _, err := db.ExecContext(ctx, "ROLLBACK PREPARED "+ids.QuoteLiteral(raw)); err != nil {
-		r.ev.logf("slot %d: ROLLBACK PREPARED %s at %s: %v", f.start, raw, f.target, err)
-		return
-	}
-	r.mu.Lock()
-	r.lost[g.TxID] = append(r.lost[g.TxID], raw)
-	r.mu.Unlock()
-	r.ev.logf("slot %d: rolled back %s at %s by hand", f.start, raw, f.target)
-}
-
-// lostTxs returns the transactions a branch of which was rolled back by
-// hand.
-func (r *rig) lostTxs() map[ids.TxID]bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make(map[ids.TxID]bool, len(r.lost))
-	for id := range r.lost {
-		out[id] = true
-	}
-	return out
-}
-
-// end ends fault f: what was killed starts again, the link heals. If ctx
-// ends first, heal finishes the job.
-func (r *rig) end(ctx context.Context, f fault) {
-	switch f.kind {
-	case killCoordinator, killService:
-		if err := r.procs[f.target].start(f.arm); err != nil {
-			r.fail("restart %s: %v", f.target, err)
-		}
-		if f.arm != "" {
-			r.ev.logf("slot %d: %s restarted, armed with %s", f.end, f.target, f.arm)
-		} else {
-			r.ev.logf("slot %d: %s restarted", f.end, f.target)
-		}
-	case killDatabase:
-		rctx, cancel := context.WithTimeout(context.Background(), restartTimeout)
-		defer cancel()
-		if err := r.pg[strings.TrimPrefix(f.target, "pg-")].Restart(rctx); err != nil {
-			r.ev.logf("slot %d: restart %s: %v (heal tries again)", f.end, f.target, err)
-			return
-		}
-		r.ev.logf("slot %d: %s restarted", f.end, f.target)
-	case cutLink:
-		if err := r.links[f.target].restore(ctx); err != nil {
-			r.ev.logf("slot %d: %v (heal tries again)", f.end, err)
-			return
-		}
-		r.ev.logf("slot %d: %s restored", f.end, f.target)
-	case delayLink, blackholeLink:
-		r.links[f.target].clear()
-		r.ev.logf("slot %d: %s clear", f.end, f.target)
-	}
-}
-
-// heal ends every fault: links pass everything, every database server
-// runs, every process runs, unarmed.
-func (r *rig) heal() {
-	ctx, cancel := context.WithTimeout(context.Background(), restartTimeout)
-	defer cancel()
-	for _, name := range links() {
-		l := r.links[name]
-		l.clear()
-		if l.isCut() {
-			if err := l.restore(ctx); err != nil {
-				r.fail("heal: %v", err)
-			} else {
-				r.ev.logf("heal: %s restored", name)
-			}
-		}
-	}
-	for _, s := range databases {
-		for !r.pg[s].Running() {
-			err := r.pg[s].Restart(ctx)
-			if err == nil {
-				r.ev.logf("heal: %s restarted", dbName(s))
-				break
-			}
-			if ctx.Err() != nil {
-				r.fail("heal: restart %s: %v", dbName(s), err)
-				break
-			}
-			// Its port may be taken for a moment.
-			r.ev.logf("heal: restart %s: %v; trying again", dbName(s), err)
-			time.Sleep(time.Second)
-		}
-	}
-	for _, name := range r.procNames() {
-		p := r.procs[name]
-		r.disarm(p)
-		if err := p.start(""); err != nil {
-			r.fail("heal: start %s: %v", name, err)
-		}
-	}
-}
-
-// disarm stops a run armed with a crash point it has not reached yet, once
-// the run is up (a SIGTERM before its handler is installed would kill it),
-// so that it starts again unarmed.
-func (r *rig) disarm(p *proc) {
-	arm, running := p.armed()
-	if !running || arm == "" {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
-	defer cancel()
-	if err := p.waitReady(ctx); err != nil {
-		r.ev.logf("heal: %s, armed with %s, not ready: %v", p.name, arm, err)
-	}
-	if now, running := p.armed(); !running || now != arm {
-		return // it reached its crash point and runs again unarmed
-	}
-	if err := p.stop(stopTimeout); err != nil {
-		r.fail("heal: stop %s, armed with %s: %v", p.name, arm, err)
-	}
-	r.ev.logf("heal: %s stopped to disarm %s", p.name, arm)
-}
-
 func (r *rig) waitReady() {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
-	for _, name := range r.procNames() {
+	if err := r.waitPrimary(ctx); err != nil {
+		r.fail("after healing: %v", err)
+	}
+	for _, name := range services {
 		if err := r.procs[name].waitReady(ctx); err != nil {
 			r.fail("after healing: %v", err)
 		}
 	}
+}
+
+// waitPrimary waits until one coordinator serves (a standby does not
+// listen).
+func (r *rig) waitPrimary(ctx context.Context) error {
+	if !r.failover {
+		return r.procs[coordName].waitReady(ctx)
+	}
+	conn, err := client.DialCoordinators(r.coordAddrs(), dialOptions()...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := proctest.WaitServingConn(ctx, conn, nil); err != nil {
+		var logs []string
+		for _, c := range r.coordinators() {
+			logs = append(logs, fmt.Sprintf("%s:\n%s", c, r.procs[c].tail(20)))
+		}
+		return fmt.Errorf("no coordinator serves: %v; logs:\n%s", err, strings.Join(logs, "\n"))
+	}
+	return nil
 }
 
 // converge waits until the databases obey every rule on three reads in a
@@ -708,7 +644,7 @@ func (r *rig) converge(records []*record, timeout time.Duration) ([]string, bool
 // ask asks the coordinator, straight and not through a link, about the
 // transaction of every record that has one, within askTimeout in all.
 func (r *rig) ask(records []*record) {
-	conn, err := grpc.NewClient(r.coordAddr, dialOptions()...)
+	conn, err := client.DialCoordinators(r.coordAddrs(), dialOptions()...)
 	if err != nil {
 		r.fail("ask the coordinator: %v", err)
 		return
@@ -781,136 +717,11 @@ func (r *rig) placeAfter(w *workload) ([]*record, []string) {
 // stopAll stops the services, then the coordinator, gracefully; each must
 // exit cleanly.
 func (r *rig) stopAll() {
-	for _, name := range append(append([]string(nil), services...), coordName) {
+	coords := r.coordinators()
+	slices.Reverse(coords) // a standby first: it is not asked to take over
+	for _, name := range append(append([]string(nil), services...), coords...) {
 		if err := r.procs[name].stop(stopTimeout); err != nil {
 			r.fail("stop: %v", err)
 		}
-	}
-}
-
-type summaryInput struct {
-	records         []*record
-	planned         map[faultKind]int
-	setup, recovery time.Duration
-	total           time.Duration
-	violations      int
-	after           []string
-}
-
-func (r *rig) summary(cfg config, in summaryInput) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "torture summary\n")
-	fmt.Fprintf(&b, "  seed:          %d (replay: %s)\n", cfg.seed, cfg.replay())
-	fmt.Fprintf(&b, "  run:           faults for %v (%d slots of %v), %d workers, race detector %v; set-up %v, recovery %v, total %v\n",
-		cfg.duration, cfg.slots, slotLen, cfg.workers, raceEnabled, in.setup.Round(time.Second),
-		in.recovery.Round(100*time.Millisecond), in.total.Round(time.Second))
-
-	var told [4]int // by client.Outcome
-	asMeant, begun := 0, 0
-	var later [4]int
-	for _, rec := range in.records {
-		if strings.HasPrefix(rec.order.id, "after-") {
-			continue
-		}
-		told[rec.told]++
-		if rec.refusedAsMeant() {
-			asMeant++
-		}
-		if !rec.txid.IsZero() {
-			begun++
-		}
-		if rec.told == client.Unknown {
-			later[rec.asked]++
-		}
-	}
-	placed := told[client.Committed] + told[client.Aborted] + told[client.Unknown] + told[client.Hazard]
-	fmt.Fprintf(&b, "  transactions:  %d placed (%d begun): committed %d, aborted %d (%d as meant: funds, stock or client abort), unknown %d, heuristic hazard %d\n",
-		placed, begun, told[client.Committed], told[client.Aborted], asMeant, told[client.Unknown], told[client.Hazard])
-	fmt.Fprintf(&b, "  unknown ones:  the coordinator says now: committed %d, aborted %d, heuristic hazard %d, still unknown %d\n",
-		later[client.Committed], later[client.Aborted], later[client.Hazard], later[client.Unknown])
-	lost := r.lostTxs()
-	reported := 0
-	for _, rec := range in.records {
-		if lost[rec.txid] && rec.hazard(true) {
-			reported++
-		}
-	}
-	fmt.Fprintf(&b, "  rolled back by hand: %d transactions lost a prepared branch; %d reported as heuristic hazards (the checker allows a partial order only for those)\n",
-		len(lost), reported)
-
-	r.mu.Lock()
-	injected := 0
-	var kinds []string
-	for _, k := range faultKinds {
-		injected += r.injected[k]
-		kinds = append(kinds, fmt.Sprintf("%v %d", k, r.injected[k]))
-	}
-	armed := r.armed
-	r.mu.Unlock()
-	planned := 0
-	for _, n := range in.planned {
-		planned += n
-	}
-	fmt.Fprintf(&b, "  faults:        %d injected of %d planned: %s\n", injected, planned, strings.Join(kinds, ", "))
-
-	var fired []string
-	nfired := 0
-	var exits []string
-	for _, name := range r.procNames() {
-		crashes, ex := r.procs[name].counts()
-		var specs []string
-		for spec := range crashes {
-			specs = append(specs, spec)
-		}
-		sort.Strings(specs)
-		for _, spec := range specs {
-			nfired += crashes[spec]
-			what := fmt.Sprintf("%s at %s", name, spec)
-			if crashes[spec] > 1 {
-				what += fmt.Sprintf(" %d times", crashes[spec])
-			}
-			fired = append(fired, what)
-		}
-		if len(ex) > 0 {
-			exits = append(exits, fmt.Sprintf("%s %d", name, len(ex)))
-		}
-	}
-	fmt.Fprintf(&b, "  crash points:  %d armed at restarts, %d fired", armed, nfired)
-	if len(fired) > 0 {
-		fmt.Fprintf(&b, " (%s)", strings.Join(fired, ", "))
-	}
-	fmt.Fprintln(&b)
-	if len(exits) > 0 {
-		fmt.Fprintf(&b, "  exits:         processes that exited on their own and were restarted: %s\n", strings.Join(exits, ", "))
-	}
-	if len(in.after) == 0 {
-		fmt.Fprintf(&b, "  after healing: %d orders committed\n", afterOrders)
-	} else {
-		fmt.Fprintf(&b, "  after healing: %d of %d orders could not commit\n", len(in.after), afterOrders)
-	}
-	fmt.Fprintf(&b, "  violations:    %d", in.violations)
-	return b.String()
-}
-
-// writeRecords writes every order, its transaction, what its client was
-// told and what the coordinator says now, to records.log.
-func (r *rig) writeRecords(records []*record) {
-	var b strings.Builder
-	for _, rec := range records {
-		fmt.Fprintf(&b, "%s\ttx %s\tmeant %v\ttold %v\tasked %v\t%v\n", rec.order.id, rec.txid, rec.meant, rec.told, rec.asked, rec.err)
-	}
-	if err := os.WriteFile(filepath.Join(r.logDir, "records.log"), []byte(b.String()), 0o644); err != nil {
-		r.fail("write records: %v", err)
-	}
-}
-
-// dump shows what a failed run needs to be understood.
-func (r *rig) dump(t *testing.T) {
-	t.Logf("--- timeline (%s):\n%s", r.ev.path, r.ev.tail(300))
-	for _, name := range r.procNames() {
-		t.Logf("--- last lines of %s's log:\n%s", name, r.procs[name].tail(40))
-	}
-	for _, s := range databases {
-		t.Logf("--- last lines of %s's log:\n%s", dbName(s), r.pg[s].LogTail(20))
 	}
 }

@@ -109,9 +109,9 @@ func dialOptions() []grpc.DialOption {
 	}
 }
 
-// newWorkload connects to the coordinator and the services at the given
-// addresses (service name -> host:port).
-func newWorkload(seed uint64, data shopData, coord string, svc map[string]string) (*workload, error) {
+// newWorkload connects to the coordinators (whichever serves) and the
+// services at the given addresses (service name -> host:port).
+func newWorkload(seed uint64, data shopData, coords []string, svc map[string]string) (*workload, error) {
 	w := &workload{seed: seed, data: data, timeout: 10 * time.Second}
 	dial := func(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		c, err := grpc.NewClient(addr, append(dialOptions(), opts...)...)
@@ -121,11 +121,12 @@ func newWorkload(seed uint64, data shopData, coord string, svc map[string]string
 		w.conns = append(w.conns, c)
 		return c, nil
 	}
-	c, err := dial(coord)
+	c, err := client.DialCoordinators(coords, dialOptions()...)
 	if err != nil {
 		w.close()
 		return nil, err
 	}
+	w.conns = append(w.conns, c)
 	w.tc = client.New(c, client.WithRollbackTimeout(3*time.Second))
 	conns := map[string]*grpc.ClientConn{}
 	for _, s := range services {

@@ -441,17 +441,18 @@ func (l *Log) End(txid ids.TxID) error {
 	return nil
 }
 
-// Flush implements wal.Log.
+// Flush implements wal.Log: it returns nil once every END and note handed
+// to the log before it is in etcd.
 func (l *Log) Flush(ctx context.Context) error {
 	l.mu.Lock()
 	if err := l.usable(); err != nil {
 		l.mu.Unlock()
 		return err
 	}
-	if len(l.lazy) == 0 {
-		l.mu.Unlock()
-		return ctx.Err()
-	}
+	// Always a barrier, even with nothing lazy queued: the writer may
+	// have taken the last lazy records and be writing them now, and only
+	// the outcome of that write says whether they are durable. The writer
+	// takes the barrier after it.
 	o := &op{barrier: true, done: make(chan struct{})}
 	l.queue = append(l.queue, o)
 	l.signal()

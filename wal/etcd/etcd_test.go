@@ -221,6 +221,60 @@ func TestCompactDropsEtcdHistory(t *testing.T) {
 	}
 }
 
+// Flush returns nil only once the notes and ENDs handed over before it are
+// in etcd, even when the writer has taken them already and is writing
+// them: a holder's row is deleted on Flush's word, and a note that is then
+// lost (its write fenced: a standby took over) would turn a committed
+// transaction into a presumed abort.
+func TestFlushWaitsForTheNoteBeingWritten(t *testing.T) {
+	ctx := context.Background()
+	var hold atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	owner := newPrefix() + "owner"
+	fence := func() []clientv3.Cmp {
+		if hold.Load() {
+			once.Do(func() { close(entered) })
+			<-release
+			// Deposed meanwhile: the compare fails.
+			return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(owner), "=", 12345)}
+		}
+		return nil
+	}
+	l := open(t, etcdwal.Options{Prefix: newPrefix(), Fence: fence, EndFlushDelay: time.Millisecond})
+	var released sync.Once
+	unblock := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the log's Close, which waits for the writer
+	waltest.MustAppend(t, l, waltest.CommitRec(t, waltest.TestID(1)))
+	hold.Store(true)
+	note := waltest.CommitRec(t, waltest.TestID(2))
+	note.Holder = "pg-a"
+	if err := l.Note(note); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered: // the writer took the note and is writing it
+	case <-time.After(10 * time.Second):
+		t.Fatal("the note was not written")
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- l.Flush(ctx) }()
+	select {
+	case err := <-flushed:
+		t.Fatalf("Flush returned %v while the note's write was still in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	unblock()
+	select {
+	case err := <-flushed:
+		if !errors.Is(err, etcdwal.ErrFenced) {
+			t.Fatalf("Flush after the note's write was fenced: %v, want ErrFenced", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Flush did not return")
+	}
+}
+
 // A record etcd holds that does not decode stops Open with a CorruptError.
 func TestCorruptRecordIsReported(t *testing.T) {
 	p := newPrefix()
