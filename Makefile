@@ -4,6 +4,7 @@ FUZZTIME ?= 20s
 BENCHTIME ?= 5s
 BENCHROUNDS ?= 3
 REPORT   ?= report
+SUSTAIN  ?= 3m
 
 .PHONY: all build test crash failover demo bench fuzz vet check-fmt pg proto check-proto model torture
 
@@ -35,7 +36,8 @@ demo:
 	@scripts/ensure-postgres.sh --soft
 	$(GO) run ./examples/transfer
 
-## bench: WAL group commit against one fsync per decision; decisions/s on
+## bench (SUSTAIN: how long txbench sustain loads the server, default 3m):
+## WAL group commit against one fsync per decision; decisions/s on
 ## the etcd log (one member in process) beside bbolt; 2PC transfers
 ## through txcoord (bbolt log, and a decision holder; each with and without
 ## the markers that prove commits) against plain
@@ -49,6 +51,7 @@ bench: pg
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./wal/etcd/
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
 	$(GO) run ./cmd/txbench recovery --transactions 10000
+	$(GO) run ./cmd/txbench sustain --duration $(SUSTAIN)
 	$(GO) run ./cmd/txbench compare --report $(REPORT)/compare
 	$(GO) run ./cmd/txbench compare --workloads transfer --workers 8 --duration 4s --crash --report $(REPORT)/crash
 

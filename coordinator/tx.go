@@ -38,6 +38,10 @@ type Tx struct {
 	done      chan struct{}  // closed when the outcome is known
 	result    error
 
+	doneMu     sync.Mutex
+	doneClosed bool
+	onDone     []func() // AfterDone callbacks not run yet
+
 	stop     context.CancelFunc         // ends the driver's context; set under c.mu
 	holder   participant.DecisionHolder // the transaction's decision holder, or nil
 	holderAt int                        // index of the holder branch, or -1
@@ -212,6 +216,32 @@ func (t *Tx) Rollback(ctx context.Context) error {
 // (Commit or Rollback returned, or would have).
 func (t *Tx) Done() <-chan struct{} { return t.done }
 
+// AfterDone calls f once Done is closed, on the goroutine that closes it
+// (at once, on this one, if it is closed already). f must not block: it
+// runs before the caller of Commit or Rollback is answered.
+func (t *Tx) AfterDone(f func()) {
+	t.doneMu.Lock()
+	if t.doneClosed {
+		t.doneMu.Unlock()
+		f()
+		return
+	}
+	t.onDone = append(t.onDone, f)
+	t.doneMu.Unlock()
+}
+
+// closeDone closes Done and runs the AfterDone callbacks.
+func (t *Tx) closeDone() {
+	t.doneMu.Lock()
+	fs := t.onDone
+	t.onDone, t.doneClosed = nil, true
+	close(t.done)
+	t.doneMu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
 // Result is what Commit returned (see OutcomeOf); valid once Done is
 // closed.
 func (t *Tx) Result() error {
@@ -301,7 +331,7 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 			c.stats.aborted.Add(1)
 			t.result = fmt.Errorf("%w: %w", ErrAborted, refuse)
 		}
-		close(t.done)
+		t.closeDone()
 		return t.result
 	}
 
@@ -753,7 +783,7 @@ func (d *driver) report(r protocol.Report) {
 		t.result = fmt.Errorf("%w (%s): %w", ErrOutcomeUnknown, t.id, r.Err)
 		c.stats.unknown.Add(1)
 	}
-	close(t.done)
+	t.closeDone()
 }
 
 // logFailure reports whether err from Log.Append means the log may hold

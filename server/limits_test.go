@@ -45,7 +45,7 @@ func TestLimitsRefuseJunk(t *testing.T) {
 	_, err = e.api.RegisterBranch(ctx, &txcoordv1.RegisterBranchRequest{Txid: b.Txid, Gid: b.Gtrid + ".p1-2", Participant: "p1", Address: "127.0.0.1:1"})
 	wantCode(t, err, codes.ResourceExhausted, "branches")
 
-	// Finishing one frees a place (counted when the sweep sees it done).
+	// Finishing one frees a place, at once.
 	if _, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: txs[1].Txid}); err != nil {
 		t.Fatal(err)
 	}

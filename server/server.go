@@ -44,6 +44,10 @@ type Config struct {
 	// Retain is how long a finished transaction is remembered to answer a
 	// repeated Commit or Rollback (default 10m); after that the log answers.
 	Retain time.Duration
+	// MaxRetained caps the finished transactions remembered (default
+	// 100,000): past it the oldest are forgotten before Retain, so memory
+	// stays bounded at any rate of transactions.
+	MaxRetained int
 	// DialOptions are used to call remote participants (give transport
 	// credentials).
 	DialOptions []grpc.DialOption
@@ -80,6 +84,9 @@ type Server struct {
 	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
 	live    map[string]int     // unfinished transactions by owner
+	// done lists the finished transactions still in txs, oldest first:
+	// forgetting them looks at its head only.
+	done []finished
 
 	starting atomic.Bool // the start-up recovery pass runs: transaction calls wait
 }
@@ -103,12 +110,18 @@ func (s *Server) notReady() error {
 // entry is a transaction begun through the server.
 type entry struct {
 	tx       *coordinator.Tx
-	deadline time.Time
-	owner    string    // the identity that began it
-	branches int       // registered through RegisterBranch
-	rolled   bool      // rollback asked (request or timeout): Commit is refused
-	commit   bool      // commit asked: rollbacks wait for its outcome
-	finished time.Time // when the outcome became known (zero before)
+	owner    string      // the identity that began it
+	branches int         // registered through RegisterBranch
+	rolled   bool        // rollback asked (request or timeout): Commit is refused
+	commit   bool        // commit asked: rollbacks wait for its outcome
+	finished time.Time   // when the outcome became known (zero before)
+	timer    *time.Timer // rolls it back at its deadline
+}
+
+// finished is a finished transaction in Server.done.
+type finished struct {
+	id ids.TxID
+	at time.Time
 }
 
 // New returns a server for cfg.Coordinator.
@@ -127,6 +140,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Retain <= 0 {
 		cfg.Retain = 10 * time.Minute
+	}
+	if cfg.MaxRetained <= 0 {
+		cfg.MaxRetained = 100_000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -208,12 +224,17 @@ func (s *Server) AddParticipant(name, addr string) (*remote.Resource, error) {
 	return rr, nil
 }
 
-// Close closes the connections to remote participants. Call it after the
-// coordinator is closed.
+// Close stops the transactions' timeout timers and closes the connections
+// to remote participants. Call it after the coordinator is closed.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	rs := s.remotes
 	s.remotes = nil
+	for _, e := range s.txs {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+	}
 	s.mu.Unlock()
 	var errs []error
 	for _, r := range rs {
@@ -222,53 +243,79 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// Run rolls back transactions past their timeout and forgets finished
-// ones, until ctx ends.
+// Run forgets finished transactions once Retain has passed, until ctx
+// ends. Its work is proportional to what it forgets: it never walks the
+// live transactions, whose timeouts are timers of their own.
 func (s *Server) Run(ctx context.Context) {
-	t := time.NewTicker(250 * time.Millisecond)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			s.sweep(ctx)
+		case now := <-t.C:
+			s.mu.Lock()
+			s.forgetLocked(now)
+			s.mu.Unlock()
 		}
 	}
 }
 
-func (s *Server) sweep(ctx context.Context) {
-	now := time.Now()
-	var expired []*entry
+// track starts to keep e: its timeout, and its end.
+func (s *Server) track(e *entry, timeout time.Duration) {
 	s.mu.Lock()
-	for id, e := range s.txs {
-		select {
-		case <-e.tx.Done():
-			if e.finished.IsZero() {
-				e.finished = now
-				if s.live[e.owner]--; s.live[e.owner] <= 0 {
-					delete(s.live, e.owner)
-				}
-			}
-		default:
-		}
-		switch {
-		case !e.finished.IsZero() && now.Sub(e.finished) > s.cfg.Retain:
-			delete(s.txs, id)
-		case e.finished.IsZero() && !e.rolled && !e.commit && now.After(e.deadline):
-			e.rolled = true
-			expired = append(expired, e)
-		}
-	}
+	s.txs[e.tx.ID()] = e
+	s.live[e.owner]++
+	e.timer = time.AfterFunc(timeout, func() { s.expire(e) })
 	s.mu.Unlock()
-	for _, e := range expired {
-		s.logger.Info("transaction timed out; rolling back", "txid", e.tx.ID())
-		go func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer cancel()
-			_ = e.tx.Rollback(rctx)
-		}()
+	e.tx.AfterDone(func() { s.finish(e) })
+}
+
+// finish records that e's outcome is known.
+func (s *Server) finish(e *entry) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !e.finished.IsZero() {
+		return
 	}
+	e.finished = now
+	e.timer.Stop()
+	if s.live[e.owner]--; s.live[e.owner] <= 0 {
+		delete(s.live, e.owner)
+	}
+	s.done = append(s.done, finished{id: e.tx.ID(), at: now})
+	s.forgetLocked(now)
+}
+
+// forgetLocked forgets the finished transactions past Retain, and the
+// oldest past MaxRetained. s.mu is held.
+func (s *Server) forgetLocked(now time.Time) {
+	n := 0
+	for n < len(s.done) && (now.Sub(s.done[n].at) > s.cfg.Retain || len(s.done)-n > s.cfg.MaxRetained) {
+		delete(s.txs, s.done[n].id)
+		n++
+	}
+	if n > 0 {
+		clear(s.done[:n])
+		s.done = s.done[n:]
+	}
+}
+
+// expire rolls e back at its deadline, unless it finished or a commit or
+// rollback was asked.
+func (s *Server) expire(e *entry) {
+	s.mu.Lock()
+	if !e.finished.IsZero() || e.rolled || e.commit {
+		s.mu.Unlock()
+		return
+	}
+	e.rolled = true
+	s.mu.Unlock()
+	s.logger.Info("transaction timed out; rolling back", "txid", e.tx.ID())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_ = e.tx.Rollback(ctx)
 }
 
 // Live counts the transactions the server is tracking.
@@ -435,10 +482,7 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	}
 	span.SetAttributes(attribute.String("txcoord.txid", tx.ID().String()))
 	deadline := time.Now().Add(timeout)
-	s.mu.Lock()
-	s.txs[tx.ID()] = &entry{tx: tx, deadline: deadline, owner: owner}
-	s.live[owner]++
-	s.mu.Unlock()
+	s.track(&entry{tx: tx, owner: owner}, timeout)
 	gtrid := remote.Tx{Prefix: s.c.Prefix(), Coordinator: s.c.ID(), ID: tx.ID()}.GTRID()
 	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder}, nil
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -37,13 +38,13 @@ type env struct {
 	api  txcoordv1.CoordinatorClient
 }
 
-func start(t *testing.T, log wal.Log, resources []participant.Resource, cfg server.Config) *env {
+func start(t testing.TB, log wal.Log, resources []participant.Resource, cfg server.Config) *env {
 	t.Helper()
 	return startWith(t, log, resources, cfg, nil)
 }
 
 // startWith is start with the coordinator's configuration changed by mod.
-func startWith(t *testing.T, log wal.Log, resources []participant.Resource, cfg server.Config, mod func(*coordinator.Config)) *env {
+func startWith(t testing.TB, log wal.Log, resources []participant.Resource, cfg server.Config, mod func(*coordinator.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	if log == nil {
@@ -527,5 +528,72 @@ func TestCallsForAnotherCoordinatorsTransactionGetNoOutcome(t *testing.T) {
 	// Its own gtrid is accepted.
 	if _, err := e.api.GetOutcome(ctx, &txcoordv1.GetOutcomeRequest{Txid: id.String(), Gtrid: "txc.c1." + id.String()}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Finished transactions are remembered for Retain, and never more than
+// MaxRetained of them: the oldest go first, at once, so that memory stays
+// bounded at any rate of transactions. A live one is never forgotten.
+func TestFinishedTransactionsAreForgottenPastRetainOrTheCap(t *testing.T) {
+	e := start(t, nil, nil, server.Config{Retain: 1500 * time.Millisecond, MaxRetained: 3})
+	ctx := context.Background()
+	live := begin(t, e)
+	var ended []string
+	for range 5 {
+		b := begin(t, e)
+		if _, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: b.Txid}); err != nil {
+			t.Fatal(err)
+		}
+		ended = append(ended, b.Txid)
+	}
+	if n := e.srv.Live(); n != 1+3 {
+		t.Fatalf("tracking %d transactions, want the live one and the 3 latest finished", n)
+	}
+	for i, id := range ended {
+		_, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: id})
+		if remembered := err == nil; remembered != (i >= 2) {
+			t.Fatalf("finished transaction %d of 5: GetTransaction %v", i+1, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.srv.Live() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("tracking %d transactions past Retain, want the live one", e.srv.Live())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: live.Txid}); err != nil {
+		t.Fatalf("the live transaction: %v", err)
+	}
+}
+
+// Begin and Rollback through the server while it remembers `retained`
+// finished transactions: the cost per transaction must not grow with
+// them (the bookkeeping is O(live)).
+func BenchmarkBeginRollbackWithRetained(b *testing.B) {
+	for _, retained := range []int{0, 100_000} {
+		b.Run(fmt.Sprintf("retained=%d", retained), func(b *testing.B) {
+			e := start(b, nil, nil, server.Config{MaxRetained: retained + 1})
+			ctx := context.Background()
+			for range retained {
+				r, err := e.api.Begin(ctx, &txcoordv1.BeginRequest{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: r.Txid}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				r, err := e.api.Begin(ctx, &txcoordv1.BeginRequest{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: r.Txid}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -342,27 +342,50 @@ func newGRPCMode(ctx context.Context, dir string, dbs []*sql.DB, names []string)
 	runCtx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	go func() { defer close(m.done); m.srv.Run(runCtx) }()
+	return m, m.attach(ctx, caddr, dbs, names, func(name, addr string) error {
+		_, err := m.srv.AddParticipant(name, addr)
+		return err
+	})
+}
+
+// newRemoteGRPCMode is newGRPCMode against a txcoord server that runs
+// elsewhere (another process) at caddr: the participants tell it where
+// they are with their first branch.
+func newRemoteGRPCMode(ctx context.Context, caddr string, dbs []*sql.DB, names []string) (m *grpcMode, err error) {
+	m = &grpcMode{}
+	if err := m.attach(ctx, caddr, dbs, names, nil); err != nil {
+		m.close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// attach connects the client to the coordinator at caddr and serves one
+// SDK participant per database; add, if set, tells the server where each
+// is.
+func (m *grpcMode) attach(ctx context.Context, caddr string, dbs []*sql.DB, names []string, add func(name, addr string) error) error {
+	dial := grpc.WithTransportCredentials(insecure.NewCredentials())
 	cc, err := grpc.NewClient(caddr, dial)
 	if err != nil {
-		return m, err
+		return err
 	}
 	m.conns = append(m.conns, cc)
 	m.cl = client.New(cc)
 	for i, db := range dbs {
 		res, err := postgres.New(ctx, names[i], db, postgres.Options{})
 		if err != nil {
-			return m, err
+			return err
 		}
 		m.res = append(m.res, res)
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return m, err
+			return err
 		}
 		p, err := sdk.New(sdk.Config{Name: names[i], Address: lis.Addr().String(), Coordinator: cc, Resource: res,
 			InDoubtTimeout: 2 * time.Second, CheckInterval: time.Second, InsecureAnyCaller: true})
 		if err != nil {
 			lis.Close()
-			return m, err
+			return err
 		}
 		m.parts = append(m.parts, p)
 		gs := grpc.NewServer(grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))
@@ -370,17 +393,19 @@ func newGRPCMode(ctx context.Context, dir string, dbs []*sql.DB, names []string)
 		gs.RegisterService(bankDesc(names[i], p), nil)
 		m.servers = append(m.servers, gs)
 		go func() { _ = gs.Serve(lis) }()
-		if _, err := m.srv.AddParticipant(names[i], lis.Addr().String()); err != nil {
-			return m, err
+		if add != nil {
+			if err := add(names[i], lis.Addr().String()); err != nil {
+				return err
+			}
 		}
 		conn, err := grpc.NewClient(lis.Addr().String(), dial, grpc.WithUnaryInterceptor(client.UnaryClientInterceptor()))
 		if err != nil {
-			return m, err
+			return err
 		}
 		m.conns = append(m.conns, conn)
 		m.banks = append(m.banks, conn)
 	}
-	return m, nil
+	return nil
 }
 
 func (m *grpcMode) op(ctx context.Context, p saga.Plan) opOutcome {

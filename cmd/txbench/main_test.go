@@ -17,5 +17,14 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// txbench sustain runs it as its server process.
+	if len(os.Args) > 1 && os.Args[1] == "sustain-server" {
+		cmd := newRootCmd()
+		cmd.SetArgs(os.Args[1:])
+		if err := cmd.Execute(); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }

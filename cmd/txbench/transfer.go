@@ -193,39 +193,14 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	var srv [2]*pgtest.Server
-	var db [2]*sql.DB
-	var res [2]*postgres.Resource
-	started, err := pgtest.StartMany(ctx, 2, pgtest.Options{})
+	srv, db, closeBanks, err := startBanks(ctx, o.accounts)
 	if err != nil {
 		return err
 	}
-	for _, s := range started {
-		defer s.Stop()
-	}
-	for i, name := range []string{"bank_a", "bank_b"} {
-		s := started[i]
-		srv[i] = s
-		if err := s.CreateDB(ctx, name); err != nil {
-			return err
-		}
-		d, err := sql.Open("postgres", s.DSN(name))
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		d.SetMaxIdleConns(benchIdleConns)
-		db[i] = d
-		if _, err := d.ExecContext(ctx, `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`); err != nil {
-			return err
-		}
-		if _, err := d.ExecContext(ctx, `INSERT INTO accounts SELECT g, 1000000 FROM generate_series(0, $1 - 1) g`, o.accounts); err != nil {
-			return err
-		}
-		if _, err := d.ExecContext(ctx, `VACUUM ANALYZE accounts`); err != nil {
-			return err
-		}
-		r, err := postgres.New(ctx, name, d, postgres.Options{Database: name})
+	defer closeBanks()
+	var res [2]*postgres.Resource
+	for i, name := range bankNames {
+		r, err := postgres.New(ctx, name, db[i], postgres.Options{Database: name})
 		if err != nil {
 			return err
 		}
@@ -256,7 +231,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	var resNM [2]*postgres.Resource
 	var logNM wal.Log = wal.NewMem()
 	if contains(o.modes, modeNoMarkers) || contains(o.modes, modeHolderNoMarks) {
-		for i, name := range []string{"bank_a", "bank_b"} {
+		for i, name := range bankNames {
 			if resNM[i], err = postgres.New(ctx, name, db[i], postgres.Options{Database: name, NoMarkers: true}); err != nil {
 				return err
 			}
@@ -305,7 +280,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	}
 	var rig *grpcMode
 	if contains(o.modes, modeTxcoordGRPC) {
-		rig, err = newGRPCMode(ctx, dir, db[:], []string{"bank_a", "bank_b"})
+		rig, err = newGRPCMode(ctx, dir, db[:], bankNames)
 		if err != nil {
 			return fmt.Errorf("txcoord-grpc: %w", err)
 		}
@@ -826,6 +801,56 @@ func grpcTransfer(ctx context.Context, m *grpcMode, r *rand.Rand, accounts int) 
 		return errors.New("aborted")
 	}
 	return nil
+}
+
+// bankNames are the two databases of the transfer workload.
+var bankNames = []string{"bank_a", "bank_b"}
+
+// startBanks starts two PostgreSQL servers (fsync on), each with a
+// database of bankNames holding accounts accounts; closeBanks closes the
+// connections and stops the servers.
+func startBanks(ctx context.Context, accounts int) (srv [2]*pgtest.Server, db [2]*sql.DB, closeBanks func(), err error) {
+	var closers []func()
+	closeBanks = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	started, err := pgtest.StartMany(ctx, 2, pgtest.Options{})
+	if err != nil {
+		return srv, db, closeBanks, err
+	}
+	for _, s := range started {
+		closers = append(closers, func() { _ = s.Stop() })
+	}
+	fail := func(err error) ([2]*pgtest.Server, [2]*sql.DB, func(), error) {
+		closeBanks()
+		return srv, db, func() {}, err
+	}
+	for i, name := range bankNames {
+		s := started[i]
+		srv[i] = s
+		if err := s.CreateDB(ctx, name); err != nil {
+			return fail(err)
+		}
+		d, err := sql.Open("postgres", s.DSN(name))
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, func() { _ = d.Close() })
+		d.SetMaxIdleConns(benchIdleConns)
+		db[i] = d
+		for _, q := range []string{
+			`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`,
+			`INSERT INTO accounts SELECT g, 1000000 FROM generate_series(0, ` + strconv.Itoa(accounts) + ` - 1) g`,
+			`VACUUM ANALYZE accounts`,
+		} {
+			if _, err := d.ExecContext(ctx, q); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	return srv, db, closeBanks, nil
 }
 
 func contains(list []string, s string) bool {

@@ -55,3 +55,39 @@ func TestRecoveryBenchLeavesNothingInDoubt(t *testing.T) {
 		}
 	}
 }
+
+func TestSustainFlagsThatMakeNoSenseAreRefused(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--window", "0s"}, "--window"}, {[]string{"--duration", "1m", "--window", "40s"}, "--duration"},
+		{[]string{"--idle", "0s"}, "--idle"}, {[]string{"--workers", "0"}, "--workers"}, {[]string{"--accounts", "1"}, "--accounts"},
+	} {
+		cmd := newRootCmd()
+		cmd.SetArgs(append([]string{"sustain"}, c.args...))
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want one naming %s", c.args, err, c.want)
+		}
+	}
+}
+
+// A short sustain run: transfers go through the server process, none
+// fails, and the figures are printed.
+func TestSustainShortRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two PostgreSQL servers and a server process")
+	}
+	var out strings.Builder
+	cmd := newRootCmd()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"sustain", "--duration", "4s", "--window", "1s", "--idle", "1s", "--workers", "2", "--accounts", "100"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, want := range []string{", 0 failed", "server CPU per transfer: first 1s: ", "last/first ", "% of a core over the 1s after the load", "MiB at rest"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
