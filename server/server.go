@@ -641,12 +641,16 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 	if rolled {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back (by request or its timeout); it cannot commit", id)
 	}
-	// Answer before the caller gives up: a decision made at the caller's
-	// deadline would reach it as outcome unknown.
-	cctx := ctx
+	// A commit asked for is carried out even if the caller goes away
+	// meanwhile (its connection cut, its reply lost): the caller hears
+	// outcome unknown and asks again, and the commit it asked for is what
+	// it finds, not an abort caused by the cut. The caller's deadline
+	// still bounds the work, shortened so that the answer can reach it: a
+	// decision made at the deadline would reach it as outcome unknown.
+	cctx := context.WithoutCancel(ctx)
 	if dl, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
-		cctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)*4/5))
+		cctx, cancel = context.WithDeadline(cctx, time.Now().Add(time.Until(dl)*4/5))
 		defer cancel()
 	}
 	err = e.tx.Commit(cctx)
