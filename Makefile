@@ -52,6 +52,7 @@ bench: pg
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
 	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench sustain --duration $(SUSTAIN)
+	$(GO) run ./cmd/txbench logfill --ended 1000000
 	$(GO) run ./cmd/txbench compare --report $(REPORT)/compare
 	$(GO) run ./cmd/txbench compare --workloads transfer --workers 8 --duration 4s --crash --report $(REPORT)/crash
 

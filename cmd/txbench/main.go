@@ -29,6 +29,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newTransferCmd(), newCompareCmd(), newRecoveryCmd(), newRecoveryChildCmd(), newSustainCmd(), newSustainServerCmd())
+	root.AddCommand(newTransferCmd(), newCompareCmd(), newRecoveryCmd(), newRecoveryChildCmd(), newSustainCmd(), newSustainServerCmd(), newLogfillCmd(), newLogfillOpenCmd())
 	return root
 }

@@ -17,8 +17,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	// txbench sustain runs it as its server process.
-	if len(os.Args) > 1 && os.Args[1] == "sustain-server" {
+	// txbench sustain runs it as its server process, and logfill to open
+	// the log it filled.
+	if len(os.Args) > 1 && (os.Args[1] == "sustain-server" || os.Args[1] == "logfill-open") {
 		cmd := newRootCmd()
 		cmd.SetArgs(os.Args[1:])
 		if err := cmd.Execute(); err != nil {

@@ -91,3 +91,27 @@ func TestSustainShortRun(t *testing.T) {
 		}
 	}
 }
+
+// logfill writes ended decisions and opens the log in a new process: every
+// one is ended, and the figures are printed.
+func TestLogfillOpensWhatItWrote(t *testing.T) {
+	var out strings.Builder
+	cmd := newRootCmd()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"logfill", "--ended", "500", "--writers", "8"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, want := range []string{"logfill: 500 ended decisions", "open took ", "RSS ", "; 0 decisions pending"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	for _, args := range [][]string{{"--ended", "0"}, {"--writers", "0"}} {
+		cmd := newRootCmd()
+		cmd.SetArgs(append([]string{"logfill"}, args...))
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: err %v, want one naming %s", args, err, args[0])
+		}
+	}
+}
