@@ -167,4 +167,3 @@ func newLogfillOpenCmd() *cobra.Command {
 	cmd.Flags().StringVar(&path, "path", "", "the log file")
 	return cmd
 }
-

@@ -61,15 +61,8 @@ func start(n int, tls *TLS) (*Cluster, error) {
 	cfgs := make([]*embed.Config, n)
 	var initial []string
 	for i := range n {
-		dir, err := os.MkdirTemp("", "txcoord-etcd-")
+		dir, client, peer, err := c.place(scheme)
 		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		c.dirs = append(c.dirs, dir)
-		client, err1 := freeURL(scheme)
-		peer, err2 := freeURL("http")
-		if err := errors.Join(err1, err2); err != nil {
 			c.Close()
 			return nil, err
 		}
@@ -116,15 +109,8 @@ func StartProcesses(n int, bin string) (*Cluster, error) {
 	var ms []member
 	var initial []string
 	for i := range n {
-		dir, err := os.MkdirTemp("", "txcoord-etcd-")
+		dir, client, peer, err := c.place("http")
 		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		c.dirs = append(c.dirs, dir)
-		client, err1 := freeURL("http")
-		peer, err2 := freeURL("http")
-		if err := errors.Join(err1, err2); err != nil {
 			c.Close()
 			return nil, err
 		}
@@ -183,6 +169,18 @@ func StartProcesses(n int, bin string) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// place makes a member's data directory (removed by Close) and picks its
+// client URL (with scheme) and peer URL.
+func (c *Cluster) place(scheme string) (dir string, client, peer url.URL, err error) {
+	if dir, err = os.MkdirTemp("", "txcoord-etcd-"); err != nil {
+		return "", client, peer, err
+	}
+	c.dirs = append(c.dirs, dir)
+	client, err1 := freeURL(scheme)
+	peer, err2 := freeURL("http")
+	return dir, client, peer, errors.Join(err1, err2)
 }
 
 // Stop stops member i (its data stays; it does not restart). A member
