@@ -121,8 +121,12 @@ func (o BoltOptions) boltTimeout() time.Duration {
 // commit; when none comes, a background goroutine writes them after
 // EndFlushDelay.
 //
-// An in-memory index of decisions, rebuilt at open from the records
-// themselves, answers Lookup, Pending and Stats without reading the file.
+// An in-memory index, rebuilt at open from the records themselves, holds
+// the pending decisions whole (Pending and Stats read nothing else) and,
+// for each ended transaction, where its records are: Lookup reads an
+// ended decision from the file. Memory and the time to open grow with the
+// pending decisions, and only a little with the ended ones (about 60 bytes
+// each), however many ended within the keep period.
 type Bolt struct {
 	path  string
 	opts  BoltOptions
@@ -157,8 +161,12 @@ type Bolt struct {
 	endsWatched bool
 	next        uint64    // next LSN
 	horizon     time.Time // Log.Horizon
-	byTx        map[ids.TxID]*Decision
-	stats       Stats
+	// byTx holds the pending decisions, and the ended ones whose END (or
+	// noted decision) is not written yet; onDisk the ended ones whose END
+	// is in the file.
+	byTx   map[ids.TxID]*Decision
+	onDisk map[ids.TxID]endedRef
+	stats  Stats
 	// writeHook, if set, runs inside every write transaction (commits and
 	// compaction); an error fails that write as a disk error would.
 	writeHook func() error
@@ -201,8 +209,24 @@ type result struct {
 func (r *request) answer(res result) { r.done <- res }
 
 type pendingEnd struct {
-	lsn uint64
-	val []byte
+	lsn  uint64
+	txid ids.TxID
+	val  []byte
+}
+
+// endedRef is an ended transaction whose records are in the file: its
+// decision at lsn, its END at endLSN (lsn itself for a noted decision).
+type endedRef struct {
+	lsn, endLSN uint64
+	endTime     int64 // Unix nanoseconds; 0 if the record had no time
+	kind        Kind
+}
+
+func (r endedRef) endTimeUTC() time.Time {
+	if r.endTime == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, r.endTime).UTC()
 }
 
 // OpenBolt opens or creates the log file at path, takes its exclusive
@@ -229,8 +253,9 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		kick: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
-		next: 1,
-		byTx: map[ids.TxID]*Decision{},
+		next:   1,
+		byTx:   map[ids.TxID]*Decision{},
+		onDisk: map[ids.TxID]endedRef{},
 	}
 	b.idle.L = &b.mu
 	if err := b.load(); err != nil {
@@ -250,12 +275,25 @@ func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 // Path returns the log file's path.
 func (b *Bolt) Path() string { return b.path }
 
-// existingLocked answers an append for a transaction already decided.
-func existingLocked(d *Decision, rec *Record) (uint64, error) {
-	if d.Kind != rec.Kind {
-		return 0, fmt.Errorf("%w: %s has %v at LSN %d, refused %v", ErrConflict, rec.TxID, d.Kind, d.LSN, rec.Kind)
+// decidedLocked returns the kind and LSN of txid's decision, if the log
+// holds one. b.mu is held.
+func (b *Bolt) decidedLocked(txid ids.TxID) (Kind, uint64, bool) {
+	if d, ok := b.byTx[txid]; ok {
+		return d.Kind, d.LSN, true
 	}
-	return d.LSN, nil
+	if r, ok := b.onDisk[txid]; ok {
+		return r.kind, r.lsn, true
+	}
+	return 0, 0, false
+}
+
+// existing answers an append for a transaction already decided (kind at
+// lsn).
+func existing(kind Kind, lsn uint64, rec *Record) (uint64, error) {
+	if kind != rec.Kind {
+		return 0, fmt.Errorf("%w: %s has %v at LSN %d, refused %v", ErrConflict, rec.TxID, kind, lsn, rec.Kind)
+	}
+	return lsn, nil
 }
 
 // Append implements Log. It returns once the bbolt commit holding the
@@ -286,9 +324,9 @@ func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
 	if rec.Epoch == 0 {
 		rec.Epoch = b.epoch
 	}
-	if d, ok := b.byTx[rec.TxID]; ok && !b.closed {
+	if kind, lsn, ok := b.decidedLocked(rec.TxID); ok && !b.closed {
 		b.mu.Unlock()
-		return existingLocked(d, &rec)
+		return existing(kind, lsn, &rec)
 	}
 	b.mu.Unlock()
 	val, err := EncodeRecord(rec)
@@ -326,7 +364,7 @@ func (b *Bolt) End(txid ids.TxID) error {
 	lsn := b.next
 	b.next++
 	d.Ended, d.EndLSN, d.EndTime = true, lsn, now
-	b.queueLazyLocked(lsn, val)
+	b.queueLazyLocked(lsn, txid, val)
 	return nil
 }
 
@@ -359,15 +397,15 @@ func (b *Bolt) Note(rec Record) error {
 	if b.failed != nil {
 		return b.failed
 	}
-	if d, ok := b.byTx[rec.TxID]; ok {
-		_, err := existingLocked(d, &rec)
+	if kind, lsn, ok := b.decidedLocked(rec.TxID); ok {
+		_, err := existing(kind, lsn, &rec)
 		return err
 	}
 	rec.LSN = b.next
 	b.next++
 	b.byTx[rec.TxID] = &Decision{Record: rec, Ended: true, EndLSN: rec.LSN, EndTime: rec.Time}
 	b.stats.Notes++
-	b.queueLazyLocked(rec.LSN, val)
+	b.queueLazyLocked(rec.LSN, rec.TxID, val)
 	return nil
 }
 
@@ -403,18 +441,61 @@ func copyDecision(d *Decision) Decision {
 	return out
 }
 
-// Lookup implements Log. It reads the in-memory index only.
+// Lookup implements Log. A pending decision comes from memory; an ended
+// one is read from the file.
 func (b *Bolt) Lookup(txid ids.TxID) (Decision, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return Decision{}, ErrClosed
 	}
-	d, ok := b.byTx[txid]
+	if d, ok := b.byTx[txid]; ok {
+		out := copyDecision(d)
+		b.mu.Unlock()
+		return out, nil
+	}
+	ref, ok := b.onDisk[txid]
+	b.mu.Unlock()
 	if !ok {
 		return Decision{}, fmt.Errorf("%w for %s", ErrNotFound, txid)
 	}
-	return copyDecision(d), nil
+	rec, found, err := b.readRecord(ref.lsn)
+	switch {
+	case err != nil:
+		return Decision{}, err
+	case !found:
+		// Compacted since.
+		return Decision{}, fmt.Errorf("%w for %s", ErrNotFound, txid)
+	case rec.TxID != txid:
+		return Decision{}, b.corrupt(BucketLog, ref.lsn, "holds %s, the index says %s", rec.TxID, txid)
+	}
+	return Decision{Record: rec, Ended: true, EndLSN: ref.endLSN, EndTime: ref.endTimeUTC()}, nil
+}
+
+// readRecord reads the record at lsn from the file.
+func (b *Bolt) readRecord(lsn uint64) (Record, bool, error) {
+	b.dbMu.RLock()
+	defer b.dbMu.RUnlock()
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return Record{}, false, ErrClosed
+	}
+	var rec Record
+	var found bool
+	err := b.db.View(func(tx *bbolt.Tx) error {
+		k := u64(lsn)
+		v := tx.Bucket(bucketLog).Get(k)
+		if v == nil {
+			return nil
+		}
+		found = true
+		var err error
+		rec, err = b.decodeAt(k, v) // copies every field out of v
+		return err
+	})
+	return rec, found, err
 }
 
 // Pending implements Log. It reads the in-memory index only.

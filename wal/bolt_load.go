@@ -224,48 +224,85 @@ func (b *Bolt) decodeAt(k, v []byte) (Record, error) {
 	return rec, nil
 }
 
-// loadRecords reads every record, checks the state transitions and, in a
-// version-1 file (xb not nil), the tx index, and fills b.byTx and b.next.
+// loadRecords reads every record's header (its checksum checked), checks
+// the state transitions and, in a version-1 file (xb not nil), the tx
+// index, and fills b.onDisk with the ended transactions, b.byTx with the
+// others (read whole), and b.next.
+//
+// Only the pending decisions are kept whole in memory: an ended one is a
+// reference to its records, read from the file when asked for, so that
+// neither memory nor the time to open grows much with the transactions
+// that ended within the keep period.
 //
 // The next LSN is one past the largest key, or past the log bucket's
 // sequence, which compaction raises to every LSN it deletes, so that an LSN
 // is never reused.
 func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 	var last uint64
+	pending := map[ids.TxID]uint64{} // decision LSN of each transaction not ended
 	c := lb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		rec, err := b.decodeAt(k, v)
+		if len(k) != 8 {
+			return b.corrupt(BucketLog, 0, "key %x is %d bytes, want 8", k, len(k))
+		}
+		lsn := binary.BigEndian.Uint64(k)
+		if lsn == 0 {
+			return b.corrupt(BucketLog, 0, "key 0 is not a log sequence number")
+		}
+		if v == nil {
+			return b.corrupt(BucketLog, lsn, "nested bucket where a record belongs")
+		}
+		h, err := decodeHeader(v)
+		if err != nil {
+			return b.corrupt(BucketLog, lsn, "%s", strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": "))
+		}
+		last = lsn
+		switch h.kind {
+		case KindCommit, KindAbort:
+			if first, ok := pending[h.txid]; ok {
+				return b.corrupt(BucketLog, lsn, "second decision %v for %s (first at key %d)", h.kind, h.txid, first)
+			}
+			if r, ok := b.onDisk[h.txid]; ok {
+				return b.corrupt(BucketLog, lsn, "second decision %v for %s (first: %v at key %d)", h.kind, h.txid, r.kind, r.lsn)
+			}
+			if xb != nil {
+				iv := xb.Get(h.txid[:])
+				if len(iv) != 8 || binary.BigEndian.Uint64(iv) != lsn {
+					return b.corrupt(BucketTx, lsn, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", h.txid, lsn, BucketTx, iv)
+				}
+			}
+			if h.holder {
+				// A holder's decision is noted once it has ended.
+				b.onDisk[h.txid] = endedRef{lsn: lsn, endLSN: lsn, endTime: h.time, kind: h.kind}
+				continue
+			}
+			pending[h.txid] = lsn
+		case KindEnd:
+			first, ok := pending[h.txid]
+			if !ok {
+				if r, done := b.onDisk[h.txid]; done {
+					return b.corrupt(BucketLog, lsn, "second END for %s (first at key %d)", h.txid, r.endLSN)
+				}
+				return b.corrupt(BucketLog, lsn, "END for %s without its decision", h.txid)
+			}
+			delete(pending, h.txid)
+			kind, err := b.kindAt(lb, first)
+			if err != nil {
+				return err
+			}
+			b.onDisk[h.txid] = endedRef{lsn: first, endLSN: lsn, endTime: h.time, kind: kind}
+		}
+	}
+	// The pending decisions, whole.
+	for id, lsn := range pending {
+		rec, err := b.decodeAt(u64(lsn), lb.Get(u64(lsn)))
 		if err != nil {
 			return err
 		}
-		last = rec.LSN
-		switch rec.Kind {
-		case KindCommit, KindAbort:
-			if d, ok := b.byTx[rec.TxID]; ok {
-				return b.corrupt(BucketLog, rec.LSN, "second decision %v for %s (first: %v at key %d)", rec.Kind, rec.TxID, d.Kind, d.LSN)
-			}
-			if xb != nil {
-				iv := xb.Get(rec.TxID[:])
-				if len(iv) != 8 || binary.BigEndian.Uint64(iv) != rec.LSN {
-					return b.corrupt(BucketTx, rec.LSN, "decision for %s at key %d has no matching entry in bucket %q (entry %x)", rec.TxID, rec.LSN, BucketTx, iv)
-				}
-			}
-			d := &Decision{Record: rec}
-			if rec.Holder != "" {
-				// A holder's decision is noted once it has ended.
-				d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
-			}
-			b.byTx[rec.TxID] = d
-		case KindEnd:
-			d, ok := b.byTx[rec.TxID]
-			if !ok {
-				return b.corrupt(BucketLog, rec.LSN, "END for %s without its decision", rec.TxID)
-			}
-			if d.Ended {
-				return b.corrupt(BucketLog, rec.LSN, "second END for %s (first at key %d)", rec.TxID, d.EndLSN)
-			}
-			d.Ended, d.EndLSN, d.EndTime = true, rec.LSN, rec.Time
+		if rec.TxID != id {
+			return b.corrupt(BucketLog, lsn, "holds %s, its header said %s", rec.TxID, id)
 		}
+		b.byTx[id] = &Decision{Record: rec}
 	}
 	if xb != nil {
 		if err := b.checkIndex(xb); err != nil {
@@ -279,6 +316,28 @@ func (b *Bolt) loadRecords(lb, xb *bbolt.Bucket) error {
 	return nil
 }
 
+// kindAt returns the kind of the decision at lsn, read earlier by the
+// same load.
+func (b *Bolt) kindAt(lb *bbolt.Bucket, lsn uint64) (Kind, error) {
+	h, err := decodeHeader(lb.Get(u64(lsn)))
+	if err != nil {
+		return 0, b.corrupt(BucketLog, lsn, "%s", strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": "))
+	}
+	return h.kind, nil
+}
+
+// decisionLSN returns the LSN of txid's decision, if the log holds one.
+// b.mu is held, or the log is being opened.
+func (b *Bolt) decisionLSN(txid ids.TxID) (uint64, bool) {
+	if d, ok := b.byTx[txid]; ok {
+		return d.LSN, true
+	}
+	if r, ok := b.onDisk[txid]; ok {
+		return r.lsn, true
+	}
+	return 0, false
+}
+
 // checkIndex checks that the tx index of a version-1 file names exactly
 // the decisions of its log.
 func (b *Bolt) checkIndex(xb *bbolt.Bucket) error {
@@ -289,14 +348,13 @@ func (b *Bolt) checkIndex(xb *bbolt.Bucket) error {
 			return b.corrupt(BucketTx, 0, "entry %x -> %x: want a 16-byte id and an 8-byte LSN", k, v)
 		}
 		lsn := binary.BigEndian.Uint64(v)
-		d, ok := b.byTx[ids.TxID(k)]
-		if !ok || d.LSN != lsn {
+		if have, ok := b.decisionLSN(ids.TxID(k)); !ok || have != lsn {
 			return b.corrupt(BucketTx, lsn, "entry for %s points to key %d, which holds no decision for it", ids.TxID(k), lsn)
 		}
 		n++
 	}
-	if n != len(b.byTx) {
-		return b.corrupt(BucketTx, 0, "%d entries for %d decisions", n, len(b.byTx))
+	if want := len(b.byTx) + len(b.onDisk); n != want {
+		return b.corrupt(BucketTx, 0, "%d entries for %d decisions", n, want)
 	}
 	return nil
 }

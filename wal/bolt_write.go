@@ -115,11 +115,11 @@ func (b *Bolt) lead() {
 
 // queueLazyLocked queues a record that waits for the next sync (an END, or
 // a noted decision). b.mu is held.
-func (b *Bolt) queueLazyLocked(lsn uint64, val []byte) {
+func (b *Bolt) queueLazyLocked(lsn uint64, txid ids.TxID, val []byte) {
 	if len(b.ends) == 0 {
 		b.endsSince = time.Now()
 	}
-	b.ends = append(b.ends, pendingEnd{lsn: lsn, val: val})
+	b.ends = append(b.ends, pendingEnd{lsn: lsn, txid: txid, val: val})
 	b.watchEndsLocked()
 }
 
@@ -199,8 +199,8 @@ func (b *Bolt) step() {
 		r.state = stateTaken
 		switch r.kind {
 		case reqAppend:
-			if d, ok := b.byTx[r.rec.TxID]; ok {
-				lsn, err := existingLocked(d, &r.rec)
+			if kind, lsn, ok := b.decidedLocked(r.rec.TxID); ok {
+				lsn, err := existing(kind, lsn, &r.rec)
 				r.answer(result{lsn: lsn, err: err})
 				continue
 			}
@@ -253,6 +253,14 @@ func (b *Bolt) step() {
 		for _, r := range appends {
 			b.byTx[r.rec.TxID] = &Decision{Record: r.rec}
 		}
+		// An ended transaction whose END (or noted decision) is now in
+		// the file is read from there when asked for.
+		for _, e := range ends {
+			if d, ok := b.byTx[e.txid]; ok && d.Ended && d.EndLSN == e.lsn {
+				b.onDisk[e.txid] = endedRef{lsn: d.LSN, endLSN: d.EndLSN, endTime: unixNano(d.EndTime), kind: d.Kind}
+				delete(b.byTx, e.txid)
+			}
+		}
 		b.stats.Appends += uint64(len(appends))
 		b.stats.Ends += uint64(len(ends))
 		b.stats.Syncs++
@@ -275,6 +283,14 @@ func (b *Bolt) step() {
 		}
 		r.answer(result{n: n, err: err})
 	}
+}
+
+// unixNano is t in Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // write stores decisions and END records in one bbolt commit.
@@ -328,6 +344,14 @@ func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 			}
 		}
 	}
+	for id, r := range b.onDisk {
+		if t := r.endTimeUTC(); t.Before(before) {
+			victims = append(victims, victim{id, r.lsn, r.endLSN})
+			if t.After(horizon) {
+				horizon = t
+			}
+		}
+	}
 	// An END of a removed transaction still in memory is never written.
 	kept := b.ends[:0]
 	for _, e := range b.ends {
@@ -378,6 +402,7 @@ func (b *Bolt) compact(hook func() error, before time.Time) (int, error) {
 	}
 	for _, v := range victims {
 		delete(b.byTx, v.id)
+		delete(b.onDisk, v.id)
 	}
 	b.horizon = horizon
 	b.stats.Compacted += uint64(len(victims))

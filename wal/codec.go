@@ -204,6 +204,66 @@ func DecodeRecord(b []byte) (Record, error) {
 	return r, nil
 }
 
+// recordHeader is what opening a log needs of a record: the fields before
+// its epoch, read after the whole record's checksum and version are
+// checked. Its branches are decoded only when the record is read whole.
+type recordHeader struct {
+	kind   Kind
+	txid   ids.TxID
+	time   int64 // Unix nanoseconds, if hasTime
+	holder bool
+	hasT   bool
+}
+
+// decodeHeader reads a record's header, with the same checks of version,
+// length, checksum, kind and flags as DecodeRecord.
+func decodeHeader(b []byte) (recordHeader, error) {
+	var h recordHeader
+	if len(b) < 1 {
+		return h, fmt.Errorf("%w: empty", ErrCorrupt)
+	}
+	if b[0] != formatVersion1 && b[0] != FormatVersion {
+		return h, fmt.Errorf("%w: unknown record format version %d (this build reads %d and %d)", ErrCorrupt, b[0], formatVersion1, FormatVersion)
+	}
+	if len(b) < minLen {
+		return h, fmt.Errorf("%w: %d bytes, shorter than the smallest record (%d)", ErrCorrupt, len(b), minLen)
+	}
+	body, sum := b[:len(b)-crcLen], binary.BigEndian.Uint32(b[len(b)-crcLen:])
+	if got := crc32.Checksum(body, castagnoli); got != sum {
+		return h, fmt.Errorf("%w: checksum %08x, stored %08x", ErrCorrupt, got, sum)
+	}
+	d := decoder{b: body[1:]}
+	h.kind = Kind(d.byte())
+	copy(h.txid[:], d.bytes(16))
+	flags := d.byte()
+	known := byte(flagsKnown)
+	if b[0] == formatVersion1 {
+		known = flagsKnown1
+	}
+	if d.err == nil && flags&^known != 0 {
+		d.fail("unknown flags %#x for version %d", flags, b[0])
+	}
+	h.holder = flags&flagHolder != 0
+	if flags&flagTime != 0 {
+		h.time, h.hasT = d.varint(), true
+	}
+	if d.err != nil {
+		return h, d.err
+	}
+	switch h.kind {
+	case KindCommit, KindAbort, KindEnd:
+	default:
+		return h, fmt.Errorf("%w: unknown kind %v", ErrCorrupt, h.kind)
+	}
+	if h.txid.IsZero() {
+		return h, fmt.Errorf("%w: zero transaction id", ErrCorrupt)
+	}
+	if h.kind == KindEnd && h.holder {
+		return h, fmt.Errorf("%w: END for %s names a holder", ErrCorrupt, h.txid)
+	}
+	return h, nil
+}
+
 // decoder reads from b, bounding every length by what is left. The first
 // failure sticks; later reads return zero values.
 type decoder struct {

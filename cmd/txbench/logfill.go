@@ -154,13 +154,16 @@ func newLogfillOpenCmd() *cobra.Command {
 			runtime.GC()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			rss, _ := procRSS(os.Getpid())
+			mem, err := procMemory(os.Getpid())
+			if err != nil {
+				return err
+			}
 			d, err := log.Pending()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "open took %v; Go heap %.0f MiB after a GC, RSS %.0f MiB; %d decisions pending\n",
-				took.Round(time.Millisecond), float64(ms.HeapAlloc)/(1<<20), float64(rss)/(1<<20), len(d))
+			fmt.Fprintf(cmd.OutOrStdout(), "open took %v; Go heap %.0f MiB after a GC, %v; %d decisions pending\n",
+				took.Round(time.Millisecond), mib(int64(ms.HeapAlloc)), mem, len(d))
 			return nil
 		},
 	}

@@ -179,13 +179,13 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	if err != nil {
 		return err
 	}
-	rssLoad, _ := procRSS(pid)
+	memLoad, _ := procMemory(pid)
 	time.Sleep(o.idle)
 	rest, err := take()
 	if err != nil {
 		return err
 	}
-	rssIdle, _ := procRSS(pid)
+	memIdle, _ := procMemory(pid)
 
 	perTx := func(a, b sample) string {
 		if b.done == a.done {
@@ -208,7 +208,7 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	}
 	fmt.Fprintf(out, "  server CPU per transfer: first %v: %s; last %v: %s; last/first %s\n", o.window, perTx(began, firstEnd), o.window, perTx(lastBegin, end), ratio)
 	fmt.Fprintf(out, "  server CPU at rest:    %.2f%% of a core over the %v after the load\n", 100*float64(rest.cpu-end.cpu)/float64(rest.at.Sub(end.at)), o.idle)
-	fmt.Fprintf(out, "  server memory (RSS):   %.0f MiB at the end of the load, %.0f MiB at rest\n", float64(rssLoad)/(1<<20), float64(rssIdle)/(1<<20))
+	fmt.Fprintf(out, "  server memory:         at the end of the load %v; at rest %v\n", memLoad, memIdle)
 	return nil
 }
 
@@ -255,19 +255,40 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(utime+stime) * time.Second / clockTick, nil
 }
 
-// procRSS returns process pid's resident memory in bytes.
-func procRSS(pid int) (int64, error) {
+// procMem is a process's resident memory: all of it, its own (anonymous)
+// pages, and pages of files it maps (a bbolt log's mmap, page cache that
+// the kernel can take back).
+type procMem struct{ rss, anon, file int64 }
+
+func (m procMem) String() string {
+	return fmt.Sprintf("RSS %.0f MiB (anonymous %.0f MiB, file-backed %.0f MiB)", mib(m.rss), mib(m.anon), mib(m.file))
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// procMemory reads process pid's resident memory from /proc.
+func procMemory(pid int) (procMem, error) {
+	var m procMem
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return m, err
 	}
+	fields := map[string]*int64{"VmRSS:": &m.rss, "RssAnon:": &m.anon, "RssFile:": &m.file}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
+		for name, dst := range fields {
+			if v, ok := strings.CutPrefix(l, name); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				if err != nil {
+					return m, fmt.Errorf("/proc/%d/status: %s %w", pid, name, err)
+				}
+				*dst = kb << 10
+			}
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	if m.rss == 0 {
+		return m, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	}
+	return m, nil
 }
 
 // newSustainServerCmd is the server process of sustain: a coordinator

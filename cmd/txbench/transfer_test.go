@@ -85,7 +85,7 @@ func TestSustainShortRun(t *testing.T) {
 	if err := cmd.Execute(); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{", 0 failed", "server CPU per transfer: first 1s: ", "last/first ", "% of a core over the 1s after the load", "MiB at rest"} {
+	for _, want := range []string{", 0 failed", "server CPU per transfer: first 1s: ", "last/first ", "% of a core over the 1s after the load", "; at rest RSS "} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}
