@@ -795,3 +795,56 @@ func TestReadOnlyOpenWritesNothing(t *testing.T) {
 		t.Fatal("a read-only open changed the file")
 	}
 }
+
+// Once its END is written, an ended decision leaves memory but not the
+// log: Lookup reads it whole from the file, a second decision for it is
+// answered or refused as before, and compaction removes it.
+func TestEndedDecisionIsReadFromTheFile(t *testing.T) {
+	ctx := context.Background()
+	l := openBolt(t, tempPath(t), BoltOptions{})
+	r := commitRec(t, testID(1))
+	r.LSN = mustAppend(t, l, r)
+	if err := l.End(testID(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	_, inMemory := l.byTx[testID(1)]
+	ref, onDisk := l.onDisk[testID(1)]
+	l.mu.Unlock()
+	if inMemory || !onDisk || ref.lsn != r.LSN {
+		t.Fatalf("after its END was written: in memory %v, on disk %v (%+v)", inMemory, onDisk, ref)
+	}
+	d, err := l.Lookup(testID(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameDecision(t, d, r)
+	if !d.Ended || d.EndLSN != ref.endLSN || d.EndTime.IsZero() {
+		t.Fatalf("decision read from the file: %+v", d)
+	}
+	if lsn, err := l.Append(ctx, r); err != nil || lsn != r.LSN {
+		t.Fatalf("the same decision again: %d %v, want LSN %d", lsn, err, r.LSN)
+	}
+	abort := r
+	abort.Kind = KindAbort
+	if _, err := l.Append(ctx, abort); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a contradicting decision: %v, want ErrConflict", err)
+	}
+	note := r
+	note.Holder = "pg-a"
+	if err := l.Note(note); err != nil {
+		t.Fatalf("noting the same decision: %v", err)
+	}
+	if n, err := l.Compact(ctx, time.Now().Add(time.Second)); n != 1 || err != nil {
+		t.Fatalf("Compact: %d %v", n, err)
+	}
+	if _, err := l.Lookup(testID(1)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Lookup after compaction: %v, want ErrNotFound", err)
+	}
+	if s := l.Stats(); s.Appends != 1 || s.Pending != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
