@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ import (
 type sustainOptions struct {
 	duration, window, idle time.Duration
 	workers, accounts      int
+	serverProfile          string
 }
 
 func newSustainCmd() *cobra.Command {
@@ -58,6 +60,7 @@ load stops (its background work at rest), and its resident memory.`,
 	f.DurationVar(&o.idle, "idle", time.Minute, "how long the server's idle CPU is measured after the load")
 	f.IntVar(&o.workers, "workers", 8, "concurrent clients")
 	f.IntVar(&o.accounts, "accounts", 10000, "accounts per database")
+	f.StringVar(&o.serverProfile, "server-cpuprofile", "", "write a CPU profile of the server process, over the load, to this file")
 	return cmd
 }
 
@@ -105,7 +108,15 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	if err != nil {
 		return err
 	}
-	child := exec.Command(self, "sustain-server", "--dir", dir)
+	args := []string{"sustain-server", "--dir", dir}
+	if o.serverProfile != "" {
+		abs, err := filepath.Abs(o.serverProfile)
+		if err != nil {
+			return err
+		}
+		args = append(args, "--cpuprofile", abs)
+	}
+	child := exec.Command(self, args...)
 	child.Stderr = os.Stderr
 	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := child.StdoutPipe()
@@ -295,7 +306,7 @@ func procMemory(pid int) (procMem, error) {
 // with its bbolt log and the gRPC server, on a free loopback port that it
 // prints, until SIGTERM.
 func newSustainServerCmd() *cobra.Command {
-	var dir string
+	var dir, profile string
 	cmd := &cobra.Command{
 		Use:    "sustain-server",
 		Hidden: true,
@@ -303,10 +314,22 @@ func newSustainServerCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			if profile != "" {
+				f, err := os.Create(profile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return sustainServer(ctx, cmd.OutOrStdout(), dir)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory of the log")
+	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile to this file")
 	return cmd
 }
 
