@@ -207,9 +207,10 @@ func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 	if t, ok := s.c.Tx(id); ok {
 		out = fromStatus(t.Status())
 	} else if e, ok := s.lookup(id); ok {
-		out = fromStatus(e.tx.Status())
+		st, result := s.finalOf(e)
+		out = fromStatus(st)
 		out.Live = false
-		if r := e.tx.Result(); coordinator.OutcomeOf(r) == coordinator.Aborted {
+		if coordinator.OutcomeOf(result) == coordinator.Aborted {
 			out.State = txcoordv1.TxState_TX_STATE_ABORTED
 		}
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	// 100,000): past it the oldest are forgotten before Retain, so memory
 	// stays bounded at any rate of transactions.
 	MaxRetained int
+	// SettleAfter is how long after its outcome a remembered transaction
+	// keeps its full state (default 5s); then, once the coordinator is
+	// done with it, only its status and outcome are kept.
+	SettleAfter time.Duration
 	// DialOptions are used to call remote participants (give transport
 	// credentials).
 	DialOptions []grpc.DialOption
@@ -85,8 +89,10 @@ type Server struct {
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
 	live    map[string]int     // unfinished transactions by owner
 	// done lists the finished transactions still in txs, oldest first:
-	// forgetting them looks at its head only.
-	done []finished
+	// forgetting them looks at its head only. Its first nSettled were
+	// looked at by settle.
+	done     []finished
+	nSettled int
 
 	starting atomic.Bool // the start-up recovery pass runs: transaction calls wait
 }
@@ -109,13 +115,42 @@ func (s *Server) notReady() error {
 
 // entry is a transaction begun through the server.
 type entry struct {
+	id ids.TxID
+	// tx is the transaction until settle replaces it with what it ended
+	// as (guarded by Server.mu; read it with txOf).
 	tx       *coordinator.Tx
+	settled  *settledTx
 	owner    string      // the identity that began it
 	branches int         // registered through RegisterBranch
 	rolled   bool        // rollback asked (request or timeout): Commit is refused
 	commit   bool        // commit asked: rollbacks wait for its outcome
 	finished time.Time   // when the outcome became known (zero before)
 	timer    *time.Timer // rolls it back at its deadline
+}
+
+// settledTx is what a finished transaction ended as: all the server keeps
+// of it once the coordinator is done with it, so that remembering many
+// costs little memory and no garbage-collector work per transaction.
+type settledTx struct {
+	status coordinator.TxStatus
+	result error
+}
+
+// txOf returns e's transaction, or what it settled as.
+func (s *Server) txOf(e *entry) (*coordinator.Tx, *settledTx) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return e.tx, e.settled
+}
+
+// finalOf returns what a tracked transaction the coordinator no longer
+// runs ended as.
+func (s *Server) finalOf(e *entry) (coordinator.TxStatus, error) {
+	tx, settled := s.txOf(e)
+	if tx == nil {
+		return settled.status, settled.result
+	}
+	return tx.Status(), tx.Result()
 }
 
 // finished is a finished transaction in Server.done.
@@ -143,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxRetained <= 0 {
 		cfg.MaxRetained = 100_000
+	}
+	if cfg.SettleAfter <= 0 {
+		cfg.SettleAfter = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -257,14 +295,43 @@ func (s *Server) Run(ctx context.Context) {
 			s.mu.Lock()
 			s.forgetLocked(now)
 			s.mu.Unlock()
+			s.settle(now)
 		}
+	}
+}
+
+// settle replaces the transactions finished more than SettleAfter ago,
+// and no longer live at the coordinator, with what they ended as. It looks
+// at each finished transaction once.
+func (s *Server) settle(now time.Time) {
+	var cands []*entry
+	s.mu.Lock()
+	i := s.nSettled
+	for ; i < len(s.done) && now.Sub(s.done[i].at) > s.cfg.SettleAfter; i++ {
+		if e := s.txs[s.done[i].id]; e != nil && e.tx != nil {
+			cands = append(cands, e)
+		}
+	}
+	s.nSettled = i
+	s.mu.Unlock()
+	for _, e := range cands {
+		// Only settle writes e.tx once it is tracked: reading it here
+		// without the lock races with nothing.
+		tx := e.tx
+		if _, live := s.c.Tx(e.id); live {
+			continue // phase two runs still: it keeps its transaction
+		}
+		st := &settledTx{status: tx.Status(), result: tx.Result()}
+		s.mu.Lock()
+		e.tx, e.settled = nil, st
+		s.mu.Unlock()
 	}
 }
 
 // track starts to keep e: its timeout, and its end.
 func (s *Server) track(e *entry, timeout time.Duration) {
 	s.mu.Lock()
-	s.txs[e.tx.ID()] = e
+	s.txs[e.id] = e
 	s.live[e.owner]++
 	e.timer = time.AfterFunc(timeout, func() { s.expire(e) })
 	s.mu.Unlock()
@@ -281,10 +348,11 @@ func (s *Server) finish(e *entry) {
 	}
 	e.finished = now
 	e.timer.Stop()
+	e.timer = nil
 	if s.live[e.owner]--; s.live[e.owner] <= 0 {
 		delete(s.live, e.owner)
 	}
-	s.done = append(s.done, finished{id: e.tx.ID(), at: now})
+	s.done = append(s.done, finished{id: e.id, at: now})
 	s.forgetLocked(now)
 }
 
@@ -299,6 +367,7 @@ func (s *Server) forgetLocked(now time.Time) {
 	if n > 0 {
 		clear(s.done[:n])
 		s.done = s.done[n:]
+		s.nSettled = max(0, s.nSettled-n)
 	}
 }
 
@@ -311,11 +380,12 @@ func (s *Server) expire(e *entry) {
 		return
 	}
 	e.rolled = true
+	tx := e.tx
 	s.mu.Unlock()
-	s.logger.Info("transaction timed out; rolling back", "txid", e.tx.ID())
+	s.logger.Info("transaction timed out; rolling back", "txid", e.id)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_ = e.tx.Rollback(ctx)
+	_ = tx.Rollback(ctx)
 }
 
 // Live counts the transactions the server is tracking.
@@ -482,7 +552,7 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	}
 	span.SetAttributes(attribute.String("txcoord.txid", tx.ID().String()))
 	deadline := time.Now().Add(timeout)
-	s.track(&entry{tx: tx, owner: owner}, timeout)
+	s.track(&entry{id: tx.ID(), tx: tx, owner: owner}, timeout)
 	gtrid := remote.Tx{Prefix: s.c.Prefix(), Coordinator: s.c.ID(), ID: tx.ID()}.GTRID()
 	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder}, nil
 }
@@ -563,7 +633,11 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	switch err := e.tx.Join(res, gid); {
+	tx, _ := s.txOf(e)
+	if tx == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is already being committed or rolled back; branch %s cannot join", id, gid)
+	}
+	switch err := tx.Join(res, gid); {
 	case err == nil:
 		s.mu.Lock()
 		e.branches++
@@ -653,12 +727,20 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 		cctx, cancel = context.WithDeadline(cctx, time.Now().Add(time.Until(dl)*4/5))
 		defer cancel()
 	}
-	err = e.tx.Commit(cctx)
-	if errors.Is(err, coordinator.ErrTxDone) {
+	tx, settled := s.txOf(e)
+	if tx == nil {
+		err = fmt.Errorf("%w: %w", coordinator.ErrTxDone, settled.result)
+	} else {
+		err = tx.Commit(cctx)
+	}
+	if errors.Is(err, coordinator.ErrTxDone) && tx == nil {
+		// A repeated Commit of a settled transaction: its outcome.
+		err = settled.result
+	} else if errors.Is(err, coordinator.ErrTxDone) {
 		// A repeated Commit: answer with the first one's outcome.
 		select {
-		case <-e.tx.Done():
-			err = e.tx.Result()
+		case <-tx.Done():
+			err = tx.Result()
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
@@ -741,13 +823,22 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 	s.mu.Lock()
 	e.rolled = e.rolled || !e.commit
 	s.mu.Unlock()
-	err = e.tx.Rollback(ctx)
+	tx, settled := s.txOf(e)
+	if tx == nil {
+		err = fmt.Errorf("%w: %w", coordinator.ErrTxDone, settled.result)
+	} else {
+		err = tx.Rollback(ctx)
+	}
 	if errors.Is(err, coordinator.ErrTxDone) {
-		select {
-		case <-e.tx.Done():
-			err = e.tx.Result()
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
+		if tx == nil {
+			err = settled.result
+		} else {
+			select {
+			case <-tx.Done():
+				err = tx.Result()
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
 		}
 		switch coordinator.OutcomeOf(err) {
 		case coordinator.Committed:

@@ -597,3 +597,30 @@ func BenchmarkBeginRollbackWithRetained(b *testing.B) {
 		})
 	}
 }
+
+// A remembered transaction is settled (its coordinator.Tx dropped, its
+// status and outcome kept) once the coordinator is done with it: it is
+// still described, and a repeated Commit or Rollback is still answered.
+func TestSettledTransactionsAreStillAnswered(t *testing.T) {
+	e := start(t, nil, nil, server.Config{SettleAfter: 10 * time.Millisecond})
+	ctx := context.Background()
+	b := begin(t, e)
+	if r, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: b.Txid}); err != nil || r.GetOutcome() != txcoordv1.Outcome_OUTCOME_COMMITTED {
+		t.Fatalf("Commit: %v %v", r, err)
+	}
+	time.Sleep(2500 * time.Millisecond) // two ticks of Run
+	got, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: b.Txid})
+	if err != nil || got.GetLive() || got.GetTxid() != b.Txid {
+		t.Fatalf("GetTransaction of a settled transaction: %v %v", got, err)
+	}
+	if r, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: b.Txid}); err != nil || r.GetOutcome() != txcoordv1.Outcome_OUTCOME_COMMITTED {
+		t.Fatalf("a repeated Commit of a settled transaction: %v %v", r, err)
+	}
+	_, err = e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: b.Txid})
+	wantCode(t, err, codes.FailedPrecondition, "committed")
+	_, err = e.api.RegisterBranch(ctx, &txcoordv1.RegisterBranchRequest{Txid: b.Txid, Gid: b.Gtrid + ".p1-1", Participant: "p1", Address: "127.0.0.1:1"})
+	wantCode(t, err, codes.FailedPrecondition, "")
+	if !e.srv.Settled(b.Txid) {
+		t.Fatal("the transaction was not settled")
+	}
+}
