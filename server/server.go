@@ -24,6 +24,7 @@ import (
 
 	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/coordinator/protocol"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/remote"
@@ -322,6 +323,11 @@ func (s *Server) settle(now time.Time) {
 			continue // phase two runs still: it keeps its transaction
 		}
 		st := &settledTx{status: tx.Status(), result: tx.Result()}
+		if st.result == nil && (st.status.State == protocol.StateAborted || st.status.State == protocol.StateAborting) {
+			// Rolled back as asked (by request or its timeout): its
+			// Result is nil, which alone would read as committed.
+			st.result = fmt.Errorf("%w: rolled back as asked", coordinator.ErrAborted)
+		}
 		s.mu.Lock()
 		e.tx, e.settled = nil, st
 		s.mu.Unlock()

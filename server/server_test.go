@@ -624,3 +624,30 @@ func TestSettledTransactionsAreStillAnswered(t *testing.T) {
 		t.Fatal("the transaction was not settled")
 	}
 }
+
+// A transaction rolled back as asked reads as aborted once settled too:
+// a repeated Rollback answers aborted, a Commit is refused.
+func TestSettledRollbackIsStillAborted(t *testing.T) {
+	e := start(t, nil, nil, server.Config{SettleAfter: 10 * time.Millisecond})
+	ctx := context.Background()
+	b := begin(t, e)
+	if r, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: b.Txid}); err != nil || r.GetOutcome() != txcoordv1.Outcome_OUTCOME_ABORTED {
+		t.Fatalf("Rollback: %v %v", r, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.srv.Settled(b.Txid) {
+		if time.Now().After(deadline) {
+			t.Fatal("not settled")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r, err := e.api.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: b.Txid}); err != nil || r.GetOutcome() != txcoordv1.Outcome_OUTCOME_ABORTED {
+		t.Fatalf("a repeated Rollback of a settled rollback: %v %v", r, err)
+	}
+	_, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: b.Txid})
+	wantCode(t, err, codes.FailedPrecondition, "rolled back")
+	got, err := e.api.GetTransaction(ctx, &txcoordv1.GetTransactionRequest{Txid: b.Txid})
+	if err != nil || got.GetState() != txcoordv1.TxState_TX_STATE_ABORTED {
+		t.Fatalf("GetTransaction: %v %v", got, err)
+	}
+}

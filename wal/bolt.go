@@ -247,12 +247,12 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		return nil, openError(path, opts, err)
 	}
 	b := &Bolt{
-		path: path,
-		opts: opts,
-		db:   db,
-		kick: make(chan struct{}, 1),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		path:   path,
+		opts:   opts,
+		db:     db,
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 		next:   1,
 		byTx:   map[ids.TxID]*Decision{},
 		onDisk: map[ids.TxID]endedRef{},
