@@ -472,19 +472,25 @@ func (b *Bolt) Lookup(txid ids.TxID) (Decision, error) {
 	return Decision{Record: rec, Ended: true, EndLSN: ref.endLSN, EndTime: ref.endTimeUTC()}, nil
 }
 
-// readRecord reads the record at lsn from the file.
-func (b *Bolt) readRecord(lsn uint64) (Record, bool, error) {
+// view runs fn in a read transaction of the file, unless the log is
+// closed.
+func (b *Bolt) view(fn func(*bbolt.Tx) error) error {
 	b.dbMu.RLock()
 	defer b.dbMu.RUnlock()
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
 	if closed {
-		return Record{}, false, ErrClosed
+		return ErrClosed
 	}
+	return b.db.View(fn)
+}
+
+// readRecord reads the record at lsn from the file.
+func (b *Bolt) readRecord(lsn uint64) (Record, bool, error) {
 	var rec Record
 	var found bool
-	err := b.db.View(func(tx *bbolt.Tx) error {
+	err := b.view(func(tx *bbolt.Tx) error {
 		k := u64(lsn)
 		v := tx.Bucket(bucketLog).Get(k)
 		if v == nil {
@@ -538,16 +544,8 @@ func (b *Bolt) Records(fn func(Record) error) error {
 }
 
 func (b *Bolt) readChunk(from uint64) ([]Record, error) {
-	b.dbMu.RLock()
-	defer b.dbMu.RUnlock()
-	b.mu.Lock()
-	closed := b.closed
-	b.mu.Unlock()
-	if closed {
-		return nil, ErrClosed
-	}
 	var out []Record
-	err := b.db.View(func(tx *bbolt.Tx) error {
+	err := b.view(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketLog).Cursor()
 		for k, v := c.Seek(u64(from)); k != nil && len(out) < recordsChunk; k, v = c.Next() {
 			rec, err := b.decodeAt(k, v) // copies every field out of v

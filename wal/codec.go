@@ -136,34 +136,18 @@ func appendString(buf []byte, s string) []byte {
 // LSN 0. Any damage (checksum, unknown version, a length beyond the input,
 // an invalid gid or record) fails with an error wrapping ErrCorrupt.
 func DecodeRecord(b []byte) (Record, error) {
-	if len(b) < 1 {
-		return Record{}, fmt.Errorf("%w: empty", ErrCorrupt)
-	}
-	if b[0] != formatVersion1 && b[0] != FormatVersion {
-		return Record{}, fmt.Errorf("%w: unknown record format version %d (this build reads %d and %d)", ErrCorrupt, b[0], formatVersion1, FormatVersion)
-	}
-	if len(b) < minLen {
-		return Record{}, fmt.Errorf("%w: %d bytes, shorter than the smallest record (%d)", ErrCorrupt, len(b), minLen)
-	}
-	body, sum := b[:len(b)-crcLen], binary.BigEndian.Uint32(b[len(b)-crcLen:])
-	if got := crc32.Checksum(body, castagnoli); got != sum {
-		return Record{}, fmt.Errorf("%w: checksum %08x, stored %08x", ErrCorrupt, got, sum)
+	body, err := checkFrame(b)
+	if err != nil {
+		return Record{}, err
 	}
 	d := decoder{b: body[1:]}
 	var r Record
-	r.Kind = Kind(d.byte())
-	copy(r.TxID[:], d.bytes(16))
-	flags := d.byte()
-	known := byte(flagsKnown)
-	if b[0] == formatVersion1 {
-		known = flagsKnown1
-	}
-	if d.err == nil && flags&^known != 0 {
-		d.fail("unknown flags %#x for version %d", flags, b[0])
-	}
+	var flags byte
+	var nanos int64
+	r.Kind, r.TxID, flags, nanos = d.header(b[0])
 	r.Heuristic = flags&flagHeuristic != 0
 	if flags&flagTime != 0 {
-		r.Time = time.Unix(0, d.varint()).UTC()
+		r.Time = time.Unix(0, nanos).UTC()
 	}
 	r.Epoch = d.uvarint()
 	// Each branch takes at least two bytes (two empty strings).
@@ -204,6 +188,25 @@ func DecodeRecord(b []byte) (Record, error) {
 	return r, nil
 }
 
+// checkFrame checks an encoded record's version, length and checksum, and
+// returns it without the checksum.
+func checkFrame(b []byte) ([]byte, error) {
+	if len(b) < 1 {
+		return nil, fmt.Errorf("%w: empty", ErrCorrupt)
+	}
+	if b[0] != formatVersion1 && b[0] != FormatVersion {
+		return nil, fmt.Errorf("%w: unknown record format version %d (this build reads %d and %d)", ErrCorrupt, b[0], formatVersion1, FormatVersion)
+	}
+	if len(b) < minLen {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the smallest record (%d)", ErrCorrupt, len(b), minLen)
+	}
+	body, sum := b[:len(b)-crcLen], binary.BigEndian.Uint32(b[len(b)-crcLen:])
+	if got := crc32.Checksum(body, castagnoli); got != sum {
+		return nil, fmt.Errorf("%w: checksum %08x, stored %08x", ErrCorrupt, got, sum)
+	}
+	return body, nil
+}
+
 // recordHeader is what opening a log needs of a record: the fields before
 // its epoch, read after the whole record's checksum and version are
 // checked. Its branches are decoded only when the record is read whole.
@@ -219,34 +222,14 @@ type recordHeader struct {
 // length, checksum, kind and flags as DecodeRecord.
 func decodeHeader(b []byte) (recordHeader, error) {
 	var h recordHeader
-	if len(b) < 1 {
-		return h, fmt.Errorf("%w: empty", ErrCorrupt)
-	}
-	if b[0] != formatVersion1 && b[0] != FormatVersion {
-		return h, fmt.Errorf("%w: unknown record format version %d (this build reads %d and %d)", ErrCorrupt, b[0], formatVersion1, FormatVersion)
-	}
-	if len(b) < minLen {
-		return h, fmt.Errorf("%w: %d bytes, shorter than the smallest record (%d)", ErrCorrupt, len(b), minLen)
-	}
-	body, sum := b[:len(b)-crcLen], binary.BigEndian.Uint32(b[len(b)-crcLen:])
-	if got := crc32.Checksum(body, castagnoli); got != sum {
-		return h, fmt.Errorf("%w: checksum %08x, stored %08x", ErrCorrupt, got, sum)
+	body, err := checkFrame(b)
+	if err != nil {
+		return h, err
 	}
 	d := decoder{b: body[1:]}
-	h.kind = Kind(d.byte())
-	copy(h.txid[:], d.bytes(16))
-	flags := d.byte()
-	known := byte(flagsKnown)
-	if b[0] == formatVersion1 {
-		known = flagsKnown1
-	}
-	if d.err == nil && flags&^known != 0 {
-		d.fail("unknown flags %#x for version %d", flags, b[0])
-	}
-	h.holder = flags&flagHolder != 0
-	if flags&flagTime != 0 {
-		h.time, h.hasT = d.varint(), true
-	}
+	var flags byte
+	h.kind, h.txid, flags, h.time = d.header(b[0])
+	h.holder, h.hasT = flags&flagHolder != 0, flags&flagTime != 0
 	if d.err != nil {
 		return h, d.err
 	}
@@ -269,6 +252,25 @@ func decodeHeader(b []byte) (recordHeader, error) {
 type decoder struct {
 	b   []byte
 	err error
+}
+
+// header reads the fields every record starts with: kind, txid, flags
+// (checked against what version knows) and, if flagged, the time.
+func (d *decoder) header(version byte) (kind Kind, txid ids.TxID, flags byte, nanos int64) {
+	kind = Kind(d.byte())
+	copy(txid[:], d.bytes(16))
+	flags = d.byte()
+	known := byte(flagsKnown)
+	if version == formatVersion1 {
+		known = flagsKnown1
+	}
+	if d.err == nil && flags&^known != 0 {
+		d.fail("unknown flags %#x for version %d", flags, version)
+	}
+	if flags&flagTime != 0 {
+		nanos = d.varint()
+	}
+	return kind, txid, flags, nanos
 }
 
 func (d *decoder) fail(format string, args ...any) {

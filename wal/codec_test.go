@@ -183,12 +183,24 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1})
 	f.Fuzz(func(t *testing.T, in []byte) {
+		h, herr := decodeHeader(in)
+		if herr != nil && !errors.Is(herr, ErrCorrupt) {
+			t.Fatalf("header error %v does not wrap ErrCorrupt", herr)
+		}
 		r, err := DecodeRecord(in)
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error %v does not wrap ErrCorrupt", err)
 			}
 			return
+		}
+		// What opening a log reads of a record agrees with the record.
+		if herr != nil {
+			t.Fatalf("a record that decodes has a header that does not: %v", herr)
+		}
+		if h.kind != r.Kind || h.txid != r.TxID || h.holder != (r.Holder != "") || h.hasT != !r.Time.IsZero() ||
+			(h.hasT && h.time != r.Time.UnixNano()) {
+			t.Fatalf("header %+v disagrees with record %+v", h, r)
 		}
 		enc, err := EncodeRecord(r)
 		if err != nil {
