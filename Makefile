@@ -49,6 +49,7 @@ demo:
 bench: pg
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./wal/etcd/
+	$(GO) test -run '^$$' -bench 'CommitTwoBranches' -benchtime 2s ./coordinator/
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
 	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench sustain --duration $(SUSTAIN)

@@ -422,8 +422,8 @@ func withVia(id *Identity, via string) *Identity {
 }
 
 func bearer(ctx context.Context) (string, bool) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	// Not FromIncomingContext: it copies every header of the call.
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		if tok, ok := strings.CutPrefix(v, "Bearer "); ok {
 			return strings.TrimSpace(tok), true
 		}

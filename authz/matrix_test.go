@@ -287,6 +287,7 @@ func expectations() map[string]map[string]codes.Code {
 		txcoordv1.Coordinator_Announce_FullMethodName:         row(partX),
 		txcoordv1.Participant_Prepare_FullMethodName:          coordOnly,
 		txcoordv1.Participant_Commit_FullMethodName:           coordOnly,
+		txcoordv1.Participant_CommitBatch_FullMethodName:      coordOnly,
 		txcoordv1.Participant_Rollback_FullMethodName:         coordOnly,
 		txcoordv1.Participant_ListPrepared_FullMethodName:     coordOnly,
 		healthpb.Health_Check_FullMethodName:                  public,
@@ -385,6 +386,8 @@ func (w *world) call(method, who string) error {
 		_, err = p.Prepare(ctx, &txcoordv1.PrepareRequest{Gid: gid})
 	case txcoordv1.Participant_Commit_FullMethodName:
 		_, err = p.Commit(ctx, &txcoordv1.CommitBranchRequest{Gid: gid})
+	case txcoordv1.Participant_CommitBatch_FullMethodName:
+		_, err = p.CommitBatch(ctx, &txcoordv1.CommitBatchRequest{Gids: []string{gid}})
 	case txcoordv1.Participant_Rollback_FullMethodName:
 		_, err = p.Rollback(ctx, &txcoordv1.RollbackBranchRequest{Gid: gid})
 	case txcoordv1.Participant_ListPrepared_FullMethodName:

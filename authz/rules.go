@@ -38,6 +38,7 @@ var Rules = map[string]Rule{
 
 	txcoordv1.Participant_Prepare_FullMethodName:      {Roles: []Role{Coordinator}},
 	txcoordv1.Participant_Commit_FullMethodName:       {Roles: []Role{Coordinator}},
+	txcoordv1.Participant_CommitBatch_FullMethodName:  {Roles: []Role{Coordinator}},
 	txcoordv1.Participant_Rollback_FullMethodName:     {Roles: []Role{Coordinator}},
 	txcoordv1.Participant_ListPrepared_FullMethodName: {Roles: []Role{Coordinator}},
 

@@ -162,8 +162,7 @@ func (p *Participant) learnAnswer(ctx context.Context, inst *txcoordv1.Instance)
 // admit checks the instance a coordinator's call names in its metadata;
 // a refusal is FAILED_PRECONDITION.
 func (p *Participant) admit(ctx context.Context) error {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(remote.InstanceMetadataKey)
+	vals := metadata.ValueFromIncomingContext(ctx, remote.InstanceMetadataKey)
 	if len(vals) == 0 {
 		return nil // a coordinator that names no instance
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/txcoord/txcoord/authz"
+	"github.com/txcoord/txcoord/ids"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -607,5 +608,106 @@ func TestABranchRolledBackByHandAtAServiceIsAHazard(t *testing.T) {
 	}
 	if k.c.Hazard(tx.ID()) == nil {
 		t.Fatal("the coordinator does not list the hazard")
+	}
+}
+
+// CommitBatch answers each branch as Commit would: committed ones OK (also
+// when asked again), an unknown gid NOT_FOUND, a malformed or foreign one
+// INVALID_ARGUMENT; a batch too long or naming a gid twice is refused
+// whole, and commits nothing.
+func TestCommitBatchAnswersEachBranch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a := startService(t, "bank_a", dsns[0], cc)
+	defer a.close()
+	ctx := context.Background()
+
+	// Branches of coordinator c9: the running coordinator (c1) leaves
+	// them alone.
+	prepare := func(branch string, acct int) ids.GID {
+		t.Helper()
+		id, err := ids.NewTxID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := ids.NewGID("txc", "c9", id, branch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := a.res.Begin(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.(*postgres.Branch).ExecContext(ctx, "UPDATE accounts SET balance = balance + 1 WHERE id = $1", acct); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := b.Prepare(ctx); v != participant.VoteYes {
+			t.Fatalf("vote %v: %v", v, err)
+		}
+		return g
+	}
+	g1, g2, g3 := prepare("bank_a-1", 1), prepare("bank_a-2", 2), prepare("bank_a-3", 3)
+	id, _ := ids.NewTxID()
+	unknown, _ := ids.NewGID("txc", "c9", id, "bank_a-9")
+	foreign, _ := ids.NewGID("txc", "c9", id, "bank_b-1")
+
+	pc, err := grpc.NewClient(a.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	p := txcoordv1.NewParticipantClient(pc)
+
+	// Refused whole: too many gids, or one twice. g3 stays prepared.
+	var many []string
+	for range remote.MaxCommitBatch + 1 {
+		many = append(many, g3.String())
+	}
+	for _, gids := range [][]string{many, {g3.String(), g3.String()}} {
+		if _, err := p.CommitBatch(ctx, &txcoordv1.CommitBatchRequest{Gids: gids}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("batch of %d: %v, want INVALID_ARGUMENT", len(gids), err)
+		}
+	}
+	if n := prepared(t, a); n != 3 {
+		t.Fatalf("%d prepared after refused batches, want 3", n)
+	}
+
+	gids := []string{g1.String(), unknown.String(), "not a gid", g2.String(), foreign.String()}
+	want := []codes.Code{codes.OK, codes.NotFound, codes.InvalidArgument, codes.OK, codes.InvalidArgument}
+	for round := range 2 { // the second time, g1 and g2 are known committed
+		resp, err := p.CommitBatch(ctx, &txcoordv1.CommitBatchRequest{Gids: gids})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetResults()) != len(gids) {
+			t.Fatalf("%d results for %d gids", len(resp.GetResults()), len(gids))
+		}
+		for i, r := range resp.GetResults() {
+			if r.GetGid() != gids[i] || codes.Code(r.GetCode()) != want[i] {
+				t.Errorf("round %d, result %d: %s %v %q, want %s %v", round, i, r.GetGid(), codes.Code(r.GetCode()), r.GetMessage(), gids[i], want[i])
+			}
+		}
+	}
+	var b1, b2, b3 int
+	if err := a.res.DB().QueryRow("SELECT (SELECT balance FROM accounts WHERE id = 1), (SELECT balance FROM accounts WHERE id = 2), (SELECT balance FROM accounts WHERE id = 3)").Scan(&b1, &b2, &b3); err != nil {
+		t.Fatal(err)
+	}
+	if b1 != initial+1 || b2 != initial+1 || b3 != initial {
+		t.Fatalf("balances %d %d %d, want %d %d %d", b1, b2, b3, initial+1, initial+1, initial)
+	}
+	if n := prepared(t, a); n != 1 {
+		t.Fatalf("%d prepared, want only g3", n)
+	}
+	if err := a.res.Rollback(ctx, g3); err != nil {
+		t.Fatal(err)
 	}
 }

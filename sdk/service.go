@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/remote"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
@@ -71,6 +73,46 @@ func (s *service) Commit(ctx context.Context, req *txcoordv1.CommitBranchRequest
 	}
 	s.p.count(func(st *Stats) { st.Committed++ })
 	return &txcoordv1.CommitBranchResponse{}, nil
+}
+
+// MaxCommitBatch is the most gids one CommitBatch call may carry.
+const MaxCommitBatch = remote.MaxCommitBatch
+
+// CommitBatch commits each branch as Commit would, all at once: phase two
+// of concurrent transactions costs one call instead of one each.
+func (s *service) CommitBatch(ctx context.Context, req *txcoordv1.CommitBatchRequest) (*txcoordv1.CommitBatchResponse, error) {
+	if err := s.p.admit(ctx); err != nil {
+		return nil, err
+	}
+	raw := req.GetGids()
+	if len(raw) > MaxCommitBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "%d gids in one batch (at most %d)", len(raw), MaxCommitBatch)
+	}
+	seen := make(map[string]bool, len(raw))
+	for _, g := range raw {
+		if seen[g] {
+			return nil, status.Errorf(codes.InvalidArgument, "gid %.80q twice in one batch", g)
+		}
+		seen[g] = true
+	}
+	results := make([]*txcoordv1.CommitResult, len(raw))
+	var wg sync.WaitGroup
+	for i, g := range raw {
+		wg.Go(func() {
+			var err error
+			if gid, gerr := s.gid(g); gerr != nil {
+				err = gerr
+			} else if cerr := s.p.res.Commit(ctx, gid); cerr != nil {
+				err = toStatus(cerr)
+			} else {
+				s.p.count(func(st *Stats) { st.Committed++ })
+			}
+			st := status.Convert(err)
+			results[i] = &txcoordv1.CommitResult{Gid: g, Code: uint32(st.Code()), Message: st.Message()}
+		})
+	}
+	wg.Wait()
+	return &txcoordv1.CommitBatchResponse{Results: results}, nil
 }
 
 func (s *service) Rollback(ctx context.Context, req *txcoordv1.RollbackBranchRequest) (*txcoordv1.RollbackBranchResponse, error) {

@@ -46,6 +46,7 @@ type transferOptions struct {
 	logKind  string
 	rounds   int
 	profile  string
+	memprof  string
 }
 
 const (
@@ -114,6 +115,7 @@ one worker; concurrent commits share syncs, so more workers show fewer.`,
 	cmd.Flags().StringSliceVar(&o.modes, "modes", allModes, "modes to run: "+strings.Join(allModes, ","))
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of this process to `file`")
+	cmd.Flags().StringVar(&o.memprof, "memprofile", "", "write a profile of this process's allocations to `file` at the end")
 	cmd.Flags().IntVar(&o.rounds, "rounds", 3, "measure each mode this many times, alternating modes, and report the median (the machine's noise is large)")
 	cmd.Flags().StringVar(&o.logKind, "log", "bolt", "txcoord's log: bolt (durable), or mem (not durable: shows the log's share of the cost)")
 	return cmd
@@ -297,6 +299,14 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.memprof != "" {
+		f, err := os.Create(o.memprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		defer func() { _ = pprof.Lookup("allocs").WriteTo(f, 0) }()
 	}
 	if o.output == "table" {
 		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run, median of %d alternating rounds\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration, o.rounds)

@@ -84,8 +84,7 @@ func UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 // FromIncoming reads the transaction from a call's incoming metadata. ok is
 // false when the call carries none; a malformed one is an error.
 func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(MetadataKey)
+	vals := metadata.ValueFromIncomingContext(ctx, MetadataKey)
 	switch len(vals) {
 	case 0:
 		return Tx{}, false, nil
@@ -97,7 +96,7 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 	if err != nil {
 		return Tx{}, false, err
 	}
-	switch h := md.Get(HolderMetadataKey); len(h) {
+	switch h := metadata.ValueFromIncomingContext(ctx, HolderMetadataKey); len(h) {
 	case 0:
 	case 1:
 		if err := ids.ValidateHolderName(h[0]); err != nil {

@@ -41,6 +41,8 @@ type Resource struct {
 	conn   *grpc.ClientConn
 	client txcoordv1.ParticipantClient
 	closed bool
+
+	commits committer
 }
 
 var _ participant.Resource = (*Resource)(nil)
@@ -154,8 +156,15 @@ func (r *Resource) Begin(context.Context, ids.GID) (participant.Branch, error) {
 	return nil, ErrNoBegin
 }
 
-// Commit commits the prepared branch gid at the participant.
+// Commit commits the prepared branch gid at the participant. Commits
+// asked for while another is in flight to the same participant wait for it
+// and then go together in one CommitBatch call (see committer).
 func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
+	return r.commits.commit(ctx, r, gid)
+}
+
+// commitOne commits gid in a call of its own.
+func (r *Resource) commitOne(ctx context.Context, gid ids.GID) error {
 	c, err := r.stub()
 	if err != nil {
 		return err
@@ -207,8 +216,12 @@ func (r *Resource) mapErr(op string, gid ids.GID, err error) error {
 	if err == nil {
 		return nil
 	}
+	return r.mapErrAt(fmt.Sprintf("remote: %s %s at %s (%s)", op, gid, r.name, r.Address()), err)
+}
+
+// mapErrAt is mapErr with the error's place given.
+func (r *Resource) mapErrAt(where string, err error) error {
 	st := status.New(status.Code(err), bounded(status.Convert(err).Message()))
-	where := fmt.Sprintf("remote: %s %s at %s (%s)", op, gid, r.name, r.Address())
 	switch st.Code() {
 	case codes.NotFound:
 		return fmt.Errorf("%s: %w: %s", where, participant.ErrUnknownBranch, st.Message())

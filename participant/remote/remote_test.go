@@ -43,6 +43,15 @@ func (s *stub) ListPrepared(context.Context, *txcoordv1.ListPreparedRequest) (*t
 	return resp, s.err
 }
 
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lis
+}
+
 func serve(t *testing.T, s *stub) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

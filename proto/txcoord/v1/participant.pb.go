@@ -250,6 +250,156 @@ func (*CommitBranchResponse) Descriptor() ([]byte, []int) {
 	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{3}
 }
 
+type CommitBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 64 distinct gids.
+	Gids          []string `protobuf:"bytes,1,rep,name=gids,proto3" json:"gids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitBatchRequest) Reset() {
+	*x = CommitBatchRequest{}
+	mi := &file_txcoord_v1_participant_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitBatchRequest) ProtoMessage() {}
+
+func (x *CommitBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_txcoord_v1_participant_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitBatchRequest.ProtoReflect.Descriptor instead.
+func (*CommitBatchRequest) Descriptor() ([]byte, []int) {
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CommitBatchRequest) GetGids() []string {
+	if x != nil {
+		return x.Gids
+	}
+	return nil
+}
+
+type CommitResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gid   string                 `protobuf:"bytes,1,opt,name=gid,proto3" json:"gid,omitempty"`
+	// A google.rpc.Code: 0 (OK) when the branch is committed.
+	Code          uint32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitResult) Reset() {
+	*x = CommitResult{}
+	mi := &file_txcoord_v1_participant_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitResult) ProtoMessage() {}
+
+func (x *CommitResult) ProtoReflect() protoreflect.Message {
+	mi := &file_txcoord_v1_participant_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitResult.ProtoReflect.Descriptor instead.
+func (*CommitResult) Descriptor() ([]byte, []int) {
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CommitResult) GetGid() string {
+	if x != nil {
+		return x.Gid
+	}
+	return ""
+}
+
+func (x *CommitResult) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CommitResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type CommitBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CommitResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitBatchResponse) Reset() {
+	*x = CommitBatchResponse{}
+	mi := &file_txcoord_v1_participant_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitBatchResponse) ProtoMessage() {}
+
+func (x *CommitBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_txcoord_v1_participant_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitBatchResponse.ProtoReflect.Descriptor instead.
+func (*CommitBatchResponse) Descriptor() ([]byte, []int) {
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CommitBatchResponse) GetResults() []*CommitResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type RollbackBranchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Gid           string                 `protobuf:"bytes,1,opt,name=gid,proto3" json:"gid,omitempty"`
@@ -259,7 +409,7 @@ type RollbackBranchRequest struct {
 
 func (x *RollbackBranchRequest) Reset() {
 	*x = RollbackBranchRequest{}
-	mi := &file_txcoord_v1_participant_proto_msgTypes[4]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +421,7 @@ func (x *RollbackBranchRequest) String() string {
 func (*RollbackBranchRequest) ProtoMessage() {}
 
 func (x *RollbackBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_participant_proto_msgTypes[4]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +434,7 @@ func (x *RollbackBranchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackBranchRequest.ProtoReflect.Descriptor instead.
 func (*RollbackBranchRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{4}
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RollbackBranchRequest) GetGid() string {
@@ -302,7 +452,7 @@ type RollbackBranchResponse struct {
 
 func (x *RollbackBranchResponse) Reset() {
 	*x = RollbackBranchResponse{}
-	mi := &file_txcoord_v1_participant_proto_msgTypes[5]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +464,7 @@ func (x *RollbackBranchResponse) String() string {
 func (*RollbackBranchResponse) ProtoMessage() {}
 
 func (x *RollbackBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_participant_proto_msgTypes[5]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +477,7 @@ func (x *RollbackBranchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackBranchResponse.ProtoReflect.Descriptor instead.
 func (*RollbackBranchResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{5}
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{8}
 }
 
 type ListPreparedRequest struct {
@@ -338,7 +488,7 @@ type ListPreparedRequest struct {
 
 func (x *ListPreparedRequest) Reset() {
 	*x = ListPreparedRequest{}
-	mi := &file_txcoord_v1_participant_proto_msgTypes[6]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +500,7 @@ func (x *ListPreparedRequest) String() string {
 func (*ListPreparedRequest) ProtoMessage() {}
 
 func (x *ListPreparedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_participant_proto_msgTypes[6]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +513,7 @@ func (x *ListPreparedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPreparedRequest.ProtoReflect.Descriptor instead.
 func (*ListPreparedRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{6}
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{9}
 }
 
 type PreparedBranch struct {
@@ -379,7 +529,7 @@ type PreparedBranch struct {
 
 func (x *PreparedBranch) Reset() {
 	*x = PreparedBranch{}
-	mi := &file_txcoord_v1_participant_proto_msgTypes[7]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +541,7 @@ func (x *PreparedBranch) String() string {
 func (*PreparedBranch) ProtoMessage() {}
 
 func (x *PreparedBranch) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_participant_proto_msgTypes[7]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +554,7 @@ func (x *PreparedBranch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedBranch.ProtoReflect.Descriptor instead.
 func (*PreparedBranch) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{7}
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PreparedBranch) GetRaw() string {
@@ -444,7 +594,7 @@ type ListPreparedResponse struct {
 
 func (x *ListPreparedResponse) Reset() {
 	*x = ListPreparedResponse{}
-	mi := &file_txcoord_v1_participant_proto_msgTypes[8]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +606,7 @@ func (x *ListPreparedResponse) String() string {
 func (*ListPreparedResponse) ProtoMessage() {}
 
 func (x *ListPreparedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_participant_proto_msgTypes[8]
+	mi := &file_txcoord_v1_participant_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +619,7 @@ func (x *ListPreparedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPreparedResponse.ProtoReflect.Descriptor instead.
 func (*ListPreparedResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{8}
+	return file_txcoord_v1_participant_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListPreparedResponse) GetBranches() []*PreparedBranch {
@@ -492,7 +642,15 @@ const file_txcoord_v1_participant_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"'\n" +
 	"\x13CommitBranchRequest\x12\x10\n" +
 	"\x03gid\x18\x01 \x01(\tR\x03gid\"\x16\n" +
-	"\x14CommitBranchResponse\")\n" +
+	"\x14CommitBranchResponse\"(\n" +
+	"\x12CommitBatchRequest\x12\x12\n" +
+	"\x04gids\x18\x01 \x03(\tR\x04gids\"N\n" +
+	"\fCommitResult\x12\x10\n" +
+	"\x03gid\x18\x01 \x01(\tR\x03gid\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"I\n" +
+	"\x13CommitBatchResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.txcoord.v1.CommitResultR\aresults\")\n" +
 	"\x15RollbackBranchRequest\x12\x10\n" +
 	"\x03gid\x18\x01 \x01(\tR\x03gid\"\x18\n" +
 	"\x16RollbackBranchResponse\"\x15\n" +
@@ -509,10 +667,11 @@ const file_txcoord_v1_participant_proto_rawDesc = "" +
 	"\x10VOTE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bVOTE_YES\x10\x01\x12\v\n" +
 	"\aVOTE_NO\x10\x02\x12\x12\n" +
-	"\x0eVOTE_READ_ONLY\x10\x032\xc4\x02\n" +
+	"\x0eVOTE_READ_ONLY\x10\x032\x94\x03\n" +
 	"\vParticipant\x12B\n" +
 	"\aPrepare\x12\x1a.txcoord.v1.PrepareRequest\x1a\x1b.txcoord.v1.PrepareResponse\x12K\n" +
-	"\x06Commit\x12\x1f.txcoord.v1.CommitBranchRequest\x1a .txcoord.v1.CommitBranchResponse\x12Q\n" +
+	"\x06Commit\x12\x1f.txcoord.v1.CommitBranchRequest\x1a .txcoord.v1.CommitBranchResponse\x12N\n" +
+	"\vCommitBatch\x12\x1e.txcoord.v1.CommitBatchRequest\x1a\x1f.txcoord.v1.CommitBatchResponse\x12Q\n" +
 	"\bRollback\x12!.txcoord.v1.RollbackBranchRequest\x1a\".txcoord.v1.RollbackBranchResponse\x12Q\n" +
 	"\fListPrepared\x12\x1f.txcoord.v1.ListPreparedRequest\x1a .txcoord.v1.ListPreparedResponseB7Z5github.com/txcoord/txcoord/proto/txcoord/v1;txcoordv1b\x06proto3"
 
@@ -529,37 +688,43 @@ func file_txcoord_v1_participant_proto_rawDescGZIP() []byte {
 }
 
 var file_txcoord_v1_participant_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_txcoord_v1_participant_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_txcoord_v1_participant_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_txcoord_v1_participant_proto_goTypes = []any{
 	(Vote)(0),                      // 0: txcoord.v1.Vote
 	(*PrepareRequest)(nil),         // 1: txcoord.v1.PrepareRequest
 	(*PrepareResponse)(nil),        // 2: txcoord.v1.PrepareResponse
 	(*CommitBranchRequest)(nil),    // 3: txcoord.v1.CommitBranchRequest
 	(*CommitBranchResponse)(nil),   // 4: txcoord.v1.CommitBranchResponse
-	(*RollbackBranchRequest)(nil),  // 5: txcoord.v1.RollbackBranchRequest
-	(*RollbackBranchResponse)(nil), // 6: txcoord.v1.RollbackBranchResponse
-	(*ListPreparedRequest)(nil),    // 7: txcoord.v1.ListPreparedRequest
-	(*PreparedBranch)(nil),         // 8: txcoord.v1.PreparedBranch
-	(*ListPreparedResponse)(nil),   // 9: txcoord.v1.ListPreparedResponse
-	(*timestamppb.Timestamp)(nil),  // 10: google.protobuf.Timestamp
+	(*CommitBatchRequest)(nil),     // 5: txcoord.v1.CommitBatchRequest
+	(*CommitResult)(nil),           // 6: txcoord.v1.CommitResult
+	(*CommitBatchResponse)(nil),    // 7: txcoord.v1.CommitBatchResponse
+	(*RollbackBranchRequest)(nil),  // 8: txcoord.v1.RollbackBranchRequest
+	(*RollbackBranchResponse)(nil), // 9: txcoord.v1.RollbackBranchResponse
+	(*ListPreparedRequest)(nil),    // 10: txcoord.v1.ListPreparedRequest
+	(*PreparedBranch)(nil),         // 11: txcoord.v1.PreparedBranch
+	(*ListPreparedResponse)(nil),   // 12: txcoord.v1.ListPreparedResponse
+	(*timestamppb.Timestamp)(nil),  // 13: google.protobuf.Timestamp
 }
 var file_txcoord_v1_participant_proto_depIdxs = []int32{
 	0,  // 0: txcoord.v1.PrepareResponse.vote:type_name -> txcoord.v1.Vote
-	10, // 1: txcoord.v1.PreparedBranch.prepared_at:type_name -> google.protobuf.Timestamp
-	8,  // 2: txcoord.v1.ListPreparedResponse.branches:type_name -> txcoord.v1.PreparedBranch
-	1,  // 3: txcoord.v1.Participant.Prepare:input_type -> txcoord.v1.PrepareRequest
-	3,  // 4: txcoord.v1.Participant.Commit:input_type -> txcoord.v1.CommitBranchRequest
-	5,  // 5: txcoord.v1.Participant.Rollback:input_type -> txcoord.v1.RollbackBranchRequest
-	7,  // 6: txcoord.v1.Participant.ListPrepared:input_type -> txcoord.v1.ListPreparedRequest
-	2,  // 7: txcoord.v1.Participant.Prepare:output_type -> txcoord.v1.PrepareResponse
-	4,  // 8: txcoord.v1.Participant.Commit:output_type -> txcoord.v1.CommitBranchResponse
-	6,  // 9: txcoord.v1.Participant.Rollback:output_type -> txcoord.v1.RollbackBranchResponse
-	9,  // 10: txcoord.v1.Participant.ListPrepared:output_type -> txcoord.v1.ListPreparedResponse
-	7,  // [7:11] is the sub-list for method output_type
-	3,  // [3:7] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	6,  // 1: txcoord.v1.CommitBatchResponse.results:type_name -> txcoord.v1.CommitResult
+	13, // 2: txcoord.v1.PreparedBranch.prepared_at:type_name -> google.protobuf.Timestamp
+	11, // 3: txcoord.v1.ListPreparedResponse.branches:type_name -> txcoord.v1.PreparedBranch
+	1,  // 4: txcoord.v1.Participant.Prepare:input_type -> txcoord.v1.PrepareRequest
+	3,  // 5: txcoord.v1.Participant.Commit:input_type -> txcoord.v1.CommitBranchRequest
+	5,  // 6: txcoord.v1.Participant.CommitBatch:input_type -> txcoord.v1.CommitBatchRequest
+	8,  // 7: txcoord.v1.Participant.Rollback:input_type -> txcoord.v1.RollbackBranchRequest
+	10, // 8: txcoord.v1.Participant.ListPrepared:input_type -> txcoord.v1.ListPreparedRequest
+	2,  // 9: txcoord.v1.Participant.Prepare:output_type -> txcoord.v1.PrepareResponse
+	4,  // 10: txcoord.v1.Participant.Commit:output_type -> txcoord.v1.CommitBranchResponse
+	7,  // 11: txcoord.v1.Participant.CommitBatch:output_type -> txcoord.v1.CommitBatchResponse
+	9,  // 12: txcoord.v1.Participant.Rollback:output_type -> txcoord.v1.RollbackBranchResponse
+	12, // 13: txcoord.v1.Participant.ListPrepared:output_type -> txcoord.v1.ListPreparedResponse
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_txcoord_v1_participant_proto_init() }
@@ -573,7 +738,7 @@ func file_txcoord_v1_participant_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_txcoord_v1_participant_proto_rawDesc), len(file_txcoord_v1_participant_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Participant_Prepare_FullMethodName      = "/txcoord.v1.Participant/Prepare"
 	Participant_Commit_FullMethodName       = "/txcoord.v1.Participant/Commit"
+	Participant_CommitBatch_FullMethodName  = "/txcoord.v1.Participant/CommitBatch"
 	Participant_Rollback_FullMethodName     = "/txcoord.v1.Participant/Rollback"
 	Participant_ListPrepared_FullMethodName = "/txcoord.v1.Participant/ListPrepared"
 )
@@ -42,6 +43,13 @@ type ParticipantClient interface {
 	Prepare(ctx context.Context, in *PrepareRequest, opts ...grpc.CallOption) (*PrepareResponse, error)
 	// Commit commits a prepared branch.
 	Commit(ctx context.Context, in *CommitBranchRequest, opts ...grpc.CallOption) (*CommitBranchResponse, error)
+	// CommitBatch commits several prepared branches in one call (phase two of
+	// concurrent transactions at one participant). The call's own status is
+	// OK unless the whole request was refused (INVALID_ARGUMENT for too many
+	// or repeated gids, or any status of the instance check); each branch's
+	// answer is in results, in the order of gids, with the codes Commit
+	// would return.
+	CommitBatch(ctx context.Context, in *CommitBatchRequest, opts ...grpc.CallOption) (*CommitBatchResponse, error)
 	// Rollback rolls back a prepared branch.
 	Rollback(ctx context.Context, in *RollbackBranchRequest, opts ...grpc.CallOption) (*RollbackBranchResponse, error)
 	// ListPrepared lists the prepared branches the participant holds.
@@ -70,6 +78,16 @@ func (c *participantClient) Commit(ctx context.Context, in *CommitBranchRequest,
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CommitBranchResponse)
 	err := c.cc.Invoke(ctx, Participant_Commit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *participantClient) CommitBatch(ctx context.Context, in *CommitBatchRequest, opts ...grpc.CallOption) (*CommitBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CommitBatchResponse)
+	err := c.cc.Invoke(ctx, Participant_CommitBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +131,13 @@ type ParticipantServer interface {
 	Prepare(context.Context, *PrepareRequest) (*PrepareResponse, error)
 	// Commit commits a prepared branch.
 	Commit(context.Context, *CommitBranchRequest) (*CommitBranchResponse, error)
+	// CommitBatch commits several prepared branches in one call (phase two of
+	// concurrent transactions at one participant). The call's own status is
+	// OK unless the whole request was refused (INVALID_ARGUMENT for too many
+	// or repeated gids, or any status of the instance check); each branch's
+	// answer is in results, in the order of gids, with the codes Commit
+	// would return.
+	CommitBatch(context.Context, *CommitBatchRequest) (*CommitBatchResponse, error)
 	// Rollback rolls back a prepared branch.
 	Rollback(context.Context, *RollbackBranchRequest) (*RollbackBranchResponse, error)
 	// ListPrepared lists the prepared branches the participant holds.
@@ -132,6 +157,9 @@ func (UnimplementedParticipantServer) Prepare(context.Context, *PrepareRequest) 
 }
 func (UnimplementedParticipantServer) Commit(context.Context, *CommitBranchRequest) (*CommitBranchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Commit not implemented")
+}
+func (UnimplementedParticipantServer) CommitBatch(context.Context, *CommitBatchRequest) (*CommitBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CommitBatch not implemented")
 }
 func (UnimplementedParticipantServer) Rollback(context.Context, *RollbackBranchRequest) (*RollbackBranchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rollback not implemented")
@@ -196,6 +224,24 @@ func _Participant_Commit_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Participant_CommitBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CommitBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ParticipantServer).CommitBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Participant_CommitBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ParticipantServer).CommitBatch(ctx, req.(*CommitBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Participant_Rollback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RollbackBranchRequest)
 	if err := dec(in); err != nil {
@@ -246,6 +292,10 @@ var Participant_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Commit",
 			Handler:    _Participant_Commit_Handler,
+		},
+		{
+			MethodName: "CommitBatch",
+			Handler:    _Participant_CommitBatch_Handler,
 		},
 		{
 			MethodName: "Rollback",
