@@ -35,6 +35,7 @@ type sustainOptions struct {
 	duration, window, idle time.Duration
 	workers, accounts      int
 	serverProfile          string
+	maxRetained            int
 }
 
 func newSustainCmd() *cobra.Command {
@@ -61,6 +62,7 @@ load stops (its background work at rest), and its resident memory.`,
 	f.IntVar(&o.workers, "workers", 8, "concurrent clients")
 	f.IntVar(&o.accounts, "accounts", 10000, "accounts per database")
 	f.StringVar(&o.serverProfile, "server-cpuprofile", "", "write a CPU profile of the server process, over the load, to this file")
+	f.IntVar(&o.maxRetained, "max-retained", 0, "the server's cap on finished transactions remembered (0: its default, 100000)")
 	return cmd
 }
 
@@ -76,6 +78,8 @@ func (o *sustainOptions) validate() error {
 		return fmt.Errorf("--workers %d: at least 1", o.workers)
 	case o.accounts < 2:
 		return fmt.Errorf("--accounts %d: at least 2", o.accounts)
+	case o.maxRetained < 0:
+		return fmt.Errorf("--max-retained %d: 0 (the default) or more", o.maxRetained)
 	}
 	return nil
 }
@@ -108,7 +112,7 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"sustain-server", "--dir", dir}
+	args := []string{"sustain-server", "--dir", dir, "--max-retained", strconv.Itoa(o.maxRetained)}
 	if o.serverProfile != "" {
 		abs, err := filepath.Abs(o.serverProfile)
 		if err != nil {
@@ -307,6 +311,7 @@ func procMemory(pid int) (procMem, error) {
 // prints, until SIGTERM.
 func newSustainServerCmd() *cobra.Command {
 	var dir, profile string
+	var maxRetained int
 	cmd := &cobra.Command{
 		Use:    "sustain-server",
 		Hidden: true,
@@ -325,15 +330,16 @@ func newSustainServerCmd() *cobra.Command {
 				}
 				defer pprof.StopCPUProfile()
 			}
-			return sustainServer(ctx, cmd.OutOrStdout(), dir)
+			return sustainServer(ctx, cmd.OutOrStdout(), dir, maxRetained)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory of the log")
 	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile to this file")
+	cmd.Flags().IntVar(&maxRetained, "max-retained", 0, "server.Config.MaxRetained")
 	return cmd
 }
 
-func sustainServer(ctx context.Context, out io.Writer, dir string) error {
+func sustainServer(ctx context.Context, out io.Writer, dir string, maxRetained int) error {
 	if dir == "" {
 		return errors.New("--dir is required")
 	}
@@ -347,7 +353,7 @@ func sustainServer(ctx context.Context, out io.Writer, dir string) error {
 		return err
 	}
 	defer c.Close()
-	srv, err := server.New(server.Config{Coordinator: c, Authorizer: authz.Insecure(),
+	srv, err := server.New(server.Config{Coordinator: c, Authorizer: authz.Insecure(), MaxRetained: maxRetained,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
 	if err != nil {
 		return err
