@@ -6,7 +6,7 @@ BENCHROUNDS ?= 3
 REPORT   ?= report
 SUSTAIN  ?= 3m
 
-.PHONY: all build test crash failover demo bench fuzz vet check-fmt pg proto check-proto model torture
+.PHONY: all build test crash failover demo bench fuzz vet check-fmt pg mariadb proto check-proto model torture
 
 all: build
 
@@ -17,11 +17,15 @@ build:
 pg:
 	@scripts/ensure-postgres.sh
 
-## test: every test, with the race detector, against real PostgreSQL servers
-## that the tests start themselves; the crash test kills the coordinator
+## mariadb: make sure MariaDB server programs are there for the test servers.
+mariadb:
+	@scripts/ensure-mariadb.sh
+
+## test: every test, with the race detector, against real PostgreSQL and
+## MariaDB servers that the tests start themselves; the crash test kills the coordinator
 ## CRASH_RUNS times at each crash point (make crash for a longer run).
 CRASH_RUNS ?= 10
-test: pg vet
+test: pg mariadb vet
 	CRASHTEST_RUNS=$(CRASH_RUNS) scripts/gotest.sh -race -count=1 -timeout 9m $(PKGS)
 
 ## crash: only the crash test, CRASH_RUNS kills per crash point (default

@@ -232,3 +232,16 @@ func BranchHolder(branch string) (string, bool) {
 	}
 	return h, true
 }
+
+// ValidateOwner checks an owner, the part of a gid that names the
+// coordinator that issued it: "<prefix>.<coordinator id>".
+func ValidateOwner(owner string) error {
+	prefix, id, ok := strings.Cut(owner, ".")
+	if !ok {
+		return fmt.Errorf("%w: owner %q: want <prefix>.<coordinator id>", ErrBadGID, owner)
+	}
+	if err := ValidateName("prefix", prefix); err != nil {
+		return err
+	}
+	return ValidateName("coordinator id", id)
+}

@@ -50,6 +50,16 @@ const (
 	KVBeforeCommit  = "kv-before-commit"
 	KVAfterCommit   = "kv-after-commit"
 
+	// MariaDB/MySQL participant, around the XA statements.
+	MySQLBeforePrepare       = "mysql-before-xa-prepare"
+	MySQLAfterPrepare        = "mysql-after-xa-prepare"
+	MySQLBeforeCommit        = "mysql-before-xa-commit"
+	MySQLAfterCommit         = "mysql-after-xa-commit"
+	MySQLBeforeRollback      = "mysql-before-xa-rollback"
+	MySQLAfterRollback       = "mysql-after-xa-rollback"
+	MySQLBeforeForgetMarkers = "mysql-before-forget-markers" // markers to delete chosen, DELETE not sent
+	MySQLAfterForgetMarkers  = "mysql-after-forget-markers"  // markers deleted
+
 	// Participant SDK (a remote service), around registering a prepared
 	// branch with the coordinator.
 	SDKAfterPrepare  = "sdk-after-prepare"  // branch prepared, not yet registered
@@ -69,6 +79,8 @@ var all = []string{
 	PGBeforeFence, PGAfterFence, PGHolderBeforeForget, PGHolderAfterForget,
 	PGBeforeForgetMarkers, PGAfterForgetMarkers,
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
+	MySQLBeforePrepare, MySQLAfterPrepare, MySQLBeforeCommit, MySQLAfterCommit, MySQLBeforeRollback, MySQLAfterRollback,
+	MySQLBeforeForgetMarkers, MySQLAfterForgetMarkers,
 	SDKAfterPrepare, SDKAfterRegister,
 	RecoveryBeforeResolve, RecoveryAfterResolve,
 }

@@ -268,7 +268,7 @@ func (b *Branch) CommitDecision(ctx context.Context, d participant.Decision) err
 // insertDecision is the INSERT of d's row, with literals only, so that it
 // can share a simple query with COMMIT. Every value is validated first.
 func (r *Resource) insertDecision(d participant.Decision) (string, error) {
-	if err := validOwner(d.Owner); err != nil {
+	if err := ids.ValidateOwner(d.Owner); err != nil {
 		return "", err
 	}
 	elems := make([]string, 0, len(d.Branches))
@@ -290,19 +290,6 @@ func (r *Resource) insertDecision(d participant.Decision) (string, error) {
 		strconv.FormatUint(d.Epoch&(1<<63-1), 10) + ", " + branches + ")", nil
 }
 
-// validOwner checks a coordinator's name as the rows keep it,
-// <prefix>.<coordinator id>: it goes into SQL as a literal.
-func validOwner(owner string) error {
-	prefix, id, ok := strings.Cut(owner, ".")
-	if !ok {
-		return fmt.Errorf("%w: owner %q: want <prefix>.<coordinator id>", ids.ErrBadGID, owner)
-	}
-	if err := ids.ValidateName("prefix", prefix); err != nil {
-		return err
-	}
-	return ids.ValidateName("coordinator id", id)
-}
-
 // uuidArray is a uuid[] literal of ids.
 func uuidArray(txids []ids.TxID) string {
 	var sb strings.Builder
@@ -322,7 +309,7 @@ func (r *Resource) Fence(ctx context.Context, owner string, txids []ids.TxID) (m
 	if err := r.ready(ctx); err != nil {
 		return nil, err
 	}
-	if err := validOwner(owner); err != nil {
+	if err := ids.ValidateOwner(owner); err != nil {
 		return nil, err
 	}
 	if err := r.HolderReady(ctx); err != nil {

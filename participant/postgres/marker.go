@@ -119,7 +119,7 @@ func (r *Resource) Proofs(ctx context.Context, owner string) ([]ids.GID, error) 
 	if r.markers == "" {
 		return nil, nil
 	}
-	if err := validOwner(owner); err != nil {
+	if err := ids.ValidateOwner(owner); err != nil {
 		return nil, err
 	}
 	// A range on the C-collated key: every gid of owner starts "owner.",

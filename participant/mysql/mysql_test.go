@@ -1,0 +1,373 @@
+package mysql
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/participant"
+)
+
+// A branch that wrote prepares on its own session, is listed by the scan
+// with its gid, commits, and a second commit is proven by its marker.
+func TestPrepareScanCommitAndCommitAgain(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = v + 5 WHERE id = 1")
+	mustPrepare(t, b, participant.VoteYes)
+	if r.Held() != 1 {
+		t.Fatalf("held sessions = %d, want 1 (MariaDB keeps a prepared branch on its session)", r.Held())
+	}
+	ps, err := r.Prepared(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, p := range ps {
+		if p.GID == b.GID() {
+			found = true
+			if p.Raw != b.GID().String() {
+				t.Fatalf("Raw = %q, want the gid", p.Raw)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("scan %v lacks %s", ps, b.GID())
+	}
+	if got := value(t, db, table, 1); got != 0 {
+		t.Fatalf("prepared work visible before commit: v = %d", got)
+	}
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if r.Held() != 0 {
+		t.Fatalf("held sessions after commit = %d", r.Held())
+	}
+	if got := value(t, db, table, 1); got != 5 {
+		t.Fatalf("v = %d after commit, want 5", got)
+	}
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatalf("second commit: %v, want nil (proven by the marker)", err)
+	}
+	if err := r.Rollback(ctx, b.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("rollback after commit: %v, want ErrUnknownBranch", err)
+	}
+	if err := r.ForgetProofs(ctx, []ids.GID{b.GID()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(ctx, b.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("commit after the marker was forgotten: %v, want ErrUnknownBranch", err)
+	}
+}
+
+func TestRollbackIsIdempotent(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = 7 WHERE id = 2")
+	mustPrepare(t, b, participant.VoteYes)
+	if err := r.Rollback(ctx, b.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Rollback(ctx, b.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("second rollback: %v, want ErrUnknownBranch", err)
+	}
+	if err := r.Commit(ctx, b.GID()); !errors.Is(err, participant.ErrUnknownBranch) {
+		t.Fatalf("commit after rollback: %v, want ErrUnknownBranch", err)
+	}
+	if got := value(t, db, table, 2); got != 0 {
+		t.Fatalf("v = %d after rollback", got)
+	}
+	if isPrepared(t, db, b.GID()) {
+		t.Fatal("still prepared")
+	}
+}
+
+// A branch whose statements show it changed nothing votes read-only and
+// leaves nothing prepared; one that used the raw connection, or ran a
+// statement that is neither a SELECT nor DML, prepares, since the server
+// cannot tell whether it wrote.
+func TestReadOnlyDetection(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+
+	ro := begin(t, r, "ro")
+	var v int
+	if err := ro.QueryRowContext(ctx, "SELECT v FROM "+table+" WHERE id = 1").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ro, "UPDATE "+table+" SET v = v WHERE id = 1") // matches, changes nothing
+	mustPrepare(t, ro, participant.VoteReadOnly)
+	if isPrepared(t, db, ro.GID()) {
+		t.Fatal("a read-only branch was left prepared")
+	}
+	if err := ro.Abort(ctx); err != nil {
+		t.Fatalf("Abort after a read-only vote: %v", err)
+	}
+
+	hidden := begin(t, r, "hidden")
+	if _, err := hidden.Conn().ExecContext(ctx, "UPDATE "+table+" SET v = 3 WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	mustPrepare(t, hidden, participant.VoteYes)
+	if err := r.Commit(ctx, hidden.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(t, db, table, 2); got != 3 {
+		t.Fatalf("v = %d, want 3", got)
+	}
+
+	other := begin(t, r, "other")
+	mustExec(t, other, "SET @x = 1")
+	mustPrepare(t, other, participant.VoteYes)
+	if err := r.Rollback(ctx, other.GID()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBranchThatSawAnErrorVotesNo(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = 9 WHERE id = 1")
+	if _, err := b.ExecContext(ctx, "INSERT INTO "+table+" VALUES (1, 1)"); err == nil {
+		t.Fatal("duplicate key accepted")
+	}
+	vote, err := b.Prepare(ctx)
+	if vote != participant.VoteNo || !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("Prepare = %v, %v; want no, ErrRolledBack", vote, err)
+	}
+	if v2, err2 := b.Prepare(ctx); v2 != vote || err2 == nil {
+		t.Fatalf("second Prepare = %v, %v; want the first answer", v2, err2)
+	}
+	if got := value(t, db, table, 1); got != 0 {
+		t.Fatalf("v = %d after a no vote", got)
+	}
+	if _, err := b.ExecContext(ctx, "SELECT 1"); !errors.Is(err, participant.ErrBranchDone) {
+		t.Fatalf("statement after prepare: %v, want ErrBranchDone", err)
+	}
+	if isPrepared(t, db, b.GID()) {
+		t.Fatal("left prepared")
+	}
+}
+
+func TestCommitOnePhaseAndAbort(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	one := begin(t, r, "one")
+	mustExec(t, one, "UPDATE "+table+" SET v = 4 WHERE id = 1")
+	if err := one.CommitOnePhase(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(t, db, table, 1); got != 4 {
+		t.Fatalf("v = %d after one-phase commit", got)
+	}
+	if err := one.CommitOnePhase(ctx); !errors.Is(err, participant.ErrBranchDone) {
+		t.Fatalf("second one-phase commit: %v", err)
+	}
+	ab := begin(t, r, "ab")
+	mustExec(t, ab, "UPDATE "+table+" SET v = 8 WHERE id = 2")
+	if err := ab.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ab.Abort(ctx); err != nil {
+		t.Fatalf("second abort: %v", err)
+	}
+	if got := value(t, db, table, 2); got != 0 {
+		t.Fatalf("v = %d after abort", got)
+	}
+	// The pool is usable: the aborted session was left outside any branch.
+	for i := range 3 {
+		b := begin(t, r, "again")
+		mustExec(t, b, "UPDATE "+table+" SET v = ? WHERE id = 2", i+10)
+		if err := b.CommitOnePhase(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// While the session that prepared a branch is held by one Resource,
+// another process's commit is told the branch is busy, not unknown; once
+// the session is let go (DetachAfter), anyone commits it.
+func TestHeldSessionMakesOthersWaitThenDetaches(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{DetachAfter: 500 * time.Millisecond})
+	other := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = 1 WHERE id = 1")
+	mustPrepare(t, b, participant.VoteYes)
+	if err := other.Commit(ctx, b.GID()); !errors.Is(err, participant.ErrBusy) {
+		t.Fatalf("commit from another pool while the session is held: %v, want ErrBusy", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := other.Commit(ctx, b.GID())
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, participant.ErrBusy) || time.Now().After(deadline) {
+			t.Fatalf("commit after DetachAfter: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r.Held() != 0 {
+		t.Fatalf("still held: %d", r.Held())
+	}
+	if got := value(t, db, table, 1); got != 1 {
+		t.Fatalf("v = %d", got)
+	}
+}
+
+func TestGuardAdmitsOneOwner(t *testing.T) {
+	ctx := testCtx(t)
+	a := openResource(t, srv, appDB, Options{})
+	b := openResource(t, srv, appDB, Options{})
+	ca, err := a.Guard(ctx, "txc.guarded")
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := b.Guard(short, "txc.guarded"); !errors.Is(err, participant.ErrOwnerRunning) {
+		t.Fatalf("second claim: %v, want ErrOwnerRunning", err)
+	}
+	if err := ca.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Release(); err != nil {
+		t.Fatal(err)
+	}
+	cb, err := b.Guard(ctx, "txc.guarded")
+	if err != nil {
+		t.Fatalf("claim after release: %v", err)
+	}
+	if err := cb.Release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProofsListOnlyTheOwnersMarkers(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{MarkerTable: "proofs_test"})
+	var mine []ids.GID
+	for i := range 3 {
+		b := begin(t, r, "p")
+		mustExec(t, b, "UPDATE "+table+" SET v = ? WHERE id = 1", i+1)
+		mustPrepare(t, b, participant.VoteYes)
+		if err := r.Commit(ctx, b.GID()); err != nil {
+			t.Fatal(err)
+		}
+		mine = append(mine, b.GID())
+	}
+	got, err := r.Proofs(ctx, "txc.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("proofs = %v, want 3", got)
+	}
+	if other, err := r.Proofs(ctx, "txc.other"); err != nil || len(other) != 0 {
+		t.Fatalf("another owner's proofs = %v, %v", other, err)
+	}
+	if _, err := r.Proofs(ctx, "no-dot"); !errors.Is(err, ids.ErrBadGID) {
+		t.Fatalf("bad owner: %v", err)
+	}
+	if err := r.ForgetProofs(ctx, mine[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.Proofs(ctx, "txc.test"); len(got) != 1 || got[0] != mine[2] {
+		t.Fatalf("after forgetting two: %v", got)
+	}
+	if n, err := r.PurgeMarkers(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("PurgeMarkers = %d, %v", n, err)
+	}
+}
+
+func TestOpenChecksTheDatabaseAndParsesURLs(t *testing.T) {
+	ctx := testCtx(t)
+	if _, err := Open(ctx, "my", srv.DSN(""), Options{}); !errors.Is(err, ErrWrongDatabase) {
+		t.Fatalf("a DSN with no database: %v", err)
+	}
+	if _, err := Open(ctx, "my", srv.DSN(appDB), Options{Database: "other"}); !errors.Is(err, ErrWrongDatabase) {
+		t.Fatalf("a DSN reaching another database: %v", err)
+	}
+	r, err := Open(ctx, "my", srv.URL(appDB), Options{})
+	if err != nil {
+		t.Fatalf("mysql:// URL: %v", err)
+	}
+	defer r.Close()
+	if r.Database() != appDB || !strings.Contains(r.Version(), "MariaDB") {
+		t.Fatalf("database %q version %q", r.Database(), r.Version())
+	}
+	if w := r.Warnings(); len(w) != 2 {
+		// The shared server runs with NoFsync: both settings are reported.
+		t.Fatalf("warnings = %q, want innodb_flush_log_at_trx_commit and sync_binlog", w)
+	}
+	if _, err := Open(ctx, "my", "postgres://x@y/z", Options{}); err == nil {
+		t.Fatal("a postgres:// URL was accepted")
+	}
+	if _, err := Open(ctx, "bad name", srv.DSN(appDB), Options{}); !errors.Is(err, ids.ErrBadGID) {
+		t.Fatalf("bad resource name: %v", err)
+	}
+}
+
+func TestParseDSNForms(t *testing.T) {
+	for in, want := range map[string]string{
+		"mysql://u:p@h:3307/db?parseTime=true": "u:p@tcp(h:3307)/db?parseTime=true",
+		"mariadb://u@h/db":                     "u@tcp(h:3306)/db",
+		"u:p@tcp(h:3307)/db":                   "u:p@tcp(h:3307)/db",
+	} {
+		cfg, err := ParseDSN(in)
+		if err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if got := cfg.FormatDSN(); got != want {
+			t.Errorf("%s: %s, want %s", in, got, want)
+		}
+	}
+	for _, bad := range []string{"http://h/db", "u@tcp(h/db", "mysql://h:notaport/db"} {
+		if _, err := ParseDSN(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func TestVersionsRefusedAndAccepted(t *testing.T) {
+	for v, ok := range map[string]bool{
+		"10.11.19-MariaDB-0+deb12u1-log": true,
+		"10.5.2-MariaDB":                 true,
+		"10.5.1-MariaDB":                 false,
+		"10.4.30-MariaDB-log":            false,
+		"5.5.5-10.6.12-MariaDB":          false, // a proxy's prefix: read as 5.5
+		"8.0.36":                         true,
+		"8.4.0-commercial":               true,
+		"5.7.44-log":                     false,
+		"garbage":                        false,
+	} {
+		_, err := parseVersion(v)
+		if (err == nil) != ok {
+			t.Errorf("%s: %v, want accepted %v", v, err, ok)
+		}
+		if err != nil && !errors.Is(err, ErrUnsupportedServer) {
+			t.Errorf("%s: %v is not ErrUnsupportedServer", v, err)
+		}
+	}
+}
