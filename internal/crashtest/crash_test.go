@@ -18,12 +18,15 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	_ "github.com/lib/pq"
 
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/internal/mariadbtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/wal"
 )
@@ -41,6 +44,14 @@ const (
 	envDSNB = "CRASHTEST_DSN_B"
 	envWAL  = "CRASHTEST_WAL"
 	envSeed = "CRASHTEST_SEED"
+	envKind = "CRASHTEST_BANK_B" // bank_b's kind: kindPostgres or kindMySQL
+)
+
+// Kinds of bank_b. bank_a is always PostgreSQL, and holds the decisions of
+// half the transfers.
+const (
+	kindPostgres = "postgres"
+	kindMySQL    = "mysql"
 )
 
 // point is a crash point and how a run reaches it.
@@ -88,6 +99,32 @@ var points = []point{
 	{name: failpoint.RecoveryAfterResolve, maxHit: 2, inRecovery: true},
 }
 
+// mixedPoints are the crash points of a run whose bank_b is MariaDB: the
+// coordinator's, bank_a's as a participant and as the holder, bank_b's XA
+// steps, and recovery's.
+var mixedPoints = []point{
+	{name: failpoint.CoordBeforeDecision, maxHit: 20},
+	{name: failpoint.CoordAfterDecision, maxHit: 20},
+	{name: failpoint.CoordBetweenCommits, maxHit: 20},
+	{name: failpoint.CoordBeforeEnd, maxHit: 20},
+	{name: failpoint.CoordAfterEnd, maxHit: 20},
+	{name: failpoint.CoordBeforeOnePhase, maxHit: 4},
+	{name: failpoint.CoordAfterOnePhase, maxHit: 4},
+	{name: failpoint.PGBeforePrepare, maxHit: 30},
+	{name: failpoint.PGAfterPrepare, maxHit: 30},
+	{name: failpoint.PGHolderCommitSent, maxHit: 20},
+	{name: failpoint.MySQLBeforePrepare, maxHit: 30},
+	{name: failpoint.MySQLAfterPrepare, maxHit: 30},
+	{name: failpoint.MySQLBeforeCommit, maxHit: 30},
+	{name: failpoint.MySQLAfterCommit, maxHit: 30},
+	{name: failpoint.MySQLBeforeRollback, maxHit: 2},
+	{name: failpoint.MySQLAfterRollback, maxHit: 2},
+	{name: failpoint.MySQLBeforeForgetMarkers, maxHit: 3},
+	{name: failpoint.MySQLAfterForgetMarkers, maxHit: 3},
+	{name: failpoint.RecoveryBeforeResolve, maxHit: 2, inRecovery: true},
+	{name: failpoint.RecoveryAfterResolve, maxHit: 2, inRecovery: true},
+}
+
 func runsPerPoint() int {
 	if s := os.Getenv("CRASHTEST_RUNS"); s != "" {
 		if n, err := strconv.Atoi(s); err == nil && n > 0 {
@@ -120,22 +157,34 @@ func child(mode string) error {
 		return err
 	}
 	defer log.Close()
-	var banks [2]*postgres.Resource
-	for i, env := range []string{envDSNA, envDSNB} {
-		name := []string{"bank_a", "bank_b"}[i]
-		r, err := postgres.Open(ctx, name, "postgres", os.Getenv(env), postgres.Options{})
+	var banks [2]bank
+	a, err := postgres.Open(ctx, "bank_a", "postgres", os.Getenv(envDSNA), postgres.Options{})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	banks[0] = pgBank{a}
+	if os.Getenv(envKind) == kindMySQL {
+		b, err := mysql.Open(ctx, "bank_b", os.Getenv(envDSNB), mysql.Options{})
 		if err != nil {
 			return err
 		}
-		defer r.Close()
-		banks[i] = r
+		defer b.Close()
+		banks[1] = myBank{b}
+	} else {
+		b, err := postgres.Open(ctx, "bank_b", "postgres", os.Getenv(envDSNB), postgres.Options{})
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		banks[1] = pgBank{b}
 	}
 	interval := 20 * time.Millisecond
 	if mode == "recover" {
 		interval = -1
 	}
 	c, err := coordinator.New(ctx, coordinator.Config{
-		ID: coordinatorID, Log: log, Resources: []participant.Resource{banks[0], banks[1]},
+		ID: coordinatorID, Log: log, Resources: []participant.Resource{banks[0].resource(), banks[1].resource()},
 		// Half the transfers keep their decision at bank_a (see work).
 		Holder: "bank_a", ForgetInterval: 20 * time.Millisecond,
 		RecoveryInterval: interval, RetryBase: time.Millisecond, RetryMax: 20 * time.Millisecond, Seed: seed,
@@ -172,7 +221,7 @@ var errSwallowed = errors.New("statement failed and the application went on")
 // bank_b sees an error the application ignores (that branch votes no), and
 // some whose branch at bank_a does (with a holder, the holder refuses the
 // decision).
-func work(ctx context.Context, c *coordinator.Coordinator, banks [2]*postgres.Resource, r *rand.Rand) error {
+func work(ctx context.Context, c *coordinator.Coordinator, banks [2]bank, r *rand.Rand) error {
 	amount := int64(1 + r.IntN(300))
 	op := r.IntN(10)
 	var opts []coordinator.TxOption
@@ -201,64 +250,151 @@ func work(ctx context.Context, c *coordinator.Coordinator, banks [2]*postgres.Re
 			return err
 		}
 		if op == 1 {
-			br, err := banks[1].Enlist(ctx, tx)
+			br, err := banks[1].enlist(ctx, tx)
 			if err != nil {
 				return err
 			}
-			// Through the raw connection, so only Postgres knows.
-			_, _ = br.Conn().ExecContext(ctx, "SELECT 1/0")
+			// Through the raw connection, so only the server knows
+			// (PostgreSQL then refuses to commit; MariaDB goes on).
+			_, _ = br.Conn().ExecContext(ctx, "SELECT * FROM no_such_table")
 		}
 		return nil
 	}, opts...)
 }
 
+// bank is a database of either kind, and branch a transaction's work in
+// it.
+type bank interface {
+	resource() participant.Resource
+	enlist(ctx context.Context, tx *coordinator.Tx) (branch, error)
+	// sql returns a statement with $n placeholders in the bank's dialect.
+	sql(q string) string
+}
+
+type branch interface {
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+	Conn() *sql.Conn
+}
+
+type pgBank struct{ r *postgres.Resource }
+
+func (b pgBank) resource() participant.Resource { return b.r }
+func (b pgBank) sql(q string) string            { return q }
+func (b pgBank) enlist(ctx context.Context, tx *coordinator.Tx) (branch, error) {
+	return b.r.Enlist(ctx, tx)
+}
+
+type myBank struct{ r *mysql.Resource }
+
+func (b myBank) resource() participant.Resource { return b.r }
+func (b myBank) enlist(ctx context.Context, tx *coordinator.Tx) (branch, error) {
+	return b.r.Enlist(ctx, tx)
+}
+
+var placeholder = strings.NewReplacer("$1", "?", "$2", "?", "$3", "?", "$4", "?")
+
+func (b myBank) sql(q string) string { return placeholder.Replace(q) }
+
 // entry changes one balance and records the change in the ledger, in the
 // transaction's branch at b.
-func entry(ctx context.Context, tx *coordinator.Tx, b *postgres.Resource, txid, kind string, account int, delta int64) (*postgres.Branch, error) {
-	br, err := b.Enlist(ctx, tx)
+func entry(ctx context.Context, tx *coordinator.Tx, b bank, txid, kind string, account int, delta int64) (branch, error) {
+	br, err := b.enlist(ctx, tx)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := br.ExecContext(ctx, `UPDATE accounts SET balance = balance + $1 WHERE id = $2`, delta, account); err != nil {
+	if _, err := br.ExecContext(ctx, b.sql(`UPDATE accounts SET balance = balance + $1 WHERE id = $2`), delta, account); err != nil {
 		return nil, err
 	}
-	_, err = br.ExecContext(ctx, `INSERT INTO ledger (txid, kind, account, delta) VALUES ($1, $2, $3, $4)`, txid, kind, account, delta)
+	_, err = br.ExecContext(ctx, b.sql(`INSERT INTO ledger (txid, kind, account, delta) VALUES ($1, $2, $3, $4)`), txid, kind, account, delta)
 	return br, err
 }
 
 type rig struct {
-	dsn [2]string
-	db  [2]*sql.DB
-	wal string
+	kindB string
+	dsn   [2]string
+	db    [2]*sql.DB
+	wal   string
 }
 
-func setup(t *testing.T) *rig {
+// setup starts bank_a on PostgreSQL and bank_b on kindB, each with its
+// accounts and an empty ledger.
+func setup(t *testing.T, kindB string) *rig {
 	t.Helper()
 	ctx := context.Background()
-	r := &rig{wal: filepath.Join(t.TempDir(), "txcoord.wal")}
+	r := &rig{kindB: kindB, wal: filepath.Join(t.TempDir(), "txcoord.wal")}
 	for i, name := range []string{"bank_a", "bank_b"} {
-		srv := pgtest.StartT(t, pgtest.Options{NoFsync: true})
-		if err := srv.CreateDB(ctx, name); err != nil {
-			t.Fatal(err)
-		}
-		r.dsn[i] = srv.DSN(name)
-		db, err := sql.Open("postgres", r.dsn[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		r.db[i] = db
-		for _, q := range []string{
+		var db *sql.DB
+		create := []string{
 			`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))`,
 			`CREATE TABLE ledger (txid text NOT NULL, kind text NOT NULL, account int NOT NULL, delta bigint NOT NULL)`,
 			fmt.Sprintf(`INSERT INTO accounts SELECT g, %d FROM generate_series(0, %d) g`, initialBalance, accounts-1),
-		} {
+		}
+		if i == 1 && kindB == kindMySQL {
+			srv := mariadbtest.StartT(t, mariadbtest.Options{NoFsync: true})
+			if err := srv.CreateDB(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			r.dsn[i] = srv.DSN(name)
+			c, err := gomysql.NewConnector(srv.Config(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db = sql.OpenDB(c)
+			var rows []string
+			for a := range accounts {
+				rows = append(rows, fmt.Sprintf("(%d, %d)", a, initialBalance))
+			}
+			create = []string{
+				`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0)) ENGINE=InnoDB`,
+				`CREATE TABLE ledger (txid varchar(64) NOT NULL, kind varchar(16) NOT NULL, account int NOT NULL, delta bigint NOT NULL) ENGINE=InnoDB`,
+				`INSERT INTO accounts VALUES ` + strings.Join(rows, ", "),
+			}
+		} else {
+			srv := pgtest.StartT(t, pgtest.Options{NoFsync: true})
+			if err := srv.CreateDB(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+			r.dsn[i] = srv.DSN(name)
+			var err error
+			if db, err = sql.Open("postgres", r.dsn[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Cleanup(func() { db.Close() })
+		r.db[i] = db
+		for _, q := range create {
 			if _, err := db.ExecContext(ctx, q); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	return r
+}
+
+// preparedCount counts the branches bank i holds prepared.
+func (r *rig) preparedCount(t *testing.T, i int) int {
+	t.Helper()
+	ctx := context.Background()
+	if i == 0 || r.kindB != kindMySQL {
+		var n int
+		if err := r.db[i].QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_xacts`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	rows, err := r.db[i].QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // spawn runs a child and reports whether SIGKILL ended it.
@@ -268,7 +404,7 @@ func (r *rig) spawn(t *testing.T, mode, crash string, seed uint64) (killed bool)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(),
-		envMode+"="+mode, envDSNA+"="+r.dsn[0], envDSNB+"="+r.dsn[1], envWAL+"="+r.wal,
+		envMode+"="+mode, envDSNA+"="+r.dsn[0], envDSNB+"="+r.dsn[1], envWAL+"="+r.wal, envKind+"="+r.kindB,
 		envSeed+"="+strconv.FormatUint(seed, 10), failpoint.EnvVar+"="+crash,
 		// The race detector otherwise waits a second at every exit.
 		"GORACE=atexit_sleep_ms=0")
@@ -294,11 +430,7 @@ func (r *rig) check(t *testing.T, label string) (transfers, deposits int) {
 	ctx := context.Background()
 	var sets [2]map[string]int64
 	for i, db := range r.db {
-		var prepared int
-		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_xacts`).Scan(&prepared); err != nil {
-			t.Fatal(err)
-		}
-		if prepared != 0 {
+		if prepared := r.preparedCount(t, i); prepared != 0 {
 			t.Fatalf("%s: I4: %d prepared transactions left in bank %d after recovery", label, prepared, i)
 		}
 		var total, ledger int64
@@ -377,14 +509,28 @@ func TestKillAtEveryCrashPoint(t *testing.T) {
 	if testingChild() {
 		t.Skip("child")
 	}
+	killAtEveryCrashPoint(t, kindPostgres, points, runsPerPoint())
+}
+
+// TestKillAtEveryCrashPointMixed is TestKillAtEveryCrashPoint with bank_b
+// on MariaDB: every transfer is a PostgreSQL + MariaDB transaction, and
+// nothing may stay prepared in either (pg_prepared_xacts and XA RECOVER
+// empty). It runs half as many kills per point.
+func TestKillAtEveryCrashPointMixed(t *testing.T) {
+	if testingChild() {
+		t.Skip("child")
+	}
+	killAtEveryCrashPoint(t, kindMySQL, mixedPoints, max(3, runsPerPoint()/2))
+}
+
+func killAtEveryCrashPoint(t *testing.T, kindB string, points []point, runs int) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv(envSeed); s != "" {
 		seed, _ = strconv.ParseUint(s, 10, 64)
 	}
 	t.Logf("seed %d (replay with %s=%d)", seed, envSeed, seed)
 	rnd := rand.New(rand.NewPCG(seed, 99))
-	r := setup(t)
-	runs := runsPerPoint()
+	r := setup(t, kindB)
 	var summary []string
 	for _, p := range points {
 		kills := 0
@@ -415,5 +561,5 @@ func TestKillAtEveryCrashPoint(t *testing.T) {
 	transfers, deposits := r.check(t, "final")
 	sort.Strings(summary)
 	t.Logf("killed at: %s", strings.Join(summary, ", "))
-	t.Logf("after all crashes and recoveries: %d transfers and %d deposits committed, every one all-or-nothing, nothing prepared", transfers, deposits)
+	t.Logf("bank_b on %s: after all crashes and recoveries: %d transfers and %d deposits committed, every one all-or-nothing, nothing prepared", kindB, transfers, deposits)
 }

@@ -19,7 +19,7 @@ func TestSecondCoordinatorWithTheSameIDIsRefused(t *testing.T) {
 	if testingChild() {
 		t.Skip("child")
 	}
-	r := setup(t)
+	r := setup(t, kindPostgres)
 	ctx := context.Background()
 	start := func(walName string) (*coordinator.Coordinator, error) {
 		log, err := wal.OpenBolt(filepath.Join(t.TempDir(), walName), wal.BoltOptions{})
@@ -62,7 +62,7 @@ func TestLostClaimIsRetakenOrRecoveryRefuses(t *testing.T) {
 	if testingChild() {
 		t.Skip("child")
 	}
-	r := setup(t)
+	r := setup(t, kindPostgres)
 	ctx := context.Background()
 	var res []participant.Resource
 	for i, name := range []string{"bank_a", "bank_b"} {
