@@ -26,8 +26,9 @@ type Config struct {
 	DataDir       string `yaml:"data_dir"`
 	ID            string `yaml:"id"`
 	Prefix        string `yaml:"prefix"`
-	// Resources are PostgreSQL databases (name: DSN) this coordinator's
-	// transactions may use directly; recovery scans them.
+	// Resources are PostgreSQL databases (name: DSN) and MariaDB/MySQL
+	// ones (name: mysql://user:password@host:port/database) this
+	// coordinator's transactions may use directly; recovery scans them.
 	Resources map[string]string `yaml:"resources"`
 	// Participants are remote services (name: host:port) known before they
 	// announce themselves.
@@ -179,6 +180,8 @@ func (c *Config) validate() error {
 			bad("holder %q: not one of the resources (--resource NAME=DSN): a decision holder is a PostgreSQL database the server reaches", c.Holder)
 		} else if err := ids.ValidateHolderName(c.Holder); err != nil {
 			bad("holder: %v", err)
+		} else if isMySQL(c.Resources[c.Holder]) {
+			bad("holder %q: a decision holder is a PostgreSQL database; %s is MariaDB/MySQL", c.Holder, c.Holder)
 		}
 	}
 	for name, dsn := range c.Resources {

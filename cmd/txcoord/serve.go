@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/internal/dsn"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -105,7 +107,7 @@ still running stays in the log for the next start.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "YAML config file (keys as the flags, dashes as underscores)")
 	bindFlags(f, &cfg)
-	f.StringArrayVar(&resources, "resource", nil, "PostgreSQL resource NAME=DSN that recovery scans (repeatable); NAME=@/path reads the DSN from a file, NAME=env:VAR from the environment")
+	f.StringArrayVar(&resources, "resource", nil, "resource NAME=DSN that recovery scans (repeatable): a PostgreSQL DSN, or mysql://user:password@host:port/database for MariaDB/MySQL through XA; NAME=@/path reads the DSN from a file, NAME=env:VAR from the environment")
 	f.StringArrayVar(&participants, "participant", nil, "remote participant NAME=HOST:PORT known before it announces itself (repeatable)")
 	return cmd
 }
@@ -265,12 +267,34 @@ func serve(ctx context.Context, cfg Config) error {
 				"resource", name, "dsn", dsn.Redact(spec))
 		}
 		required := cfg.RequireResources || name == cfg.Holder
-		r, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{AllowDown: !required}, cfg.DBWait,
-			func(err error, retryIn time.Duration) {
-				logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", dsn.Scrub(err, connStr), "retry_in", retryIn)
-			})
-		if err != nil {
-			return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+		onWait := func(err error, retryIn time.Duration) {
+			logger.Warn("resource database not reachable; waiting for it", "resource", name, "err", dsn.Scrub(err, connStr), "retry_in", retryIn)
+		}
+		var (
+			r interface {
+				participant.Resource
+				Close() error
+				Unchecked() bool
+			}
+		)
+		if isMySQL(connStr) {
+			if name == cfg.Holder {
+				return fmt.Errorf("holder %s: a decision holder is a PostgreSQL database; %s is MariaDB/MySQL", name, dsn.Redact(connStr))
+			}
+			m, err := mysql.OpenWait(ctx, name, connStr, mysql.Options{AllowDown: !required}, cfg.DBWait, onWait)
+			if err != nil {
+				return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+			}
+			for _, w := range m.Warnings() {
+				logger.Warn("resource database weakens durability", "resource", name, "setting", w)
+			}
+			r = m
+		} else {
+			p, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{AllowDown: !required}, cfg.DBWait, onWait)
+			if err != nil {
+				return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+			}
+			r = p
 		}
 		if r.Unchecked() {
 			logger.Warn("resource database not reachable: starting without it (reported down); its branches wait, and none is begun there until it is back",
@@ -499,4 +523,10 @@ func setupTracing(ctx context.Context, cfg Config) (func(), error) {
 		defer cancel()
 		_ = tp.Shutdown(sctx)
 	}, nil
+}
+
+// isMySQL reports whether a resource's DSN names a MariaDB or MySQL
+// database: a mysql:// or mariadb:// URL.
+func isMySQL(connStr string) bool {
+	return strings.HasPrefix(connStr, "mysql://") || strings.HasPrefix(connStr, "mariadb://")
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/internal/etcdtest"
+	"github.com/txcoord/txcoord/internal/mariadbtest"
 	"github.com/txcoord/txcoord/internal/testpki"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
@@ -56,6 +57,10 @@ func TestConfigRefusesNonsense(t *testing.T) {
 		{"tracing", func(c *Config) { c.Tracing = "zipkin" }, "tracing"},
 		{"negative db wait", func(c *Config) { c.DBWait = -time.Second }, "db-wait"},
 		{"holder not a resource", func(c *Config) { c.Holder = "ledger" }, "holder \"ledger\": not one of the resources"},
+		{"holder on MariaDB", func(c *Config) {
+			c.Holder = "shop"
+			c.Resources = map[string]string{"shop": "mysql://app@db:3306/shop"}
+		}, "a decision holder is a PostgreSQL database"},
 		{"holder name with the mark", func(c *Config) {
 			c.Holder = "a-h-b"
 			c.Resources = map[string]string{"a-h-b": "dbname=x"}
@@ -432,6 +437,54 @@ func TestServeStartsWithAResourceDown(t *testing.T) {
 			t.Fatalf("server %v %v, resource %v %v: want SERVING with the resource NOT_SERVING", all, err1, res, err2)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A MariaDB database given as a mysql:// URL is a resource like a
+// PostgreSQL one: opened, checked (its marker table created) and reported
+// serving.
+func TestServeTakesAMariaDBResource(t *testing.T) {
+	db := mariadbtest.StartT(t, mariadbtest.Options{NoFsync: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := db.CreateDB(ctx, "shop"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.LogLevel = "error"
+	cfg.InitLog = true
+	cfg.Resources = map[string]string{"shop": db.URL("shop")}
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient(cfg.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		res, err := hc.Check(cctx, &healthpb.HealthCheckRequest{Service: "txcoord.v1.Coordinator/resource/shop"}, grpc.WaitForReady(true))
+		ccancel()
+		if err == nil && res.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resource shop: %v %v, want SERVING", res, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := db.Exec(ctx, "shop", "SELECT 1 FROM txcoord_markers LIMIT 1"); err != nil {
+		t.Fatalf("the marker table was not created: %v", err)
 	}
 }
 

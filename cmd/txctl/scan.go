@@ -4,13 +4,17 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	_ "github.com/lib/pq"
 	"github.com/spf13/cobra"
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/dsn"
+	"github.com/txcoord/txcoord/participant/mysql"
 )
 
 // preparedRow is one prepared transaction found by scan.
@@ -21,7 +25,7 @@ type preparedRow struct {
 	TxID        string    `json:"txid,omitempty"`
 	Branch      string    `json:"branch,omitempty"`
 	Holder      string    `json:"holder,omitempty"` // the decision holder the gid names
-	Prepared    time.Time `json:"prepared"`
+	Prepared    time.Time `json:"prepared"`         // on MariaDB/MySQL, when its transaction began; zero when unknown
 	AgeSeconds  float64   `json:"age_seconds"`
 	Stale       bool      `json:"stale"`
 	Owner       string    `json:"owner"`
@@ -29,6 +33,7 @@ type preparedRow struct {
 	XID         string    `json:"xid"`
 	Locks       int       `json:"locks"`
 	Relations   []string  `json:"relations"`
+	Server      string    `json:"server"` // postgres or mysql
 }
 
 // scanQuery lists prepared transactions with the locks each holds. A
@@ -53,17 +58,22 @@ func newScanCmd() *cobra.Command {
 	var stale time.Duration
 	cmd := &cobra.Command{
 		Use:   "scan --dsn DSN",
-		Short: "List every prepared transaction in a PostgreSQL server, with what it holds",
-		Long: `Connect to PostgreSQL directly (no txcoord server needed) and list every
-prepared transaction: txcoord's (with coordinator, transaction and branch
+		Short: "List every prepared transaction in a PostgreSQL or MariaDB/MySQL server, with what it holds",
+		Long: `Connect to the database server directly (no txcoord server needed) and list
+every prepared transaction: txcoord's (with coordinator, transaction and branch
 parsed from the gid, and the decision holder whose database keeps the
-decision when the gid names one) and foreign ones, with its age, owner,
-database, and the locks it holds (relation names resolve for the database you
-connect to).
+decision when the gid names one) and foreign ones.
+On PostgreSQL, with its age, owner, database, and the locks it holds
+(relation names resolve for the database you connect to).
+On MariaDB or MySQL (a mysql:// DSN), from XA RECOVER, which lists the whole
+server's: with its xid as XA COMMIT and XA ROLLBACK take it, and for
+txcoord's the age of its transaction (the server keeps no preparation time,
+so a foreign xid's age is unknown).
 A prepared transaction older than --stale is marked stale: it holds its locks
 until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 		Example: `  txctl scan --dsn 'postgres://postgres@db1:5432/ledger?sslmode=disable'
   txctl scan --dsn 'host=db1 user=postgres dbname=ledger' --stale 30s -o json
+  txctl scan --dsn 'mysql://root@db2:3306/shop'
   txctl scan --dsn @/etc/txcoord/ledger.dsn      # the DSN from a file, off the command line`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -73,6 +83,9 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 			connStr, err := dsn.Resolve(connStr)
 			if err != nil {
 				return usageErr(err)
+			}
+			if isMySQL(connStr) {
+				return scanMySQL(cmd, connStr, stale)
 			}
 			db, err := sql.Open("postgres", connStr)
 			if err != nil {
@@ -95,6 +108,7 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 					return fail(exitError, err, "")
 				}
 				r.Relations = parseArray(string(rels))
+				r.Server = "postgres"
 				r.AgeSeconds = now.Sub(r.Prepared).Seconds()
 				r.Stale = now.Sub(r.Prepared) > stale
 				r.Kind = "foreign"
@@ -110,32 +124,89 @@ until someone commits or rolls it back (txctl resolve, for txcoord's).`,
 			if out == nil {
 				out = []preparedRow{}
 			}
-			w := cmd.OutOrStdout()
-			if g.output == "json" {
-				return printJSON(w, map[string]any{"prepared": out})
-			}
-			if len(out) == 0 {
-				fmt.Fprintln(w, "no prepared transactions")
-				return nil
-			}
-			tw := table(w)
-			fmt.Fprintln(tw, "GID\tKIND\tDECISION AT\tAGE\tSTALE\tOWNER\tDATABASE\tLOCKS\tRELATIONS")
-			for _, r := range out {
-				at := "-"
-				switch {
-				case r.Holder != "":
-					at = r.Holder
-				case r.Kind == "txcoord":
-					at = "log"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%d\t%v\n", r.GID, r.Kind, at, roundAge(time.Duration(r.AgeSeconds*float64(time.Second))), r.Stale, r.Owner, r.Database, r.Locks, r.Relations)
-			}
-			return tw.Flush()
+			return printScan(cmd, out)
 		},
 	}
-	cmd.Flags().StringVar(&connStr, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value); @/path reads it from a file, env:VAR from the environment")
+	cmd.Flags().StringVar(&connStr, "dsn", "", "PostgreSQL connection string (lib/pq: URL or key=value), or mysql://user:password@host:port/database for MariaDB/MySQL; @/path reads it from a file, env:VAR from the environment")
 	cmd.Flags().DurationVar(&stale, "stale", time.Minute, "mark prepared transactions older than this as stale")
 	return cmd
+}
+
+// printScan writes the rows as a table or JSON.
+func printScan(cmd *cobra.Command, out []preparedRow) error {
+	if out == nil {
+		out = []preparedRow{}
+	}
+	w := cmd.OutOrStdout()
+	if g.output == "json" {
+		return printJSON(w, map[string]any{"prepared": out})
+	}
+	if len(out) == 0 {
+		fmt.Fprintln(w, "no prepared transactions")
+		return nil
+	}
+	tw := table(w)
+	fmt.Fprintln(tw, "GID\tKIND\tDECISION AT\tAGE\tSTALE\tOWNER\tDATABASE\tLOCKS\tRELATIONS")
+	for _, r := range out {
+		at := "-"
+		switch {
+		case r.Holder != "":
+			at = r.Holder
+		case r.Kind == "txcoord":
+			at = "log"
+		}
+		age := "?"
+		if !r.Prepared.IsZero() {
+			age = roundAge(time.Duration(r.AgeSeconds * float64(time.Second)))
+		}
+		owner, database, locks := r.Owner, r.Database, strconv.Itoa(r.Locks)
+		if r.Server == "mysql" {
+			owner, database, locks = "-", "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%v\n", r.GID, r.Kind, at, age, r.Stale, owner, database, locks, r.Relations)
+	}
+	return tw.Flush()
+}
+
+// scanMySQL lists the prepared XA transactions of a MariaDB or MySQL
+// server.
+func scanMySQL(cmd *cobra.Command, connStr string, stale time.Duration) error {
+	cfg, err := mysql.ParseDSN(connStr)
+	if err != nil {
+		return usageErr(dsn.Scrub(err, connStr))
+	}
+	c, err := gomysql.NewConnector(cfg)
+	if err != nil {
+		return usageErr(dsn.Scrub(err, connStr))
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	ctx, cancel := callCtx(cmd)
+	defer cancel()
+	ps, err := mysql.Scan(ctx, db)
+	if err != nil {
+		return fail(exitUnavailable, fmt.Errorf("scan: %w", dsn.Scrub(err, connStr)), "check --dsn; on MySQL 8 the user needs XA_RECOVER_ADMIN")
+	}
+	now := time.Now()
+	out := make([]preparedRow, 0, len(ps))
+	for _, p := range ps {
+		r := preparedRow{GID: p.Raw, Kind: "foreign", XID: p.Raw, Server: "mysql", Relations: []string{}}
+		if g := p.GID; !g.IsZero() {
+			r.Kind, r.Coordinator, r.TxID, r.Branch = "txcoord", g.Prefix+"."+g.Coordinator, g.TxID.String(), g.Branch
+			r.Holder, _ = g.Holder()
+			r.XID = mysql.XID(g)
+			r.Prepared = g.TxID.Time()
+			r.AgeSeconds = now.Sub(r.Prepared).Seconds()
+			r.Stale = now.Sub(r.Prepared) > stale
+		}
+		out = append(out, r)
+	}
+	return printScan(cmd, out)
+}
+
+// isMySQL reports whether a DSN names a MariaDB or MySQL server.
+func isMySQL(connStr string) bool {
+	return strings.HasPrefix(connStr, "mysql://") || strings.HasPrefix(connStr, "mariadb://")
 }
 
 // parseArray reads a PostgreSQL text array of simple names: {a,b}.

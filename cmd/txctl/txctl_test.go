@@ -27,9 +27,11 @@ import (
 
 	"github.com/txcoord/txcoord/coordinator"
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/mariadbtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/fake"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -882,5 +884,68 @@ func TestHazardListedShownAndEndedOnlyWhenAccepted(t *testing.T) {
 	code, out, _ = txctl(t, "list", "--state", "hazard", "--server", addr, "-o", "json")
 	if code != exitOK || strings.Contains(out, id) {
 		t.Fatalf("still listed as a hazard after acceptance: exit %d\n%s", code, out)
+	}
+}
+
+// On MariaDB, scan lists XA RECOVER's xids: txcoord's by gid with its
+// transaction's age, a foreign one by the xid an operator can pass to XA
+// ROLLBACK.
+func TestScanListsMariaDBXIDs(t *testing.T) {
+	ctx := context.Background()
+	s := mariadbtest.StartT(t, mariadbtest.Options{NoFsync: true})
+	if err := s.CreateDB(ctx, "shop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Exec(ctx, "shop", "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB",
+		"XA START 'other-program','b1',1", "INSERT INTO t VALUES (1)", "XA END 'other-program','b1',1", "XA PREPARE 'other-program','b1',1"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := mysql.Open(ctx, "shop", s.URL("shop"), mysql.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	id, _ := ids.NewTxID()
+	gid, _ := ids.NewGID("txc", coordID, id, "0")
+	br, err := r.Begin(ctx, gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := br.(*mysql.Branch)
+	if _, err := b.ExecContext(ctx, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	if vote, err := b.Prepare(ctx); vote != participant.VoteYes {
+		t.Fatalf("prepare: %v %v", vote, err)
+	}
+	code, out, errOut := txctl(t, "scan", "--dsn", s.URL("shop"), "-o", "json")
+	if code != exitOK {
+		t.Fatalf("scan: exit %d %s%s", code, out, errOut)
+	}
+	rows := mustJSON(t, "scan", out)["prepared"].([]any)
+	kinds := map[string]map[string]any{}
+	for _, row := range rows {
+		m := row.(map[string]any)
+		kinds[m["kind"].(string)] = m
+	}
+	ours, foreign := kinds["txcoord"], kinds["foreign"]
+	if len(rows) != 2 || ours == nil || foreign == nil {
+		t.Fatalf("scan rows: %v", rows)
+	}
+	if ours["gid"] != gid.String() || ours["txid"] != id.String() || ours["xid"] != mysql.XID(gid) || ours["server"] != "mysql" {
+		t.Fatalf("ours: %v", ours)
+	}
+	if foreign["xid"] != "X'6f746865722d70726f6772616d',X'6231',1" {
+		t.Fatalf("foreign: %v", foreign)
+	}
+	code, out, _ = txctl(t, "scan", "--dsn", s.URL("shop"))
+	if code != exitOK || !strings.Contains(out, gid.String()) || !strings.Contains(out, "foreign") {
+		t.Fatalf("scan table: %s", out)
+	}
+	if err := s.Exec(ctx, "shop", "XA ROLLBACK "+foreign["xid"].(string)); err != nil {
+		t.Fatalf("the listed xid does not work in XA ROLLBACK: %v", err)
+	}
+	if err := r.Rollback(ctx, gid); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -28,11 +28,24 @@ var queryPassword = regexp.MustCompile(`(?i)([?&]password=)([^&#]*)`)
 // isURL reports whether dsn is in the URL form.
 func isURL(dsn string) bool {
 	l := strings.ToLower(dsn)
-	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
+	for _, scheme := range []string{"postgres://", "postgresql://", "mysql://", "mariadb://"} {
+		if strings.HasPrefix(l, scheme) {
+			return true
+		}
+	}
+	return false
 }
+
+// driverPassword matches the password in go-sql-driver/mysql's form,
+// user:password@protocol(address)/dbname: the password runs to the last
+// '@' before the protocol.
+var driverPassword = regexp.MustCompile(`^([^:@/]*:)(.*)@(tcp|tcp4|tcp6|unix)?\(`)
 
 // Redact returns dsn with every password replaced by "xxxxx".
 func Redact(dsn string) string {
+	if m := driverPassword.FindStringSubmatchIndex(dsn); m != nil && !isURL(dsn) {
+		return dsn[:m[3]] + mask + dsn[m[5]:]
+	}
 	if !isURL(dsn) {
 		return kvPassword.ReplaceAllString(dsn, "${1}"+mask)
 	}
@@ -57,7 +70,9 @@ func Redact(dsn string) string {
 // message: as written, unquoted, unescaped and escaped, longest first.
 func Passwords(dsn string) []string {
 	var raw []string
-	if isURL(dsn) {
+	if m := driverPassword.FindStringSubmatch(dsn); m != nil && !isURL(dsn) {
+		raw = append(raw, m[2])
+	} else if isURL(dsn) {
 		for _, m := range queryPassword.FindAllStringSubmatch(dsn, -1) {
 			raw = append(raw, m[2])
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/lib/pq"
 )
@@ -31,6 +32,17 @@ var forms = []string{
 	"host=db1 user=txc PASSWORD=S3cret",
 	"password=S3cret",
 	"host=db1 password='S3 cret", // unterminated quote
+	"mysql://txc:S3cret@db1:3306/ledger",
+	"mariadb://txc:S3@cret@db1/ledger",
+	"txc:S3cret@tcp(db1:3306)/ledger?parseTime=true",
+	"txc:S3@cret@tcp(db1)/ledger",
+	"txc:S3cret@unix(/run/mysqld/mysqld.sock)/ledger",
+}
+
+// isMySQLForm reports a MariaDB/MySQL DSN, which the PostgreSQL drivers
+// are never given.
+func isMySQLForm(d string) bool {
+	return strings.HasPrefix(d, "mysql://") || strings.HasPrefix(d, "mariadb://") || strings.Contains(d, "@tcp(") || strings.Contains(d, "@unix(")
 }
 
 func leaks(s string) bool {
@@ -48,6 +60,9 @@ func TestRedactHidesEveryForm(t *testing.T) {
 		"host=db user=app password=s3 dbname=x":       "host=db user=app password=xxxxx dbname=x",
 		"postgres://app@db/x":                         "postgres://app@db/x",
 		"host=db dbname=x":                            "host=db dbname=x",
+		"app:s3@tcp(db:3306)/x":                       "app:xxxxx@tcp(db:3306)/x",
+		"app@tcp(db:3306)/x":                          "app@tcp(db:3306)/x",
+		"mysql://app:s3@db/x":                         "mysql://app:xxxxx@db/x",
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
@@ -61,11 +76,17 @@ func TestScrubHidesEveryFormInEveryError(t *testing.T) {
 	sentinel := errors.New("sentinel")
 	for _, d := range forms {
 		var errs []error
-		if _, err := pq.NewConfig(d); err != nil {
-			errs = append(errs, err)
-		}
-		if _, err := pgx.ParseConfig(d); err != nil {
-			errs = append(errs, err)
+		if isMySQLForm(d) {
+			if _, err := gomysql.ParseDSN(d); err != nil {
+				errs = append(errs, err)
+			}
+		} else {
+			if _, err := pq.NewConfig(d); err != nil {
+				errs = append(errs, err)
+			}
+			if _, err := pgx.ParseConfig(d); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if _, err := url.Parse(d); err != nil {
 			errs = append(errs, err)

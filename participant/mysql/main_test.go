@@ -152,8 +152,8 @@ func value(t *testing.T, db *sql.DB, table string, id int) int {
 	return v
 }
 
-// xaRecover returns the raw data of every xid XA RECOVER lists.
-func xaRecover(t *testing.T, db *sql.DB) []string {
+// listXIDs returns the raw data of every xid XA RECOVER lists.
+func listXIDs(t *testing.T, db *sql.DB) []string {
 	t.Helper()
 	rows, err := db.QueryContext(testCtx(t), "XA RECOVER")
 	if err != nil {
@@ -175,7 +175,7 @@ func xaRecover(t *testing.T, db *sql.DB) []string {
 // isPrepared reports whether the server lists gid as prepared.
 func isPrepared(t *testing.T, db *sql.DB, gid ids.GID) bool {
 	t.Helper()
-	for _, d := range xaRecover(t, db) {
+	for _, d := range listXIDs(t, db) {
 		if d == gid.GTRID()+gid.Branch {
 			return true
 		}

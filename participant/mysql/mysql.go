@@ -652,13 +652,23 @@ func (r *Resource) recoverOnce(ctx context.Context) ([]recovered, error) {
 	r.mu.Lock()
 	mariadb := r.server.mariadb
 	r.mu.Unlock()
+	out, err := xaRecover(ctx, r.db, mariadb)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: %s: %w", r.name, err)
+	}
+	return out, nil
+}
+
+// xaRecover runs XA RECOVER on db: on MariaDB its data column holds the
+// raw bytes, on MySQL XA RECOVER CONVERT XID gives them in hex.
+func xaRecover(ctx context.Context, db *sql.DB, mariadb bool) ([]recovered, error) {
 	q, split := "XA RECOVER", splitData
 	if !mariadb {
 		q, split = "XA RECOVER CONVERT XID", splitHexData
 	}
-	rows, err := r.db.QueryContext(ctx, q)
+	rows, err := db.QueryContext(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: %s: %s: %w", r.name, q, err)
+		return nil, fmt.Errorf("%s: %w", q, err)
 	}
 	defer rows.Close()
 	var out []recovered
@@ -668,18 +678,44 @@ func (r *Resource) recoverOnce(ctx context.Context) ([]recovered, error) {
 			data           []byte
 		)
 		if err := rows.Scan(&format, &gl, &bl, &data); err != nil {
-			return nil, fmt.Errorf("mysql: %s: %s: %w", r.name, q, err)
+			return nil, fmt.Errorf("%s: %w", q, err)
 		}
 		x, err := split(format, gl, bl, data)
 		if err != nil {
-			return nil, fmt.Errorf("mysql: %s: %w", r.name, err)
+			return nil, err
 		}
 		out = append(out, x)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("mysql: %s: %s: %w", r.name, q, err)
+		return nil, fmt.Errorf("%s: %w", q, err)
 	}
 	return out, nil
+}
+
+// Scan lists the prepared XA transactions of the server db reaches, as
+// Resource.Prepared does, without creating or checking anything: for
+// tools that only look (txctl scan).
+func Scan(ctx context.Context, db *sql.DB) ([]participant.Prepared, error) {
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	xs, err := xaRecover(ctx, db, strings.Contains(strings.ToLower(version), "mariadb"))
+	if err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	return prepared(xs), nil
+}
+
+// XID returns gid's xid as XA statements take it.
+func XID(gid ids.GID) string { return xid(gid) }
+
+func prepared(xs []recovered) []participant.Prepared {
+	out := make([]participant.Prepared, 0, len(xs))
+	for _, x := range xs {
+		out = append(out, participant.Prepared{Raw: x.raw(), GID: x.gid()})
+	}
+	return out
 }
 
 // Prepared lists the prepared XA transactions of the server (XA RECOVER
@@ -694,11 +730,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]participant.Prepared, 0, len(xs))
-	for _, x := range xs {
-		out = append(out, participant.Prepared{Raw: x.raw(), GID: x.gid()})
-	}
-	return out, nil
+	return prepared(xs), nil
 }
 
 // MySQL and MariaDB error numbers the adapter tells apart.

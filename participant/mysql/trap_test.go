@@ -59,7 +59,7 @@ func TestPreparedBranchSurvivesDisconnectAndServerKill(t *testing.T) {
 	if got := value(t, rawDB(t, s, appDB), table, 1); got != 11 {
 		t.Fatalf("v = %d after commit, want 11", got)
 	}
-	if xs := xaRecover(t, rawDB(t, s, appDB)); len(xs) != 0 {
+	if xs := listXIDs(t, rawDB(t, s, appDB)); len(xs) != 0 {
 		t.Fatalf("left prepared: %q", xs)
 	}
 }
@@ -130,7 +130,7 @@ func TestServerKilledBetweenPrepareAndCommit(t *testing.T) {
 	if v1, v2 := value(t, db2, table, 1), value(t, db2, table, 2); v1 != 1 || v2 != 0 {
 		t.Fatalf("v = %d, %d; want 1, 0", v1, v2)
 	}
-	if xs := xaRecover(t, db2); len(xs) != 0 {
+	if xs := listXIDs(t, db2); len(xs) != 0 {
 		t.Fatalf("left prepared: %q", xs)
 	}
 }
@@ -239,7 +239,7 @@ func TestXAStatementsInTheWrongState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if xs := xaRecover(t, db); len(xs) != 0 {
+	if xs := listXIDs(t, db); len(xs) != 0 {
 		t.Fatalf("left prepared: %q", xs)
 	}
 }
@@ -423,7 +423,7 @@ func TestDeadlockVictimVotesNo(t *testing.T) {
 	if v1, v2 := value(t, db, table, 1), value(t, db, table, 2); v1 != want || v2 != want {
 		t.Fatalf("v = %d, %d; want the winner's %d in both", v1, v2, want)
 	}
-	if xs := xaRecover(t, db); len(xs) != 0 {
+	if xs := listXIDs(t, db); len(xs) != 0 {
 		t.Fatalf("left prepared: %q", xs)
 	}
 }
