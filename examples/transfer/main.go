@@ -6,11 +6,13 @@
 // It starts two throwaway PostgreSQL servers on 127.0.0.1, and bank_a's
 // database holds each transfer's commit decision (a decision holder): the
 // commit point is bank_a's own COMMIT, and nothing is written to the
-// coordinator's log on the way. Where no PostgreSQL can be had (or with
-// -embedded) it runs on two embedded key-value stores instead, with the
-// decisions in the log, and says so.
+// coordinator's log on the way. With -mariadb, bank_b is a MariaDB
+// database instead, taking part through XA. Where no PostgreSQL can be had
+// (or with -embedded) it runs on two embedded key-value stores instead,
+// with the decisions in the log, and says so.
 //
 //	go run ./examples/transfer -workers 8 -transfers 1000
+//	go run ./examples/transfer -mariadb
 package main
 
 import (
@@ -23,14 +25,17 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/txcoord/txcoord/coordinator"
+	"github.com/txcoord/txcoord/internal/mariadbtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/participant"
 	"github.com/txcoord/txcoord/participant/kv"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/wal"
 )
@@ -58,18 +63,23 @@ func main() {
 	accounts := flag.Int("accounts", 100, "accounts in each bank")
 	failRate := flag.Float64("fail", 0.1, "share of transfers the receiving bank rejects on purpose (0..1)")
 	embedded := flag.Bool("embedded", false, "use two embedded key-value stores instead of PostgreSQL")
+	mariadb := flag.Bool("mariadb", false, "keep bank_b in MariaDB (through XA) instead of PostgreSQL")
 	flag.Parse()
 	if *workers < 1 || *transfers < 0 || *accounts < 1 || *failRate < 0 || *failRate > 1 {
 		fmt.Fprintln(os.Stderr, "transfer: -workers and -accounts must be >= 1, -transfers >= 0, -fail within 0..1")
 		os.Exit(2)
 	}
-	if err := run(*workers, *transfers, *accounts, *failRate, *embedded); err != nil {
+	if *embedded && *mariadb {
+		fmt.Fprintln(os.Stderr, "transfer: -embedded and -mariadb exclude each other")
+		os.Exit(2)
+	}
+	if err := run(*workers, *transfers, *accounts, *failRate, *embedded, *mariadb); err != nil {
 		fmt.Fprintln(os.Stderr, "transfer:", err)
 		os.Exit(1)
 	}
 }
 
-func run(workers, transfers, accounts int, failRate float64, embedded bool) error {
+func run(workers, transfers, accounts int, failRate float64, embedded, mariadb bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "txcoord-demo-")
@@ -81,14 +91,20 @@ func run(workers, transfers, accounts int, failRate float64, embedded bool) erro
 	var a, b bank
 	if !embedded {
 		if _, err := pgtest.Binaries(); err != nil {
+			if mariadb {
+				return fmt.Errorf("-mariadb needs PostgreSQL for bank_a: %w", err)
+			}
 			fmt.Printf("PostgreSQL is not available (%v)\nrunning on the embedded key-value participant instead\n", err)
 			embedded = true
 		}
 	}
-	if embedded {
+	switch {
+	case embedded:
 		fmt.Println("txcoord demo: bank transfers across two embedded key-value stores (bbolt files)")
 		a, b, err = openKV(dir)
-	} else {
+	case mariadb:
+		a, b, err = openMixed(ctx, accounts)
+	default:
 		a, b, err = openPostgres(ctx, accounts)
 	}
 	if err != nil {
@@ -262,20 +278,38 @@ type pgBank struct {
 }
 
 func openPostgres(ctx context.Context, accounts int) (bank, bank, error) {
-	var banks [2]*pgBank
-	for i, name := range []string{"bank_a", "bank_b"} {
+	banks, err := openPostgresBanks(ctx, accounts, "bank_a", "bank_b")
+	if err != nil {
+		return nil, nil, err
+	}
+	fmt.Printf("txcoord demo: bank transfers across two PostgreSQL databases (throwaway servers on 127.0.0.1:%d and :%d), decisions held by bank_a\n", banks[0].srv.Port(), banks[1].srv.Port())
+	return banks[0], banks[1], nil
+}
+
+// openPostgresBanks starts one throwaway server per bank.
+func openPostgresBanks(ctx context.Context, accounts int, names ...string) ([]*pgBank, error) {
+	banks := make([]*pgBank, len(names))
+	fail := func(err error) ([]*pgBank, error) {
+		for _, b := range banks {
+			if b != nil {
+				b.close()
+			}
+		}
+		return nil, err
+	}
+	for i, name := range names {
 		srv, err := pgtest.Start(ctx, pgtest.Options{})
 		if err != nil {
-			return nil, nil, err
+			return fail(err)
 		}
 		if err := srv.CreateDB(ctx, name); err != nil {
 			srv.Stop()
-			return nil, nil, err
+			return fail(err)
 		}
 		db, err := sql.Open("postgres", srv.DSN(name))
 		if err != nil {
 			srv.Stop()
-			return nil, nil, err
+			return fail(err)
 		}
 		// database/sql keeps two idle connections by default; every branch
 		// beyond that would start a new server process.
@@ -283,21 +317,20 @@ func openPostgres(ctx context.Context, accounts int) (bank, bank, error) {
 		pb := &pgBank{srv: srv, db: db}
 		if _, err := db.ExecContext(ctx, `CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))`); err != nil {
 			pb.close()
-			return nil, nil, err
+			return fail(err)
 		}
 		if _, err := db.ExecContext(ctx, `INSERT INTO accounts SELECT g, $1 FROM generate_series(0, $2 - 1) g`, initialBalance, accounts); err != nil {
 			pb.close()
-			return nil, nil, err
+			return fail(err)
 		}
 		pb.res, err = postgres.New(ctx, name, db, postgres.Options{Database: name})
 		if err != nil {
 			pb.close()
-			return nil, nil, err
+			return fail(err)
 		}
 		banks[i] = pb
 	}
-	fmt.Printf("txcoord demo: bank transfers across two PostgreSQL databases (throwaway servers on 127.0.0.1:%d and :%d), decisions held by bank_a\n", banks[0].srv.Port(), banks[1].srv.Port())
-	return banks[0], banks[1], nil
+	return banks, nil
 }
 
 func (p *pgBank) resource() participant.Resource { return p.res }
@@ -332,6 +365,93 @@ func (p *pgBank) close() {
 		p.db.Close()
 	}
 	p.srv.Stop()
+}
+
+// A MariaDB bank, taking part through XA.
+
+type myBank struct {
+	srv *mariadbtest.Server
+	db  *sql.DB
+	res *mysql.Resource
+}
+
+// openMixed keeps bank_a (the decision holder) in PostgreSQL and bank_b in
+// MariaDB.
+func openMixed(ctx context.Context, accounts int) (bank, bank, error) {
+	if err := mariadbtest.Available(); err != nil {
+		return nil, nil, err
+	}
+	pgs, err := openPostgresBanks(ctx, accounts, "bank_a")
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := mariadbtest.Start(ctx, mariadbtest.Options{})
+	if err != nil {
+		pgs[0].close()
+		return nil, nil, err
+	}
+	mb := &myBank{srv: srv}
+	fail := func(err error) (bank, bank, error) {
+		pgs[0].close()
+		mb.close()
+		return nil, nil, err
+	}
+	if err := srv.CreateDB(ctx, "bank_b"); err != nil {
+		return fail(err)
+	}
+	mb.res, err = mysql.Open(ctx, "bank_b", srv.DSN("bank_b"), mysql.Options{})
+	if err != nil {
+		return fail(err)
+	}
+	mb.db = mb.res.DB()
+	var rows []string
+	for n := 0; n < accounts; n++ {
+		rows = append(rows, fmt.Sprintf("(%d, %d)", n, initialBalance))
+	}
+	for _, q := range []string{
+		`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0)) ENGINE=InnoDB`,
+		`INSERT INTO accounts VALUES ` + strings.Join(rows, ", "),
+	} {
+		if _, err := mb.db.ExecContext(ctx, q); err != nil {
+			return fail(err)
+		}
+	}
+	fmt.Printf("txcoord demo: bank transfers between PostgreSQL (bank_a, throwaway server on 127.0.0.1:%d) and MariaDB %s through XA (bank_b, on :%d), decisions held by bank_a\n",
+		pgs[0].srv.Port(), mb.res.Version(), srv.Port())
+	return pgs[0], mb, nil
+}
+
+func (m *myBank) resource() participant.Resource { return m.res }
+
+func (m *myBank) add(ctx context.Context, tx *coordinator.Tx, account int, delta int64) error {
+	br, err := m.res.Enlist(ctx, tx)
+	if err != nil {
+		return err
+	}
+	_, err = br.ExecContext(ctx, `UPDATE accounts SET balance = balance + ? WHERE id = ?`, delta, account)
+	if err != nil && delta < 0 {
+		// The CHECK (balance >= 0) constraint refused the debit.
+		return fmt.Errorf("%w: %v", errInsufficient, err)
+	}
+	return err
+}
+
+func (m *myBank) total(ctx context.Context) (int64, error) {
+	var t int64
+	err := m.db.QueryRowContext(ctx, `SELECT coalesce(sum(balance), 0) FROM accounts`).Scan(&t)
+	return t, err
+}
+
+func (m *myBank) prepared(ctx context.Context) (int, error) {
+	p, err := m.res.Prepared(ctx)
+	return len(p), err
+}
+
+func (m *myBank) close() {
+	if m.res != nil {
+		m.res.Close()
+	}
+	m.srv.Stop()
 }
 
 // Embedded key-value banks.

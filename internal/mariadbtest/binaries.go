@@ -79,3 +79,10 @@ type binError struct{ msg string }
 
 func (e *binError) Error() string        { return e.msg }
 func (e *binError) Is(target error) bool { return target == ErrNoBinaries }
+
+// Available returns nil when the server programs are found, else an error
+// wrapping ErrNoBinaries that says what to install.
+func Available() error {
+	_, err := findBinaries()
+	return err
+}
