@@ -46,15 +46,17 @@ demo:
 ## through txcoord (bbolt log, and a decision holder; each with and without
 ## the markers that prove commits) against plain
 ## PREPARE/COMMIT PREPARED and decision-holder loops and independent
-## commits; 10,000 transactions left in doubt by kill -9 and the time a
+## commits; the same across PostgreSQL + MariaDB (XA) against a
+## hand-written PREPARE TRANSACTION + XA loop; 10,000 transactions left in doubt by kill -9 and the time a
 ## restart takes to resolve them; then 2PC against our saga and no atomicity on four
 ## workloads (a short sweep, and a run with a database server killed), with
 ## the report (JSON, SVG plots, summary.md) in $(REPORT)/.
-bench: pg
+bench: pg mariadb
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./wal/etcd/
 	$(GO) test -run '^$$' -bench 'CommitTwoBranches' -benchtime 2s ./coordinator/
 	$(GO) run ./cmd/txbench transfer --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 1,8,32
+	$(GO) run ./cmd/txbench transfer --bank-b mariadb --duration $(BENCHTIME) --rounds $(BENCHROUNDS) --workers 8,32
 	$(GO) run ./cmd/txbench recovery --transactions 10000
 	$(GO) run ./cmd/txbench sustain --duration $(SUSTAIN)
 	$(GO) run ./cmd/txbench logfill --ended 1000000

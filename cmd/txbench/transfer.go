@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,7 +45,15 @@ type transferOptions struct {
 	rounds   int
 	profile  string
 	memprof  string
+	// bankB is bank_b's server: bankPostgres or bankMariaDB.
+	bankB string
 }
+
+// Kinds of bank_b's server.
+const (
+	bankPostgres = "postgres"
+	bankMariaDB  = "mariadb"
+)
 
 const (
 	modeIndependent   = "independent"
@@ -100,11 +106,25 @@ The coordinator's own overhead is txcoord's throughput relative to plain-2pc,
 and txcoord-holder's relative to plain-holder. "forced writes" is the
 servers' own count of WAL syncs (pg_stat_wal.wal_sync, both servers) per
 transfer: 2N for plain 2PC with N=2 databases, 2N-1 for the holder modes, at
-one worker; concurrent commits share syncs, so more workers show fewer.`,
+one worker; concurrent commits share syncs, so more workers show fewer.
+
+With --bank-b mariadb, bank_b is a throwaway MariaDB server (binary log on,
+innodb_flush_log_at_trx_commit=1, sync_binlog=1) taking part through XA, and
+plain-2pc is the hand-written loop across both: BEGIN; UPDATE; PREPARE
+TRANSACTION at bank_a, XA START; UPDATE; XA END; XA PREPARE at bank_b, then
+COMMIT PREPARED and XA COMMIT (on the session that prepared it). Its forced
+writes add MariaDB's InnoDB fsyncs and binary-log group commits.`,
 		Example: `  txbench transfer --duration 5s --workers 1,8,32
+  txbench transfer --bank-b mariadb --workers 8,32
   txbench transfer --modes txcoord,plain-2pc --workers 8 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.bankB == bankMariaDB {
+				if !cmd.Flags().Changed("modes") {
+					o.modes = mixedModes
+				}
+				return runMixedTransfer(cmd.Context(), cmd.OutOrStdout(), o)
+			}
 			return runTransfer(cmd.Context(), cmd.OutOrStdout(), o)
 		},
 	}
@@ -117,6 +137,7 @@ one worker; concurrent commits share syncs, so more workers show fewer.`,
 	cmd.Flags().StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of this process to `file`")
 	cmd.Flags().StringVar(&o.memprof, "memprofile", "", "write a profile of this process's allocations to `file` at the end")
 	cmd.Flags().IntVar(&o.rounds, "rounds", 3, "measure each mode this many times, alternating modes, and report the median (the machine's noise is large)")
+	cmd.Flags().StringVar(&o.bankB, "bank-b", bankPostgres, "bank_b's server: postgres, or mariadb (through XA; bank_a stays PostgreSQL, modes "+strings.Join(mixedModes, ",")+", plain-2pc then being the hand-written PREPARE TRANSACTION + XA loop)")
 	cmd.Flags().StringVar(&o.logKind, "log", "bolt", "txcoord's log: bolt (durable), or mem (not durable: shows the log's share of the cost)")
 	return cmd
 }
@@ -167,13 +188,17 @@ func (o *transferOptions) validate() error {
 	if o.accounts < 1 {
 		return fmt.Errorf("--accounts must be at least 1, got %d", o.accounts)
 	}
+	modes := allModes
+	switch o.bankB {
+	case bankPostgres:
+	case bankMariaDB:
+		modes = mixedModes
+	default:
+		return fmt.Errorf("--bank-b: want %s or %s, got %q", bankPostgres, bankMariaDB, o.bankB)
+	}
 	for _, m := range o.modes {
-		ok := false
-		for _, k := range allModes {
-			ok = ok || m == k
-		}
-		if !ok {
-			return fmt.Errorf("--modes: unknown mode %q (want %s)", m, strings.Join(allModes, ", "))
+		if !contains(modes, m) {
+			return fmt.Errorf("--modes: mode %q is not run with bank_b on %s (want %s)", m, o.bankB, strings.Join(modes, ", "))
 		}
 	}
 	if o.rounds < 1 {
@@ -186,6 +211,37 @@ func (o *transferOptions) validate() error {
 		return fmt.Errorf("--output: want table or json, got %q", o.output)
 	}
 	return nil
+}
+
+// startProfiles starts the CPU profile and arranges the allocation
+// profile that the options ask for; stop writes them.
+func (o *transferOptions) startProfiles() (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	if o.profile != "" {
+		f, err := os.Create(o.profile)
+		if err != nil {
+			return stop, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			return stop, err
+		}
+		stops = append(stops, func() { pprof.StopCPUProfile(); _ = f.Close() })
+	}
+	if o.memprof != "" {
+		f, err := os.Create(o.memprof)
+		if err != nil {
+			stop()
+			return func() {}, err
+		}
+		stops = append(stops, func() { _ = pprof.Lookup("allocs").WriteTo(f, 0); _ = f.Close() })
+	}
+	return stop, nil
 }
 
 func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
@@ -289,25 +345,11 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 		defer rig.close()
 	}
 
-	if o.profile != "" {
-		f, err := os.Create(o.profile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfiles, err := o.startProfiles()
+	if err != nil {
+		return err
 	}
-	if o.memprof != "" {
-		f, err := os.Create(o.memprof)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		defer func() { _ = pprof.Lookup("allocs").WriteTo(f, 0) }()
-	}
+	defer stopProfiles()
 	if o.output == "table" {
 		fmt.Fprintf(out, "transfer benchmark: two PostgreSQL servers (127.0.0.1:%d, :%d, fsync on), %d accounts each, %v per run, median of %d alternating rounds\n", srv[0].Port(), srv[1].Port(), o.accounts, o.duration, o.rounds)
 	}
@@ -363,7 +405,7 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				if rig != nil {
 					beforeRig = rig.log.Stats().Syncs
 				}
-				r := measure(ctx, w, o.warmup, o.duration, op, db[:])
+				r := measure(ctx, w, o.warmup, o.duration, op, func(ctx context.Context) (int64, bool) { return walSyncs(ctx, db[:]) })
 				r.Mode = m
 				switch m {
 				case modeTxcoord:
@@ -474,139 +516,8 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	return nil
 }
 
-// pairedRatio is the median over rounds of a mode's throughput divided by
-// plain-2pc's in the same round: the machine's drift (checkpoints, a noisy
-// neighbour) hits both runs of a round alike, so the ratio is steadier
-// than a ratio of medians. 0 when there is no plain-2pc run.
-func pairedRatio(mode, plain []result) float64 {
-	if len(plain) != len(mode) || len(plain) == 0 {
-		return 0
-	}
-	ratios := make([]float64, 0, len(mode))
-	for i := range mode {
-		if plain[i].TPS > 0 {
-			ratios = append(ratios, mode[i].TPS/plain[i].TPS)
-		}
-	}
-	if len(ratios) == 0 {
-		return 0
-	}
-	sort.Float64s(ratios)
-	return ratios[len(ratios)/2]
-}
-
-// median returns the run with the median throughput, with every round's
-// throughput attached in round order.
-func median(runs []result) result {
-	rs := append([]result(nil), runs...)
-	sort.Slice(rs, func(i, j int) bool { return rs[i].TPS < rs[j].TPS })
-	m := rs[len(rs)/2]
-	for _, r := range runs {
-		m.Rounds = append(m.Rounds, math.Round(r.TPS))
-	}
-	return m
-}
-
 // benchIdleConns is the idle-pool size of the benchmark's pools.
 const benchIdleConns = 200
-
-// walSyncs sums pg_stat_wal.wal_sync over the servers: the WAL flushes
-// they forced. 0 and false if a server cannot tell. A backend reports its
-// counts to pg_stat_wal at most once a second, and an idle one after ten:
-// so the pools' idle connections are closed first (a backend reports as
-// it exits), which makes the sum exact up to this moment.
-func walSyncs(ctx context.Context, dbs []*sql.DB) (int64, bool) {
-	for _, d := range dbs {
-		d.SetMaxIdleConns(0)
-		d.SetMaxIdleConns(benchIdleConns)
-	}
-	time.Sleep(100 * time.Millisecond) // the backends exit
-	var total int64
-	for _, d := range dbs {
-		var n int64
-		if err := d.QueryRowContext(ctx, `SELECT wal_sync FROM pg_stat_wal`).Scan(&n); err != nil {
-			return 0, false
-		}
-		total += n
-	}
-	return total, true
-}
-
-// measure runs op from w workers: warmup, then d measured. dbs are the
-// servers whose forced writes are counted.
-func measure(ctx context.Context, w int, warmup, d time.Duration, op func(context.Context, *rand.Rand) error, dbs []*sql.DB) result {
-	var (
-		mu        sync.Mutex
-		lat       []time.Duration
-		errs      int64
-		measuring atomic.Bool
-		stop      atomic.Bool
-		wg        sync.WaitGroup
-		gate      sync.RWMutex // held by each op; the counters are read with no op running
-	)
-	for i := 0; i < w; i++ {
-		wg.Add(1)
-		go func(seed uint64) {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(seed, 42))
-			var mine []time.Duration
-			var myErrs int64
-			for {
-				gate.RLock()
-				if stop.Load() {
-					gate.RUnlock()
-					break
-				}
-				t0 := time.Now()
-				err := op(ctx, r)
-				gate.RUnlock()
-				if measuring.Load() {
-					if err != nil {
-						myErrs++
-					} else {
-						mine = append(mine, time.Since(t0))
-					}
-				}
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			errs += myErrs
-			mu.Unlock()
-		}(uint64(i) + 1)
-	}
-	time.Sleep(warmup)
-	gate.Lock()
-	sync0, syncOK := walSyncs(ctx, dbs)
-	measuring.Store(true)
-	start := time.Now()
-	cpu0, cpuOK := busyCPU()
-	self0 := selfCPU()
-	gate.Unlock()
-	time.Sleep(d)
-	measuring.Store(false)
-	gate.Lock()
-	cpu1, _ := busyCPU()
-	self1 := selfCPU()
-	elapsed := time.Since(start)
-	sync1, _ := walSyncs(ctx, dbs)
-	stop.Store(true)
-	gate.Unlock()
-	wg.Wait()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	r := result{Workers: w, Done: int64(len(lat)), Errors: errs, TPS: float64(len(lat)) / elapsed.Seconds()}
-	if len(lat) > 0 {
-		if cpuOK {
-			r.CPU = (cpu1 - cpu0) / time.Duration(len(lat))
-		}
-		r.ClientCPU = (self1 - self0) / time.Duration(len(lat))
-		if syncOK {
-			r.ForcedWrites = float64(sync1-sync0) / float64(len(lat))
-		}
-		r.P50 = lat[len(lat)*50/100]
-		r.P99 = lat[len(lat)*99/100]
-	}
-	return r
-}
 
 const debit = `UPDATE accounts SET balance = balance - 1 WHERE id = $1`
 const credit = `UPDATE accounts SET balance = balance + 1 WHERE id = $1`
@@ -861,21 +772,4 @@ func startBanks(ctx context.Context, accounts int) (srv [2]*pgtest.Server, db [2
 		}
 	}
 	return srv, db, closeBanks, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func fmtRounds(rs []float64) string {
-	parts := make([]string, len(rs))
-	for i, r := range rs {
-		parts[i] = strconv.FormatFloat(r, 'f', 0, 64)
-	}
-	return strings.Join(parts, " ")
 }

@@ -29,12 +29,37 @@ func TestTransferFlagsThatMakeNoSenseAreRefused(t *testing.T) {
 		{[]string{"--workers", "500"}, "--workers"}, {[]string{"--modes", "fast"}, "--modes"},
 		{[]string{"--rounds", "0"}, "--rounds"}, {[]string{"--log", "tape"}, "--log"},
 		{[]string{"-o", "xml"}, "--output"}, {[]string{"--accounts", "0"}, "--accounts"},
+		{[]string{"--bank-b", "oracle"}, "--bank-b"},
+		{[]string{"--bank-b", "mariadb", "--modes", "txcoord-grpc"}, "--modes"},
 	} {
 		cmd := newRootCmd()
 		cmd.SetArgs(append([]string{"transfer"}, c.args...))
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err %v, want one naming %s", c.args, err, c.want)
 		}
+	}
+}
+
+// A short mixed run: every mode commits transfers across PostgreSQL and
+// MariaDB, and nothing is left prepared at either (the run checks).
+func TestMixedTransferShortRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL and a MariaDB server")
+	}
+	var out strings.Builder
+	cmd := newRootCmd()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"transfer", "--bank-b", "mariadb", "--duration", "300ms", "--warmup", "100ms", "--rounds", "1", "--workers", "2", "--accounts", "100"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, m := range mixedModes {
+		if !strings.Contains(out.String(), " "+m+" ") {
+			t.Errorf("no row for %s:\n%s", m, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), "nothing left prepared at either") {
+		t.Errorf("no end check:\n%s", out.String())
 	}
 }
 

@@ -153,7 +153,7 @@ func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sq
 		if err == nil {
 			n, rerr = res.RowsAffected()
 		}
-		b.wrote = !isDML(query) || rerr != nil || n != 0
+		b.wrote = !isDML(query) || rerr != nil || n != 0 || several(query)
 	}
 	return res, err
 }
@@ -170,7 +170,7 @@ func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 	}
 	rows, err := b.conn.QueryContext(ctx, query, args...)
 	b.see(err)
-	b.wrote = b.wrote || !isSelect(query)
+	b.wrote = b.wrote || !isSelect(query) || several(query)
 	return rows, err
 }
 
@@ -193,7 +193,7 @@ func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any)
 	}
 	row := b.conn.QueryRowContext(ctx, query, args...)
 	b.see(row.Err())
-	b.wrote = b.wrote || !isSelect(query)
+	b.wrote = b.wrote || !isSelect(query) || several(query)
 	return &Row{b: b, row: row, err: row.Err()}
 }
 
@@ -214,6 +214,12 @@ func (r *Row) Scan(dest ...any) error {
 
 // Err returns the query's error, if any, without scanning.
 func (r *Row) Err() error { return r.err }
+
+// several reports whether query may hold more than one statement (a ';'
+// before its end), whose changed rows the result may not all count.
+func several(query string) bool {
+	return strings.Contains(strings.TrimRight(query, "; \t\r\n"), ";")
+}
 
 // isSelect reports whether query starts with SELECT.
 func isSelect(query string) bool {
@@ -287,16 +293,28 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 		}
 		return participant.VoteReadOnly, nil
 	}
-	if b.r.markers != "" {
-		if _, err := b.conn.ExecContext(ctx, b.r.markStmt(b.gid)); err != nil {
-			return participant.VoteNo, b.failed(ctx, "insert the marker of", err)
+	var err error
+	if b.r.multi() {
+		// The marker, XA END and XA PREPARE in one round trip: the server
+		// runs nothing after a statement that fails.
+		q := "XA END " + b.xid + "; XA PREPARE " + b.xid
+		if b.r.markers != "" {
+			q = b.r.markStmt(b.gid) + "; " + q
 		}
+		failpoint.Hit(failpoint.MySQLBeforePrepare)
+		_, err = b.conn.ExecContext(ctx, q)
+	} else {
+		if b.r.markers != "" {
+			if _, err := b.conn.ExecContext(ctx, b.r.markStmt(b.gid)); err != nil {
+				return participant.VoteNo, b.failed(ctx, "insert the marker of", err)
+			}
+		}
+		if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
+			return participant.VoteNo, b.failed(ctx, "xa end", err)
+		}
+		failpoint.Hit(failpoint.MySQLBeforePrepare)
+		_, err = b.conn.ExecContext(ctx, "XA PREPARE "+b.xid)
 	}
-	if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
-		return participant.VoteNo, b.failed(ctx, "xa end", err)
-	}
-	failpoint.Hit(failpoint.MySQLBeforePrepare)
-	_, err := b.conn.ExecContext(ctx, "XA PREPARE "+b.xid)
 	if err == nil {
 		failpoint.Hit(failpoint.MySQLAfterPrepare)
 		b.state = statePrepared
@@ -381,10 +399,15 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 // commitOnePhase ends and commits the branch in one phase, leaving it in
 // st. b.mu is held.
 func (b *Branch) commitOnePhase(ctx context.Context, st state) error {
-	if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
-		return b.failed(ctx, "xa end", err)
+	var err error
+	if b.r.multi() {
+		_, err = b.conn.ExecContext(ctx, "XA END "+b.xid+"; XA COMMIT "+b.xid+" ONE PHASE")
+	} else {
+		if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
+			return b.failed(ctx, "xa end", err)
+		}
+		_, err = b.conn.ExecContext(ctx, "XA COMMIT "+b.xid+" ONE PHASE")
 	}
-	_, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.xid+" ONE PHASE")
 	switch {
 	case err == nil:
 		_ = b.conn.Close()

@@ -80,7 +80,9 @@ type Options struct {
 	Database string
 	// MaxIdleConns is how many idle connections a pool that Open creates
 	// keeps (default DefaultMaxIdleConns). For a *sql.DB passed to New,
-	// set db.SetMaxIdleConns yourself.
+	// set db.SetMaxIdleConns yourself, and multiStatements=true in its DSN
+	// (as Open does): a branch then prepares in one round trip instead of
+	// three.
 	MaxIdleConns int
 	// MarkerTable names the table of markers that prove a branch committed
 	// (default DefaultMarkerTable). New creates it when missing.
@@ -123,6 +125,7 @@ type serverInfo struct {
 	version  string
 	mariadb  bool
 	detached bool // a prepared branch leaves its session at XA PREPARE
+	multi    bool // the pool's connections take several statements in one query
 	warnings []string
 }
 
@@ -199,6 +202,10 @@ func (r *Resource) check(ctx context.Context, learn bool) error {
 			info.detached = detach == 1
 		}
 	}
+	// Several statements in one query (multiStatements in the DSN, which
+	// Open sets) save the branch round trips at prepare.
+	_, err = r.db.ExecContext(ctx, "DO 0; DO 0")
+	info.multi = err == nil
 	if flush != 1 {
 		info.warnings = append(info.warnings, fmt.Sprintf("innodb_flush_log_at_trx_commit is %d: a prepared or committed branch can be lost in an operating-system crash or power cut (set it to 1)", flush))
 	}
@@ -320,6 +327,10 @@ func Open(ctx context.Context, name, connStr string, opts Options) (*Resource, e
 	if opts.Database == "" {
 		opts.Database = cfg.DBName
 	}
+	// The marker, XA END and XA PREPARE go in one round trip. A statement
+	// with arguments is still prepared on the server, one statement at a
+	// time.
+	cfg.MultiStatements = true
 	c, err := gomysql.NewConnector(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mysql: resource %s: %w", name, err)
@@ -419,6 +430,14 @@ func (r *Resource) detaches() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.server.detached
+}
+
+// multi reports whether the pool's connections take several statements in
+// one query.
+func (r *Resource) multi() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.server.multi
 }
 
 // Enlist enlists a new branch of r in tx and returns it with its concrete

@@ -371,3 +371,72 @@ func TestVersionsRefusedAndAccepted(t *testing.T) {
 		}
 	}
 }
+
+// A pool without multiStatements (New with the caller's *sql.DB) works
+// the same, one statement per round trip.
+func TestPoolWithoutMultiStatements(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r, err := New(ctx, "single", db, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.multi() {
+		t.Fatal("a pool without multiStatements was taken for one with it")
+	}
+	if opened := openResource(t, srv, appDB, Options{}); !opened.multi() {
+		t.Fatal("Open's pool does not take several statements")
+	}
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = 3 WHERE id = 1")
+	mustPrepare(t, b, participant.VoteYes)
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatalf("commit again: %v", err)
+	}
+	one := begin(t, r, "one")
+	mustExec(t, one, "UPDATE "+table+" SET v = 4 WHERE id = 2")
+	if err := one.CommitOnePhase(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ro := begin(t, r, "ro")
+	mustExec(t, ro, "UPDATE "+table+" SET v = 4 WHERE id = 2")
+	mustPrepare(t, ro, participant.VoteReadOnly)
+	bad := begin(t, r, "bad")
+	if _, err := bad.ExecContext(ctx, "UPDATE no_such_table SET v = 1"); err == nil {
+		t.Fatal("no error")
+	}
+	if vote, _ := bad.Prepare(ctx); vote != participant.VoteNo {
+		t.Fatalf("vote %v", vote)
+	}
+	if v1, v2 := value(t, db, table, 1), value(t, db, table, 2); v1 != 3 || v2 != 4 {
+		t.Fatalf("v = %d, %d", v1, v2)
+	}
+	if xs := listXIDs(t, db); len(xs) != 0 {
+		t.Fatalf("left prepared: %q", xs)
+	}
+}
+
+// Several statements in one ExecContext may change rows the result does
+// not count: such a branch prepares.
+func TestSeveralStatementsMakeTheBranchPrepare(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	if _, err := b.ExecContext(ctx, "UPDATE "+table+" SET v = 5 WHERE id = 1; UPDATE "+table+" SET v = 0 WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	mustPrepare(t, b, participant.VoteYes)
+	if err := r.Commit(ctx, b.GID()); err != nil {
+		t.Fatal(err)
+	}
+	if got := value(t, db, table, 1); got != 5 {
+		t.Fatalf("v = %d", got)
+	}
+}
