@@ -130,6 +130,15 @@ func TestServerKilledBetweenPrepareAndCommit(t *testing.T) {
 	if v1, v2 := value(t, db2, table, 1), value(t, db2, table, 2); v1 != 1 || v2 != 0 {
 		t.Fatalf("v = %d, %d; want 1, 0", v1, v2)
 	}
+	// The pool's connections from before the restart are dead: new
+	// branches begin on fresh ones.
+	for range 4 {
+		n := begin(t, r, "after")
+		mustExec(t, n, "UPDATE "+table+" SET v = v + 1 WHERE id = 2")
+		if err := n.CommitOnePhase(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if xs := listXIDs(t, db2); len(xs) != 0 {
 		t.Fatalf("left prepared: %q", xs)
 	}
@@ -164,6 +173,34 @@ func TestLostConnectionAtCommitIsOutcomeUnknown(t *testing.T) {
 		t.Fatalf("retried commit: %v", err)
 	}
 	if got := value(t, db, table, 1); got != 6 {
+		t.Fatalf("v = %d", got)
+	}
+}
+
+// A connection lost before XA PREPARE's answer: the branch votes no, the
+// xid is rolled back from another session, and nothing stays prepared.
+func TestLostConnectionAtPrepareVotesNo(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	b := begin(t, r, "b1")
+	mustExec(t, b, "UPDATE "+table+" SET v = 2 WHERE id = 1")
+	var id int64
+	if err := b.conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "KILL CONNECTION ?", id); err != nil {
+		t.Fatal(err)
+	}
+	vote, err := b.Prepare(ctx)
+	if vote != participant.VoteNo || !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("Prepare on a killed session = %v, %v; want no, ErrRolledBack", vote, err)
+	}
+	if isPrepared(t, db, b.GID()) {
+		t.Fatal("left prepared")
+	}
+	if got := value(t, db, table, 1); got != 0 {
 		t.Fatalf("v = %d", got)
 	}
 }
