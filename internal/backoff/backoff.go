@@ -2,6 +2,8 @@
 package backoff
 
 import (
+	"context"
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -41,4 +43,36 @@ func (p Policy) Delay(n int, r *rand.Rand) time.Duration {
 		j = rand.Int64N(int64(half) + 1)
 	}
 	return half + time.Duration(j)
+}
+
+// Until calls open until it succeeds, fails with an error down does not
+// call transient, ctx ends, or wait has passed, waiting 100ms, then twice
+// as long each time up to 2s, and calling onWait (if not nil) before each
+// wait. what names the thing opened in the error given when wait passes.
+func Until[T any](ctx context.Context, wait time.Duration, what string, open func() (T, error), transient func(error) bool, onWait func(err error, retryIn time.Duration)) (T, error) {
+	deadline := time.Now().Add(wait)
+	delay := 100 * time.Millisecond
+	for {
+		v, err := open()
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			return v, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			var zero T
+			return zero, fmt.Errorf("%s: the database server did not accept connections within %v: %w", what, wait, err)
+		}
+		if onWait != nil {
+			onWait(err, min(delay, left))
+		}
+		t := time.NewTimer(min(delay, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			var zero T
+			return zero, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
 }

@@ -18,12 +18,10 @@
 package mariadbtest
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -39,6 +37,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/txcoord/txcoord/internal/dbproc"
 )
 
 var (
@@ -95,14 +95,8 @@ type Server struct {
 	env     []string
 
 	mu      sync.Mutex
-	run     *run
+	run     *dbproc.Run
 	stopped bool
-}
-
-type run struct {
-	proc   *os.Process
-	exited chan struct{}
-	err    error
 }
 
 // StartT starts a server for a test or benchmark and stops it when the test
@@ -273,7 +267,7 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 	cmd.Env = s.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Setpgid: true}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("mariadbtest: mariadb-install-db: %w\n%s", err, tail(out, 20))
+		return fmt.Errorf("mariadbtest: mariadb-install-db: %w\n%s", err, dbproc.Tail(out, 20))
 	}
 	f, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -305,13 +299,9 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 var errPortInUse = errors.New("mariadbtest: port in use")
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := dbproc.FreePort()
 	if err != nil {
-		return 0, fmt.Errorf("mariadbtest: pick a port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("mariadbtest: pick a port: %w", err)
+		return 0, fmt.Errorf("mariadbtest: %w", err)
 	}
 	return port, nil
 }
@@ -345,7 +335,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.run = r
 	s.mu.Unlock()
 
-	err = s.waitReady(ctx, r.exited)
+	err = s.waitReady(ctx, r.Exited())
 	if err == nil {
 		return nil
 	}
@@ -360,22 +350,11 @@ func (s *Server) start(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) spawn() (*run, int64, error) {
-	logFile, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		return nil, 0, fmt.Errorf("mariadbtest: %w", err)
-	}
-	defer logFile.Close()
-	logStart, err := logFile.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, 0, fmt.Errorf("mariadbtest: %w", err)
-	}
+func (s *Server) spawn() (*dbproc.Run, int64, error) {
 	args := append(append([]string(nil), s.args...), "--port="+strconv.Itoa(s.port))
 	cmd := exec.Command(s.bin.server, args...)
 	cmd.Dir = s.root
 	cmd.Env = s.env
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
 		Credential: s.cred,
@@ -383,15 +362,11 @@ func (s *Server) spawn() (*run, int64, error) {
 		// living on.
 		Pdeathsig: syscall.SIGKILL,
 	}
-	if err := cmd.Start(); err != nil {
+	r, off, err := dbproc.Start(cmd, s.logPath)
+	if err != nil {
 		return nil, 0, fmt.Errorf("mariadbtest: start mariadbd: %w", err)
 	}
-	r := &run{proc: cmd.Process, exited: make(chan struct{})}
-	go func() {
-		r.err = cmd.Wait()
-		close(r.exited)
-	}()
-	return r, logStart, nil
+	return r, off, nil
 }
 
 // waitReady polls with a connection until the server answers, mariadbd
@@ -434,7 +409,7 @@ func (s *Server) Stop() error {
 	s.stopped = true
 	var errs []error
 	if s.run != nil {
-		_ = s.run.proc.Signal(syscall.SIGTERM)
+		_ = s.run.Proc.Signal(syscall.SIGTERM)
 		if !s.waitExitLocked(stopTimeout) {
 			errs = append(errs, fmt.Errorf("mariadbtest: mariadbd did not shut down within %v; killed", stopTimeout))
 		}
@@ -466,8 +441,8 @@ func (s *Server) killLocked() bool {
 	if s.run == nil {
 		return true
 	}
-	_ = syscall.Kill(-s.run.proc.Pid, syscall.SIGKILL)
-	_ = s.run.proc.Kill()
+	_ = syscall.Kill(-s.run.Proc.Pid, syscall.SIGKILL)
+	_ = s.run.Proc.Kill()
 	ok := s.waitExitLocked(killTimeout)
 	s.run = nil
 	return ok
@@ -476,17 +451,10 @@ func (s *Server) killLocked() bool {
 // waitExitLocked waits up to d for the server to exit, releasing s.mu while
 // it waits. s.run is not nil.
 func (s *Server) waitExitLocked(d time.Duration) bool {
-	exited := s.run.exited
+	r := s.run
 	s.mu.Unlock()
 	defer s.mu.Lock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-exited:
-		return true
-	case <-t.C:
-		return false
-	}
+	return r.WaitExit(d)
 }
 
 // Restart starts the server again on the same data directory and port,
@@ -499,7 +467,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		return ErrStopped
 	}
 	if s.run != nil {
-		_ = s.run.proc.Signal(syscall.SIGTERM)
+		_ = s.run.Proc.Signal(syscall.SIGTERM)
 		if !s.waitExitLocked(stopTimeout) {
 			s.killLocked()
 			s.mu.Unlock()
@@ -515,15 +483,7 @@ func (s *Server) Restart(ctx context.Context) error {
 func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.run == nil {
-		return false
-	}
-	select {
-	case <-s.run.exited:
-		return false
-	default:
-		return true
-	}
+	return s.run != nil && s.run.Alive()
 }
 
 // Pid returns mariadbd's process id, or 0 if it is not running.
@@ -533,7 +493,7 @@ func (s *Server) Pid() int {
 	if s.run == nil {
 		return 0
 	}
-	return s.run.proc.Pid
+	return s.run.Proc.Pid
 }
 
 // Port returns the TCP port on 127.0.0.1.
@@ -566,34 +526,9 @@ func (s *Server) URL(dbname string) string {
 }
 
 // LogTail returns the last n lines of the server log.
-func (s *Server) LogTail(n int) string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	return string(tail(b, n))
-}
+func (s *Server) LogTail(n int) string { return dbproc.LogTail(s.logPath, n) }
 
-func (s *Server) logSince(off int64) string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil || off > int64(len(b)) {
-		return ""
-	}
-	return string(b[off:])
-}
-
-func tail(b []byte, n int) []byte {
-	b = bytes.TrimRight(b, "\n")
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			n--
-			if n == 0 {
-				return b[i+1:]
-			}
-		}
-	}
-	return b
-}
+func (s *Server) logSince(off int64) string { return dbproc.LogSince(s.logPath, off) }
 
 // Exec runs statements one by one on a fresh connection to dbname ("" for
 // none).

@@ -21,7 +21,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -38,6 +37,8 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+
+	"github.com/txcoord/txcoord/internal/dbproc"
 )
 
 var (
@@ -100,15 +101,8 @@ type Server struct {
 	env     []string
 
 	mu      sync.Mutex
-	run     *run // the running postmaster, nil if none
+	run     *dbproc.Run // the running postmaster, nil if none
 	stopped bool
-}
-
-// run is one postmaster process.
-type run struct {
-	proc   *os.Process
-	exited chan struct{} // closed when proc has exited
-	err    error         // proc's wait status, set before exited is closed
 }
 
 // StartT starts a server for a test or benchmark and stops it when the test
@@ -237,7 +231,7 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 	cmd.Env = s.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pgtest: initdb: %w\n%s", err, tail(out, 20))
+		return fmt.Errorf("pgtest: initdb: %w\n%s", err, dbproc.Tail(out, 20))
 	}
 	if err := s.appendFile(filepath.Join(s.dataDir, "postgresql.conf"), "\ninclude 'txcoord.conf'\n"); err != nil {
 		return err
@@ -275,13 +269,9 @@ func (s *Server) create(ctx context.Context, opts Options) error {
 var errPortInUse = errors.New("pgtest: port in use")
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := dbproc.FreePort()
 	if err != nil {
-		return 0, fmt.Errorf("pgtest: pick a port: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("pgtest: pick a port: %w", err)
+		return 0, fmt.Errorf("pgtest: %w", err)
 	}
 	return port, nil
 }
@@ -390,7 +380,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.run = r
 	s.mu.Unlock()
 
-	err = s.waitReady(ctx, r.exited)
+	err = s.waitReady(ctx, r.Exited())
 	if err == nil {
 		return nil
 	}
@@ -407,21 +397,10 @@ func (s *Server) start(ctx context.Context) error {
 
 // spawn starts the postmaster process. It returns the log offset at which
 // this run's output begins.
-func (s *Server) spawn() (*run, int64, error) {
-	logFile, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		return nil, 0, fmt.Errorf("pgtest: %w", err)
-	}
-	defer logFile.Close()
-	logStart, err := logFile.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, 0, fmt.Errorf("pgtest: %w", err)
-	}
+func (s *Server) spawn() (*dbproc.Run, int64, error) {
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.dataDir)
 	cmd.Dir = s.root
 	cmd.Env = s.env
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setpgid:    true,
 		Credential: s.cred,
@@ -429,15 +408,11 @@ func (s *Server) spawn() (*run, int64, error) {
 		// immediately instead of living on.
 		Pdeathsig: syscall.SIGQUIT,
 	}
-	if err := cmd.Start(); err != nil {
+	r, off, err := dbproc.Start(cmd, s.logPath)
+	if err != nil {
 		return nil, 0, fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	r := &run{proc: cmd.Process, exited: make(chan struct{})}
-	go func() {
-		r.err = cmd.Wait()
-		close(r.exited)
-	}()
-	return r, logStart, nil
+	return r, off, nil
 }
 
 // waitReady polls with a connection until the server accepts one, the
@@ -479,7 +454,7 @@ func (s *Server) Stop() error {
 	s.stopped = true
 	var errs []error
 	if s.run != nil {
-		_ = s.run.proc.Signal(syscall.SIGINT)
+		_ = s.run.Proc.Signal(syscall.SIGINT)
 		if !s.waitExitLocked(stopTimeout) {
 			errs = append(errs, fmt.Errorf("pgtest: postgres did not shut down within %v; killed", stopTimeout))
 		}
@@ -516,7 +491,7 @@ func (s *Server) killLocked() bool {
 	if s.run == nil {
 		return true
 	}
-	_ = s.run.proc.Kill()
+	_ = s.run.Proc.Kill()
 	deadline := time.Now().Add(killTimeout)
 	ok := s.waitExitLocked(killTimeout)
 	s.run = nil
@@ -543,17 +518,10 @@ func (s *Server) killLocked() bool {
 // releasing s.mu while it waits. It reports whether it exited. s.run is
 // not nil.
 func (s *Server) waitExitLocked(d time.Duration) bool {
-	exited := s.run.exited
+	r := s.run
 	s.mu.Unlock()
 	defer s.mu.Lock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-exited:
-		return true
-	case <-t.C:
-		return false
-	}
+	return r.WaitExit(d)
 }
 
 // serverProcs returns the live processes whose working directory is
@@ -589,7 +557,7 @@ func (s *Server) Restart(ctx context.Context) error {
 		return ErrStopped
 	}
 	if s.run != nil {
-		_ = s.run.proc.Signal(syscall.SIGINT)
+		_ = s.run.Proc.Signal(syscall.SIGINT)
 		if !s.waitExitLocked(stopTimeout) {
 			s.killLocked()
 			s.mu.Unlock()
@@ -605,15 +573,7 @@ func (s *Server) Restart(ctx context.Context) error {
 func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.run == nil {
-		return false
-	}
-	select {
-	case <-s.run.exited:
-		return false
-	default:
-		return true
-	}
+	return s.run != nil && s.run.Alive()
 }
 
 // Pid returns the postmaster's process id, or 0 if it is not running.
@@ -623,7 +583,7 @@ func (s *Server) Pid() int {
 	if s.run == nil {
 		return 0
 	}
-	return s.run.proc.Pid
+	return s.run.Proc.Pid
 }
 
 // Port returns the TCP port on 127.0.0.1.
@@ -649,34 +609,9 @@ func (s *Server) DSN(dbname string) string {
 }
 
 // LogTail returns the last n lines of the server log.
-func (s *Server) LogTail(n int) string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	return string(tail(b, n))
-}
+func (s *Server) LogTail(n int) string { return dbproc.LogTail(s.logPath, n) }
 
-func (s *Server) logSince(off int64) string {
-	b, err := os.ReadFile(s.logPath)
-	if err != nil || off > int64(len(b)) {
-		return ""
-	}
-	return string(b[off:])
-}
-
-func tail(b []byte, n int) []byte {
-	b = bytes.TrimRight(b, "\n")
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			n--
-			if n == 0 {
-				return b[i+1:]
-			}
-		}
-	}
-	return b
-}
+func (s *Server) logSince(off int64) string { return dbproc.LogSince(s.logPath, off) }
 
 // exec runs statements one by one on a fresh connection to dbname.
 func (s *Server) exec(ctx context.Context, dbname string, stmts ...string) error {

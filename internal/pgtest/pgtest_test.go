@@ -243,23 +243,6 @@ func TestNoBinariesMessageIsOneLine(t *testing.T) {
 	}
 }
 
-func TestTail(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		n    int
-		want string
-	}{
-		{"a\nb\nc\n", 2, "b\nc"},
-		{"a\nb\nc", 5, "a\nb\nc"},
-		{"", 3, ""},
-		{"one", 1, "one"},
-	} {
-		if got := string(tail([]byte(c.in), c.n)); got != c.want {
-			t.Errorf("tail(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
-		}
-	}
-}
-
 // ownerEnv makes the test binary act as the owner process in
 // TestServerDoesNotOutliveItsOwner.
 const ownerEnv = "PGTEST_OWNER_CHILD"

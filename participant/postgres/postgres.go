@@ -33,6 +33,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/backoff"
 	"github.com/txcoord/txcoord/internal/dsn"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
@@ -527,27 +528,5 @@ func Unreachable(err error) bool {
 // down or still starting (Unreachable), retrying with a growing delay and
 // calling onWait before each retry. Any other error fails at once.
 func OpenWait(ctx context.Context, name, driverName, dsn string, opts Options, wait time.Duration, onWait func(err error, retryIn time.Duration)) (*Resource, error) {
-	deadline := time.Now().Add(wait)
-	delay := 100 * time.Millisecond
-	for {
-		r, err := Open(ctx, name, driverName, dsn, opts)
-		if err == nil || !Unreachable(err) || ctx.Err() != nil {
-			return r, err
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, fmt.Errorf("postgres: %s: the database server did not accept connections within %v: %w", name, wait, err)
-		}
-		if onWait != nil {
-			onWait(err, min(delay, left))
-		}
-		t := time.NewTimer(min(delay, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		delay = min(2*delay, 2*time.Second)
-	}
+	return backoff.Until(ctx, wait, "postgres: "+name, func() (*Resource, error) { return Open(ctx, name, driverName, dsn, opts) }, Unreachable, onWait)
 }
