@@ -10,6 +10,7 @@ import (
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/internal/sqlbranch"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -32,10 +33,9 @@ type Branch struct {
 	gid ids.GID
 	xid string
 
-	mu       chan struct{}
+	s        sqlbranch.Stmts
 	conn     *sql.Conn
-	err      error // first error a statement method returned
-	wrote    bool  // a statement may have changed data: the branch prepares
+	wrote    bool // a statement may have changed data: the branch prepares
 	state    state
 	prepared bool // Prepare ran: vote and voteErr hold its answer
 	vote     participant.Vote
@@ -74,26 +74,36 @@ func (s state) String() string {
 }
 
 func newBranch(r *Resource, gid ids.GID, conn *sql.Conn) *Branch {
-	return &Branch{r: r, gid: gid, xid: xid(gid), conn: conn, state: stateActive, mu: make(chan struct{}, 1)}
+	b := &Branch{r: r, gid: gid, xid: xid(gid), conn: conn, state: stateActive}
+	b.s.Init(conn, b.open, b.ran)
+	return b
 }
 
-// lock takes the branch, honouring ctx while another call holds it; a free
-// branch is taken even with a done context, so that clean-up still runs.
-func (b *Branch) lock(ctx context.Context) error {
-	select {
-	case b.mu <- struct{}{}:
-		return nil
-	default:
+// open reports whether the branch takes statements. b.s is locked.
+func (b *Branch) open() error {
+	if b.state != stateActive {
+		return b.doneErr()
 	}
-	select {
-	case b.mu <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return nil
 }
 
-func (b *Branch) unlock() { <-b.mu }
+// ran notes whether a statement may have changed data. Only a DML
+// statement that reports no changed row, or a SELECT, is known not to
+// have; one text holding several statements may have.
+func (b *Branch) ran(k sqlbranch.Kind, query string, res sql.Result, err error) {
+	if b.wrote {
+		return
+	}
+	if k == sqlbranch.Query {
+		b.wrote = !isSelect(query) || several(query)
+		return
+	}
+	n, rerr := int64(1), error(nil)
+	if err == nil {
+		n, rerr = res.RowsAffected()
+	}
+	b.wrote = !isDML(query) || rerr != nil || n != 0 || several(query)
+}
 
 // GID returns the branch's gid.
 func (b *Branch) GID() ids.GID { return b.gid }
@@ -108,112 +118,40 @@ func (b *Branch) Resource() participant.Resource { return b.r }
 // recorded by the branch, and a branch whose Conn was asked for prepares
 // even if it changed nothing.
 func (b *Branch) Conn() *sql.Conn {
-	if b.lock(context.Background()) == nil {
+	if b.s.Lock(context.Background()) == nil {
 		b.wrote = true
-		b.unlock()
+		b.s.Unlock()
 	}
 	return b.conn
 }
 
 // Err returns the first error a statement method of the branch returned,
 // or nil.
-func (b *Branch) Err() error {
-	if b.lock(context.Background()) != nil {
-		return nil
-	}
-	defer b.unlock()
-	return b.err
-}
+func (b *Branch) Err() error { return b.s.Err() }
 
 func (b *Branch) doneErr() error {
 	return fmt.Errorf("%w: mysql: %s: branch %s is %s", participant.ErrBranchDone, b.r.name, b.gid, b.state)
 }
 
-func (b *Branch) see(err error) {
-	if err != nil && b.err == nil {
-		b.err = err
-	}
-}
-
 // ExecContext runs a statement in the branch.
 func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if err := b.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer b.unlock()
-	if b.state != stateActive {
-		return nil, b.doneErr()
-	}
-	res, err := b.conn.ExecContext(ctx, query, args...)
-	b.see(err)
-	if !b.wrote {
-		// Only a DML statement that reports no changed row is known to
-		// have changed nothing.
-		n, rerr := int64(1), error(nil)
-		if err == nil {
-			n, rerr = res.RowsAffected()
-		}
-		b.wrote = !isDML(query) || rerr != nil || n != 0 || several(query)
-	}
-	return res, err
+	return b.s.ExecContext(ctx, query, args...)
 }
 
 // QueryContext runs a query in the branch. Errors met while reading the
 // rows are not recorded; close the rows before Prepare.
 func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if err := b.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer b.unlock()
-	if b.state != stateActive {
-		return nil, b.doneErr()
-	}
-	rows, err := b.conn.QueryContext(ctx, query, args...)
-	b.see(err)
-	b.wrote = b.wrote || !isSelect(query) || several(query)
-	return rows, err
+	return b.s.QueryContext(ctx, query, args...)
 }
 
 // Row is the result of QueryRowContext. Its Scan records errors in the
 // branch, except sql.ErrNoRows.
-type Row struct {
-	b   *Branch
-	row *sql.Row
-	err error
-}
+type Row = sqlbranch.Row
 
 // QueryRowContext runs a query expected to return at most one row.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *Row {
-	if err := b.lock(ctx); err != nil {
-		return &Row{b: b, err: err}
-	}
-	defer b.unlock()
-	if b.state != stateActive {
-		return &Row{b: b, err: b.doneErr()}
-	}
-	row := b.conn.QueryRowContext(ctx, query, args...)
-	b.see(row.Err())
-	b.wrote = b.wrote || !isSelect(query) || several(query)
-	return &Row{b: b, row: row, err: row.Err()}
+	return b.s.QueryRowContext(ctx, query, args...)
 }
-
-// Scan copies the row's columns into dest, as sql.Row.Scan does.
-func (r *Row) Scan(dest ...any) error {
-	if r.err != nil {
-		return r.err
-	}
-	err := r.row.Scan(dest...)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		if r.b.lock(context.Background()) == nil {
-			r.b.see(err)
-			r.b.unlock()
-		}
-	}
-	return err
-}
-
-// Err returns the query's error, if any, without scanning.
-func (r *Row) Err() error { return r.err }
 
 // several reports whether query may hold more than one statement (a ';'
 // before its end), whose changed rows the result may not all count.
@@ -267,10 +205,10 @@ func isDML(query string) bool {
 //
 // A second call returns the first answer.
 func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
-	if err := b.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return participant.VoteNo, err
 	}
-	defer b.unlock()
+	defer b.s.Unlock()
 	if b.prepared {
 		return b.vote, b.voteErr
 	}
@@ -283,9 +221,9 @@ func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
 }
 
 func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
-	if b.err != nil {
+	if b.s.FirstErr() != nil {
 		b.rollback(ctx)
-		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
+		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.s.FirstErr())
 	}
 	if !b.wrote {
 		if err := b.commitOnePhase(ctx, stateReadOnly); err != nil {
@@ -382,22 +320,22 @@ func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 // rolled back; one wrapping participant.ErrOutcomeUnknown means the
 // connection was lost while the commit was in flight.
 func (b *Branch) CommitOnePhase(ctx context.Context) error {
-	if err := b.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return err
 	}
-	defer b.unlock()
+	defer b.s.Unlock()
 	if b.state != stateActive {
 		return b.doneErr()
 	}
-	if b.err != nil {
+	if b.s.FirstErr() != nil {
 		b.rollback(ctx)
-		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
+		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.s.FirstErr())
 	}
 	return b.commitOnePhase(ctx, stateCommitted)
 }
 
 // commitOnePhase ends and commits the branch in one phase, leaving it in
-// st. b.mu is held.
+// st. b.s is locked.
 func (b *Branch) commitOnePhase(ctx context.Context, st state) error {
 	var err error
 	if b.r.multi() {
@@ -428,10 +366,10 @@ func (b *Branch) commitOnePhase(ctx context.Context, st state) error {
 // participant.ErrBranchDone for a branch that is prepared (roll that back
 // with Resource.Rollback) or committed.
 func (b *Branch) Abort(ctx context.Context) error {
-	if err := b.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return err
 	}
-	defer b.unlock()
+	defer b.s.Unlock()
 	switch b.state {
 	case stateActive:
 	case stateRolledBack, stateReadOnly:
@@ -445,7 +383,7 @@ func (b *Branch) Abort(ctx context.Context) error {
 
 // rollback ends the branch with XA END and XA ROLLBACK and returns the
 // connection to the pool, or closes it (which rolls the branch back) if
-// either fails. b.mu is held.
+// either fails. b.s is locked.
 func (b *Branch) rollback(ctx context.Context) {
 	b.state = stateRolledBack
 	if ctx.Err() != nil {

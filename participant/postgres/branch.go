@@ -10,6 +10,7 @@ import (
 
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
+	"github.com/txcoord/txcoord/internal/sqlbranch"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -30,11 +31,10 @@ type Branch struct {
 	r   *Resource
 	gid ids.GID
 
-	mu       chanMutex
+	s        sqlbranch.Stmts
 	conn     *sql.Conn
-	err      error // first error a statement method returned
-	wrote    bool  // a statement method reported affected rows: the transaction has an id
-	holder   bool  // begun by BeginHolder: ends with CommitDecision
+	wrote    bool // a statement method reported affected rows: the transaction has an id
+	holder   bool // begun by BeginHolder: ends with CommitDecision
 	state    state
 	prepared bool // Prepare ran: vote and voteErr hold its answer
 	vote     participant.Vote
@@ -73,38 +73,28 @@ func (s state) String() string {
 	return fmt.Sprintf("state(%d)", int(s))
 }
 
-// chanMutex is a mutex whose lock honours a context while it waits, so
-// that a call waiting for another to finish on the same branch can give up.
-// A free mutex is taken even if the context is done, so that clean-up
-// calls with a dead context still run.
-type chanMutex struct{ ch chan struct{} }
-
-func (m *chanMutex) init() {
-	if m.ch == nil {
-		m.ch = make(chan struct{}, 1)
-	}
-}
-
-func (m *chanMutex) lock(ctx context.Context) error {
-	select {
-	case m.ch <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case m.ch <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (m *chanMutex) unlock() { <-m.ch }
-
 func newBranch(r *Resource, gid ids.GID, conn *sql.Conn) *Branch {
 	b := &Branch{r: r, gid: gid, conn: conn, state: stateActive}
-	b.mu.init()
+	b.s.Init(conn, b.open, b.ran)
 	return b
+}
+
+// open reports whether the branch takes statements. b.s is locked.
+func (b *Branch) open() error {
+	if b.state != stateActive {
+		return b.doneErr()
+	}
+	return nil
+}
+
+// ran notes a statement: rows changed by INSERT, UPDATE, DELETE or MERGE
+// mean the transaction has an id, and the read-only test can be skipped.
+func (b *Branch) ran(k sqlbranch.Kind, query string, res sql.Result, err error) {
+	if k == sqlbranch.Exec && err == nil && !b.wrote && isDML(query) {
+		if n, rerr := res.RowsAffected(); rerr == nil && n > 0 {
+			b.wrote = true
+		}
+	}
 }
 
 // GID returns the branch's gid.
@@ -122,100 +112,31 @@ func (b *Branch) Conn() *sql.Conn { return b.conn }
 
 // Err returns the first error a statement method of the branch returned,
 // or nil.
-func (b *Branch) Err() error {
-	if b.mu.lock(context.Background()) != nil {
-		return nil
-	}
-	defer b.mu.unlock()
-	return b.err
-}
+func (b *Branch) Err() error { return b.s.Err() }
 
 func (b *Branch) doneErr() error {
 	return fmt.Errorf("%w: postgres: %s: branch %s is %s", participant.ErrBranchDone, b.r.name, b.gid, b.state)
 }
 
-// see records err as the branch's first error. b.mu is held.
-func (b *Branch) see(err error) {
-	if err != nil && b.err == nil {
-		b.err = err
-	}
-}
-
 // ExecContext runs a statement in the branch.
 func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if err := b.mu.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer b.mu.unlock()
-	if b.state != stateActive {
-		return nil, b.doneErr()
-	}
-	res, err := b.conn.ExecContext(ctx, query, args...)
-	b.see(err)
-	if err == nil && !b.wrote && isDML(query) {
-		// Rows changed by INSERT, UPDATE, DELETE or MERGE means the
-		// transaction has an id: the read-only test can be skipped.
-		if n, rerr := res.RowsAffected(); rerr == nil && n > 0 {
-			b.wrote = true
-		}
-	}
-	return res, err
+	return b.s.ExecContext(ctx, query, args...)
 }
 
 // QueryContext runs a query in the branch. Errors met while reading the
 // rows are not recorded; close the rows before Prepare.
 func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if err := b.mu.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer b.mu.unlock()
-	if b.state != stateActive {
-		return nil, b.doneErr()
-	}
-	rows, err := b.conn.QueryContext(ctx, query, args...)
-	b.see(err)
-	return rows, err
+	return b.s.QueryContext(ctx, query, args...)
 }
 
 // Row is the result of QueryRowContext. Its Scan records errors in the
 // branch, except sql.ErrNoRows.
-type Row struct {
-	b   *Branch
-	row *sql.Row
-	err error
-}
+type Row = sqlbranch.Row
 
 // QueryRowContext runs a query expected to return at most one row.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *Row {
-	if err := b.mu.lock(ctx); err != nil {
-		return &Row{b: b, err: err}
-	}
-	defer b.mu.unlock()
-	if b.state != stateActive {
-		return &Row{b: b, err: b.doneErr()}
-	}
-	row := b.conn.QueryRowContext(ctx, query, args...)
-	b.see(row.Err())
-	return &Row{b: b, row: row, err: row.Err()}
+	return b.s.QueryRowContext(ctx, query, args...)
 }
-
-// Scan copies the row's columns into dest, as sql.Row.Scan does.
-func (r *Row) Scan(dest ...any) error {
-	if r.err != nil {
-		return r.err
-	}
-	err := r.row.Scan(dest...)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		if r.b.mu.lock(context.Background()) == nil {
-			r.b.see(err)
-			r.b.mu.unlock()
-		}
-	}
-	return err
-}
-
-// Err returns the query's error, if any, without scanning.
-func (r *Row) Err() error { return r.err }
 
 // Prepare votes on the branch:
 //   - a branch that saw an error, or whose transaction PostgreSQL has
@@ -235,10 +156,10 @@ func (r *Row) Err() error { return r.err }
 //
 // A second call returns the first answer.
 func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
-	if err := b.mu.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return participant.VoteNo, err
 	}
-	defer b.mu.unlock()
+	defer b.s.Unlock()
 	if b.prepared {
 		return b.vote, b.voteErr
 	}
@@ -251,9 +172,9 @@ func (b *Branch) Prepare(ctx context.Context) (participant.Vote, error) {
 }
 
 func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
-	if b.err != nil {
+	if b.s.FirstErr() != nil {
 		b.rollback(ctx)
-		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
+		return participant.VoteNo, fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.s.FirstErr())
 	}
 	failpoint.Hit(failpoint.PGBeforePrepare)
 	// One round trip: the check, the marker, then PREPARE TRANSACTION, in
@@ -325,7 +246,7 @@ func isDML(query string) bool {
 const abortedStmt = "SAVEPOINT txcoord_check; RELEASE SAVEPOINT txcoord_check"
 
 // check returns the statement that goes in front of PREPARE TRANSACTION or
-// COMMIT. b.mu is held.
+// COMMIT. b.s is locked.
 func (b *Branch) check() string {
 	if b.wrote {
 		return abortedStmt
@@ -336,7 +257,7 @@ func (b *Branch) check() string {
 // commitReadOnly commits a branch whose check said it wrote nothing: it
 // leaves the failed savepoint and commits locally (a NOTIFY, say, is
 // delivered). An error wraps ErrRolledBack, or participant.ErrOutcomeUnknown
-// if the connection was lost during COMMIT. b.mu is held.
+// if the connection was lost during COMMIT. b.s is locked.
 func (b *Branch) commitReadOnly(ctx context.Context) error {
 	_, err := b.conn.ExecContext(ctx, "ROLLBACK TO SAVEPOINT txcoord_check; COMMIT")
 	if err == nil {
@@ -397,16 +318,16 @@ func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 // participant.ErrOutcomeUnknown means the connection was lost while COMMIT
 // was in flight, so the work may or may not be committed.
 func (b *Branch) CommitOnePhase(ctx context.Context) error {
-	if err := b.mu.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return err
 	}
-	defer b.mu.unlock()
+	defer b.s.Unlock()
 	if b.state != stateActive {
 		return b.doneErr()
 	}
-	if b.err != nil {
+	if b.s.FirstErr() != nil {
 		b.rollback(ctx)
-		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.err)
+		return fmt.Errorf("%w: %s: branch %s saw an error: %w", ErrRolledBack, b.r.name, b.gid, b.s.FirstErr())
 	}
 	_, err := b.conn.ExecContext(ctx, b.check()+"; COMMIT")
 	if err == nil {
@@ -433,11 +354,11 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 // with Resource.Rollback) or committed. If ROLLBACK cannot be sent, the
 // connection is closed instead, which rolls the transaction back.
 func (b *Branch) Abort(ctx context.Context) error {
-	if err := b.mu.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		// Another call holds the branch; it finishes or rolls it back.
 		return err
 	}
-	defer b.mu.unlock()
+	defer b.s.Unlock()
 	switch b.state {
 	case stateActive:
 	case stateRolledBack, stateReadOnly:
@@ -450,14 +371,14 @@ func (b *Branch) Abort(ctx context.Context) error {
 }
 
 // rollback runs ROLLBACK and finishes the branch, closing the connection
-// instead of pooling it if ROLLBACK fails. b.mu is held.
+// instead of pooling it if ROLLBACK fails. b.s is locked.
 func (b *Branch) rollback(ctx context.Context) {
 	_, err := b.conn.ExecContext(ctx, "ROLLBACK")
 	b.finish(stateRolledBack, err != nil)
 }
 
 // finish releases the pinned connection: back to the pool when the session
-// is known to be outside any transaction, else closed. b.mu is held.
+// is known to be outside any transaction, else closed. b.s is locked.
 func (b *Branch) finish(st state, discardConn bool) {
 	if discardConn {
 		discard(b.conn)

@@ -216,10 +216,10 @@ func (b *Branch) IsHolder() bool { return b.holder }
 // and commits, in one round trip. A row already there for the transaction
 // (a fence's abort) makes the INSERT fail and the branch roll back.
 func (b *Branch) CommitDecision(ctx context.Context, d participant.Decision) error {
-	if err := b.mu.lock(ctx); err != nil {
+	if err := b.s.Lock(ctx); err != nil {
 		return err
 	}
-	defer b.mu.unlock()
+	defer b.s.Unlock()
 	if b.state != stateActive {
 		return b.doneErr()
 	}
@@ -229,9 +229,9 @@ func (b *Branch) CommitDecision(ctx context.Context, d participant.Decision) err
 	if d.Outcome != participant.OutcomeCommit || d.TxID != b.gid.TxID {
 		return fmt.Errorf("postgres: %s: branch %s can only commit its own transaction's COMMIT decision", b.r.name, b.gid)
 	}
-	if b.err != nil {
+	if b.s.FirstErr() != nil {
 		b.rollback(ctx)
-		return fmt.Errorf("%w: %w: %s: branch %s saw an error: %w", participant.ErrDecisionRefused, ErrRolledBack, b.r.name, b.gid, b.err)
+		return fmt.Errorf("%w: %w: %s: branch %s saw an error: %w", participant.ErrDecisionRefused, ErrRolledBack, b.r.name, b.gid, b.s.FirstErr())
 	}
 	ins, err := b.r.insertDecision(d)
 	if err != nil {
