@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"context"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -107,7 +108,7 @@ func (r *Resource) ForgetProofs(ctx context.Context, gids []ids.GID) error {
 		}
 		sb.WriteByte(')')
 		failpoint.Hit(failpoint.MySQLBeforeForgetMarkers)
-		if _, err := r.db.ExecContext(ctx, sb.String()); err != nil {
+		if err := r.deleteMarkers(ctx, sb.String()); err != nil {
 			return fmt.Errorf("mysql: %s: forget %d markers: %w", r.name, hi-lo, err)
 		}
 		failpoint.Hit(failpoint.MySQLAfterForgetMarkers)
@@ -159,10 +160,47 @@ func (r *Resource) PurgeMarkers(ctx context.Context, age time.Duration) (int64, 
 	if r.markers == "" {
 		return 0, nil
 	}
-	res, err := r.db.ExecContext(ctx, "DELETE FROM "+r.markerTable()+" WHERE marked_at < NOW(6) - INTERVAL ? MICROSECOND", age.Microseconds())
+	res, err := r.onceReadCommitted(ctx, "DELETE FROM "+r.markerTable()+" WHERE marked_at < NOW(6) - INTERVAL ? MICROSECOND", age.Microseconds())
 	if err != nil {
 		return 0, fmt.Errorf("mysql: %s: purge markers older than %v: %w", r.name, age, err)
 	}
 	n, _ := res.RowsAffected()
 	return n, nil
+}
+
+// readCommitted makes the session's next transaction (an autocommit
+// DELETE of markers) run at READ COMMITTED: under REPEATABLE READ the
+// DELETE would take next-key locks, and a marker being inserted next to a
+// deleted one, by a branch on its way to XA PREPARE, would wait for it; so
+// would the DELETE for a prepared branch's marker beside its range.
+const readCommitted = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+// deleteMarkers runs a DELETE of markers at READ COMMITTED, in one round
+// trip where the pool takes several statements.
+func (r *Resource) deleteMarkers(ctx context.Context, del string) error {
+	_, err := r.onceReadCommitted(ctx, del)
+	return err
+}
+
+// onceReadCommitted runs q, an autocommit statement, at READ COMMITTED on a
+// connection of its own. A connection whose statement failed is closed,
+// not pooled: the isolation level set for its next transaction might be
+// left for a branch to begin with.
+func (r *Resource) onceReadCommitted(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var res sql.Result
+	if r.multi() && len(args) == 0 {
+		res, err = conn.ExecContext(ctx, readCommitted+"; "+q)
+	} else if _, err = conn.ExecContext(ctx, readCommitted); err == nil {
+		res, err = conn.ExecContext(ctx, q, args...)
+	}
+	if err != nil {
+		discard(conn)
+		return nil, err
+	}
+	_ = conn.Close()
+	return res, nil
 }

@@ -3,11 +3,9 @@ package postgres
 import (
 	"context"
 	"database/sql"
-	"fmt"
 	"hash/fnv"
-	"sync"
-	"time"
 
+	"github.com/txcoord/txcoord/internal/sqlguard"
 	"github.com/txcoord/txcoord/participant"
 )
 
@@ -25,90 +23,27 @@ func (r *Resource) Guard(ctx context.Context, owner string) (participant.Claim, 
 	}
 	h := fnv.New64a()
 	h.Write([]byte("txcoord owner " + owner))
-	c := &claim{r: r, owner: owner, key: int64(h.Sum64())}
-	if err := c.take(ctx); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return sqlguard.Claim(ctx, r.db, advisoryLock(int64(h.Sum64())), owner, sqlguard.Where{Adapter: "postgres", Resource: r.name, Database: r.database})
 }
 
-type claim struct {
-	r     *Resource
-	owner string
-	key   int64
+// advisoryLock is a session advisory lock on a key.
+type advisoryLock int64
 
-	mu   sync.Mutex
-	conn *sql.Conn // holds the lock; nil once lost or released
+func (k advisoryLock) Try(ctx context.Context, conn *sql.Conn) (bool, error) {
+	var got bool
+	err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", int64(k)).Scan(&got)
+	return got, err
 }
 
-// take acquires the lock on a new connection, waiting until ctx ends.
-func (c *claim) take(ctx context.Context) error {
-	conn, err := c.r.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("postgres: %s: claim coordinator id %s: %w", c.r.name, c.owner, err)
-	}
-	for {
-		var got bool
-		err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", c.key).Scan(&got)
-		if err != nil {
-			discard(conn)
-			if ctx.Err() != nil {
-				return fmt.Errorf("%w: %s (database %s): coordinator id %s is held by another session: %w", participant.ErrOwnerRunning, c.r.name, c.r.database, c.owner, ctx.Err())
-			}
-			return fmt.Errorf("postgres: %s: claim coordinator id %s: %w", c.r.name, c.owner, err)
-		}
-		if got {
-			c.conn = conn
-			return nil
-		}
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			_ = conn.Close()
-			return fmt.Errorf("%w: %s (database %s): coordinator id %s is held by another session", participant.ErrOwnerRunning, c.r.name, c.r.database, c.owner)
-		case <-t.C:
-		}
-	}
+// Held: the lock lives as long as its session, so a session that answers
+// still holds it.
+func (k advisoryLock) Held(ctx context.Context, conn *sql.Conn) (bool, error) {
+	var one int
+	err := conn.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+	return err == nil, err
 }
 
-// Check implements participant.Claim. The lock lives as long as its
-// session: a session that still answers still holds it.
-func (c *claim) Check(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn != nil {
-		var one int
-		if err := c.conn.QueryRowContext(ctx, "SELECT 1").Scan(&one); err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		discard(c.conn)
-		c.conn = nil
-	}
-	// Lost: take it again at once, or report who has it.
-	tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	defer cancel()
-	return c.take(tctx)
-}
-
-// Release implements participant.Claim.
-func (c *claim) Release() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn == nil {
-		return nil
-	}
-	conn := c.conn
-	c.conn = nil
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", c.key); err != nil {
-		// Closing the session releases the lock as well.
-		discard(conn)
-		return nil
-	}
-	return conn.Close()
+func (k advisoryLock) Unlock(ctx context.Context, conn *sql.Conn) error {
+	_, err := conn.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", int64(k))
+	return err
 }
