@@ -255,6 +255,17 @@ func serve(ctx context.Context, cfg Config) error {
 		log = blog
 	}
 
+	// A stop signal while starting (waiting for a database server,
+	// checking the holder, claiming the id) stops the process: it is no
+	// failure. A standby that wins the election just as it is told to stop
+	// lands here.
+	startErr := func(err error) error {
+		if ctx.Err() != nil {
+			logger.Info("stopped while starting", "err", err)
+			return nil
+		}
+		return err
+	}
 	var resources []participant.Resource
 	for _, name := range sortedKeys(cfg.Resources) {
 		spec := cfg.Resources[name]
@@ -283,7 +294,7 @@ func serve(ctx context.Context, cfg Config) error {
 			}
 			m, err := mysql.OpenWait(ctx, name, connStr, mysql.Options{AllowDown: !required}, cfg.DBWait, onWait)
 			if err != nil {
-				return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+				return startErr(fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr)))
 			}
 			for _, w := range m.Warnings() {
 				logger.Warn("resource database weakens durability", "resource", name, "setting", w)
@@ -292,7 +303,7 @@ func serve(ctx context.Context, cfg Config) error {
 		} else {
 			p, err := postgres.OpenWait(ctx, name, "postgres", connStr, postgres.Options{AllowDown: !required}, cfg.DBWait, onWait)
 			if err != nil {
-				return fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr))
+				return startErr(fmt.Errorf("resource %s (%s): %w", name, dsn.Redact(connStr), dsn.Scrub(err, connStr)))
 			}
 			r = p
 		}
@@ -318,7 +329,7 @@ func serve(ctx context.Context, cfg Config) error {
 		Logger:              logger, Observe: metrics.ObservePhase, Tracer: otel.Tracer("txcoord"),
 	})
 	if err != nil {
-		return err
+		return startErr(err)
 	}
 	srv, err := server.New(server.Config{
 		Coordinator: c, TxTimeout: cfg.TxTimeout, MaxTxTimeout: cfg.MaxTxTimeout,

@@ -440,6 +440,33 @@ func TestServeStartsWithAResourceDown(t *testing.T) {
 	}
 }
 
+// A stop while the server starts (here waiting for a resource's database
+// that is down, as a standby that has just won the election may be) is a
+// clean stop, not a failure.
+func TestServeStoppedWhileStartingIsClean(t *testing.T) {
+	cfg := testConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen, cfg.MetricsListen = freeAddr(t), "off"
+	cfg.LogLevel = "error"
+	cfg.InitLog = true
+	cfg.RequireResources = true
+	cfg.DBWait = time.Minute
+	cfg.Resources = map[string]string{"ledger": "postgres://app@" + freeAddr(t) + "/ledger?sslmode=disable&connect_timeout=2"}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serve(ctx, cfg) }()
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("serve stopped while waiting for a database: %v, want nil", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
 // A MariaDB database given as a mysql:// URL is a resource like a
 // PostgreSQL one: opened, checked (its marker table created) and reported
 // serving.

@@ -34,7 +34,8 @@ type Where struct {
 
 // Claim takes lock for owner on a connection from db, waiting until ctx
 // ends while another session holds it (then the error wraps
-// participant.ErrOwnerRunning).
+// participant.ErrOwnerRunning; a ctx that ends before the lock could be
+// asked for is no such proof).
 func Claim(ctx context.Context, db *sql.DB, lock Lock, owner string, w Where) (participant.Claim, error) {
 	c := &claim{db: db, lock: lock, owner: owner, w: w}
 	if err := c.take(ctx); err != nil {
@@ -66,11 +67,12 @@ func (c *claim) take(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %s: claim coordinator id %s: %w", c.w.Adapter, c.w.Resource, c.owner, err)
 	}
+	held := false // another session was seen holding it
 	for {
 		got, err := c.lock.Try(ctx, conn)
 		if err != nil {
 			discard(conn)
-			if ctx.Err() != nil {
+			if ctx.Err() != nil && held {
 				return c.running(ctx.Err())
 			}
 			return fmt.Errorf("%s: %s: claim coordinator id %s: %w", c.w.Adapter, c.w.Resource, c.owner, err)
@@ -79,6 +81,7 @@ func (c *claim) take(ctx context.Context) error {
 			c.conn = conn
 			return nil
 		}
+		held = true
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
 		case <-ctx.Done():
