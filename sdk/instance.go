@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/remote"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
@@ -57,14 +58,49 @@ type served struct {
 	epoch  uint64
 }
 
-func (p *Participant) servedDDL() string {
-	return `CREATE TABLE IF NOT EXISTS ` + ServedTable + ` (
+// servedSQL is ServedTable's statements in one database's dialect.
+type servedSQL struct {
+	ddl, read, insert, update string
+	// updateArgs are update's arguments.
+	updateArgs func(participant string, epoch int64) []any
+}
+
+var (
+	servedPostgres = servedSQL{
+		ddl: `CREATE TABLE IF NOT EXISTS ` + ServedTable + ` (
 	participant text PRIMARY KEY,
 	owner text NOT NULL,
 	log_id text NOT NULL,
 	epoch bigint NOT NULL,
-	seen_at timestamptz NOT NULL DEFAULT now())`
+	seen_at timestamptz NOT NULL DEFAULT now())`,
+		read:       `SELECT owner, log_id, epoch FROM ` + ServedTable + ` WHERE participant = $1`,
+		insert:     `INSERT INTO ` + ServedTable + ` (participant, owner, log_id, epoch) VALUES ($1, $2, $3, $4) ON CONFLICT (participant) DO NOTHING`,
+		update:     `UPDATE ` + ServedTable + ` SET epoch = $2, seen_at = now() WHERE participant = $1 AND epoch < $2`,
+		updateArgs: func(participant string, epoch int64) []any { return []any{participant, epoch} },
+	}
+	servedMySQL = servedSQL{
+		ddl: `CREATE TABLE IF NOT EXISTS ` + ServedTable + ` (
+	participant varchar(64) NOT NULL PRIMARY KEY,
+	owner varchar(200) NOT NULL,
+	log_id varchar(200) NOT NULL,
+	epoch bigint NOT NULL,
+	seen_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB`,
+		read:       `SELECT owner, log_id, epoch FROM ` + ServedTable + ` WHERE participant = ?`,
+		insert:     `INSERT IGNORE INTO ` + ServedTable + ` (participant, owner, log_id, epoch) VALUES (?, ?, ?, ?)`,
+		update:     `UPDATE ` + ServedTable + ` SET epoch = ?, seen_at = NOW(6) WHERE participant = ? AND epoch < ?`,
+		updateArgs: func(participant string, epoch int64) []any { return []any{epoch, participant, epoch} },
+	}
+)
+
+// servedSQL returns ServedTable's statements for the participant's database.
+func (p *Participant) servedSQL() servedSQL {
+	if _, ok := p.res.(*mysql.Resource); ok {
+		return servedMySQL
+	}
+	return servedPostgres
 }
+
+func (p *Participant) servedDDL() string { return p.servedSQL().ddl }
 
 // loadLocked reads the recorded instance once, creating the table if it is
 // missing. p.inst.mu is held.
@@ -77,7 +113,7 @@ func (p *Participant) loadLocked(ctx context.Context) error {
 		return fmt.Errorf("sdk: %s: create %s (it records the coordinator this participant serves; run %q as its owner): %w", p.cfg.Name, ServedTable, p.servedDDL(), err)
 	}
 	var epoch int64
-	err := db.QueryRowContext(ctx, `SELECT owner, log_id, epoch FROM `+ServedTable+` WHERE participant = $1`, p.cfg.Name).
+	err := db.QueryRowContext(ctx, p.servedSQL().read, p.cfg.Name).
 		Scan(&p.inst.owner, &p.inst.logID, &epoch)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -119,8 +155,7 @@ func (p *Participant) learn(ctx context.Context, owner, logID string, epoch uint
 	case p.inst.logID == "":
 		// The first: recorded, unless another process of this participant
 		// recorded one meanwhile.
-		if _, err := db.ExecContext(ctx, `INSERT INTO `+ServedTable+` (participant, owner, log_id, epoch) VALUES ($1, $2, $3, $4) ON CONFLICT (participant) DO NOTHING`,
-			p.cfg.Name, owner, logID, int64(epoch)); err != nil {
+		if _, err := db.ExecContext(ctx, p.servedSQL().insert, p.cfg.Name, owner, logID, int64(epoch)); err != nil {
 			return fmt.Errorf("sdk: %s: record the coordinator it serves: %w", p.cfg.Name, err)
 		}
 		p.inst.loaded = false
@@ -137,8 +172,8 @@ func (p *Participant) learn(ctx context.Context, owner, logID string, epoch uint
 	case p.inst.logID != logID, epoch < p.inst.epoch:
 		return p.otherLocked(owner, logID, epoch)
 	case epoch > p.inst.epoch:
-		if _, err := db.ExecContext(ctx, `UPDATE `+ServedTable+` SET epoch = $2, seen_at = now() WHERE participant = $1 AND epoch < $2`,
-			p.cfg.Name, int64(epoch)); err != nil {
+		q := p.servedSQL()
+		if _, err := db.ExecContext(ctx, q.update, q.updateArgs(p.cfg.Name, int64(epoch))...); err != nil {
 			return fmt.Errorf("sdk: %s: record the coordinator's run %d: %w", p.cfg.Name, epoch, err)
 		}
 		p.inst.epoch = epoch

@@ -29,6 +29,7 @@ package sdk
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -45,6 +46,7 @@ import (
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/failpoint"
 	"github.com/txcoord/txcoord/participant"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/participant/remote"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
@@ -77,8 +79,9 @@ type Config struct {
 	Address string
 	// Coordinator is a connection to the coordinator. Required.
 	Coordinator grpc.ClientConnInterface
-	// Resource is the service's database. Required.
-	Resource *postgres.Resource
+	// Resource is the service's database: a *postgres.Resource or a
+	// *mysql.Resource (MariaDB or MySQL through XA). Required.
+	Resource Resource
 	// InDoubtTimeout: a branch of this participant prepared longer than
 	// this asks the coordinator for its outcome (default 30s). Branches
 	// found prepared when Run starts ask at once.
@@ -111,6 +114,29 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Resource is a service's database: a *postgres.Resource or a
+// *mysql.Resource.
+type Resource interface {
+	participant.Resource
+	DB() *sql.DB
+	// PurgeMarkers deletes the markers that prove commits older than age.
+	PurgeMarkers(ctx context.Context, age time.Duration) (int64, error)
+}
+
+// noResource reports a Resource that is nil, or a nil pointer of a known
+// kind.
+func noResource(r Resource) bool {
+	switch r := r.(type) {
+	case nil:
+		return true
+	case *postgres.Resource:
+		return r == nil
+	case *mysql.Resource:
+		return r == nil
+	}
+	return false
+}
+
 // markerPurgeEvery is how often Run deletes markers older than
 // MarkerRetention.
 const markerPurgeEvery = time.Hour
@@ -119,7 +145,7 @@ const markerPurgeEvery = time.Hour
 type Participant struct {
 	cfg    Config
 	coord  txcoordv1.CoordinatorClient
-	res    *postgres.Resource
+	res    Resource
 	logger *slog.Logger
 
 	inst served // the coordinator instance served (instance.go)
@@ -155,7 +181,7 @@ func New(cfg Config) (*Participant, error) {
 	if cfg.Coordinator == nil {
 		return nil, errors.New("sdk: no coordinator connection")
 	}
-	if cfg.Resource == nil {
+	if noResource(cfg.Resource) {
 		return nil, errors.New("sdk: no database resource")
 	}
 	switch {
@@ -222,6 +248,17 @@ func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 // returned. Other failures wrap ErrNoTransaction, ErrVotedNo, ErrRefused
 // or ErrRegistrationUnknown.
 func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b *postgres.Branch) error) error {
+	return Work(ctx, p, fn)
+}
+
+// Work is Branch for a participant of any database: B is the branch type
+// of the participant's Resource (*postgres.Branch, *mysql.Branch).
+//
+//	err := sdk.Work(ctx, p, func(ctx context.Context, b *mysql.Branch) error {
+//		_, err := b.ExecContext(ctx, `UPDATE stock SET qty = qty - ? WHERE item = ?`, 1, item)
+//		return err
+//	})
+func Work[B participant.Branch](ctx context.Context, p *Participant, fn func(ctx context.Context, b B) error) error {
 	tx, ok := remote.FromContext(ctx)
 	if !ok {
 		var err error
@@ -265,7 +302,11 @@ func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b
 	if err != nil {
 		return err
 	}
-	b := br.(*postgres.Branch)
+	b, ok := br.(B)
+	if !ok {
+		_ = br.Abort(context.WithoutCancel(ctx))
+		return fmt.Errorf("sdk: %s: the resource's branches are %T, not %T", p.cfg.Name, br, b)
+	}
 	if err := fn(ctx, b); err != nil {
 		_ = b.Abort(context.WithoutCancel(ctx))
 		return err
