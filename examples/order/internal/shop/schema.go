@@ -97,10 +97,60 @@ var schema = map[Kind][]string{
 	},
 }
 
-// CreateSchema creates the tables of service k in db and seeds them if
+// mysqlSchema is schema for MariaDB.
+var mysqlSchema = map[Kind][]string{
+	Orders: {
+		`CREATE TABLE IF NOT EXISTS orders (
+			order_id   varchar(100) PRIMARY KEY,
+			customer   varchar(100) NOT NULL,
+			item       varchar(100) NOT NULL,
+			qty        bigint NOT NULL CHECK (qty > 0),
+			amount     bigint NOT NULL CHECK (amount > 0),
+			created_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+		) ENGINE=InnoDB`,
+	},
+	Payment: {
+		`CREATE TABLE IF NOT EXISTS accounts (
+			customer varchar(100) PRIMARY KEY,
+			balance  bigint NOT NULL CHECK (balance >= 0)
+		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS payments (
+			order_id   varchar(100) PRIMARY KEY,
+			customer   varchar(100) NOT NULL REFERENCES accounts (customer),
+			amount     bigint NOT NULL CHECK (amount > 0),
+			created_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+		) ENGINE=InnoDB`,
+		fmt.Sprintf(`INSERT INTO accounts (customer, balance)
+			WITH RECURSIVE g (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n < %d)
+			SELECT CONCAT('cust-', LPAD(n, 2, '0')), %d FROM g
+			WHERE NOT EXISTS (SELECT 1 FROM accounts)`, NumCustomers-1, InitialBalance),
+	},
+	Inventory: {
+		`CREATE TABLE IF NOT EXISTS stock (
+			item     varchar(100) PRIMARY KEY,
+			quantity bigint NOT NULL CHECK (quantity >= 0)
+		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS reservations (
+			order_id   varchar(100) PRIMARY KEY,
+			item       varchar(100) NOT NULL REFERENCES stock (item),
+			qty        bigint NOT NULL CHECK (qty > 0),
+			created_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+		) ENGINE=InnoDB`,
+		fmt.Sprintf(`INSERT INTO stock (item, quantity)
+			WITH RECURSIVE g (n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n < %d)
+			SELECT CONCAT('item-', LPAD(n, 2, '0')), %d FROM g
+			WHERE NOT EXISTS (SELECT 1 FROM stock)`, NumItems-1, InitialStock),
+	},
+}
+
+// createSchema creates the tables of service k in db and seeds them if
 // they are empty.
-func CreateSchema(ctx context.Context, k Kind, db *sql.DB) error {
-	stmts, ok := schema[k]
+func (d dialect) createSchema(ctx context.Context, k Kind, db *sql.DB) error {
+	all := schema
+	if d.mysql {
+		all = mysqlSchema
+	}
+	stmts, ok := all[k]
 	if !ok {
 		return fmt.Errorf("shop: no schema for %v", k)
 	}

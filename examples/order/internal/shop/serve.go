@@ -25,6 +25,7 @@ import (
 
 	"github.com/txcoord/txcoord/authz"
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/participant/mysql"
 	"github.com/txcoord/txcoord/participant/postgres"
 	"github.com/txcoord/txcoord/pki"
 	"github.com/txcoord/txcoord/sdk"
@@ -40,7 +41,8 @@ type ServiceConfig struct {
 	// Advertise is where the coordinator reaches this service (default:
 	// Listen).
 	Advertise string
-	// DSN is the service's PostgreSQL database.
+	// DSN is the service's database: a PostgreSQL URL, or
+	// mysql://user:password@host:port/database for MariaDB (through XA).
 	DSN string
 	// Coordinator is the txcoord server's address (host:port), or the
 	// addresses of a primary and its standbys, comma-separated.
@@ -106,7 +108,7 @@ func ParseServiceFlags(k Kind, args []string) (ServiceConfig, error) {
 	fs := flag.NewFlagSet(k.String(), flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", defaultListen[k], "host:port of the gRPC server")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "host:port where the coordinator reaches this service (default: --listen)")
-	fs.StringVar(&cfg.DSN, "dsn", "", "PostgreSQL database URL (required), e.g. postgres://postgres@127.0.0.1:5432/"+k.String()+"?sslmode=disable")
+	fs.StringVar(&cfg.DSN, "dsn", "", "database URL (required): PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/"+k.String()+"?sslmode=disable, or MariaDB, e.g. mysql://root@127.0.0.1:3306/"+k.String())
 	fs.StringVar(&cfg.Coordinator, "coordinator", "127.0.0.1:7070", "host:port of the txcoord server (host:port,host:port for a primary and its standbys)")
 	fs.StringVar(&cfg.Name, "name", k.String(), "participant name at the coordinator")
 	fs.DurationVar(&cfg.InDoubtTimeout, "in-doubt-timeout", 10*time.Second, "a branch prepared longer than this asks the coordinator for its outcome")
@@ -206,7 +208,7 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	}
 
 	srv := grpc.NewServer(srvOpts...)
-	if err := register(srv, cfg.Kind, p); err != nil {
+	if err := register(srv, cfg.Kind, p, dialectOf(cfg.DSN)); err != nil {
 		return err
 	}
 	p.Register(srv)
@@ -252,29 +254,47 @@ func Serve(ctx context.Context, cfg ServiceConfig) (err error) {
 	return err
 }
 
+// database is a service's database, of either kind.
+type database interface {
+	sdk.Resource
+	Close() error
+	Database() string
+}
+
 // openDatabase opens the service's database and creates its tables. A
 // server that is down or still starting (it may be restarting together
 // with the service) is waited for, up to cfg.DBWait; any other error (a
 // bad DSN, max_prepared_transactions at 0) fails at once.
-func openDatabase(ctx context.Context, cfg ServiceConfig, logger *slog.Logger) (*postgres.Resource, error) {
+func openDatabase(ctx context.Context, cfg ServiceConfig, logger *slog.Logger) (database, error) {
 	deadline := time.Now().Add(cfg.DBWait)
+	d := dialectOf(cfg.DSN)
+	unreachable := postgres.Unreachable
+	if d.mysql {
+		unreachable = mysql.Unreachable
+	}
+	onWait := func(err error, retryIn time.Duration) {
+		logger.Warn("database not reachable; waiting for it", "err", err, "retry_in", retryIn)
+	}
 	for {
-		res, err := postgres.OpenWait(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{}, time.Until(deadline),
-			func(err error, retryIn time.Duration) {
-				logger.Warn("database not reachable; waiting for it", "err", err, "retry_in", retryIn)
-			})
+		var res database
+		var err error
+		if d.mysql {
+			res, err = mysql.OpenWait(ctx, cfg.Name, cfg.DSN, mysql.Options{}, time.Until(deadline), onWait)
+		} else {
+			res, err = postgres.OpenWait(ctx, cfg.Name, postgres.DriverPQ, cfg.DSN, postgres.Options{}, time.Until(deadline), onWait)
+		}
 		if err != nil {
-			if postgres.Unreachable(err) {
+			if unreachable(err) {
 				return nil, fmt.Errorf("shop: the database server did not accept connections within --db-wait %v: %w", cfg.DBWait, err)
 			}
 			return nil, err
 		}
-		err = CreateSchema(ctx, cfg.Kind, res.DB())
+		err = d.createSchema(ctx, cfg.Kind, res.DB())
 		if err == nil {
 			return res, nil
 		}
 		_ = res.Close()
-		if !postgres.Unreachable(err) || ctx.Err() != nil || time.Now().After(deadline) {
+		if !unreachable(err) || ctx.Err() != nil || time.Now().After(deadline) {
 			return nil, err
 		}
 	}
