@@ -1,6 +1,6 @@
-// Package shopdb reads what the order example's three PostgreSQL databases
-// hold (orders, payment, inventory), for the tests that check them: the
-// example's end-to-end test and the chaos run.
+// Package shopdb reads what the order example's three databases hold
+// (orders, payment, inventory; each PostgreSQL or MariaDB), for the tests
+// that check them: the example's end-to-end test and the chaos run.
 package shopdb
 
 import (
@@ -8,6 +8,10 @@ import (
 	"database/sql"
 	"fmt"
 	"sort"
+
+	gomysql "github.com/go-sql-driver/mysql"
+
+	"github.com/txcoord/txcoord/participant/mysql"
 )
 
 // Databases names the three databases, in the order Read takes them.
@@ -52,6 +56,17 @@ func Read(ctx context.Context, orders, payment, inventory *sql.DB) (*State, erro
 	}
 	for i, db := range []*sql.DB{orders, payment, inventory} {
 		name := Databases[i]
+		if isMariaDB(db) {
+			// XA RECOVER lists the server's: one database per server here.
+			list, err := mysql.Scan(ctx, db)
+			if err != nil {
+				return nil, fmt.Errorf("%s database: %w", name, err)
+			}
+			for _, p := range list {
+				s.Prepared[name] = append(s.Prepared[name], p.Raw)
+			}
+			continue
+		}
 		rows, err := db.QueryContext(ctx, `SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid`)
 		if err != nil {
 			return nil, fmt.Errorf("%s database: %w", name, err)
@@ -113,6 +128,16 @@ func Read(ctx context.Context, orders, payment, inventory *sql.DB) (*State, erro
 		return nil, fmt.Errorf("inventory database: %w", err)
 	}
 	return s, nil
+}
+
+// isMariaDB reports whether db is a pool of MariaDB (or MySQL)
+// connections.
+func isMariaDB(db *sql.DB) bool {
+	switch db.Driver().(type) {
+	case *gomysql.MySQLDriver, gomysql.MySQLDriver:
+		return true
+	}
+	return false
 }
 
 // ScanAll calls scan for each row, then closes rows.

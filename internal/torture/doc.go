@@ -1,8 +1,9 @@
 // Package torture is a seeded chaos test of txcoord with real processes.
 //
 // It runs the txcoord server, the order example's three services (orders,
-// payment, inventory) and one PostgreSQL server per service, each a separate
-// process, with every link between them going through a toxiproxy proxy:
+// payment, inventory) and one database server per service (PostgreSQL for
+// orders and payment, MariaDB through XA for inventory, so that every order
+// is a PostgreSQL + MariaDB transaction), each a separate process, with every link between them going through a toxiproxy proxy:
 // client to coordinator, client to each service, each service to the
 // coordinator, the coordinator to each service, and each service to its
 // database. Concurrent clients place orders, each one global transaction
@@ -16,7 +17,7 @@
 // waits for recovery. Then every order must be in all three databases or in
 // none, as its client was told (an order whose outcome was unknown may be
 // either), money and stock must be conserved, nothing may be left in
-// pg_prepared_xacts, and the coordinator's answer about each transaction
+// pg_prepared_xacts or XA RECOVER, and the coordinator's answer about each transaction
 // must match the databases. It has tests only:
 //
 //	go test -race -run Torture -v ./internal/torture/   # short runs (25s of faults), without and with failover

@@ -3,13 +3,15 @@ package torture
 import (
 	"context"
 	"database/sql"
-	"errors"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/txcoord/txcoord/ids"
+	"github.com/txcoord/txcoord/internal/shopdb"
+	"github.com/txcoord/txcoord/participant/mysql"
 )
 
 // runSchedule runs the faults, each target's in order on its own
@@ -67,7 +69,7 @@ func (r *rig) begin(f fault) {
 	case killCoordinator, killService:
 		r.procs[f.target].kill()
 	case killDatabase:
-		if err := r.pg[strings.TrimPrefix(f.target, "pg-")].Kill(); err != nil {
+		if err := r.pg[dbOf(f.target)].Kill(); err != nil {
 			r.fail("kill %s: %v", f.target, err)
 		}
 	case cutLink:
@@ -86,32 +88,71 @@ func (r *rig) begin(f fault) {
 // rollbackByHand rolls back one of the coordinator's prepared branches at
 // the database f targets, straight and not through a link.
 func (r *rig) rollbackByHand(f fault) {
-	db := r.dbs[strings.TrimPrefix(f.target, "pg-")]
+	svc := dbOf(f.target)
+	db := r.dbs[svc]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var raw string
-	err := db.QueryRowContext(ctx, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'txc.torture.%' ORDER BY random() LIMIT 1").Scan(&raw)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		r.ev.logf("slot %d: nothing prepared at %s to roll back", f.start, f.target)
-		return
-	case err != nil:
+	gids, err := preparedGIDs(ctx, db, svc == mariaDB)
+	if err != nil {
 		r.ev.logf("slot %d: %s could not be asked for prepared branches: %v", f.start, f.target, err)
 		return
 	}
+	var ours []string
+	for _, g := range gids {
+		if strings.HasPrefix(g, "txc.torture.") {
+			ours = append(ours, g)
+		}
+	}
+	if len(ours) == 0 {
+		r.ev.logf("slot %d: nothing prepared at %s to roll back", f.start, f.target)
+		return
+	}
+	raw := ours[rand.IntN(len(ours))]
 	g, err := ids.ParseGID(raw)
 	if err != nil {
 		r.fail("a prepared gid at %s does not parse: %q: %v", f.target, raw, err)
 		return
 	}
-	if _, err := db.ExecContext(ctx, "ROLLBACK PREPARED "+ids.QuoteLiteral(raw)); err != nil {
-		r.ev.logf("slot %d: ROLLBACK PREPARED %s at %s: %v", f.start, raw, f.target, err)
+	stmt := "ROLLBACK PREPARED " + ids.QuoteLiteral(raw)
+	if svc == mariaDB {
+		stmt = "XA ROLLBACK " + mysql.XID(g)
+	}
+	if _, err := db.ExecContext(ctx, stmt); err != nil {
+		r.ev.logf("slot %d: %s (%s) at %s: %v", f.start, stmt, raw, f.target, err)
 		return
 	}
 	r.mu.Lock()
 	r.lost[g.TxID] = append(r.lost[g.TxID], raw)
 	r.mu.Unlock()
 	r.ev.logf("slot %d: rolled back %s at %s by hand", f.start, raw, f.target)
+}
+
+// preparedGIDs lists the prepared branches of db's server: from
+// pg_prepared_xacts (this database's), or from XA RECOVER on MariaDB.
+func preparedGIDs(ctx context.Context, db *sql.DB, maria bool) ([]string, error) {
+	if maria {
+		list, err := mysql.Scan(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]string, 0, len(list))
+		for _, p := range list {
+			out = append(out, p.Raw)
+		}
+		return out, nil
+	}
+	rows, err := db.QueryContext(ctx, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	err = shopdb.ScanAll(rows, func() error {
+		var g string
+		err := rows.Scan(&g)
+		out = append(out, g)
+		return err
+	})
+	return out, err
 }
 
 // lostTxs returns the transactions a branch of which was rolled back by
@@ -142,7 +183,7 @@ func (r *rig) end(ctx context.Context, f fault) {
 	case killDatabase:
 		rctx, cancel := context.WithTimeout(context.Background(), restartTimeout)
 		defer cancel()
-		if err := r.pg[strings.TrimPrefix(f.target, "pg-")].Restart(rctx); err != nil {
+		if err := r.pg[dbOf(f.target)].Restart(rctx); err != nil {
 			r.ev.logf("slot %d: restart %s: %v (heal tries again)", f.end, f.target, err)
 			return
 		}

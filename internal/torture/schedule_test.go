@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,8 +42,16 @@ const ledger = "ledger"
 // databases are the database servers: one per service, and the ledger.
 var databases = append(append([]string(nil), services...), ledger)
 
+// mariaDB is the service whose database is MariaDB (through XA); the
+// others' and the ledger are PostgreSQL. Every order is a PostgreSQL +
+// MariaDB transaction.
+const mariaDB = "inventory"
+
 // dbName names the database server of service svc (or of the ledger).
-func dbName(svc string) string { return "pg-" + svc }
+func dbName(svc string) string { return "db-" + svc }
+
+// dbOf is the service (or the ledger) whose database server dbName named.
+func dbOf(target string) string { return strings.TrimPrefix(target, "db-") }
 
 // linkName names the link from one process to another.
 func linkName(from, to string) string { return from + "->" + to }

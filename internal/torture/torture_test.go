@@ -17,11 +17,13 @@ import (
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
 
 	"github.com/txcoord/txcoord/client"
 	"github.com/txcoord/txcoord/ids"
 	"github.com/txcoord/txcoord/internal/etcdtest"
+	"github.com/txcoord/txcoord/internal/mariadbtest"
 	"github.com/txcoord/txcoord/internal/pgtest"
 	"github.com/txcoord/txcoord/internal/proctest"
 	"github.com/txcoord/txcoord/participant/postgres"
@@ -125,7 +127,7 @@ func (c config) replay() string {
 // nothing is left prepared.
 func TestTorture(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and starts txcoord, three services and three PostgreSQL servers")
+		t.Skip("builds and starts txcoord, three services, three PostgreSQL servers and a MariaDB server")
 	}
 	cfg, err := configFromEnv()
 	if err != nil {
@@ -139,7 +141,7 @@ func TestTorture(t *testing.T) {
 // runs both; make torture runs one, as FAILOVER says.
 func TestTortureFailover(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and starts two txcoords, three services, three PostgreSQL servers and etcd")
+		t.Skip("builds and starts two txcoords, three services, three PostgreSQL servers, a MariaDB server and etcd")
 	}
 	cfg, err := configFromEnv()
 	if err != nil {
@@ -271,8 +273,8 @@ type rig struct {
 	data     shopData
 	certs    map[string]tlsFiles // by process, and the intruder
 
-	pg  map[string]*pgtest.Server // by service
-	dbs map[string]*sql.DB        // by service, straight to the server
+	pg  map[string]dbServer // by service, and the ledger
+	dbs map[string]*sql.DB  // by service, straight to the server
 	// ledger is the coordinator's decision holder, straight to its server.
 	ledger *sql.DB
 	procs  map[string]*proc // the coordinators and the services
@@ -296,7 +298,7 @@ type rig struct {
 func newRig(t *testing.T, failover bool) *rig {
 	r := &rig{
 		failover: failover, binDir: t.TempDir(), coordAddr: map[string]string{},
-		pg: map[string]*pgtest.Server{}, dbs: map[string]*sql.DB{}, procs: map[string]*proc{},
+		pg: map[string]dbServer{}, dbs: map[string]*sql.DB{}, procs: map[string]*proc{},
 		links: map[string]*link{}, svcAddr: map[string]string{}, injected: map[faultKind]int{}, lost: map[ids.TxID][]string{},
 	}
 	logDir, err := os.MkdirTemp("", "txcoord-torture-")
@@ -327,7 +329,7 @@ func newRig(t *testing.T, failover bool) *rig {
 			r.etcd, etcdErr = etcdtest.StartProcesses(3, filepath.Join(r.binDir, etcdMember))
 		}
 	})
-	r.startPostgres(t)
+	r.startServers(t)
 	wg.Wait()
 	if r.etcd != nil {
 		t.Cleanup(r.etcd.Close)
@@ -343,7 +345,7 @@ func newRig(t *testing.T, failover bool) *rig {
 	if err := r.pg[ledger].CreateDB(ctx, ledger); err != nil {
 		t.Fatal(err)
 	}
-	r.ledger, err = sql.Open("postgres", r.pg[ledger].DSN(ledger))
+	r.ledger, err = sql.Open("postgres", r.pg[ledger].(*pgtest.Server).DSN(ledger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,8 +355,14 @@ func newRig(t *testing.T, failover bool) *rig {
 		if err := r.pg[s].CreateDB(ctx, s); err != nil {
 			t.Fatal(err)
 		}
-		db, err := sql.Open("postgres", r.pg[s].DSN(s))
-		if err != nil {
+		var db *sql.DB
+		if my, ok := r.pg[s].(*mariadbtest.Server); ok {
+			c, err := gomysql.NewConnector(my.Config(s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db = sql.OpenDB(c)
+		} else if db, err = sql.Open("postgres", r.pg[s].(*pgtest.Server).DSN(s)); err != nil {
 			t.Fatal(err)
 		}
 		db.SetMaxOpenConns(2)
@@ -446,6 +454,9 @@ func newRig(t *testing.T, failover bool) *rig {
 	for _, s := range services {
 		dsn := url.URL{Scheme: "postgres", User: url.User("postgres"), Host: r.links[linkName(s, dbName(s))].addr,
 			Path: "/" + s, RawQuery: "sslmode=disable&connect_timeout=5"}
+		if s == mariaDB {
+			dsn = url.URL{Scheme: "mysql", User: url.User("root"), Host: r.links[linkName(s, dbName(s))].addr, Path: "/" + s, RawQuery: "timeout=5s"}
+		}
 		r.procs[s] = r.newProc(s, r.svcAddr[s], "--listen", r.svcAddr[s],
 			"--advertise", r.links[linkName(coordName, s)].addr, "--dsn", dsn.String(),
 			"--coordinator", strings.Join(r.serviceCoordAddrs(s), ","),
@@ -529,13 +540,47 @@ func (r *rig) clientAddrs() map[string]string {
 	return out
 }
 
-// startPostgres starts one PostgreSQL server per service and the ledger's,
-// in parallel.
-func (r *rig) startPostgres(t *testing.T) {
-	list := pgtest.StartManyT(t, len(databases), pgtest.Options{NoFsync: true})
-	for i, s := range databases {
+// dbServer is a database server of either kind.
+type dbServer interface {
+	CreateDB(ctx context.Context, name string) error
+	Kill() error
+	Restart(ctx context.Context) error
+	Running() bool
+	Port() int
+	LogTail(n int) string
+}
+
+// startServers starts the database servers, in parallel: MariaDB for the
+// mariaDB service, PostgreSQL for the others and the ledger.
+func (r *rig) startServers(t *testing.T) {
+	var pgs []string
+	for _, s := range databases {
+		if s != mariaDB {
+			pgs = append(pgs, s)
+		}
+	}
+	var wg sync.WaitGroup
+	var my *mariadbtest.Server
+	var myErr error
+	wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		my, myErr = mariadbtest.Start(ctx, mariadbtest.Options{NoFsync: true})
+	})
+	list := pgtest.StartManyT(t, len(pgs), pgtest.Options{NoFsync: true})
+	wg.Wait()
+	if myErr != nil {
+		t.Fatal(myErr)
+	}
+	t.Cleanup(func() {
+		if err := my.Stop(); err != nil {
+			t.Errorf("mariadbtest: stop: %v", err)
+		}
+	})
+	for i, s := range pgs {
 		r.pg[s] = list[i]
 	}
+	r.pg[mariaDB] = my
 }
 
 // holdPorts listens on n free loopback ports; the caller closes the

@@ -74,7 +74,7 @@ func (d dialect) work(ctx context.Context, p *sdk.Participant, fn func(ctx conte
 // zero, and returns what is left: ok is false if no row has the key or
 // it has less than n.
 func (d dialect) take(ctx context.Context, b branch, table, column, key string, keyValue any, n int64) (left int64, ok bool, err error) {
-	res, err := b.ExecContext(ctx, d.sql(`UPDATE `+table+` SET `+column+` = `+column+` - $1 WHERE `+key+` = $2 AND `+column+` >= $1`), n, keyValue)
+	res, err := b.ExecContext(ctx, d.sql(`UPDATE `+table+` SET `+column+` = `+column+` - $1 WHERE `+key+` = $2 AND `+column+` >= $3`), n, keyValue, n)
 	if err != nil {
 		return 0, false, err
 	}
