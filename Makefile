@@ -113,7 +113,7 @@ model:
 DURATION ?= 2m
 SEED     ?=
 FAILOVER ?=
-torture: pg
+torture: pg mariadb
 	@secs=$$(echo '$(DURATION)' | awk '{ s = 0; d = $$0; while (match(d, /^[0-9]+[hms]/)) { u = substr(d, RLENGTH, 1); s += substr(d, 1, RLENGTH - 1) * (u == "h" ? 3600 : u == "m" ? 60 : 1); d = substr(d, RLENGTH + 1) } if (d != "" || s == 0) exit 1; print s }') || \
 		{ echo "DURATION=$(DURATION): want a duration such as 90s, 10m or 1h30m" >&2; exit 2; }; \
 	TORTURE_DURATION='$(DURATION)' TORTURE_SEED='$(SEED)' TORTURE_FAILOVER='$(FAILOVER)' \
