@@ -176,3 +176,23 @@ type Claim interface {
 	// Release gives the claim up.
 	Release() error
 }
+
+// ProvenCommit is a SQL resource's answer to a commit that found no such
+// prepared branch (unknown, wrapping ErrUnknownBranch): nil if the
+// branch's proof (proven) shows it committed; unknown, saying why, if it
+// does not or the resource keeps no proofs; and an error without
+// ErrUnknownBranch, for the caller to try again, if the proof cannot be
+// read.
+func ProvenCommit(unknown error, keepsProofs bool, proven func() (bool, error)) error {
+	if !keepsProofs {
+		return fmt.Errorf("%w (the resource keeps no markers, so a branch committed before cannot be told from one lost)", unknown)
+	}
+	ok, err := proven()
+	switch {
+	case err != nil:
+		return fmt.Errorf("no such prepared branch, and its marker could not be read: %w (commit: %v)", err, unknown)
+	case ok:
+		return nil
+	}
+	return fmt.Errorf("%w (and no marker: it was never prepared, or was rolled back or lost behind the coordinator's back)", unknown)
+}

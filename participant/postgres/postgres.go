@@ -338,17 +338,7 @@ func (r *Resource) Commit(ctx context.Context, gid ids.GID) error {
 	if !errors.Is(err, participant.ErrUnknownBranch) {
 		return err
 	}
-	ok, perr := r.proven(ctx, gid)
-	switch {
-	case perr != nil:
-		// Neither proven nor disproven: the caller tries again.
-		return fmt.Errorf("postgres: %s: commit prepared %s: no such prepared transaction, and its marker could not be read: %w", r.name, gid, perr)
-	case ok:
-		return nil
-	case r.markers == "":
-		return fmt.Errorf("%w (the resource keeps no markers, so a branch committed before cannot be told from one lost)", err)
-	}
-	return fmt.Errorf("%w (and no marker: it was never prepared, or was rolled back or lost behind the coordinator's back)", err)
+	return participant.ProvenCommit(err, r.markers != "", func() (bool, error) { return r.proven(ctx, gid) })
 }
 
 // Rollback runs ROLLBACK PREPARED for gid on a pooled connection. Its
