@@ -349,7 +349,7 @@ func TestForeignXIDsAreLeftAlone(t *testing.T) {
 	foreign := []string{
 		"'other-gtrid','b',1",
 		"X'00ff10',X'',7",
-		"'not.a.gid','x'," + "1954051889",
+		"'not.a.gid','x'," + strconv.Itoa(FormatID),
 		"'" + gidLike.GTRID() + "','" + gidLike.Branch + "',1",
 	}
 	for i, x := range foreign {
@@ -368,7 +368,7 @@ func TestForeignXIDsAreLeftAlone(t *testing.T) {
 	want := map[string]bool{
 		"X'6f746865722d6774726964',X'62',1":                        true,
 		"X'00ff10',X'',7":                                          true,
-		"X'6e6f742e612e676964',X'78',1954051889":                   true,
+		"X'6e6f742e612e676964',X'78',1954046769":                   true,
 		xidSQL([]byte(gidLike.GTRID()), []byte(gidLike.Branch), 1): true,
 	}
 	var ps []participant.Prepared
