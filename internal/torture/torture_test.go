@@ -762,8 +762,16 @@ func (r *rig) placeAfter(w *workload) ([]*record, []string) {
 // stopAll stops the services, then the coordinator, gracefully; each must
 // exit cleanly.
 func (r *rig) stopAll() {
+	// A standby first: it is not asked to take over. After failovers
+	// either coordinator may be the primary, the one that serves.
 	coords := r.coordinators()
-	slices.Reverse(coords) // a standby first: it is not asked to take over
+	if len(coords) > 1 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if proctest.WaitServing(ctx, r.procs[coords[0]].addr, nil, dialOptions()...) == nil {
+			slices.Reverse(coords)
+		}
+		cancel()
+	}
 	for _, name := range append(append([]string(nil), services...), coords...) {
 		if err := r.procs[name].stop(stopTimeout); err != nil {
 			r.fail("stop: %v", err)
