@@ -364,7 +364,9 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 				var op func(ctx context.Context, r *rand.Rand) error
 				switch m {
 				case modeIndependent:
-					op = func(ctx context.Context, r *rand.Rand) error { return independent(ctx, db, r, o.accounts) }
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return independent(ctx, db, [2]string{debit, credit}, r, o.accounts)
+					}
 				case modePlain2PC:
 					op = func(ctx context.Context, r *rand.Rand) error {
 						return plain2PC(ctx, db, r, o.accounts, gidSeq.Add(1))
@@ -480,31 +482,14 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workers\tmode\ttransfers/s\tp50\tp99\tvs plain-2pc (paired)\tvs plain-holder\tforced writes\tCPU/transfer\tof which client\terrors\trounds (transfers/s)\t")
-	pct := func(v float64) string {
-		if v <= 0 {
-			return "-"
-		}
-		return strconv.FormatFloat(v*100, 'f', 1, 64) + "%"
-	}
 	for _, r := range results {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%s\t%.2f\t%v\t%v\t%d\t%s\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), pct(r.Relative), pct(r.RelativeHolder), r.ForcedWrites, r.CPU.Round(time.Microsecond), r.ClientCPU.Round(time.Microsecond), r.Errors, fmtRounds(r.Rounds))
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%v\t%v\t%s\t%s\t%.2f\t%v\t%v\t%d\t%s\t\n", r.Workers, r.Mode, r.TPS, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), pctOf(r.Relative), pctOf(r.RelativeHolder), r.ForcedWrites, r.CPU.Round(time.Microsecond), r.ClientCPU.Round(time.Microsecond), r.Errors, fmtRounds(r.Rounds))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	for _, mc := range []struct {
-		what  string
-		ratio map[int]float64
-	}{{"txcoord / txcoord-nomarkers", markerCost}, {"txcoord-holder / txcoord-holder-nomarkers", holderMarkerCost}} {
-		if len(mc.ratio) == 0 {
-			continue
-		}
-		var parts []string
-		for _, w := range o.workers {
-			parts = append(parts, fmt.Sprintf("%s at %d workers", pct(mc.ratio[w]), w))
-		}
-		fmt.Fprintf(out, "cost of proving commits (markers): %s, paired: %s\n", mc.what, strings.Join(parts, ", "))
-	}
+	printMarkerCost(out, "txcoord / txcoord-nomarkers", markerCost, o.workers)
+	printMarkerCost(out, "txcoord-holder / txcoord-holder-nomarkers", holderMarkerCost, o.workers)
 	fmt.Fprintf(out, "markers left after the run: %d (bank_a), %d (bank_b)\n", markersLeft[0], markersLeft[1])
 	if contains(o.modes, modeTxcoordHolder) {
 		fmt.Fprintf(out, "decision rows left at the holder after the run: %d (txcoord-holder, %s)", heldRows, res[0].DecisionTable())
@@ -516,15 +501,37 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	return nil
 }
 
+// printMarkerCost prints what proving commits cost, paired, at each worker
+// count: ratio is a mode's throughput over its no-markers twin's.
+func printMarkerCost(out io.Writer, what string, ratio map[int]float64, workers []int) {
+	if len(ratio) == 0 {
+		return
+	}
+	var parts []string
+	for _, w := range workers {
+		parts = append(parts, fmt.Sprintf("%s at %d workers", pctOf(ratio[w]), w))
+	}
+	fmt.Fprintf(out, "cost of proving commits (markers): %s, paired: %s\n", what, strings.Join(parts, ", "))
+}
+
+// pctOf shows a ratio as a percentage, "-" when there is none.
+func pctOf(v float64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(v*100, 'f', 1, 64) + "%"
+}
+
 // benchIdleConns is the idle-pool size of the benchmark's pools.
 const benchIdleConns = 200
 
 const debit = `UPDATE accounts SET balance = balance - 1 WHERE id = $1`
 const credit = `UPDATE accounts SET balance = balance + 1 WHERE id = $1`
 
-// independent commits each side on its own: the ceiling, with no atomicity.
-func independent(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int) error {
-	for i, q := range []string{debit, credit} {
+// independent commits each side on its own (qs: the debit at db[0], the
+// credit at db[1]): the ceiling, with no atomicity.
+func independent(ctx context.Context, db [2]*sql.DB, qs [2]string, r *rand.Rand, accounts int) error {
+	for i, q := range qs {
 		tx, err := db[i].BeginTx(ctx, nil)
 		if err != nil {
 			return err

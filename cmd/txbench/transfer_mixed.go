@@ -30,11 +30,8 @@ import (
 // mixedModes are the modes run with bank_b on MariaDB.
 var mixedModes = []string{modeIndependent, modePlain2PC, modeTxcoord, modeNoMarkers, modeTxcoordHolder}
 
-// MariaDB's side of the transfer.
-const (
-	myDebit  = `UPDATE accounts SET balance = balance - 1 WHERE id = ?`
-	myCredit = `UPDATE accounts SET balance = balance + 1 WHERE id = ?`
-)
+// myCredit is the transfer's credit at bank_b, on MariaDB.
+const myCredit = `UPDATE accounts SET balance = balance + 1 WHERE id = ?`
 
 // mixedBanks is bank_a on PostgreSQL and bank_b on MariaDB.
 type mixedBanks struct {
@@ -219,7 +216,9 @@ func runMixedTransfer(ctx context.Context, out io.Writer, o *transferOptions) er
 				var log wal.Log
 				switch m {
 				case modeIndependent:
-					op = func(ctx context.Context, r *rand.Rand) error { return mixedIndependent(ctx, db, r, o.accounts) }
+					op = func(ctx context.Context, r *rand.Rand) error {
+						return independent(ctx, db, [2]string{debit, myCredit}, r, o.accounts)
+					}
 				case modePlain2PC:
 					op = func(ctx context.Context, r *rand.Rand) error { return plainXA(ctx, db, r, o.accounts, gidSeq.Add(1)) }
 				case modeTxcoord:
@@ -294,44 +293,8 @@ func runMixedTransfer(ctx context.Context, out io.Writer, o *transferOptions) er
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(markerCost) > 0 {
-		fmt.Fprint(out, "cost of proving commits (markers): txcoord / txcoord-nomarkers, paired:")
-		for i, w := range o.workers {
-			if i > 0 {
-				fmt.Fprint(out, ",")
-			}
-			fmt.Fprintf(out, " %s at %d workers", pctOf(markerCost[w]), w)
-		}
-		fmt.Fprintln(out)
-	}
+	printMarkerCost(out, "txcoord / txcoord-nomarkers", markerCost, o.workers)
 	fmt.Fprintf(out, "markers left after the run: %d (bank_a), %d (bank_b); nothing left prepared at either\n", markersLeft[0], markersLeft[1])
-	return nil
-}
-
-// pctOf shows a ratio as a percentage, "-" when there is none.
-func pctOf(v float64) string {
-	if v <= 0 {
-		return "-"
-	}
-	return strconv.FormatFloat(v*100, 'f', 1, 64) + "%"
-}
-
-// mixedIndependent commits each side on its own: the ceiling, with no
-// atomicity.
-func mixedIndependent(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int) error {
-	for i, q := range []string{debit, myCredit} {
-		tx, err := db[i].BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, q, r.IntN(accounts)); err != nil {
-			_ = tx.Rollback()
-			return err
-		}
-		if err := tx.Commit(); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -365,19 +328,14 @@ func plainXA(ctx context.Context, db [2]*sql.DB, r *rand.Rand, accounts int, seq
 		_, _ = a.ExecContext(ctx, "ROLLBACK")
 		return err
 	}
-	for _, q := range []string{"XA START " + xid} {
-		if _, err := b.ExecContext(ctx, q); err != nil {
+	for _, st := range []struct {
+		q    string
+		args []any
+	}{{"XA START " + xid, nil}, {myCredit, []any{r.IntN(accounts)}}, {"XA END " + xid, nil}} {
+		if _, err := b.ExecContext(ctx, st.q, st.args...); err != nil {
 			_, _ = a.ExecContext(ctx, "ROLLBACK")
 			return err
 		}
-	}
-	if _, err := b.ExecContext(ctx, myCredit, r.IntN(accounts)); err != nil {
-		_, _ = a.ExecContext(ctx, "ROLLBACK")
-		return err
-	}
-	if _, err := b.ExecContext(ctx, "XA END "+xid); err != nil {
-		_, _ = a.ExecContext(ctx, "ROLLBACK")
-		return err
 	}
 	if _, err := a.ExecContext(ctx, "PREPARE TRANSACTION "+ids.QuoteLiteral(gid)); err != nil {
 		return err

@@ -56,29 +56,11 @@ func Read(ctx context.Context, orders, payment, inventory *sql.DB) (*State, erro
 	}
 	for i, db := range []*sql.DB{orders, payment, inventory} {
 		name := Databases[i]
-		if isMariaDB(db) {
-			// XA RECOVER lists the server's: one database per server here.
-			list, err := mysql.Scan(ctx, db)
-			if err != nil {
-				return nil, fmt.Errorf("%s database: %w", name, err)
-			}
-			for _, p := range list {
-				s.Prepared[name] = append(s.Prepared[name], p.Raw)
-			}
-			continue
-		}
-		rows, err := db.QueryContext(ctx, `SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid`)
+		gids, err := PreparedGIDs(ctx, db)
 		if err != nil {
 			return nil, fmt.Errorf("%s database: %w", name, err)
 		}
-		if err := ScanAll(rows, func() error {
-			var gid string
-			err := rows.Scan(&gid)
-			s.Prepared[name] = append(s.Prepared[name], gid)
-			return err
-		}); err != nil {
-			return nil, fmt.Errorf("%s database: %w", name, err)
-		}
+		s.Prepared[name] = gids
 	}
 	rows, err := orders.QueryContext(ctx, `SELECT order_id, customer, item, qty, amount FROM orders`)
 	if err != nil {
@@ -128,6 +110,34 @@ func Read(ctx context.Context, orders, payment, inventory *sql.DB) (*State, erro
 		return nil, fmt.Errorf("inventory database: %w", err)
 	}
 	return s, nil
+}
+
+// PreparedGIDs lists the prepared branches db holds: from
+// pg_prepared_xacts (this database's), or from XA RECOVER on MariaDB (the
+// server's), as their gids or, for foreign ones, their xids.
+func PreparedGIDs(ctx context.Context, db *sql.DB) ([]string, error) {
+	var out []string
+	if isMariaDB(db) {
+		list, err := mysql.Scan(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range list {
+			out = append(out, p.Raw)
+		}
+		return out, nil
+	}
+	rows, err := db.QueryContext(ctx, `SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid`)
+	if err != nil {
+		return nil, err
+	}
+	err = ScanAll(rows, func() error {
+		var gid string
+		err := rows.Scan(&gid)
+		out = append(out, gid)
+		return err
+	})
+	return out, err
 }
 
 // isMariaDB reports whether db is a pool of MariaDB (or MySQL)

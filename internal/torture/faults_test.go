@@ -2,7 +2,6 @@ package torture
 
 import (
 	"context"
-	"database/sql"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -92,7 +91,7 @@ func (r *rig) rollbackByHand(f fault) {
 	db := r.dbs[svc]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	gids, err := preparedGIDs(ctx, db, svc == mariaDB)
+	gids, err := shopdb.PreparedGIDs(ctx, db)
 	if err != nil {
 		r.ev.logf("slot %d: %s could not be asked for prepared branches: %v", f.start, f.target, err)
 		return
@@ -125,34 +124,6 @@ func (r *rig) rollbackByHand(f fault) {
 	r.lost[g.TxID] = append(r.lost[g.TxID], raw)
 	r.mu.Unlock()
 	r.ev.logf("slot %d: rolled back %s at %s by hand", f.start, raw, f.target)
-}
-
-// preparedGIDs lists the prepared branches of db's server: from
-// pg_prepared_xacts (this database's), or from XA RECOVER on MariaDB.
-func preparedGIDs(ctx context.Context, db *sql.DB, maria bool) ([]string, error) {
-	if maria {
-		list, err := mysql.Scan(ctx, db)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]string, 0, len(list))
-		for _, p := range list {
-			out = append(out, p.Raw)
-		}
-		return out, nil
-	}
-	rows, err := db.QueryContext(ctx, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid")
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	err = shopdb.ScanAll(rows, func() error {
-		var g string
-		err := rows.Scan(&g)
-		out = append(out, g)
-		return err
-	})
-	return out, err
 }
 
 // lostTxs returns the transactions a branch of which was rolled back by

@@ -231,27 +231,14 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 		}
 		return participant.VoteReadOnly, nil
 	}
-	var err error
-	if b.r.multi() {
-		// The marker, XA END and XA PREPARE in one round trip: the server
-		// runs nothing after a statement that fails.
-		q := "XA END " + b.xid + "; XA PREPARE " + b.xid
-		if b.r.markers != "" {
-			q = b.r.markStmt(b.gid) + "; " + q
-		}
-		failpoint.Hit(failpoint.MySQLBeforePrepare)
-		_, err = b.conn.ExecContext(ctx, q)
-	} else {
-		if b.r.markers != "" {
-			if _, err := b.conn.ExecContext(ctx, b.r.markStmt(b.gid)); err != nil {
-				return participant.VoteNo, b.failed(ctx, "insert the marker of", err)
-			}
-		}
-		if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
-			return participant.VoteNo, b.failed(ctx, "xa end", err)
-		}
-		failpoint.Hit(failpoint.MySQLBeforePrepare)
-		_, err = b.conn.ExecContext(ctx, "XA PREPARE "+b.xid)
+	stmts := []string{"XA END " + b.xid, "XA PREPARE " + b.xid}
+	if b.r.markers != "" {
+		stmts = append([]string{b.r.markStmt(b.gid)}, stmts...)
+	}
+	err := b.run(ctx, stmts, failpoint.MySQLBeforePrepare)
+	var early *beforeLast
+	if errors.As(err, &early) {
+		return participant.VoteNo, b.failed(ctx, "prepare", early.err)
 	}
 	if err == nil {
 		failpoint.Hit(failpoint.MySQLAfterPrepare)
@@ -276,6 +263,36 @@ func (b *Branch) prepare(ctx context.Context) (participant.Vote, error) {
 	}
 	return participant.VoteNo, fmt.Errorf("%w: %s: xa prepare %s: %w", ErrRolledBack, b.r.name, b.gid, err)
 }
+
+// run sends stmts on the branch's connection, in one round trip where the
+// pool takes several statements (the server runs nothing after one that
+// fails), else one by one; the crash point before is hit before the last
+// is sent. An error of a statement before the last, sent alone, is a
+// *beforeLast: the last one was not sent.
+func (b *Branch) run(ctx context.Context, stmts []string, before string) error {
+	if b.r.multi() {
+		stmts = []string{strings.Join(stmts, "; ")}
+	}
+	for i, q := range stmts {
+		last := i == len(stmts)-1
+		if last {
+			failpoint.Hit(before)
+		}
+		if _, err := b.conn.ExecContext(ctx, q); err != nil {
+			if !last {
+				return &beforeLast{err}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// beforeLast is the error of a statement that run sent before the last.
+type beforeLast struct{ err error }
+
+func (e *beforeLast) Error() string { return e.err.Error() }
+func (e *beforeLast) Unwrap() error { return e.err }
 
 // failed ends a branch whose statement in Prepare failed before anything
 // was prepared, and returns the error to vote no with.
@@ -337,14 +354,10 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 // commitOnePhase ends and commits the branch in one phase, leaving it in
 // st. b.s is locked.
 func (b *Branch) commitOnePhase(ctx context.Context, st state) error {
-	var err error
-	if b.r.multi() {
-		_, err = b.conn.ExecContext(ctx, "XA END "+b.xid+"; XA COMMIT "+b.xid+" ONE PHASE")
-	} else {
-		if _, err := b.conn.ExecContext(ctx, "XA END "+b.xid); err != nil {
-			return b.failed(ctx, "xa end", err)
-		}
-		_, err = b.conn.ExecContext(ctx, "XA COMMIT "+b.xid+" ONE PHASE")
+	err := b.run(ctx, []string{"XA END " + b.xid, "XA COMMIT " + b.xid + " ONE PHASE"}, "")
+	var early *beforeLast
+	if errors.As(err, &early) {
+		return b.failed(ctx, "xa end", early.err)
 	}
 	switch {
 	case err == nil:

@@ -227,10 +227,13 @@ func (r *Resource) check(ctx context.Context, learn bool) error {
 	return nil
 }
 
+// isMariaDB reports whether VERSION() names MariaDB.
+func isMariaDB(version string) bool { return strings.Contains(strings.ToLower(version), "mariadb") }
+
 // parseVersion reads VERSION(): "10.11.19-MariaDB-0+deb12u1-log" or
 // "8.0.36".
 func parseVersion(v string) (serverInfo, error) {
-	info := serverInfo{version: v, mariadb: strings.Contains(strings.ToLower(v), "mariadb")}
+	info := serverInfo{version: v, mariadb: isMariaDB(v)}
 	num := v
 	if i := strings.IndexFunc(num, func(c rune) bool { return c != '.' && (c < '0' || c > '9') }); i >= 0 {
 		num = num[:i]
@@ -613,7 +616,7 @@ func (r *Resource) execFinish(ctx context.Context, gid ids.GID, q, before, after
 
 // listed reports whether XA RECOVER lists gid's xid.
 func (r *Resource) listed(ctx context.Context, gid ids.GID) (bool, error) {
-	xs, err := r.recover(ctx)
+	xs, err := r.recoverXIDs(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -625,27 +628,22 @@ func (r *Resource) listed(ctx context.Context, gid ids.GID) (bool, error) {
 	return false, nil
 }
 
-// recover runs XA RECOVER, retried on another connection if a pooled one
-// turns out to be dead.
-func (r *Resource) recover(ctx context.Context) ([]recovered, error) {
-	const attempts = 3
-	for i := 1; ; i++ {
-		out, err := r.recoverOnce(ctx)
-		if err == nil || i == attempts || ctx.Err() != nil || !connLost(err) {
-			return out, err
-		}
-	}
-}
-
-func (r *Resource) recoverOnce(ctx context.Context) ([]recovered, error) {
+// recoverXIDs runs XA RECOVER, retried on another connection if a pooled
+// one turns out to be dead.
+func (r *Resource) recoverXIDs(ctx context.Context) ([]recovered, error) {
 	r.mu.Lock()
 	mariadb := r.server.mariadb
 	r.mu.Unlock()
-	out, err := xaRecover(ctx, r.db, mariadb)
-	if err != nil {
-		return nil, fmt.Errorf("mysql: %s: %w", r.name, err)
+	const attempts = 3
+	for i := 1; ; i++ {
+		out, err := xaRecover(ctx, r.db, mariadb)
+		if err == nil {
+			return out, nil
+		}
+		if i == attempts || ctx.Err() != nil || !connLost(err) {
+			return nil, fmt.Errorf("mysql: %s: %w", r.name, err)
+		}
 	}
-	return out, nil
 }
 
 // xaRecover runs XA RECOVER on db: on MariaDB its data column holds the
@@ -689,7 +687,7 @@ func Scan(ctx context.Context, db *sql.DB) ([]participant.Prepared, error) {
 	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
-	xs, err := xaRecover(ctx, db, strings.Contains(strings.ToLower(version), "mariadb"))
+	xs, err := xaRecover(ctx, db, isMariaDB(version))
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
@@ -715,7 +713,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 	if err := r.ready(ctx); err != nil {
 		return nil, err
 	}
-	xs, err := r.recover(ctx)
+	xs, err := r.recoverXIDs(ctx)
 	if err != nil {
 		return nil, err
 	}
