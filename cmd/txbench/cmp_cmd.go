@@ -18,7 +18,7 @@ import (
 	"github.com/txcoord/txcoord/internal/pgtest"
 )
 
-var cmpModes = []string{"2pc", "2pc-grpc", "saga", "none"}
+var cmpModes = []string{"2pc", "2pc-holder", "2pc-grpc", "saga", "none"}
 
 type cmpOptions struct {
 	workloads []string
@@ -27,6 +27,7 @@ type cmpOptions struct {
 	duration  time.Duration
 	warmup    time.Duration
 	failRate  float64
+	lockEvery time.Duration
 	crash     bool
 	accounts  int
 	report    string
@@ -42,9 +43,11 @@ func newCompareCmd() *cobra.Command {
 		Long: `Runs the same operations, moving money between accounts in 1 to 4 PostgreSQL
 servers (started here, fsync on), in four modes:
 
-  2pc       txcoord as a library: one branch per database, COMMIT logged in bbolt
-  2pc-grpc  through a txcoord server: the client calls one SDK service per database
-            over loopback gRPC; the server commits them over gRPC
+  2pc         txcoord as a library: one branch per database, COMMIT logged in bbolt
+  2pc-holder  the same with the first database's branch holding the decision in
+              that database (no log write)
+  2pc-grpc    through a txcoord server: the client calls one SDK service per
+              database over loopback gRPC; the server commits them over gRPC
   saga      our orchestrated saga (not a peer's): a durable saga log in bbolt with
             group commit, each step a local transaction made idempotent by a marker
             row, compensations in reverse on failure, retried until done
@@ -57,12 +60,23 @@ the step fails after the others ran (2PC rolls back, the saga compensates,
 none is left half done). With --crash, the second database server is killed
 (SIGKILL) a third of the way into each run and restarted a second later.
 
+Two readers read every database's total over and over and count the reads
+where money is missing or doubled:
+  plain    one ordinary query per database, in parallel (what an application's
+           read sees); a read that is off is read again at once, and counted
+           as stable when it is off by the same amount twice (a partial state
+           that lasted, not a race between its own queries)
+  locking  one transaction per database, all open until every database was
+           read, each taking a SHARE lock on the table first (the whole-table
+           SELECT ... FOR SHARE), in the order the operations take theirs: it
+           waits for prepared branches, so under 2PC it sees no partial state;
+           the time it waits is reported
+
 For each run: throughput, latency p50/p95/p99, aborts, how long rows stay
-locked and how long a change is partly visible, what an auditor reading
-every database's total at the same moment sees (money missing or doubled),
-and after recovery whether the total is unchanged and nothing is prepared.
-A table goes to the terminal; JSON, SVG plots and a summary in words go to
---report.`,
+locked and how long a change is partly visible, what both readers saw, a time
+series (throughput, p99, the readers' findings and waits), and after recovery
+whether the total is unchanged and nothing is prepared. A table goes to the
+terminal; JSON, plots (PNG and SVG) and a summary in words go to --report.`,
 		Example: `  # the short default sweep (make bench)
   txbench compare --report report
   # with a database server killed in every run
@@ -81,6 +95,7 @@ A table goes to the terminal; JSON, SVG plots and a summary in words go to
 	f.DurationVar(&o.duration, "duration", 2*time.Second, "measured time per run")
 	f.DurationVar(&o.warmup, "warmup", 500*time.Millisecond, "unmeasured time before each run")
 	f.Float64Var(&o.failRate, "fail-rate", 0.1, "share of operations that fail for a business reason (0 to 1)")
+	f.DurationVar(&o.lockEvery, "locking-every", 50*time.Millisecond, "how often the locking reader reads (0: no locking reader)")
 	f.BoolVar(&o.crash, "crash", false, "kill -9 the second database server in the middle of each run, and restart it")
 	f.IntVar(&o.accounts, "accounts", 10000, "accounts per database")
 	f.StringVar(&o.report, "report", "", "write results.json, summary.md and SVG plots to this folder")
@@ -96,6 +111,9 @@ func (o *cmpOptions) validate() error {
 	}
 	if o.crash && o.duration < 3*time.Second {
 		errs = append(errs, fmt.Errorf("--crash needs --duration of at least 3s (the server is down for a second)"))
+	}
+	if o.lockEvery < 0 {
+		errs = append(errs, fmt.Errorf("--locking-every must not be negative"))
 	}
 	if o.failRate < 0 || o.failRate > 1 {
 		errs = append(errs, fmt.Errorf("--fail-rate %v is outside 0..1", o.failRate))
@@ -205,9 +223,9 @@ func runCompare(ctx context.Context, out, progress io.Writer, o *cmpOptions) err
 		}
 	}()
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tmode\tworkers\tops/s\tp50 ms\tp95 ms\tp99 ms\taborts\tlocked p99 ms\tpartly visible p99 ms\tnever healed\tanomalies/audits\tinvariant\t")
+	fmt.Fprintln(tw, "workload\tmode\tworkers\tops/s\tp50 ms\tp95 ms\tp99 ms\taborts\tlocked p99 ms\tpartly visible p99 ms\tnever healed\tplain reader off/reads (stable)\tlocking reader off/reads\tlocking wait p99 ms\tinvariant\t")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f%%\t%.2f\t%.2f\t%d\t%d/%d\t%v\t\n", r.Workload, r.Mode, r.Workers, r.TPS, r.P50, r.P95, r.P99, 100*r.AbortRate, r.LockedP99, r.InconsistentP99, r.NeverHealed, r.Anomalies, r.Audits, r.InvariantHolds)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%.1f%%\t%.2f\t%.2f\t%d\t%d/%d (%d)\t%s\t%.1f\t%v\t\n", r.Workload, r.Mode, r.Workers, r.TPS, r.P50, r.P95, r.P99, 100*r.AbortRate, r.LockedP99, r.InconsistentP99, r.NeverHealed, r.Anomalies, r.Audits, r.StableAnomalies, r.lockingCell(), r.LockWaitP99, r.InvariantHolds)
 	}
 	return tw.Flush()
 }
@@ -225,7 +243,9 @@ func runMode(ctx context.Context, w workload, mode string, workers int, o *cmpOp
 	case "none":
 		m = &noneMode{dbs: dbs[:w.DBs]}
 	case "2pc":
-		m, err = newTwoPC(ctx, dir, dbs[:w.DBs], names[:w.DBs])
+		m, err = newTwoPC(ctx, dir, dbs[:w.DBs], names[:w.DBs], false)
+	case "2pc-holder":
+		m, err = newTwoPC(ctx, dir, dbs[:w.DBs], names[:w.DBs], true)
 	case "2pc-grpc":
 		m, err = newGRPCMode(ctx, dir, dbs[:w.DBs], names[:w.DBs])
 	case "saga":
@@ -235,6 +255,6 @@ func runMode(ctx context.Context, w workload, mode string, workers int, o *cmpOp
 		return cmpResult{}, err
 	}
 	defer m.close()
-	spec := runSpec{w: w, mode: mode, workers: workers, duration: o.duration, warmup: o.warmup, failRate: o.failRate, crash: o.crash, seed: o.seed}
+	spec := runSpec{w: w, mode: mode, workers: workers, duration: o.duration, warmup: o.warmup, failRate: o.failRate, crash: o.crash, seed: o.seed, lockedEvery: o.lockEvery}
 	return runOne(ctx, spec, m, dbs, servers), nil
 }

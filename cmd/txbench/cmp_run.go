@@ -41,11 +41,36 @@ type cmpResult struct {
 	InconsistentP99 float64 `json:"inconsistent_p99_ms"`
 	// NeverHealed counts operations left half done for good.
 	NeverHealed int64 `json:"never_healed"`
-	// The auditor reads every database's total at once, over and over, and
-	// counts the reads where money is missing or doubled.
-	Audits         int64   `json:"audits"`
-	Anomalies      int64   `json:"anomalies"`
-	AnomalyRate    float64 `json:"anomaly_rate"`
+	// The plain reader reads every database's total at once (one query
+	// per database, in parallel), over and over, and counts the reads where
+	// money is missing or doubled. It reads again at once after such a
+	// read: off by the same amount both times, the partial state lasted
+	// (Stable); off once, the read most likely raced a commit between its
+	// own queries.
+	Audits          int64   `json:"audits"`
+	Anomalies       int64   `json:"anomalies"`
+	AnomalyRate     float64 `json:"anomaly_rate"`
+	StableAnomalies int64   `json:"anomalies_stable"`
+	StableRate      float64 `json:"anomaly_rate_stable"`
+	// The locking reader reads every database's total in one read-only
+	// transaction per database, all held open until every database was
+	// read, each taking a SHARE lock on the accounts table first (the
+	// whole-table form of SELECT ... FOR SHARE: it waits for the writers
+	// in flight, prepared branches included, and holds new ones off).
+	LockAudits      int64   `json:"locking_audits"`
+	LockAnomalies   int64   `json:"locking_anomalies"`
+	LockAnomalyRate float64 `json:"locking_anomaly_rate"`
+	LockTimeouts    int64   `json:"locking_timeouts"` // audits that gave up waiting for a lock
+	LockWaitP50     float64 `json:"locking_wait_p50_ms"`
+	LockWaitP99     float64 `json:"locking_wait_p99_ms"`
+	LockWaitMax     float64 `json:"locking_wait_max_ms"`
+	// Series is the run over time, in buckets of SeriesStep seconds from
+	// the start of the measured time; KillAt and RestartAt (crash runs)
+	// are seconds from the same start.
+	SeriesStep float64 `json:"series_step_s,omitempty"`
+	Series     []tick  `json:"series,omitempty"`
+	KillAt     float64 `json:"kill_at_s,omitempty"`
+	RestartAt  float64 `json:"restart_at_s,omitempty"`
 	InvariantHolds bool    `json:"final_invariant_holds"`
 	FinalDrift     int64   `json:"final_drift"`
 	Leftover       int     `json:"prepared_left"`
@@ -53,15 +78,42 @@ type cmpResult struct {
 	FirstError     string  `json:"first_error,omitempty"` // the first operation error that was not a business failure
 }
 
+// tick is one bucket of a run's time series.
+type tick struct {
+	T         float64 `json:"t_s"`          // the bucket's start, seconds from the measured start
+	OpsPerSec float64 `json:"ops_per_s"`    // operations committed
+	ErrPerSec float64 `json:"errors_per_s"` // operations failed for anything but a business reason
+	P99       float64 `json:"p99_ms"`       // of the operations committed in the bucket (0 if none)
+	// Plain reader: reads per second that saw money missing or doubled,
+	// and of them the stable ones (a real partial state).
+	AnomaliesPerSec       float64 `json:"anomalies_per_s"`
+	StableAnomaliesPerSec float64 `json:"stable_anomalies_per_s"`
+	// Locking reader: reads per second that saw money missing or doubled,
+	// and the share of the bucket it spent waiting for locks (0 to 1).
+	LockAnomaliesPerSec float64 `json:"locking_anomalies_per_s"`
+	LockWaitShare       float64 `json:"locking_wait_share"`
+}
+
 type runSpec struct {
-	w        workload
-	mode     string
-	workers  int
-	duration time.Duration
-	warmup   time.Duration
-	failRate float64
-	crash    bool
-	seed     uint64
+	w           workload
+	mode        string
+	workers     int
+	duration    time.Duration
+	warmup      time.Duration
+	failRate    float64
+	crash       bool
+	seed        uint64
+	lockedEvery time.Duration // the locking reader's interval
+}
+
+// plainEvery is the plain reader's interval.
+const plainEvery = 10 * time.Millisecond
+
+// opEvent is one measured operation, kept for the time series.
+type opEvent struct {
+	at        time.Time
+	lat       time.Duration
+	committed bool // else it failed for anything but a business reason
 }
 
 // runOne measures one mode on one workload at one worker count.
@@ -71,6 +123,7 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 		mu                   sync.Mutex
 		firstErr             atomic.Value
 		lat, locked, windows []time.Duration
+		events               []opEvent
 		committed, aborts    atomic.Int64
 		errs, never          atomic.Int64
 		measuring, stop      atomic.Bool
@@ -84,6 +137,7 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(spec.seed, seed))
 			var myLat, myLocked, myWin []time.Duration
+			var myEv []opEvent
 			for !stop.Load() {
 				p := spec.w.plan(r, r.Float64() < spec.failRate)
 				t0 := time.Now()
@@ -91,14 +145,17 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 				if !measuring.Load() {
 					continue
 				}
+				now := time.Now()
 				switch {
 				case o.committed:
 					committed.Add(1)
-					myLat = append(myLat, time.Since(t0))
+					myLat = append(myLat, now.Sub(t0))
+					myEv = append(myEv, opEvent{at: now, lat: now.Sub(t0), committed: true})
 				case o.aborted:
 					aborts.Add(1)
 				default:
 					errs.Add(1)
+					myEv = append(myEv, opEvent{at: now})
 					if o.err != nil {
 						firstErr.CompareAndSwap(nil, o.err.Error())
 					}
@@ -115,22 +172,31 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 			}
 			mu.Lock()
 			lat, locked, windows = append(lat, myLat...), append(locked, myLocked...), append(windows, myWin...)
+			events = append(events, myEv...)
 			mu.Unlock()
 		}(uint64(i) + 1)
 	}
 	auditCtx, stopAudit := context.WithCancel(ctx)
-	var audits, anomalies atomic.Int64
-	auditDone := make(chan struct{})
+	var plain, locking readerStats
+	var readers sync.WaitGroup
+	readers.Add(2)
 	go func() {
-		defer close(auditDone)
-		audit(auditCtx, dbs[:spec.w.DBs], spec.w.total(), &audits, &anomalies)
+		defer readers.Done()
+		plain = plainReader(auditCtx, dbs[:spec.w.DBs], spec.w.total(), plainEvery, measuring.Load)
+	}()
+	go func() {
+		defer readers.Done()
+		if spec.lockedEvery > 0 {
+			locking = lockingReader(auditCtx, dbs[:spec.w.DBs], spec.w.total(), spec.lockedEvery, measuring.Load)
+		}
 	}()
 	time.Sleep(spec.warmup)
-	measuring.Store(true)
 	start := time.Now()
+	measuring.Store(true)
 	if spec.crash {
 		victim := servers[min(1, spec.w.DBs-1)]
 		time.Sleep(spec.duration / 3)
+		res.KillAt = time.Since(start).Seconds()
 		if err := victim.Kill(); err != nil {
 			res.Note = "crash: " + err.Error()
 		}
@@ -138,6 +204,7 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 		if err := victim.Restart(ctx); err != nil {
 			res.Note = "restart: " + err.Error()
 		}
+		res.RestartAt = time.Since(start).Seconds()
 		time.Sleep(time.Until(start.Add(spec.duration)))
 	} else {
 		time.Sleep(spec.duration)
@@ -154,7 +221,7 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 		<-waited
 	}
 	stopAudit()
-	<-auditDone
+	readers.Wait()
 
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -182,11 +249,87 @@ func runOne(ctx context.Context, spec runSpec, m cmpMode, dbs []*sql.DB, servers
 	res.P50, res.P95, res.P99 = pct(lat, 0.50), pct(lat, 0.95), pct(lat, 0.99)
 	res.LockedP50, res.LockedP99 = pct(locked, 0.50), pct(locked, 0.99)
 	res.InconsistentP50, res.InconsistentP99 = pct(windows, 0.50), pct(windows, 0.99)
-	res.Audits, res.Anomalies = audits.Load(), anomalies.Load()
-	if res.Audits > 0 {
-		res.AnomalyRate = float64(res.Anomalies) / float64(res.Audits)
-	}
+	res.Audits, res.Anomalies, res.StableAnomalies = plain.audits, plain.anomalies, plain.stable
+	res.AnomalyRate, res.StableRate = ratio(res.Anomalies, res.Audits), ratio(res.StableAnomalies, res.Audits)
+	res.LockAudits, res.LockAnomalies, res.LockTimeouts = locking.audits, locking.anomalies, locking.timeouts
+	res.LockAnomalyRate = ratio(res.LockAnomalies, res.LockAudits)
+	res.LockWaitP50, res.LockWaitP99, res.LockWaitMax = pct(locking.waits, 0.50), pct(locking.waits, 0.99), pct(locking.waits, 1)
+	res.SeriesStep, res.Series = series(start, elapsed, events, plain.events, locking.events)
 	return res
+}
+
+func ratio(n, of int64) float64 {
+	if of == 0 {
+		return 0
+	}
+	return float64(n) / float64(of)
+}
+
+// seriesStep is the width of a time-series bucket for a run of d: about
+// 40 buckets, 100 ms to 1 s each.
+func seriesStep(d time.Duration) time.Duration {
+	return min(max(d/40, 100*time.Millisecond), time.Second)
+}
+
+// series buckets a run's operations and reads by when they ended.
+func series(start time.Time, elapsed time.Duration, ops []opEvent, plain, locking []readerEvent) (float64, []tick) {
+	step := seriesStep(elapsed)
+	n := int((elapsed + step - 1) / step)
+	if n == 0 {
+		return 0, nil
+	}
+	ticks := make([]tick, n)
+	lats := make([][]time.Duration, n)
+	bucket := func(at time.Time) int {
+		return min(max(int(at.Sub(start)/step), 0), n-1)
+	}
+	sec := step.Seconds()
+	for _, e := range ops {
+		k := bucket(e.at)
+		if e.committed {
+			ticks[k].OpsPerSec += 1 / sec
+			lats[k] = append(lats[k], e.lat)
+		} else {
+			ticks[k].ErrPerSec += 1 / sec
+		}
+	}
+	for _, e := range plain {
+		k := bucket(e.at)
+		if e.anomaly {
+			ticks[k].AnomaliesPerSec += 1 / sec
+		}
+		if e.stable {
+			ticks[k].StableAnomaliesPerSec += 1 / sec
+		}
+	}
+	for _, e := range locking {
+		// The wait ended when the read did: spread it over the buckets
+		// it covered.
+		k := bucket(e.at)
+		if e.anomaly {
+			ticks[k].LockAnomaliesPerSec += 1 / sec
+		}
+		from := e.at.Add(-e.wait)
+		for j := bucket(from); j <= k; j++ {
+			lo := start.Add(time.Duration(j) * step)
+			hi := lo.Add(step)
+			if hi.After(e.at) {
+				hi = e.at
+			}
+			if lo.Before(from) {
+				lo = from
+			}
+			if w := hi.Sub(lo); w > 0 {
+				ticks[j].LockWaitShare += w.Seconds() / sec
+			}
+		}
+	}
+	for k := range ticks {
+		ticks[k].T = float64(k) * sec
+		ticks[k].P99 = pct(lats[k], 0.99)
+		ticks[k].LockWaitShare = min(ticks[k].LockWaitShare, 1)
+	}
+	return sec, ticks
 }
 
 func joinNote(a, b string) string {
@@ -205,47 +348,6 @@ func pct(ds []time.Duration, q float64) float64 {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := int(q * float64(len(s)-1))
 	return float64(s[i].Microseconds()) / 1000
-}
-
-// audit reads the total balance of every database at the same moment
-// (one goroutine per database), every few milliseconds, and counts the
-// reads whose sum is not the invariant total.
-func audit(ctx context.Context, dbs []*sql.DB, want int64, audits, anomalies *atomic.Int64) {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	sums := make([]int64, len(dbs))
-	errs := make([]error, len(dbs))
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		var wg sync.WaitGroup
-		for i, db := range dbs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[i] = db.QueryRowContext(ctx, `SELECT coalesce(sum(balance), 0) FROM accounts`).Scan(&sums[i])
-			}()
-		}
-		wg.Wait()
-		var total int64
-		ok := true
-		for i := range dbs {
-			if errs[i] != nil {
-				ok = false
-			}
-			total += sums[i]
-		}
-		if !ok {
-			continue
-		}
-		audits.Add(1)
-		if total != want {
-			anomalies.Add(1)
-		}
-	}
 }
 
 // check returns the total balance and how many transactions are left
@@ -268,8 +370,19 @@ func check(ctx context.Context, dbs []*sql.DB) (int64, int, error) {
 	return total, left, nil
 }
 
+// lockingCell is the locking reader's reads that saw money missing or
+// doubled, of its reads, and its timeouts if any.
+func (r cmpResult) lockingCell() string {
+	s := fmt.Sprintf("%d/%d", r.LockAnomalies, r.LockAudits)
+	if r.LockTimeouts > 0 {
+		s += fmt.Sprintf(" (%d timed out)", r.LockTimeouts)
+	}
+	return s
+}
+
 func (r cmpResult) progress() string {
-	s := fmt.Sprintf("%.0f ops/s, p99 %.1fms, aborts %.0f%%, anomalies %d/%d, invariant %v", r.TPS, r.P99, 100*r.AbortRate, r.Anomalies, r.Audits, r.InvariantHolds)
+	s := fmt.Sprintf("%.0f ops/s, p99 %.1fms, aborts %.0f%%, plain reader %d/%d off (%d stable), locking reader %s off, invariant %v",
+		r.TPS, r.P99, 100*r.AbortRate, r.Anomalies, r.Audits, r.StableAnomalies, r.lockingCell(), r.InvariantHolds)
 	if r.Note != "" {
 		s += " (" + r.Note + ")"
 	}

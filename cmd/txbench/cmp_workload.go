@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/txcoord/txcoord/internal/saga"
+	"github.com/txcoord/txcoord/sdk"
 )
 
 // workload is one shape of work: every operation moves money between
@@ -78,11 +79,13 @@ func (w workload) plan(r *rand.Rand, doomed bool) saga.Plan {
 
 const initialBalance = 1_000_000
 
-// reset gives every account its initial balance and empties the saga
-// markers.
+// reset gives every account its initial balance, empties the saga
+// markers, and forgets the coordinator an SDK participant served (each
+// 2pc-grpc run has a new log, which the SDK would refuse as another
+// coordinator).
 func (w workload) reset(ctx context.Context, dbs []*sql.DB) error {
 	for _, db := range dbs[:w.DBs] {
-		if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS accounts; DROP TABLE IF EXISTS saga_steps;
+		if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS accounts; DROP TABLE IF EXISTS saga_steps; DROP TABLE IF EXISTS `+sdk.ServedTable+`;
 			CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);`+saga.Schema); err != nil {
 			return err
 		}
