@@ -67,10 +67,10 @@ type cmpResult struct {
 	// Series is the run over time, in buckets of SeriesStep seconds from
 	// the start of the measured time; KillAt and RestartAt (crash runs)
 	// are seconds from the same start.
-	SeriesStep float64 `json:"series_step_s,omitempty"`
-	Series     []tick  `json:"series,omitempty"`
-	KillAt     float64 `json:"kill_at_s,omitempty"`
-	RestartAt  float64 `json:"restart_at_s,omitempty"`
+	SeriesStep     float64 `json:"series_step_s,omitempty"`
+	Series         []tick  `json:"series,omitempty"`
+	KillAt         float64 `json:"kill_at_s,omitempty"`
+	RestartAt      float64 `json:"restart_at_s,omitempty"`
 	InvariantHolds bool    `json:"final_invariant_holds"`
 	FinalDrift     int64   `json:"final_drift"`
 	Leftover       int     `json:"prepared_left"`
