@@ -50,7 +50,8 @@ demo:
 ## hand-written PREPARE TRANSACTION + XA loop; 10,000 transactions left in doubt by kill -9 and the time a
 ## restart takes to resolve them; then 2PC against our saga and no atomicity on four
 ## workloads (a short sweep, and a run with a database server killed), with
-## the report (JSON, SVG plots, summary.md) in $(REPORT)/.
+## two readers (plain and locking), time series and the report (JSON, PNG and
+## SVG plots, summary.md) in $(REPORT)/.
 bench: pg mariadb
 	$(GO) test -run '^$$' -bench 'Decisions' -benchtime 2s ./wal/
 	$(GO) test -run '^$$' -bench 'Append' -benchtime 2s ./wal/etcd/

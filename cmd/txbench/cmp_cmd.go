@@ -206,7 +206,7 @@ func runCompare(ctx context.Context, out, progress io.Writer, o *cmpOptions) err
 		if err := writeReport(o.report, o, wls, results); err != nil {
 			return err
 		}
-		fmt.Fprintf(progress, "report written to %s (results.json, summary.md, throughput.svg, p99.svg, anomalies.svg)\n", o.report)
+		fmt.Fprintf(progress, "report written to %s (summary.md, results.json, plots as PNG and SVG)\n", o.report)
 	}
 	if o.output == "json" {
 		enc := json.NewEncoder(out)

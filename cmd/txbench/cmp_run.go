@@ -274,18 +274,25 @@ func seriesStep(d time.Duration) time.Duration {
 // series buckets a run's operations and reads by when they ended.
 func series(start time.Time, elapsed time.Duration, ops []opEvent, plain, locking []readerEvent) (float64, []tick) {
 	step := seriesStep(elapsed)
-	n := int((elapsed + step - 1) / step)
+	n := int(elapsed / step) // whole buckets only: a last sliver would read as a drop
 	if n == 0 {
 		return 0, nil
 	}
 	ticks := make([]tick, n)
 	lats := make([][]time.Duration, n)
+	// bucket returns the bucket of at, -1 outside the measured buckets.
 	bucket := func(at time.Time) int {
-		return min(max(int(at.Sub(start)/step), 0), n-1)
+		if k := int(at.Sub(start) / step); at.After(start) && k < n {
+			return k
+		}
+		return -1
 	}
 	sec := step.Seconds()
 	for _, e := range ops {
 		k := bucket(e.at)
+		if k < 0 {
+			continue
+		}
 		if e.committed {
 			ticks[k].OpsPerSec += 1 / sec
 			lats[k] = append(lats[k], e.lat)
@@ -295,6 +302,9 @@ func series(start time.Time, elapsed time.Duration, ops []opEvent, plain, lockin
 	}
 	for _, e := range plain {
 		k := bucket(e.at)
+		if k < 0 {
+			continue
+		}
 		if e.anomaly {
 			ticks[k].AnomaliesPerSec += 1 / sec
 		}
@@ -306,11 +316,13 @@ func series(start time.Time, elapsed time.Duration, ops []opEvent, plain, lockin
 		// The wait ended when the read did: spread it over the buckets
 		// it covered.
 		k := bucket(e.at)
-		if e.anomaly {
+		if k < 0 {
+			k = n - 1 // its wait may still cover the last buckets
+		} else if e.anomaly {
 			ticks[k].LockAnomaliesPerSec += 1 / sec
 		}
 		from := e.at.Add(-e.wait)
-		for j := bucket(from); j <= k; j++ {
+		for j := max(bucket(from), 0); j <= k; j++ {
 			lo := start.Add(time.Duration(j) * step)
 			hi := lo.Add(step)
 			if hi.After(e.at) {
