@@ -118,6 +118,7 @@ func summary(o *cmpOptions, wls []workload, results []cmpResult, plots []string)
 	b.WriteString("- *Partly visible*: how long one database shows the change and another does not: under 2PC, phase two (first COMMIT PREPARED to last acknowledgement); under a saga or independent commits, from the first step's commit to the last step's (or the last compensation's). Operations never healed are counted apart.\n")
 	b.WriteString("- *Plain reader*: every 10 ms; *stable* counts the off reads that a second read at once found off by the same amount. Under load a race can repeat by chance, so stable is an estimate, not a proof; with no atomicity the total drifts further with every operation left half done, so its second read rarely agrees.\n")
 	b.WriteString("- *Locking reader*: a read that waited longer than " + lockingTimeout.String() + " for a lock gives up and is counted as timed out, not as a read.\n")
+	b.WriteString("- *2pc-holder against 2pc*: the holder's branch commits first (its commit is the decision) and the other branches only after its answer, where 2pc sends every COMMIT PREPARED at once after the log write; so a plain reader catches the holder's phase two more often. The locking reader sees neither.\n")
 	b.WriteString("- *Invariant after recovery*: after the run, recovery (2PC) or saga recovery finishes what is left; then the total across databases must be unchanged and nothing left prepared.\n")
 	if o.crash {
 		b.WriteString("- *Aborts with a server killed*: while the server is down, an operation under 2PC or with no atomicity fails at once and the worker starts the next, so these modes count many quick failed attempts; an operation under the saga retries its step until the server is back (one slow operation, not many aborts). Compare throughput and the invariant, not the abort share.\n")
@@ -175,7 +176,7 @@ func plotMeaning(name string, o *cmpOptions) string {
 	case strings.HasPrefix(name, "timeline-"):
 		s := "the run at the highest worker count over time: throughput, p99, the plain reader's stable partial states per second, and the share of time the locking reader waited for locks. "
 		if o.crash {
-			s += "The vertical lines mark the database server's kill and restart: 2PC stops and holds its prepared branches' locks (the locking reader waits) until the server is back and recovery ends them; the saga keeps its partial states visible while it retries. This is the availability-against-consistency choice drawn out."
+			s += "The vertical lines mark the database server's kill and its restart (one per mode). Everything stops while the server is down. After the restart the saga goes on at once; under 2PC the branches that were prepared when the server died keep their locks until recovery commits them, a plain reader sees their half-committed operations meanwhile, and the locking reader waits for them, with every new writer of the table queued behind its lock request, so 2PC commits nothing until recovery is done. This is the availability-against-consistency choice drawn out."
 		} else {
 			s += "Steady lines mean the averages in the tables are representative."
 		}

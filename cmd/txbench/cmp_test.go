@@ -117,14 +117,7 @@ func TestCompareShortRun(t *testing.T) {
 	o := &cmpOptions{workloads: []string{"transfer"}, modes: cmpModes, workers: []int{2}, duration: time.Second,
 		warmup: 100 * time.Millisecond, failRate: 0.3, accounts: 100, output: "json", seed: 7, report: t.TempDir(),
 		lockEvery: 20 * time.Millisecond}
-	var out, progress bytes.Buffer
-	if err := runCompare(context.Background(), &out, &progress, o); err != nil {
-		t.Fatalf("%v\n%s", err, progress.String())
-	}
-	var rs []cmpResult
-	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
-		t.Fatal(err)
-	}
+	rs, progress := runCompareJSON(t, o)
 	if len(rs) != len(cmpModes) {
 		t.Fatalf("%d runs", len(rs))
 	}
@@ -162,8 +155,8 @@ func TestCompareShortRun(t *testing.T) {
 			t.Errorf("%s: the series holds %.1f operations, the run committed %d", r.Mode, ops, r.Committed)
 		}
 	}
-	if !strings.Contains(progress.String(), fmt.Sprintf("[%d/%d]", len(cmpModes), len(cmpModes))) {
-		t.Fatalf("no progress lines: %s", progress.String())
+	if !strings.Contains(progress, fmt.Sprintf("[%d/%d]", len(cmpModes), len(cmpModes))) {
+		t.Fatalf("no progress lines: %s", progress)
 	}
 }
 
@@ -179,14 +172,7 @@ func TestLockingReaderSeesNoPartialStateUnder2PC(t *testing.T) {
 	o := &cmpOptions{workloads: []string{"transfer", "order", "hotspot", "sweep"}, modes: []string{"2pc", "2pc-holder", "2pc-grpc"},
 		workers: []int{4}, duration: 800 * time.Millisecond, warmup: 100 * time.Millisecond, failRate: 0.2, accounts: 1000,
 		output: "json", seed: 11, lockEvery: 10 * time.Millisecond}
-	var out, progress bytes.Buffer
-	if err := runCompare(context.Background(), &out, &progress, o); err != nil {
-		t.Fatalf("%v\n%s", err, progress.String())
-	}
-	var rs []cmpResult
-	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
-		t.Fatal(err)
-	}
+	rs, _ := runCompareJSON(t, o)
 	if len(rs) != 7*3 {
 		t.Fatalf("%d runs", len(rs))
 	}
@@ -196,4 +182,19 @@ func TestLockingReaderSeesNoPartialStateUnder2PC(t *testing.T) {
 				r.Workload, r.Mode, r.LockAnomalies, r.LockAudits, r.LockTimeouts, r.Committed, r.InvariantHolds, r.Note)
 		}
 	}
+}
+
+// runCompareJSON runs compare with o (output json) and returns its runs
+// and its progress lines.
+func runCompareJSON(t *testing.T, o *cmpOptions) ([]cmpResult, string) {
+	t.Helper()
+	var out, progress bytes.Buffer
+	if err := runCompare(context.Background(), &out, &progress, o); err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	var rs []cmpResult
+	if err := json.Unmarshal(out.Bytes(), &rs); err != nil {
+		t.Fatal(err)
+	}
+	return rs, progress.String()
 }
