@@ -51,7 +51,12 @@ func TestDecisionReplyLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	gs := grpc.NewServer()
+	// Fixed flow-control windows turn off gRPC's bandwidth probes (PINGs
+	// answered on the connection): the cut below must meet the Commit's
+	// reply, not a PING answer that would close the connection before the
+	// Commit is even sent.
+	window := []grpc.ServerOption{grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20)}
+	gs := grpc.NewServer(window...)
 	srv.Register(gs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -101,7 +106,7 @@ func TestDecisionReplyLost(t *testing.T) {
 		parts, dbs = append(parts, p), append(dbs, res.DB())
 	}
 
-	clientConn, err := grpc.NewClient(proxy.Listen, dial)
+	clientConn, err := grpc.NewClient(proxy.Listen, dial, grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 	if err != nil {
 		t.Fatal(err)
 	}

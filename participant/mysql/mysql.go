@@ -453,7 +453,7 @@ func (r *Resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, 
 		if err != nil {
 			return nil, fmt.Errorf("mysql: %s: begin %s: %w", r.name, gid, err)
 		}
-		_, err = conn.ExecContext(ctx, "XA START "+xid(gid))
+		_, err = conn.ExecContext(ctx, "XA START "+XID(gid, r.database))
 		if err == nil {
 			return newBranch(r, gid, conn), nil
 		}
@@ -547,7 +547,7 @@ func (r *Resource) finish(ctx context.Context, gid ids.GID, stmt, before, after 
 	if err := gid.Validate(); err != nil {
 		return err
 	}
-	q := stmt + xid(gid)
+	q := stmt + XID(gid, r.database)
 	lost, err := r.execFinish(ctx, gid, q, before, after)
 	if lost && stmt == xaRollback && ctx.Err() == nil {
 		// Rolling back twice is safe where committing twice is not.
@@ -620,8 +620,9 @@ func (r *Resource) listed(ctx context.Context, gid ids.GID) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	tag := tagOf(r.database)
 	for _, x := range xs {
-		if x.gid() == gid {
+		if g, _ := x.gid(); g == gid && x.in(tag) {
 			return true, nil
 		}
 	}
@@ -691,24 +692,30 @@ func Scan(ctx context.Context, db *sql.DB) ([]participant.Prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
-	return prepared(xs), nil
+	return prepared(xs, ""), nil
 }
 
-// XID returns gid's xid as XA statements take it.
-func XID(gid ids.GID) string { return xid(gid) }
-
-func prepared(xs []recovered) []participant.Prepared {
+// prepared lists xs; with a tag, only the txcoord branches that may be in
+// the database with that tag, and every foreign xid.
+func prepared(xs []recovered, tag string) []participant.Prepared {
 	out := make([]participant.Prepared, 0, len(xs))
 	for _, x := range xs {
-		out = append(out, participant.Prepared{Raw: x.raw(), GID: x.gid()})
+		g, _ := x.gid()
+		if !g.IsZero() && tag != "" && !x.in(tag) {
+			continue // a branch in another database of the server
+		}
+		out = append(out, participant.Prepared{Raw: x.raw(), GID: g, Native: x.sql()})
 	}
 	return out
 }
 
-// Prepared lists the prepared XA transactions of the server (XA RECOVER
-// lists every database's: an xid names no database). Ours carry their
+// Prepared lists the prepared XA transactions of the server that are this
+// database's: XA RECOVER lists every database's, and the tag in each
+// txcoord bqual tells them apart (a branch whose name leaves no room for
+// the tag is listed by every Resource on the server). Ours carry their
 // gid; foreign ones (another format id, or not a gid) a zero GID and, as
-// Raw, the xid as SQL. The server keeps no preparation time.
+// Raw, the xid as SQL; Native is the xid as SQL for both. The server
+// keeps no preparation time.
 func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error) {
 	if err := r.ready(ctx); err != nil {
 		return nil, err
@@ -717,7 +724,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 	if err != nil {
 		return nil, err
 	}
-	return prepared(xs), nil
+	return prepared(xs, tagOf(r.database)), nil
 }
 
 // MySQL and MariaDB error numbers the adapter tells apart.
