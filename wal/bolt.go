@@ -262,6 +262,7 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	b.dropResident()
 	go b.flushEnds()
 	return b, nil
 }
