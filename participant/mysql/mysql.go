@@ -547,15 +547,32 @@ func (r *Resource) finish(ctx context.Context, gid ids.GID, stmt, before, after 
 	if err := gid.Validate(); err != nil {
 		return err
 	}
-	q := stmt + XID(gid, r.database)
+	xid := XID(gid, r.database)
+	q := stmt + xid
 	lost, err := r.execFinish(ctx, gid, q, before, after)
+	var listed, looked bool
+	var lerr error
+	if !lost && errNumber(err) == erNotA {
+		var stored string
+		stored, listed, lerr = r.listedAs(ctx, gid)
+		looked = true
+		if lerr == nil && listed && stored != xid {
+			// Prepared under the xid without the database's tag (by a
+			// build before the tag): finished under the xid it has.
+			q = stmt + stored
+			lost, err = r.execFinish(ctx, gid, q, before, after)
+			if !lost && errNumber(err) == erNotA {
+				listed, lerr = r.listed(ctx, gid)
+			}
+		}
+	}
 	if lost && stmt == xaRollback && ctx.Err() == nil {
 		// Rolling back twice is safe where committing twice is not.
 		if lost2, err2 := r.execFinish(ctx, gid, q, "", ""); !lost2 && (err2 == nil || errNumber(err2) == erNotA) {
 			if err2 == nil {
 				return nil
 			}
-			lost, err = false, err2
+			lost, err, looked = false, err2, false
 		}
 	}
 	if err == nil {
@@ -567,7 +584,9 @@ func (r *Resource) finish(ctx context.Context, gid ids.GID, stmt, before, after 
 	}
 	switch errNumber(err) {
 	case erNotA:
-		listed, lerr := r.listed(ctx, gid)
+		if !looked {
+			listed, lerr = r.listed(ctx, gid)
+		}
 		switch {
 		case lerr != nil:
 			return fmt.Errorf("mysql: %s: %s %s: unknown xid, and XA RECOVER failed (%v): %w", r.name, what, gid, lerr, err)
@@ -616,17 +635,24 @@ func (r *Resource) execFinish(ctx context.Context, gid ids.GID, q, before, after
 
 // listed reports whether XA RECOVER lists gid's xid.
 func (r *Resource) listed(ctx context.Context, gid ids.GID) (bool, error) {
+	_, ok, err := r.listedAs(ctx, gid)
+	return ok, err
+}
+
+// listedAs reports whether XA RECOVER lists gid's branch in this database,
+// and the xid it is listed under, as SQL.
+func (r *Resource) listedAs(ctx context.Context, gid ids.GID) (string, bool, error) {
 	xs, err := r.recoverXIDs(ctx)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
 	tag := tagOf(r.database)
 	for _, x := range xs {
 		if g, _ := x.gid(); g == gid && x.in(tag) {
-			return true, nil
+			return x.sql(), true, nil
 		}
 	}
-	return false, nil
+	return "", false, nil
 }
 
 // recoverXIDs runs XA RECOVER, retried on another connection if a pooled

@@ -518,3 +518,67 @@ func TestTwoDatabasesOnOneServerKeepToTheirOwnBranches(t *testing.T) {
 		t.Fatal("a branch is left prepared")
 	}
 }
+
+// A branch prepared under the xid without the database's tag (as a build
+// before the tag wrote them) is listed, committed under the xid it has,
+// and a repeated commit is proven by its marker.
+func TestBranchWithoutTheTagIsFinishedUnderItsXID(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	g := newGID(t, "b1")
+	x := xidSQL([]byte(g.GTRID()), []byte(g.Branch), FormatID)
+	if x == XID(g, appDB) {
+		t.Fatalf("the untagged xid %s is the tagged one", x)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"XA START " + x, "UPDATE " + table + " SET v = v + 7 WHERE id = 1",
+		r.markStmt(g), "XA END " + x, "XA PREPARE " + x} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	discard(conn) // detaches the prepared branch from the session
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ps, err := r.Prepared(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, p := range ps {
+			found = found || (p.GID == g && p.Native == x)
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scan %+v lacks %s as %s", ps, g, x)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var err2 error
+	for time.Now().Before(deadline) {
+		// Busy until the server has let go of the closed session.
+		if err2 = r.Commit(ctx, g); !errors.Is(err2, participant.ErrBusy) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err2 != nil {
+		t.Fatalf("commit of the untagged branch: %v", err2)
+	}
+	if got := value(t, db, table, 1); got != 7 {
+		t.Fatalf("v = %d after commit, want 7", got)
+	}
+	if err := r.Commit(ctx, g); err != nil {
+		t.Fatalf("repeated commit: %v, want nil (its marker proves it)", err)
+	}
+	if isPrepared(t, db, g) {
+		t.Fatal("still prepared")
+	}
+}
