@@ -61,7 +61,7 @@ load stops (its background work at rest), and its resident memory.`,
 	f.DurationVar(&o.idle, "idle", time.Minute, "how long the server's idle CPU is measured after the load")
 	f.IntVar(&o.workers, "workers", 8, "concurrent clients")
 	f.IntVar(&o.accounts, "accounts", 10000, "accounts per database")
-	f.StringVar(&o.serverProfile, "server-cpuprofile", "", "write a CPU profile of the server process, over the load, to this file")
+	f.StringVar(&o.serverProfile, "server-cpuprofile", "", "write CPU profiles of the server process over the first and the last --window to `file`.first and file.last")
 	f.IntVar(&o.maxRetained, "max-retained", 0, "the server's cap on finished transactions remembered (0: its default, 100000)")
 	return cmd
 }
@@ -174,6 +174,13 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 		cpu, err := procCPU(pid)
 		return sample{at: time.Now(), cpu: cpu, done: done.Load()}, err
 	}
+	// toggle starts or stops the server's CPU profile (--server-cpuprofile).
+	toggle := func() {
+		if o.serverProfile != "" {
+			_ = child.Process.Signal(syscall.SIGUSR1)
+		}
+	}
+	toggle()
 	began, err := take()
 	if err != nil {
 		return err
@@ -184,8 +191,10 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	if firstEnd, err = take(); err != nil {
 		return err
 	}
+	toggle()
 	t.Reset(time.Until(began.at.Add(o.duration - o.window)))
 	<-t.C
+	toggle()
 	if lastBegin, err = take(); err != nil {
 		return err
 	}
@@ -194,6 +203,7 @@ func runSustain(ctx context.Context, out io.Writer, o *sustainOptions) error {
 	if err != nil {
 		return err
 	}
+	toggle()
 	memLoad, _ := procMemory(pid)
 	time.Sleep(o.idle)
 	rest, err := take()
@@ -320,21 +330,14 @@ func newSustainServerCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			if profile != "" {
-				f, err := os.Create(profile)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
+				stopProfiles := profileOnSignal(profile, cmd.ErrOrStderr())
+				defer stopProfiles()
 			}
 			return sustainServer(ctx, cmd.OutOrStdout(), dir, maxRetained)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory of the log")
-	cmd.Flags().StringVar(&profile, "cpuprofile", "", "write a CPU profile to this file")
+	cmd.Flags().StringVar(&profile, "cpuprofile", "", "on each SIGUSR1, start or stop a CPU profile, written to this file's name with .first, then .last")
 	cmd.Flags().IntVar(&maxRetained, "max-retained", 0, "server.Config.MaxRetained")
 	return cmd
 }
@@ -373,4 +376,57 @@ func sustainServer(ctx context.Context, out io.Writer, dir string, maxRetained i
 	fmt.Fprintf(out, "listening %s\n", lis.Addr())
 	<-ctx.Done()
 	return nil
+}
+
+// profileOnSignal starts a CPU profile on SIGUSR1 and stops it on the
+// next, writing path.first, then path.last. The returned func stops a
+// profile still running and the listening.
+func profileOnSignal(path string, errs io.Writer) func() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var f *os.File
+		stop := func() {
+			if f != nil {
+				pprof.StopCPUProfile()
+				_ = f.Close()
+				f = nil
+			}
+		}
+		defer stop()
+		names := []string{path + ".first", path + ".last"}
+		on := false // whether the last signal started a profile
+		for {
+			select {
+			case <-quit:
+				return
+			case <-sig:
+			}
+			if on = !on; !on {
+				stop()
+				continue
+			}
+			if len(names) == 0 {
+				continue
+			}
+			var err error
+			if f, err = os.Create(names[0]); err == nil {
+				if err = pprof.StartCPUProfile(f); err != nil {
+					_ = f.Close()
+					f = nil
+				}
+			}
+			if err != nil {
+				fmt.Fprintf(errs, "sustain-server: profile %s: %v\n", names[0], err)
+			}
+			names = names[1:]
+		}
+	}()
+	return func() {
+		signal.Stop(sig)
+		close(quit)
+		<-done
+	}
 }
