@@ -234,9 +234,7 @@ func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 				out.Started = timestamppb.New(t)
 				out.Age = durationpb.New(time.Since(t))
 			}
-			for _, b := range d.Branches {
-				out.Branches = append(out.Branches, &txcoordv1.Branch{Participant: b.Resource, Gid: b.GID.String(), State: "logged"})
-			}
+			out.Branches = loggedBranches(d)
 		}
 		dec := txcoordv1.Decision_DECISION_COMMIT
 		if d.Kind == wal.KindAbort {
@@ -246,11 +244,25 @@ func (s *Server) describe(id ids.TxID) (*txcoordv1.Transaction, bool) {
 		if d.Holder != "" && out.DecisionHolder == "" {
 			out.DecisionHolder = d.Holder
 		}
+		if len(out.Branches) == 0 {
+			// A settled transaction keeps no branches: the log's are
+			// its branches.
+			out.Branches = loggedBranches(d)
+		}
 	}
 	if out != nil {
 		s.markHazard(out, id)
 	}
 	return out, out != nil
+}
+
+// loggedBranches are the branches d names.
+func loggedBranches(d wal.Decision) []*txcoordv1.Branch {
+	var out []*txcoordv1.Branch
+	for _, b := range d.Branches {
+		out = append(out, &txcoordv1.Branch{Participant: b.Resource, Gid: b.GID.String(), State: "logged"})
+	}
+	return out
 }
 
 // markHazard shows tx as a heuristic hazard if the coordinator found it to
