@@ -155,7 +155,7 @@ type settledError struct {
 var settledSentinels = []error{coordinator.ErrAborted, coordinator.ErrCommitPending, coordinator.ErrHeuristicHazard,
 	coordinator.ErrOutcomeUnknown, coordinator.ErrTxDone, coordinator.ErrClosed, coordinator.ErrLogFailed, coordinator.ErrPresumedAborted}
 
-func settle(err error) settledError {
+func settledResult(err error) settledError {
 	if err == nil {
 		return settledError{}
 	}
@@ -384,7 +384,7 @@ func (s *Server) settle(now time.Time) {
 			// Result is nil, which alone would read as committed.
 			result = fmt.Errorf("%w: rolled back as asked", coordinator.ErrAborted)
 		}
-		st := &settledTx{state: status.State, started: status.Started.UnixNano(), retries: int32(status.Retries), result: settle(result)}
+		st := &settledTx{state: status.State, started: status.Started.UnixNano(), retries: int32(status.Retries), result: settledResult(result)}
 		s.mu.Lock()
 		e.tx, e.settled = nil, st
 		s.mu.Unlock()

@@ -22,7 +22,7 @@ func TestSettledResultAnswersAsTheOriginal(t *testing.T) {
 		fmt.Errorf("%w (t1)", coordinator.ErrOutcomeUnknown),
 		fmt.Errorf("%w: %w", coordinator.ErrClosed, coordinator.ErrAborted),
 	} {
-		got := settle(err).err()
+		got := settledResult(err).err()
 		if (got == nil) != (err == nil) {
 			t.Fatalf("%v settled as %v", err, got)
 		}
