@@ -155,9 +155,30 @@ func (d dialect) createSchema(ctx context.Context, k Kind, db *sql.DB) error {
 		return fmt.Errorf("shop: no schema for %v", k)
 	}
 	for _, q := range stmts {
-		if _, err := db.ExecContext(ctx, q); err != nil {
+		if err := d.exec(ctx, db, q); err != nil {
 			return fmt.Errorf("shop: %v schema: %w", k, err)
 		}
 	}
 	return nil
+}
+
+// exec runs one schema statement. On MariaDB it runs at READ COMMITTED:
+// there the seed's check that the table is empty is a consistent read,
+// where at the default REPEATABLE READ an INSERT ... SELECT takes shared
+// locks on the rows it reads, and so waits for this service's own
+// prepared branches, which only the service, once started, can end.
+func (d dialect) exec(ctx context.Context, db *sql.DB, q string) error {
+	if !d.mysql {
+		_, err := db.ExecContext(ctx, q)
+		return err
+	}
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, q); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
 }
