@@ -225,6 +225,11 @@ type Authorizer struct {
 	pol    atomic.Pointer[compiled]
 	stamp  atomic.Value // string: the policy file's size and mtime at load
 
+	// anon and anonLoop are the identities of callers without a credential,
+	// from elsewhere and from the loopback interface: made once, shared by
+	// every call (nothing changes an Identity once it is made).
+	anon, anonLoop *Identity
+
 	mu       sync.Mutex
 	refusals map[string]uint64
 	lastLog  map[string]time.Time
@@ -246,6 +251,8 @@ func New(cfg Config) (*Authorizer, error) {
 	if a.logger == nil {
 		a.logger = slog.New(slog.DiscardHandler)
 	}
+	a.anon = anonymousIdentity(cfg.Anonymous)
+	a.anonLoop = anonymousIdentity(cfg.Anonymous, cfg.Loopback...)
 	if err := a.Reload(); err != nil {
 		return nil, err
 	}
@@ -393,23 +400,26 @@ func (a *Authorizer) Authenticate(ctx context.Context) (*Identity, error) {
 		}
 		// Unlisted: the roles of anonymous callers (none when secure),
 		// under its own name.
-		id := a.anonymous(nil)
+		id := *a.anonymous(nil)
 		id.ID, id.Via = sid, "certificate"
-		return id, nil
+		return &id, nil
 	}
 	return a.anonymous(pr), nil
 }
 
 // anonymous is a caller with no credential that identifies it.
 func (a *Authorizer) anonymous(pr *peer.Peer) *Identity {
-	id := &Identity{ID: Anonymous, Via: "none", roles: map[Role]bool{}}
-	for _, r := range a.cfg.Anonymous {
-		id.roles[r] = true
-	}
 	if len(a.cfg.Loopback) > 0 && pr != nil && loopback(pr.Addr) {
-		for _, r := range a.cfg.Loopback {
-			id.roles[r] = true
-		}
+		return a.anonLoop
+	}
+	return a.anon
+}
+
+// anonymousIdentity is the identity holding roles and extra.
+func anonymousIdentity(roles []Role, extra ...Role) *Identity {
+	id := &Identity{ID: Anonymous, Via: "none", roles: map[Role]bool{}}
+	for _, r := range append(append([]Role(nil), roles...), extra...) {
+		id.roles[r] = true
 	}
 	id.anyParticipant = id.roles[Participant]
 	return id
