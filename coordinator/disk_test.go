@@ -34,7 +34,8 @@ func smallDisk(t *testing.T, size string) string {
 // later commit is refused saying why, and every commit that was
 // acknowledged is in the log.
 func TestFullDiskRefusesCommitsAndAcknowledgesOnlyWhatIsDurable(t *testing.T) {
-	dir := smallDisk(t, "96k")
+	// The journal takes 1 MiB at once; the bbolt file fills the rest.
+	dir := smallDisk(t, "1200k")
 	path := filepath.Join(dir, "txcoord.wal")
 	log, err := wal.OpenBolt(path, wal.BoltOptions{})
 	if err != nil {

@@ -70,8 +70,9 @@ type BoltOptions struct {
 	// fsync each) instead of sharing a commit between concurrent appends.
 	// It exists as a baseline for benchmarks.
 	NoGroupCommit bool
-	// EndFlushDelay is how long END records may wait in memory when no
-	// decision is being written. Zero means DefaultEndFlushDelay.
+	// EndFlushDelay is how long END records, noted decisions and the
+	// journal's decisions may wait before the bbolt file takes them. Zero
+	// means DefaultEndFlushDelay.
 	EndFlushDelay time.Duration
 	// Owner names the coordinator the log belongs to (its gid prefix and
 	// id, e.g. "txc.orders-1"). The first open with an owner stores it;
@@ -84,10 +85,16 @@ type BoltOptions struct {
 	// nothing (not even a new epoch), and refuses Append, End and Compact
 	// with ErrReadOnly.
 	ReadOnly bool
-	// OnSync, if set, is called after each bbolt commit that wrote records,
-	// with the number of decision and END records it made durable and how
-	// long the write and its fsyncs took (for metrics). It must not block.
+	// OnSync, if set, is called after each durable write of records (a
+	// journal write, or a bbolt commit), with the number of decision and END
+	// records it made durable and how long the write and its fsyncs took
+	// (for metrics). It must not block.
 	OnSync func(decisions, ends int, d time.Duration)
+	// NoJournal writes every group of decisions straight into the bbolt
+	// file (a commit with two fdatasyncs) instead of the journal (one). It
+	// exists as a baseline for benchmarks. A journal left with decisions
+	// in it is still read at open.
+	NoJournal bool
 }
 
 func (o BoltOptions) withDefaults() BoltOptions {
@@ -117,9 +124,15 @@ func (o BoltOptions) boltTimeout() time.Duration {
 // leader answers the requests it took and passes leadership to the first
 // request still queued, whose goroutine then writes all that is queued by
 // then. Concurrent decisions thus share a sync without any timer, and a
-// lone writer pays no goroutine handoff. END records ride on the next
-// commit; when none comes, a background goroutine writes them after
-// EndFlushDelay.
+// lone writer pays no goroutine handoff.
+//
+// A group of decisions is made durable in the journal (JournalPath): one
+// write and one fdatasync. The bbolt file takes the journal's decisions
+// later, in one commit with the END records and noted decisions waiting in
+// memory: when the oldest of them has waited EndFlushDelay (a background
+// goroutine sees to it), on Flush, Compact and Close, or when the journal
+// is full. The journal then starts again at its beginning. Opening reads
+// the journal's decisions newer than the file's into the file.
 //
 // An in-memory index, rebuilt at open from the records themselves, holds
 // the pending decisions whole (Pending and Stats read nothing else) and,
@@ -154,7 +167,8 @@ type Bolt struct {
 	writing bool  // a leader owns the write path; only it writes to db
 	queue   []*request
 	ends    []pendingEnd
-	// endsSince is when the oldest END record in ends was queued.
+	// endsSince is when the oldest record waiting for the file (in ends or
+	// migr) was queued.
 	endsSince time.Time
 	// endsWatched is set while the END flusher will look at ends again
 	// without being woken.
@@ -166,7 +180,14 @@ type Bolt struct {
 	// is in the file.
 	byTx   map[ids.TxID]*Decision
 	onDisk map[ids.TxID]endedRef
-	stats  Stats
+	// j is the journal decisions are forced to (nil if read-only or
+	// NoJournal); migr the decisions in it that the bbolt file does not
+	// hold yet, in LSN order. jrecs are the journal's decisions a read-only
+	// open found (Records lists them after the file's).
+	j     *journal
+	migr  []pendingEnd
+	jrecs []Record
+	stats Stats
 	// writeHook, if set, runs inside every write transaction (commits and
 	// compaction); an error fails that write as a disk error would.
 	writeHook func() error
@@ -259,6 +280,9 @@ func OpenBolt(path string, opts BoltOptions) (*Bolt, error) {
 	}
 	b.idle.L = &b.mu
 	if err := b.load(); err != nil {
+		if b.j != nil {
+			_ = b.j.close()
+		}
 		_ = db.Close()
 		return nil, err
 	}
@@ -338,9 +362,10 @@ func (b *Bolt) Append(ctx context.Context, rec Record) (uint64, error) {
 	return res.lsn, res.err
 }
 
-// End implements Log. The END record is written with the next commit of a
-// decision, by Flush or Close, or after EndFlushDelay, whichever comes
-// first. Lookup and Pending see the transaction as ended at once.
+// End implements Log. The END record goes into the file with the next move
+// of the journal's decisions: after EndFlushDelay, on Flush, Compact or
+// Close, or when the journal is full, whichever comes first. Lookup and
+// Pending see the transaction as ended at once.
 func (b *Bolt) End(txid ids.TxID) error {
 	if b.opts.ReadOnly {
 		return ErrReadOnly
@@ -522,10 +547,18 @@ func (b *Bolt) Pending() ([]Decision, error) {
 	return out, nil
 }
 
-// Records implements Log. It reads the file: END records still queued in
-// memory are not seen until they are written. fn runs outside any bbolt
+// Records implements Log. It reads the file; fn runs outside any bbolt
 // transaction, so it may call the log.
+//
+// It first moves the journal's decisions into the file (a Flush); a
+// read-only log lists the decisions it found in the journal after the
+// file's.
 func (b *Bolt) Records(fn func(Record) error) error {
+	if !b.opts.ReadOnly {
+		if err := b.Flush(context.Background()); err != nil {
+			return err
+		}
+	}
 	var from uint64 = 1
 	for {
 		chunk, err := b.readChunk(from)
@@ -538,10 +571,17 @@ func (b *Bolt) Records(fn func(Record) error) error {
 			}
 		}
 		if len(chunk) < recordsChunk {
-			return nil
+			break
 		}
 		from = chunk[len(chunk)-1].LSN + 1
 	}
+	for _, r := range b.jrecs {
+		r.Branches = append([]Branch(nil), r.Branches...)
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (b *Bolt) readChunk(from uint64) ([]Record, error) {
@@ -619,6 +659,9 @@ func (b *Bolt) Close() error {
 		b.mu.Unlock()
 		b.dbMu.Lock()
 		err := b.db.Close()
+		if b.j != nil {
+			err = errors.Join(err, b.j.close())
+		}
 		b.dbMu.Unlock()
 		if err != nil {
 			err = fmt.Errorf("wal: close %s: %w", b.path, err)

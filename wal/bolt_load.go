@@ -140,13 +140,51 @@ func (b *Bolt) load() (err error) {
 			return fmt.Errorf("%w: %s is empty: not a txcoord log", ErrBadFile, b.path)
 		}
 		b.epoch, b.owner = epoch, owner
+		jrecs, err := b.readJournal()
+		if err != nil {
+			return err
+		}
+		for _, rec := range jrecs {
+			b.byTx[rec.TxID] = &Decision{Record: rec}
+		}
+		b.jrecs = jrecs
 		return nil
+	}
+	var jrecs []Record
+	if fresh {
+		// A new log file has no journal yet: one left there belongs to a
+		// log file that is gone.
+		if _, err := os.Stat(JournalPath(b.path)); err == nil {
+			return fmt.Errorf("%w: %s is a new log file, but its journal %s is there from an earlier log: move the journal away with the log file it belongs to", ErrBadFile, b.path, JournalPath(b.path))
+		}
+	} else if jrecs, err = b.readJournal(); err != nil {
+		return err
 	}
 	epoch++
 	err = b.db.Update(func(tx *bbolt.Tx) error {
 		mb, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
+		}
+		if len(jrecs) > 0 {
+			// The journal's decisions go into the file with the new
+			// epoch, and the journal starts again.
+			lb, err := tx.CreateBucketIfNotExists(bucketLog)
+			if err != nil {
+				return err
+			}
+			for _, rec := range jrecs {
+				val, err := EncodeRecord(rec)
+				if err != nil {
+					return err
+				}
+				if err := lb.Put(u64(rec.LSN), val); err != nil {
+					return err
+				}
+			}
+			if err := lb.SetSequence(max(lb.Sequence(), jrecs[len(jrecs)-1].LSN)); err != nil {
+				return err
+			}
 		}
 		if fresh || ver == fileFormat1 {
 			if err := mb.Put(keyVersion, u64(fileFormat)); err != nil {
@@ -187,9 +225,73 @@ func (b *Bolt) load() (err error) {
 	if err != nil {
 		return fmt.Errorf("wal: open %s: store epoch: %w", b.path, err)
 	}
+	for _, rec := range jrecs {
+		b.byTx[rec.TxID] = &Decision{Record: rec}
+	}
 	b.epoch = epoch
 	b.owner = owner
+	if fresh {
+		if _, err := b.readJournal(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// readJournal opens the journal (making it, unless the log is read-only or
+// NoJournal) and returns its decisions that the file does not hold, each
+// checked as loadRecords checks the file's. It keeps the journal open for
+// writing unless the log is read-only or NoJournal. b.next is set past
+// them.
+func (b *Bolt) readJournal() ([]Record, error) {
+	path := JournalPath(b.path)
+	write := !b.opts.ReadOnly && !b.opts.NoJournal
+	j, found, err := openJournal(path, b.logID, write, b.opts.ReadOnly, b.next-1)
+	if err != nil {
+		return nil, err
+	}
+	if j != nil && !write {
+		defer j.close()
+	}
+	corrupt := func(lsn uint64, format string, args ...any) error {
+		return &CorruptError{Path: path, Bucket: "journal", Key: lsn, Reason: fmt.Sprintf(format, args...)}
+	}
+	out := make([]Record, 0, len(found))
+	seen := map[ids.TxID]uint64{}
+	for _, jr := range found {
+		rec, err := DecodeRecord(jr.val)
+		if err != nil {
+			if j != nil && write {
+				j.close()
+			}
+			return nil, corrupt(jr.lsn, "block at byte %d: %s", jr.off, strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": "))
+		}
+		rec.LSN = jr.lsn
+		var bad error
+		switch {
+		case rec.Kind != KindCommit && rec.Kind != KindAbort || rec.Holder != "":
+			bad = corrupt(jr.lsn, "a %v record where only decisions are written", rec.Kind)
+		case seen[rec.TxID] != 0:
+			bad = corrupt(jr.lsn, "second decision %v for %s (first at LSN %d)", rec.Kind, rec.TxID, seen[rec.TxID])
+		default:
+			if lsn, ok := b.decisionLSN(rec.TxID); ok {
+				bad = corrupt(jr.lsn, "decision %v for %s, which the file decided at key %d", rec.Kind, rec.TxID, lsn)
+			}
+		}
+		if bad != nil {
+			if j != nil && write {
+				j.close()
+			}
+			return nil, bad
+		}
+		seen[rec.TxID] = rec.LSN
+		out = append(out, rec)
+		b.next = rec.LSN + 1
+	}
+	if write {
+		b.j = j
+	}
+	return out, nil
 }
 
 func (b *Bolt) metaUint(mb *bbolt.Bucket, key []byte) (uint64, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -159,16 +160,53 @@ func TestReopenLSNsAreNotReusedAfterCompaction(t *testing.T) {
 	}
 }
 
-func TestEndRidesOnTheNextDecisionSync(t *testing.T) {
-	l := openBolt(t, tempPath(t), BoltOptions{EndFlushDelay: time.Hour})
+func TestDecisionsGoToTheJournalThenToTheFileWithTheirEnds(t *testing.T) {
+	path := tempPath(t)
+	l := openBolt(t, path, BoltOptions{EndFlushDelay: time.Hour})
 	mustAppend(t, l, commitRec(t, testID(1)))
 	_ = l.End(testID(1))
-	before := l.Stats()
 	mustAppend(t, l, commitRec(t, testID(2)))
 	s := l.Stats()
-	if s.Syncs != before.Syncs+1 || s.Ends != 1 || s.MaxBatch < 2 {
-		t.Fatalf("stats before %+v after %+v: want one sync carrying the END and the decision", before, s)
+	if s.Syncs != 2 || s.Ends != 0 {
+		t.Fatalf("stats %+v: want one journal write per decision and the END still waiting", s)
 	}
+	if recs := journalRecords(t, path); len(recs) != 2 {
+		t.Fatalf("journal holds %d decisions, want 2", len(recs))
+	}
+	if err := l.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = l.Stats()
+	if s.Syncs != 3 || s.Ends != 1 || s.MaxBatch < 1 {
+		t.Fatalf("stats %+v: want one file commit carrying the END and both decisions", s)
+	}
+	var kinds []Kind
+	_ = l.Records(func(r Record) error { kinds = append(kinds, r.Kind); return nil })
+	if !reflect.DeepEqual(kinds, []Kind{KindCommit, KindEnd, KindCommit}) {
+		t.Fatalf("file holds %v", kinds)
+	}
+	// The journal starts again: the next decision's block is its first.
+	mustAppend(t, l, commitRec(t, testID(3)))
+	if recs := journalRecords(t, path); len(recs) != 1 || recs[0].lsn != 4 {
+		t.Fatalf("journal after the move: %+v, want the one decision at LSN 4", recs)
+	}
+}
+
+// journalRecords reads the journal of the log at path as an open would,
+// newer than the file's LSNs it has seen none of.
+func journalRecords(t *testing.T, path string) []jrec {
+	t.Helper()
+	data, err := os.ReadFile(JournalPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := scanJournal(path, data, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Blocks of earlier runs of the journal carry lower LSNs and end the
+	// scan; what it returns is the current run.
+	return recs
 }
 
 func TestEndIsWrittenAfterEndFlushDelay(t *testing.T) {
@@ -846,5 +884,24 @@ func TestEndedDecisionIsReadFromTheFile(t *testing.T) {
 	}
 	if s := l.Stats(); s.Appends != 1 || s.Pending != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestFullJournalSendsTheDecisionToTheFile(t *testing.T) {
+	path := tempPath(t)
+	l := openBolt(t, path, BoltOptions{EndFlushDelay: time.Hour})
+	const n = 250 // about 5 KiB each: more than the journal holds
+	for i := uint64(1); i <= n; i++ {
+		r := commitRec(t, testID(i))
+		r.Heuristic, r.Who, r.Why = true, strings.Repeat("w", 1024), strings.Repeat("y", 4096)
+		mustAppend(t, l, r)
+	}
+	in := journalRecords(t, path)
+	if len(in) == 0 || len(in) >= n || in[len(in)-1].lsn != n {
+		t.Fatalf("journal holds %d decisions (last %+v): want the ones after it last filled", len(in), in[len(in)-1:])
+	}
+	l = reopen(t, l, BoltOptions{})
+	if p, _ := l.Pending(); len(p) != n {
+		t.Fatalf("%d decisions pending after reopening, want %d", len(p), n)
 	}
 }

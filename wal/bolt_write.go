@@ -2,6 +2,7 @@ package wal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -106,7 +107,7 @@ func (b *Bolt) lead() {
 	clear(b.queue)
 	b.queue = b.queue[:0]
 	b.writing = false
-	if len(b.ends) > 0 && b.failed == nil {
+	if (len(b.ends) > 0 || len(b.migr) > 0) && b.failed == nil {
 		b.watchEndsLocked()
 	}
 	b.idle.Broadcast()
@@ -116,7 +117,7 @@ func (b *Bolt) lead() {
 // queueLazyLocked queues a record that waits for the next sync (an END, or
 // a noted decision). b.mu is held.
 func (b *Bolt) queueLazyLocked(lsn uint64, txid ids.TxID, val []byte) {
-	if len(b.ends) == 0 {
+	if len(b.ends) == 0 && len(b.migr) == 0 {
 		b.endsSince = time.Now()
 	}
 	b.ends = append(b.ends, pendingEnd{lsn: lsn, txid: txid, val: val})
@@ -138,7 +139,7 @@ func (b *Bolt) flushEnds() {
 			return
 		}
 		b.mu.Lock()
-		if len(b.ends) == 0 || b.failed != nil {
+		if len(b.ends) == 0 && len(b.migr) == 0 || b.failed != nil {
 			b.endsWatched = false
 			b.mu.Unlock()
 			timer.Stop()
@@ -228,20 +229,46 @@ func (b *Bolt) step() {
 	}
 	clear(b.queue)
 	b.queue = append(b.queue[:0], remaining...)
-	var ends []pendingEnd
-	endsDue := len(b.ends) > 0 && time.Since(b.endsSince) >= b.opts.EndFlushDelay
-	if final || endsDue || len(appends) > 0 || len(flushes) > 0 {
-		ends, b.ends = b.ends, nil
-	}
+	// The file takes what waits for it (the journal's decisions, END
+	// records, noted decisions) when it is due, asked for, or when there is
+	// no journal; otherwise the decisions go to the journal alone.
+	lazyDue := (len(b.ends) > 0 || len(b.migr) > 0) && time.Since(b.endsSince) >= b.opts.EndFlushDelay
+	toFile := b.j == nil || final || lazyDue || len(flushes) > 0 || len(compacts) > 0
 	hook := b.writeHook
 	b.mu.Unlock()
 
 	var err error
-	if len(appends) > 0 || len(ends) > 0 {
+	journaled := false
+	if !toFile && len(appends) > 0 {
 		start := time.Now()
-		err = b.write(hook, appends, ends)
-		if err == nil && b.opts.OnSync != nil {
-			b.opts.OnSync(len(appends), len(ends), time.Since(start))
+		err = b.writeJournal(hook, appends)
+		switch {
+		case err == nil:
+			journaled = true
+			if b.opts.OnSync != nil {
+				b.opts.OnSync(len(appends), 0, time.Since(start))
+			}
+		case errors.Is(err, errJournalFull):
+			toFile, err = true, nil
+		}
+	}
+	var ends, migr []pendingEnd
+	if toFile && err == nil {
+		b.mu.Lock()
+		ends, b.ends = b.ends, nil
+		migr, b.migr = b.migr, nil
+		b.mu.Unlock()
+		if len(appends) > 0 || len(ends) > 0 || len(migr) > 0 {
+			start := time.Now()
+			err = b.write(hook, appends, migr, ends)
+			if err == nil {
+				if b.j != nil {
+					b.j.reset()
+				}
+				if b.opts.OnSync != nil {
+					b.opts.OnSync(len(appends), len(ends), time.Since(start))
+				}
+			}
 		}
 	}
 
@@ -249,9 +276,17 @@ func (b *Bolt) step() {
 	if err != nil {
 		b.failed = fmt.Errorf("%w: %s: %w", ErrFailed, b.path, err)
 		err = b.failed
-	} else if len(appends) > 0 || len(ends) > 0 {
+	} else if len(appends) > 0 || len(ends) > 0 || len(migr) > 0 {
 		for _, r := range appends {
 			b.byTx[r.rec.TxID] = &Decision{Record: r.rec}
+		}
+		if journaled {
+			if len(b.ends) == 0 && len(b.migr) == 0 {
+				b.endsSince = time.Now()
+			}
+			for _, r := range appends {
+				b.migr = append(b.migr, pendingEnd{lsn: r.rec.LSN, txid: r.rec.TxID, val: r.val})
+			}
 		}
 		// An ended transaction whose END (or noted decision) is now in
 		// the file is read from there when asked for.
@@ -263,8 +298,14 @@ func (b *Bolt) step() {
 		}
 		b.stats.Appends += uint64(len(appends))
 		b.stats.Ends += uint64(len(ends))
-		b.stats.Syncs++
-		b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)+len(ends)))
+		if journaled {
+			b.stats.Syncs++
+			b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)))
+		}
+		if len(ends) > 0 || len(migr) > 0 || !journaled && len(appends) > 0 {
+			b.stats.Syncs++
+			b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)+len(ends)))
+		}
 	}
 	b.mu.Unlock()
 	for _, r := range appends {
@@ -293,9 +334,33 @@ func unixNano(t time.Time) int64 {
 	return t.UnixNano()
 }
 
-// write stores decisions and END records in one bbolt commit.
-func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) error {
+// writeJournal makes decisions durable in the journal: one write, one
+// fdatasync.
+func (b *Bolt) writeJournal(hook func() error, appends []*request) error {
 	failpoint.Hit(failpoint.WALBeforeSync)
+	if hook != nil {
+		if err := hook(); err != nil {
+			return err
+		}
+	}
+	if err := b.j.write(appends); err != nil {
+		return err
+	}
+	failpoint.Hit(failpoint.WALAfterSync)
+	return nil
+}
+
+// write stores decisions, the journal's decisions (migr) and END records
+// in one bbolt commit. Decisions that did not go to the journal pass the
+// crash points of a durable decision write; the journal's pass those of
+// moving them to the file.
+func (b *Bolt) write(hook func() error, appends []*request, migr, ends []pendingEnd) error {
+	if len(appends) > 0 {
+		failpoint.Hit(failpoint.WALBeforeSync)
+	}
+	if len(migr) > 0 {
+		failpoint.Hit(failpoint.WALBeforeMove)
+	}
 	err := b.db.Update(func(tx *bbolt.Tx) error {
 		if hook != nil {
 			if err := hook(); err != nil {
@@ -311,6 +376,11 @@ func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) e
 				return err
 			}
 		}
+		for _, m := range migr {
+			if err := lb.Put(u64(m.lsn), m.val); err != nil {
+				return err
+			}
+		}
 		for _, r := range appends {
 			if err := lb.Put(u64(r.rec.LSN), r.val); err != nil {
 				return err
@@ -321,7 +391,12 @@ func (b *Bolt) write(hook func() error, appends []*request, ends []pendingEnd) e
 	if err != nil {
 		return err
 	}
-	failpoint.Hit(failpoint.WALAfterSync)
+	if len(migr) > 0 {
+		failpoint.Hit(failpoint.WALAfterMove)
+	}
+	if len(appends) > 0 {
+		failpoint.Hit(failpoint.WALAfterSync)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -41,6 +42,26 @@ func crashHelper(mode, path string) int {
 			}
 		}
 		return fail(errors.New("survived both appends"))
+	case "append-two-move":
+		// Both decisions are in the journal; the END of the first waits.
+		// The flush moves all three into the file, around which the armed
+		// crash point fires.
+		l, err := OpenBolt(path, BoltOptions{EndFlushDelay: time.Hour})
+		if err != nil {
+			return fail(err)
+		}
+		for i := uint64(1); i <= 2; i++ {
+			if _, err := l.Append(ctx, commitRec(helperTB{}, testID(i))); err != nil {
+				return fail(err)
+			}
+		}
+		if err := l.End(testID(1)); err != nil {
+			return fail(err)
+		}
+		if err := l.Flush(ctx); err != nil {
+			return fail(err)
+		}
+		return fail(errors.New("survived the move"))
 	case "end-unflushed":
 		l, err := OpenBolt(path, BoltOptions{EndFlushDelay: time.Hour})
 		if err != nil {
@@ -128,5 +149,153 @@ func TestCrashUnflushedEndMayBeLostDecisionNever(t *testing.T) {
 	}
 	if p, _ := l.Pending(); len(p) != 1 || p[0].TxID != testID(1) {
 		t.Fatalf("pending %+v, want the decision whose END was lost", p)
+	}
+}
+
+func TestCrashAroundMovingTheJournalLosesNoDecision(t *testing.T) {
+	for _, c := range []struct {
+		crash string
+		ended bool
+	}{
+		{failpoint.WALBeforeMove + ":1", false},
+		{failpoint.WALAfterMove + ":1", true},
+	} {
+		t.Run(c.crash, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "wal.db")
+			runCrashChild(t, "append-two-move", c.crash, path)
+			l := openBolt(t, path, BoltOptions{})
+			for i := uint64(1); i <= 2; i++ {
+				if _, err := l.Lookup(testID(i)); err != nil {
+					t.Fatalf("decision %d, in the journal before the crash: %v", i, err)
+				}
+			}
+			d, _ := l.Lookup(testID(1))
+			if d.Ended != c.ended {
+				t.Fatalf("first decision ended %v after a crash at %s, want %v", d.Ended, c.crash, c.ended)
+			}
+			if p, _ := l.Pending(); len(p) != map[bool]int{true: 1, false: 2}[c.ended] {
+				t.Fatalf("pending %d decisions", len(p))
+			}
+			// Opening moved the journal's decisions into the file: a
+			// second open finds the same, and the log goes on.
+			l = reopen(t, l, BoltOptions{})
+			if p, _ := l.Pending(); len(p) != map[bool]int{true: 1, false: 2}[c.ended] {
+				t.Fatalf("pending %d decisions after a second open", len(p))
+			}
+			mustAppend(t, l, commitRec(t, testID(3)))
+		})
+	}
+}
+
+// crashedWithTwoInJournal leaves a log whose two decisions are in the
+// journal alone (the process killed after the second journal write), and
+// returns its path and the journal's bytes.
+func crashedWithTwoInJournal(t *testing.T) (string, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	runCrashChild(t, "append-two", failpoint.WALAfterSync+":2", path)
+	data, err := os.ReadFile(JournalPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, data
+}
+
+func TestReadOnlyOpenSeesTheJournalsDecisions(t *testing.T) {
+	path, _ := crashedWithTwoInJournal(t)
+	l := openBolt(t, path, BoltOptions{ReadOnly: true})
+	if p, _ := l.Pending(); len(p) != 2 {
+		t.Fatalf("pending %+v, want the journal's two decisions", p)
+	}
+	var n int
+	_ = l.Records(func(Record) error { n++; return nil })
+	if n != 2 {
+		t.Fatalf("Records listed %d, want 2", n)
+	}
+	if _, err := l.Append(context.Background(), commitRec(t, testID(9))); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("Append on a read-only log: %v", err)
+	}
+}
+
+func TestJournalLeftByACrashIsReadWithNoJournal(t *testing.T) {
+	path, _ := crashedWithTwoInJournal(t)
+	l := openBolt(t, path, BoltOptions{NoJournal: true})
+	if p, _ := l.Pending(); len(p) != 2 {
+		t.Fatalf("pending %+v, want the journal's two decisions", p)
+	}
+	mustAppend(t, l, commitRec(t, testID(3)))
+	if s := l.Stats(); s.Syncs != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestDamagedJournal(t *testing.T) {
+	_, clean := crashedWithTwoInJournal(t)
+	recs, err := scanJournal("j", clean, 0)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("journal as left: %d records, %v", len(recs), err)
+	}
+	second := int(recs[1].off)
+	for _, c := range []struct {
+		name    string
+		damage  func(b []byte) []byte
+		want    error // nil: opens
+		decided int   // decisions found when it opens
+	}{
+		// A block acknowledged, then damaged, before a whole newer one.
+		{"first block", func(b []byte) []byte { b[journalHeader+blockHeader+20] ^= 0x40; return b }, ErrCorrupt, 0},
+		// The last write, cut short by the crash: its decision was never
+		// acknowledged.
+		{"last block torn", func(b []byte) []byte {
+			for i := second + blockHeader + 10; i < second+blockHeader+40; i++ {
+				b[i] = 0
+			}
+			return b
+		}, nil, 1},
+		{"last block's header torn", func(b []byte) []byte { b[second+5] ^= 0xff; return b }, nil, 1},
+		{"not a journal", func(b []byte) []byte { copy(b, "something else.."); return b }, ErrBadFile, 0},
+		{"empty file", func([]byte) []byte { return nil }, ErrBadFile, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path, own := crashedWithTwoInJournal(t)
+			if err := os.WriteFile(JournalPath(path), c.damage(own), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l, err := OpenBolt(path, BoltOptions{})
+			if c.want != nil {
+				if !errors.Is(err, c.want) {
+					t.Fatalf("open: %v, want %v", err, c.want)
+				}
+				if !strings.Contains(err.Error(), JournalPath(path)) {
+					t.Fatalf("error %q does not name the journal", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer l.Close()
+			if p, _ := l.Pending(); len(p) != c.decided || p[0].TxID != testID(1) {
+				t.Fatalf("pending %+v, want the first decision alone", p)
+			}
+		})
+	}
+}
+
+func TestJournalAndLogFileBelongTogether(t *testing.T) {
+	path, _ := crashedWithTwoInJournal(t)
+	_, other := crashedWithTwoInJournal(t)
+	if err := os.WriteFile(JournalPath(path), other, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "not kept together") {
+		t.Fatalf("open with another log's journal: %v, want ErrBadFile", err)
+	}
+	// The log file gone, its journal left: a new log file does not take it.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBolt(path, BoltOptions{}); !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "from an earlier log") {
+		t.Fatalf("new log file beside an old journal: %v, want ErrBadFile", err)
 	}
 }

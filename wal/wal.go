@@ -5,8 +5,9 @@
 // acknowledged it. Presumed abort: a transaction with no decision record
 // was aborted, so aborts are never written. Decision records are forced
 // (fsynced) before Append returns, and concurrent appends share one fsync
-// (group commit). END records are written lazily: they ride on the next
-// sync, a Flush, or Close. Compact removes ended transactions.
+// (group commit). END records are written lazily: they become durable
+// with a later write, a Flush, or Close. Compact removes ended
+// transactions.
 //
 // Two implementations: Bolt (go.etcd.io/bbolt, the real log) and Mem (for
 // protocol tests).

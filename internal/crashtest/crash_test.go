@@ -77,6 +77,8 @@ var points = []point{
 	{name: failpoint.WALAfterSync, maxHit: 20},
 	{name: failpoint.WALBeforeCompact, maxHit: 2},
 	{name: failpoint.WALAfterCompact, maxHit: 2},
+	{name: failpoint.WALBeforeMove, maxHit: 3},
+	{name: failpoint.WALAfterMove, maxHit: 3},
 	{name: failpoint.PGBeforePrepare, maxHit: 30},
 	{name: failpoint.PGAfterPrepare, maxHit: 30},
 	{name: failpoint.PGBeforeCommit, maxHit: 30},

@@ -19,6 +19,9 @@ const (
 	WALAfterSync     = "wal-after-sync"
 	WALBeforeCompact = "wal-before-compact"
 	WALAfterCompact  = "wal-after-compact"
+	// WAL, around moving the journal's decisions into the bbolt file.
+	WALBeforeMove = "wal-before-move"
+	WALAfterMove  = "wal-after-move"
 
 	// PostgreSQL participant.
 	PGBeforePrepare  = "pg-before-prepare"
@@ -73,7 +76,7 @@ const (
 var all = []string{
 	CoordBeforeDecision, CoordAfterDecision, CoordBetweenCommits, CoordBeforeEnd, CoordAfterEnd,
 	CoordBeforeOnePhase, CoordAfterOnePhase,
-	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact,
+	WALBeforeSync, WALAfterSync, WALBeforeCompact, WALAfterCompact, WALBeforeMove, WALAfterMove,
 	PGBeforePrepare, PGAfterPrepare, PGBeforeCommit, PGAfterCommit, PGBeforeRollback, PGAfterRollback,
 	PGHolderBeforeInsert, PGHolderAfterInsert, PGHolderCommitSent, PGHolderAfterCommit,
 	PGBeforeFence, PGAfterFence, PGHolderBeforeForget, PGHolderAfterForget,
