@@ -158,6 +158,8 @@ type Coordinator struct {
 
 	hazardMu sync.Mutex
 	hazards  map[ids.TxID]error // heuristic hazards seen this run, until an operator ends them
+
+	aborted abortedSet // transactions this run aborted, for recovery
 }
 
 type counters struct {
@@ -620,6 +622,7 @@ func (c *Coordinator) recover(ctx context.Context, startup bool) (*recovery.Repo
 	}
 	if !startup {
 		cfg.Live = c.isLive
+		cfg.Aborted = c.aborted.has
 	}
 	rep, err := recovery.Pass(ctx, cfg)
 	if rep != nil {

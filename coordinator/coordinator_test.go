@@ -561,3 +561,47 @@ func TestALogOfAnotherCoordinatorIsRefused(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// A prepare whose answer was lost can complete on the server after the
+// coordinator's rollback found nothing there (MariaDB finishes an XA
+// PREPARE sent just before its client gave up). The next recovery pass
+// rolls such a branch back, though it is younger than InDoubtTimeout: its
+// transaction was aborted here. A young branch of a transaction this run
+// knows nothing of still waits.
+func TestBranchPreparedAfterItsAbortIsRolledBackByTheNextPass(t *testing.T) {
+	r := newRig(t, 2, func(c *Config) { c.InDoubtTimeout = time.Hour })
+	// Transaction ids tell their time to the millisecond: one made in the
+	// millisecond the coordinator started reads as an earlier run's.
+	time.Sleep(3 * time.Millisecond)
+	lost := errors.New("connection lost during prepare")
+	r.rs[1].SetHooks(fake.Hooks{Prepare: func(context.Context, ids.GID) (participant.Vote, error, bool) {
+		return participant.VoteNo, lost, true
+	}})
+	tx, bs := r.begin(t)
+	if err := tx.Commit(context.Background()); !errors.Is(err, ErrAborted) {
+		t.Fatalf("commit: %v, want aborted", err)
+	}
+	late := bs[1].GID().String()
+	r.rs[1].AddPrepared(late) // the server finished the prepare after all
+	other, err := ids.NewTxID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	young, err := ids.NewGID("txc", "test", other, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.rs[1].AddPrepared(young.String())
+
+	rep, err := r.c.Recover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recovery: %+v", rep.Actions)
+	if r.rs[1].IsPrepared(late) || !r.rs[1].IsRolledBack(late) {
+		t.Fatalf("the aborted transaction's late branch is still prepared after a pass")
+	}
+	if !r.rs[1].IsPrepared(young.String()) {
+		t.Fatal("a young branch of an unknown transaction was resolved before InDoubtTimeout")
+	}
+}

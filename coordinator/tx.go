@@ -776,6 +776,7 @@ func (d *driver) report(r protocol.Report) {
 	case protocol.OutcomeAborted:
 		t.result = fmt.Errorf("%w (%s): %w", ErrAborted, t.id, r.Err)
 		c.stats.aborted.Add(1)
+		c.aborted.add(t.id)
 	case protocol.OutcomeHazard:
 		t.result = fmt.Errorf("%w (%s): %w", ErrHeuristicHazard, t.id, r.Err)
 		c.hazard(t.id, r.Err)

@@ -61,9 +61,17 @@ type Config struct {
 	// Live reports transactions this process is still running; recovery
 	// leaves them alone. Nil means none are live (the start-up pass).
 	Live func(ids.TxID) bool
+	// Aborted reports transactions this process aborted. No COMMIT can
+	// come for them, so a prepared branch of one is rolled back without
+	// waiting for InDoubtTimeout: a prepare whose answer was lost (the
+	// call cancelled, the connection cut) can still complete on the
+	// server after the rollback found nothing, and its locks must not wait
+	// a minute. Nil means none.
+	Aborted func(ids.TxID) bool
 	// InDoubtTimeout: in a periodic pass (Live != nil), a prepared branch of
-	// ours is resolved only once it is older than this; any prepared branch
-	// older than this is reported as stale.
+	// ours is resolved only once it is older than this (unless Aborted
+	// says its transaction was aborted); any prepared branch older than
+	// this is reported as stale.
 	InDoubtTimeout time.Duration
 	// LogCreated is when the coordinator's log was created, if it knows: a
 	// branch of a transaction begun before it, that the log does not know
@@ -191,6 +199,8 @@ type pass struct {
 func (p *pass) owner() string { return p.cfg.Prefix + "." + p.cfg.CoordinatorID }
 
 func (p *pass) live(id ids.TxID) bool { return p.cfg.Live != nil && p.cfg.Live(id) }
+
+func (p *pass) abortedHere(id ids.TxID) bool { return p.cfg.Aborted != nil && p.cfg.Aborted(id) }
 
 // earlierRun reports whether g's transaction began before this run.
 func (p *pass) earlierRun(g ids.GID) bool {
@@ -450,7 +460,7 @@ func (p *pass) classify(r participant.Resource, pr participant.Prepared, now tim
 		p.rep.Actions = append(p.rep.Actions, act)
 		p.unresolved[pr.GID.TxID] = true
 		return nil
-	case p.cfg.Live != nil && !stale && !p.earlierRun(pr.GID):
+	case p.cfg.Live != nil && !stale && !p.earlierRun(pr.GID) && !p.abortedHere(pr.GID.TxID):
 		act.What = "skip-young"
 		p.rep.SkippedYoung++
 		p.rep.Actions = append(p.rep.Actions, act)
