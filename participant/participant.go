@@ -141,6 +141,10 @@ type Prepared struct {
 	Owner string
 	// Database is the database it belongs to, if the resource has several.
 	Database string
+	// Native is the identifier in the resource's own syntax where that
+	// differs from Raw (an XA xid as SQL, to paste into XA COMMIT or XA
+	// ROLLBACK), else empty.
+	Native string
 }
 
 // Enlister is what a transaction offers to resource adapters so that they

@@ -190,11 +190,10 @@ func scanMySQL(cmd *cobra.Command, connStr string, stale time.Duration) error {
 	now := time.Now()
 	out := make([]preparedRow, 0, len(ps))
 	for _, p := range ps {
-		r := preparedRow{GID: p.Raw, Kind: "foreign", XID: p.Raw, Server: "mysql", Relations: []string{}}
+		r := preparedRow{GID: p.Raw, Kind: "foreign", XID: p.Native, Server: "mysql", Relations: []string{}}
 		if g := p.GID; !g.IsZero() {
 			r.Kind, r.Coordinator, r.TxID, r.Branch = "txcoord", g.Prefix+"."+g.Coordinator, g.TxID.String(), g.Branch
 			r.Holder, _ = g.Holder()
-			r.XID = mysql.XID(g)
 			r.Prepared = g.TxID.Time()
 			r.AgeSeconds = now.Sub(r.Prepared).Seconds()
 			r.Stale = now.Sub(r.Prepared) > stale

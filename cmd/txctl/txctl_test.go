@@ -932,7 +932,7 @@ func TestScanListsMariaDBXIDs(t *testing.T) {
 	if len(rows) != 2 || ours == nil || foreign == nil {
 		t.Fatalf("scan rows: %v", rows)
 	}
-	if ours["gid"] != gid.String() || ours["txid"] != id.String() || ours["xid"] != mysql.XID(gid) || ours["server"] != "mysql" {
+	if ours["gid"] != gid.String() || ours["txid"] != id.String() || ours["xid"] != mysql.XID(gid, "shop") || ours["server"] != "mysql" {
 		t.Fatalf("ours: %v", ours)
 	}
 	if foreign["xid"] != "X'6f746865722d70726f6772616d',X'6231',1" {

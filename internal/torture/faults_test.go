@@ -114,7 +114,7 @@ func (r *rig) rollbackByHand(f fault) {
 	}
 	stmt := "ROLLBACK PREPARED " + ids.QuoteLiteral(raw)
 	if svc == mariaDB {
-		stmt = "XA ROLLBACK " + mysql.XID(g)
+		stmt = "XA ROLLBACK " + mysql.XID(g, svc) // the service's database is named after it
 	}
 	if _, err := db.ExecContext(ctx, stmt); err != nil {
 		r.ev.logf("slot %d: %s (%s) at %s: %v", f.start, stmt, raw, f.target, err)

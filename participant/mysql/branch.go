@@ -74,7 +74,7 @@ func (s state) String() string {
 }
 
 func newBranch(r *Resource, gid ids.GID, conn *sql.Conn) *Branch {
-	b := &Branch{r: r, gid: gid, xid: xid(gid), conn: conn, state: stateActive}
+	b := &Branch{r: r, gid: gid, xid: XID(gid, r.database), conn: conn, state: stateActive}
 	b.s.Init(conn, b.open, b.ran)
 	return b
 }

@@ -453,7 +453,7 @@ func (r *Resource) Begin(ctx context.Context, gid ids.GID) (participant.Branch, 
 		if err != nil {
 			return nil, fmt.Errorf("mysql: %s: begin %s: %w", r.name, gid, err)
 		}
-		_, err = conn.ExecContext(ctx, "XA START "+xid(gid))
+		_, err = conn.ExecContext(ctx, "XA START "+XID(gid, r.database))
 		if err == nil {
 			return newBranch(r, gid, conn), nil
 		}
@@ -547,15 +547,32 @@ func (r *Resource) finish(ctx context.Context, gid ids.GID, stmt, before, after 
 	if err := gid.Validate(); err != nil {
 		return err
 	}
-	q := stmt + xid(gid)
+	xid := XID(gid, r.database)
+	q := stmt + xid
 	lost, err := r.execFinish(ctx, gid, q, before, after)
+	var listed, looked bool
+	var lerr error
+	if !lost && errNumber(err) == erNotA {
+		var stored string
+		stored, listed, lerr = r.listedAs(ctx, gid)
+		looked = true
+		if lerr == nil && listed && stored != xid {
+			// Prepared under the xid without the database's tag (by a
+			// build before the tag): finished under the xid it has.
+			q = stmt + stored
+			lost, err = r.execFinish(ctx, gid, q, before, after)
+			if !lost && errNumber(err) == erNotA {
+				listed, lerr = r.listed(ctx, gid)
+			}
+		}
+	}
 	if lost && stmt == xaRollback && ctx.Err() == nil {
 		// Rolling back twice is safe where committing twice is not.
 		if lost2, err2 := r.execFinish(ctx, gid, q, "", ""); !lost2 && (err2 == nil || errNumber(err2) == erNotA) {
 			if err2 == nil {
 				return nil
 			}
-			lost, err = false, err2
+			lost, err, looked = false, err2, false
 		}
 	}
 	if err == nil {
@@ -567,7 +584,9 @@ func (r *Resource) finish(ctx context.Context, gid ids.GID, stmt, before, after 
 	}
 	switch errNumber(err) {
 	case erNotA:
-		listed, lerr := r.listed(ctx, gid)
+		if !looked {
+			listed, lerr = r.listed(ctx, gid)
+		}
 		switch {
 		case lerr != nil:
 			return fmt.Errorf("mysql: %s: %s %s: unknown xid, and XA RECOVER failed (%v): %w", r.name, what, gid, lerr, err)
@@ -616,16 +635,24 @@ func (r *Resource) execFinish(ctx context.Context, gid ids.GID, q, before, after
 
 // listed reports whether XA RECOVER lists gid's xid.
 func (r *Resource) listed(ctx context.Context, gid ids.GID) (bool, error) {
+	_, ok, err := r.listedAs(ctx, gid)
+	return ok, err
+}
+
+// listedAs reports whether XA RECOVER lists gid's branch in this database,
+// and the xid it is listed under, as SQL.
+func (r *Resource) listedAs(ctx context.Context, gid ids.GID) (string, bool, error) {
 	xs, err := r.recoverXIDs(ctx)
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
+	tag := tagOf(r.database)
 	for _, x := range xs {
-		if x.gid() == gid {
-			return true, nil
+		if g, _ := x.gid(); g == gid && x.in(tag) {
+			return x.sql(), true, nil
 		}
 	}
-	return false, nil
+	return "", false, nil
 }
 
 // recoverXIDs runs XA RECOVER, retried on another connection if a pooled
@@ -691,24 +718,30 @@ func Scan(ctx context.Context, db *sql.DB) ([]participant.Prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mysql: %w", err)
 	}
-	return prepared(xs), nil
+	return prepared(xs, ""), nil
 }
 
-// XID returns gid's xid as XA statements take it.
-func XID(gid ids.GID) string { return xid(gid) }
-
-func prepared(xs []recovered) []participant.Prepared {
+// prepared lists xs; with a tag, only the txcoord branches that may be in
+// the database with that tag, and every foreign xid.
+func prepared(xs []recovered, tag string) []participant.Prepared {
 	out := make([]participant.Prepared, 0, len(xs))
 	for _, x := range xs {
-		out = append(out, participant.Prepared{Raw: x.raw(), GID: x.gid()})
+		g, _ := x.gid()
+		if !g.IsZero() && tag != "" && !x.in(tag) {
+			continue // a branch in another database of the server
+		}
+		out = append(out, participant.Prepared{Raw: x.raw(), GID: g, Native: x.sql()})
 	}
 	return out
 }
 
-// Prepared lists the prepared XA transactions of the server (XA RECOVER
-// lists every database's: an xid names no database). Ours carry their
+// Prepared lists the prepared XA transactions of the server that are this
+// database's: XA RECOVER lists every database's, and the tag in each
+// txcoord bqual tells them apart (a branch whose name leaves no room for
+// the tag is listed by every Resource on the server). Ours carry their
 // gid; foreign ones (another format id, or not a gid) a zero GID and, as
-// Raw, the xid as SQL. The server keeps no preparation time.
+// Raw, the xid as SQL; Native is the xid as SQL for both. The server
+// keeps no preparation time.
 func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error) {
 	if err := r.ready(ctx); err != nil {
 		return nil, err
@@ -717,7 +750,7 @@ func (r *Resource) Prepared(ctx context.Context) ([]participant.Prepared, error)
 	if err != nil {
 		return nil, err
 	}
-	return prepared(xs), nil
+	return prepared(xs, tagOf(r.database)), nil
 }
 
 // MySQL and MariaDB error numbers the adapter tells apart.

@@ -440,3 +440,145 @@ func TestSeveralStatementsMakeTheBranchPrepare(t *testing.T) {
 		t.Fatalf("v = %d", got)
 	}
 }
+
+// Two databases on one server: XA RECOVER lists both databases' branches
+// to each, and each Resource keeps to its own, by the tag in the bqual.
+// Each commits its own, and a commit repeated after the other database's
+// pass is proven by its own marker, never taken for a hazard.
+func TestTwoDatabasesOnOneServerKeepToTheirOwnBranches(t *testing.T) {
+	ctx := testCtx(t)
+	if err := srv.CreateDB(ctx, "ledger"); err != nil {
+		t.Fatal(err)
+	}
+	shopDB, ledgerDB := rawDB(t, srv, appDB), rawDB(t, srv, "ledger")
+	shopT, ledgerT := newTable(t, shopDB), newTable(t, ledgerDB)
+	shop, ledger := openResource(t, srv, appDB, Options{}), openResource(t, srv, "ledger", Options{})
+	// One transaction with a branch in each database, the same branch name
+	// in both (as two coordinators' gids may be).
+	id, err := ids.NewTxID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := ids.NewGID(ids.DefaultPrefix, "test", id, "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := shop.Begin(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bl, err := ledger.Begin(ctx, g)
+	if err != nil {
+		t.Fatalf("the same gid in another database of the server: %v", err)
+	}
+	mustExec(t, bs.(*Branch), "UPDATE "+shopT+" SET v = v + 1 WHERE id = 1")
+	mustExec(t, bl.(*Branch), "UPDATE "+ledgerT+" SET v = v + 1 WHERE id = 1")
+	mustPrepare(t, bs.(*Branch), participant.VoteYes)
+	mustPrepare(t, bl.(*Branch), participant.VoteYes)
+	if n := len(listXIDs(t, shopDB)); n < 2 {
+		t.Fatalf("XA RECOVER lists %d xids, want both databases' branches", n)
+	}
+	for _, c := range []struct {
+		r    *Resource
+		want string
+	}{{shop, bs.(*Branch).XID()}, {ledger, bl.(*Branch).XID()}} {
+		ps, err := c.r.Prepared(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ours []participant.Prepared
+		for _, p := range ps {
+			if !p.GID.IsZero() {
+				ours = append(ours, p)
+			}
+		}
+		if len(ours) != 1 || ours[0].GID != g || ours[0].Native != c.want {
+			t.Fatalf("%s lists %+v, want only %s as %s", c.r.database, ours, g, c.want)
+		}
+	}
+	if bs.(*Branch).XID() == bl.(*Branch).XID() {
+		t.Fatalf("both databases' branches have the xid %s", bs.(*Branch).XID())
+	}
+	if err := ledger.Commit(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := shop.Commit(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	// Commits repeated, as a recovery pass after a lost answer does.
+	for _, r := range []*Resource{shop, ledger} {
+		if err := r.Commit(ctx, g); err != nil {
+			t.Fatalf("%s: repeated commit: %v, want nil (its marker proves it)", r.database, err)
+		}
+	}
+	if value(t, shopDB, shopT, 1) != 1 || value(t, ledgerDB, ledgerT, 1) != 1 {
+		t.Fatal("a database lacks its committed update")
+	}
+	if isPrepared(t, shopDB, g) {
+		t.Fatal("a branch is left prepared")
+	}
+}
+
+// A branch prepared under the xid without the database's tag (as a build
+// before the tag wrote them) is listed, committed under the xid it has,
+// and a repeated commit is proven by its marker.
+func TestBranchWithoutTheTagIsFinishedUnderItsXID(t *testing.T) {
+	ctx := testCtx(t)
+	db := rawDB(t, srv, appDB)
+	table := newTable(t, db)
+	r := openResource(t, srv, appDB, Options{})
+	g := newGID(t, "b1")
+	x := xidSQL([]byte(g.GTRID()), []byte(g.Branch), FormatID)
+	if x == XID(g, appDB) {
+		t.Fatalf("the untagged xid %s is the tagged one", x)
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"XA START " + x, "UPDATE " + table + " SET v = v + 7 WHERE id = 1",
+		r.markStmt(g), "XA END " + x, "XA PREPARE " + x} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	discard(conn) // detaches the prepared branch from the session
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ps, err := r.Prepared(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, p := range ps {
+			found = found || (p.GID == g && p.Native == x)
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scan %+v lacks %s as %s", ps, g, x)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var err2 error
+	for time.Now().Before(deadline) {
+		// Busy until the server has let go of the closed session.
+		if err2 = r.Commit(ctx, g); !errors.Is(err2, participant.ErrBusy) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err2 != nil {
+		t.Fatalf("commit of the untagged branch: %v", err2)
+	}
+	if got := value(t, db, table, 1); got != 7 {
+		t.Fatalf("v = %d after commit, want 7", got)
+	}
+	if err := r.Commit(ctx, g); err != nil {
+		t.Fatalf("repeated commit: %v, want nil (its marker proves it)", err)
+	}
+	if isPrepared(t, db, g) {
+		t.Fatal("still prepared")
+	}
+}

@@ -3,6 +3,7 @@ package mysql
 import (
 	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 
@@ -17,12 +18,34 @@ const FormatID = 0x74786331
 // An xid is the gid cut at its last dot: gtrid is the transaction part
 // <prefix>.<coordinator>.<txid> (at most ids.MaxGTRIDLen = 64 bytes) and
 // bqual the branch (at most ids.MaxBranchLen = 64 bytes), both within XA's
-// limits, so a gid maps onto an xid and back without loss.
+// limits, so a gid maps onto an xid and back without loss. The bqual also
+// carries the database's tag, "@" and 8 hex digits, where it fits in 64
+// bytes: XA RECOVER lists the xids of every database on the server and
+// an xid names none, so the tag is how a Resource tells its own branches
+// from those of another database on the same server ('@' is not in a
+// gid's alphabet, so the cut is unambiguous).
 
-// xid returns gid's xid as SQL: two hex literals and the format id, which
-// need no quoting and survive any connection character set.
-func xid(g ids.GID) string {
-	return xidSQL([]byte(g.GTRID()), []byte(g.Branch), FormatID)
+// tagOf returns database's tag: "@" and the FNV-1a hash of its name in hex.
+func tagOf(database string) string {
+	h := fnv.New32a()
+	h.Write([]byte(database))
+	return "@" + hex.EncodeToString(h.Sum(nil))
+}
+
+// bqualIn returns the bqual of branch in database: the branch and the
+// database's tag, or the branch alone where both do not fit.
+func bqualIn(branch, database string) string {
+	if b := branch + tagOf(database); len(b) <= ids.MaxBranchLen {
+		return b
+	}
+	return branch
+}
+
+// XID returns the xid of gid's branch in database as XA statements take
+// it: two hex literals and the format id, which need no quoting and
+// survive any connection character set.
+func XID(gid ids.GID, database string) string {
+	return xidSQL([]byte(gid.GTRID()), []byte(bqualIn(gid.Branch, database)), FormatID)
 }
 
 // xidSQL writes an xid the way XA statements take it.
@@ -67,24 +90,42 @@ func splitHexData(format, gtridLen, bqualLen int64, data []byte) (recovered, err
 	return splitData(format, gtridLen, bqualLen, raw)
 }
 
-// gid returns the gid this xid names, or a zero GID when it is not one of
-// any txcoord's: another format id, or parts that do not parse.
-func (x recovered) gid() ids.GID {
+// gid returns the gid this xid names and the database tag its bqual
+// carries ("" for none), or a zero GID when it is not one of any
+// txcoord's: another format id, or parts that do not parse.
+func (x recovered) gid() (ids.GID, string) {
 	if x.format != FormatID {
-		return ids.GID{}
+		return ids.GID{}, ""
 	}
-	g, err := ids.ParseGID(string(x.gtrid) + "." + string(x.bqual))
-	if err != nil || g.GTRID() != string(x.gtrid) || g.Branch != string(x.bqual) {
-		return ids.GID{}
+	branch, tag := string(x.bqual), ""
+	if i := strings.LastIndexByte(branch, '@'); i >= 0 {
+		branch, tag = branch[:i], branch[i:]
+		if _, err := hex.DecodeString(tag[1:]); err != nil || len(tag) != 9 {
+			return ids.GID{}, ""
+		}
 	}
-	return g
+	g, err := ids.ParseGID(string(x.gtrid) + "." + branch)
+	if err != nil || g.GTRID() != string(x.gtrid) || g.Branch != branch {
+		return ids.GID{}, ""
+	}
+	return g, tag
 }
+
+// in reports whether x may be a branch in the database whose tag is tag:
+// it carries that tag, or none (a branch whose name left no room for one).
+func (x recovered) in(tag string) bool {
+	_, t := x.gid()
+	return t == "" || t == tag
+}
+
+// sql is the xid as SQL, as XA COMMIT and XA ROLLBACK take it.
+func (x recovered) sql() string { return xidSQL(x.gtrid, x.bqual, x.format) }
 
 // raw is how a scan reports the xid: the gid for one of ours, else the
 // xid as SQL, which an operator can paste into XA COMMIT or XA ROLLBACK.
 func (x recovered) raw() string {
-	if g := x.gid(); !g.IsZero() {
+	if g, _ := x.gid(); !g.IsZero() {
 		return g.String()
 	}
-	return xidSQL(x.gtrid, x.bqual, x.format)
+	return x.sql()
 }
