@@ -311,8 +311,10 @@ func (b *Branch) failed(ctx context.Context, what string, err error) error {
 // rollbackLostPrepare makes sure an XA PREPARE whose connection was lost
 // leaves nothing prepared: it rolls the xid back, waiting while XA RECOVER
 // lists it on a session that has not ended yet (ErrBusy). A session the
-// server has not noticed is gone may still prepare it later; the recovery
-// pass rolls that back: no commit was logged.
+// server has not noticed is gone may still prepare it later (seen when the
+// prepare was cancelled because another branch voted no); the coordinator's
+// next recovery pass rolls that back, since it aborted the transaction
+// (recovery.Config.Aborted).
 func (b *Branch) rollbackLostPrepare(ctx context.Context) error {
 	for {
 		err := b.r.Rollback(ctx, b.gid)
