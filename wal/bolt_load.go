@@ -144,13 +144,13 @@ func (b *Bolt) load() (err error) {
 		if err != nil {
 			return err
 		}
-		for _, rec := range jrecs {
-			b.byTx[rec.TxID] = &Decision{Record: rec}
+		for _, jd := range jrecs {
+			b.byTx[jd.rec.TxID] = &Decision{Record: jd.rec}
+			b.jrecs = append(b.jrecs, jd.rec)
 		}
-		b.jrecs = jrecs
 		return nil
 	}
-	var jrecs []Record
+	var jrecs []fromJournal
 	if fresh {
 		// A new log file has no journal yet: one left there belongs to a
 		// log file that is gone.
@@ -173,16 +173,12 @@ func (b *Bolt) load() (err error) {
 			if err != nil {
 				return err
 			}
-			for _, rec := range jrecs {
-				val, err := EncodeRecord(rec)
-				if err != nil {
-					return err
-				}
-				if err := lb.Put(u64(rec.LSN), val); err != nil {
+			for _, jd := range jrecs {
+				if err := lb.Put(u64(jd.rec.LSN), jd.val); err != nil {
 					return err
 				}
 			}
-			if err := lb.SetSequence(max(lb.Sequence(), jrecs[len(jrecs)-1].LSN)); err != nil {
+			if err := lb.SetSequence(max(lb.Sequence(), jrecs[len(jrecs)-1].rec.LSN)); err != nil {
 				return err
 			}
 		}
@@ -225,8 +221,8 @@ func (b *Bolt) load() (err error) {
 	if err != nil {
 		return fmt.Errorf("wal: open %s: store epoch: %w", b.path, err)
 	}
-	for _, rec := range jrecs {
-		b.byTx[rec.TxID] = &Decision{Record: rec}
+	for _, jd := range jrecs {
+		b.byTx[jd.rec.TxID] = &Decision{Record: jd.rec}
 	}
 	b.epoch = epoch
 	b.owner = owner
@@ -238,58 +234,53 @@ func (b *Bolt) load() (err error) {
 	return nil
 }
 
+// fromJournal is a decision read back from the journal, and its encoding.
+type fromJournal struct {
+	rec Record
+	val []byte
+}
+
 // readJournal opens the journal (making it, unless the log is read-only or
 // NoJournal) and returns its decisions that the file does not hold, each
 // checked as loadRecords checks the file's. It keeps the journal open for
 // writing unless the log is read-only or NoJournal. b.next is set past
 // them.
-func (b *Bolt) readJournal() ([]Record, error) {
+func (b *Bolt) readJournal() ([]fromJournal, error) {
 	path := JournalPath(b.path)
 	write := !b.opts.ReadOnly && !b.opts.NoJournal
 	j, found, err := openJournal(path, b.logID, write, b.opts.ReadOnly, b.next-1)
-	if err != nil {
+	if err != nil || j == nil {
 		return nil, err
 	}
-	if j != nil && !write {
-		defer j.close()
-	}
 	corrupt := func(lsn uint64, format string, args ...any) error {
+		j.close()
 		return &CorruptError{Path: path, Bucket: "journal", Key: lsn, Reason: fmt.Sprintf(format, args...)}
 	}
-	out := make([]Record, 0, len(found))
+	out := make([]fromJournal, 0, len(found))
 	seen := map[ids.TxID]uint64{}
 	for _, jr := range found {
 		rec, err := DecodeRecord(jr.val)
 		if err != nil {
-			if j != nil && write {
-				j.close()
-			}
 			return nil, corrupt(jr.lsn, "block at byte %d: %s", jr.off, strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": "))
 		}
 		rec.LSN = jr.lsn
-		var bad error
 		switch {
 		case rec.Kind != KindCommit && rec.Kind != KindAbort || rec.Holder != "":
-			bad = corrupt(jr.lsn, "a %v record where only decisions are written", rec.Kind)
+			return nil, corrupt(jr.lsn, "a %v record where only decisions are written", rec.Kind)
 		case seen[rec.TxID] != 0:
-			bad = corrupt(jr.lsn, "second decision %v for %s (first at LSN %d)", rec.Kind, rec.TxID, seen[rec.TxID])
-		default:
-			if lsn, ok := b.decisionLSN(rec.TxID); ok {
-				bad = corrupt(jr.lsn, "decision %v for %s, which the file decided at key %d", rec.Kind, rec.TxID, lsn)
-			}
+			return nil, corrupt(jr.lsn, "second decision %v for %s (first at LSN %d)", rec.Kind, rec.TxID, seen[rec.TxID])
 		}
-		if bad != nil {
-			if j != nil && write {
-				j.close()
-			}
-			return nil, bad
+		if lsn, ok := b.decisionLSN(rec.TxID); ok {
+			return nil, corrupt(jr.lsn, "decision %v for %s, which the file decided at key %d", rec.Kind, rec.TxID, lsn)
 		}
 		seen[rec.TxID] = rec.LSN
-		out = append(out, rec)
+		out = append(out, fromJournal{rec: rec, val: jr.val})
 		b.next = rec.LSN + 1
 	}
 	if write {
 		b.j = j
+	} else {
+		j.close()
 	}
 	return out, nil
 }

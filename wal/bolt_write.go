@@ -298,14 +298,9 @@ func (b *Bolt) step() {
 		}
 		b.stats.Appends += uint64(len(appends))
 		b.stats.Ends += uint64(len(ends))
-		if journaled {
-			b.stats.Syncs++
-			b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)))
-		}
-		if len(ends) > 0 || len(migr) > 0 || !journaled && len(appends) > 0 {
-			b.stats.Syncs++
-			b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)+len(ends)))
-		}
+		// One durable write: the journal's, or the file's.
+		b.stats.Syncs++
+		b.stats.MaxBatch = max(b.stats.MaxBatch, uint64(len(appends)+len(ends)))
 	}
 	b.mu.Unlock()
 	for _, r := range appends {

@@ -33,6 +33,9 @@ const (
 	journalExtension = ".journal"
 )
 
+// zeroHeader is the room a block's header takes before it is filled in.
+var zeroHeader [blockHeader]byte
+
 // errJournalFull: a block does not fit in what is left of the journal; the
 // caller writes to the bbolt file instead.
 var errJournalFull = errors.New("wal: journal full")
@@ -233,7 +236,7 @@ func blockCRC(head, body []byte) uint32 {
 // write appends one block holding recs and syncs it. It fails with
 // errJournalFull, having written nothing, when the block does not fit.
 func (j *journal) write(recs []*request) error {
-	buf := append(j.buf[:0], make([]byte, blockHeader)...)
+	buf := append(j.buf[:0], zeroHeader[:]...)
 	for _, r := range recs {
 		buf = binary.BigEndian.AppendUint64(buf, r.rec.LSN)
 		buf = binary.BigEndian.AppendUint32(buf, uint32(len(r.val)))

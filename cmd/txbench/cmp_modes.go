@@ -260,6 +260,10 @@ func (m *sagaMode) close() { m.log.Close() }
 
 // grpcMode runs the operation through a txcoord server: the client calls
 // one bank service per database, each joining with the SDK.
+// grpcCoordinatorID is the id of the txcoord server the gRPC modes run:
+// the gids of its transactions start with "txc." and this id.
+const grpcCoordinatorID = "benchgrpc"
+
 type grpcMode struct {
 	windowSink
 	log     *wal.Bolt
@@ -332,7 +336,7 @@ func newGRPCMode(ctx context.Context, dir string, dbs []*sql.DB, names []string)
 	if m.log, err = wal.OpenBolt(filepath.Join(dir, "grpc.wal"), wal.BoltOptions{}); err != nil {
 		return m, err
 	}
-	if m.c, err = coordinator.New(ctx, coordinator.Config{ID: "benchgrpc", Log: m.log, RecoveryInterval: time.Second,
+	if m.c, err = coordinator.New(ctx, coordinator.Config{ID: grpcCoordinatorID, Log: m.log, RecoveryInterval: time.Second,
 		InDoubtTimeout: 2 * time.Second, CallTimeout: 5 * time.Second, Observe: m.observe}); err != nil {
 		return m, err
 	}

@@ -453,7 +453,8 @@ func runTransfer(ctx context.Context, out io.Writer, o *transferOptions) error {
 	// they are counted apart.
 	var markersLeft, sdkMarkers [2]int
 	for i := range db {
-		if err := db[i].QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE gid NOT LIKE 'txc.benchgrpc.%'), count(*) FILTER (WHERE gid LIKE 'txc.benchgrpc.%') FROM `+res[i].MarkerTable()).Scan(&markersLeft[i], &sdkMarkers[i]); err != nil {
+		if err := db[i].QueryRowContext(ctx, `SELECT count(*) FILTER (WHERE gid NOT LIKE $1), count(*) FILTER (WHERE gid LIKE $1) FROM `+res[i].MarkerTable(),
+			"txc."+grpcCoordinatorID+".%").Scan(&markersLeft[i], &sdkMarkers[i]); err != nil {
 			return err
 		}
 	}
