@@ -99,3 +99,15 @@ func TestListTransactionsInPages(t *testing.T) {
 	_, err = e.api.ListTransactions(ctx, &txcoordv1.ListTransactionsRequest{PageSize: -1})
 	wantCode(t, err, codes.InvalidArgument, "page_size")
 }
+
+// A participant that calls in while the server closes is told to try
+// again (UNAVAILABLE), and no connection to it outlives Close (the
+// package's goroutine check would find its channel's goroutines).
+func TestParticipantCallingInAfterCloseIsRefused(t *testing.T) {
+	e := start(t, nil, nil, server.Config{})
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.api.Announce(context.Background(), &txcoordv1.AnnounceRequest{Participant: "late", Address: "127.0.0.1:1"})
+	wantCode(t, err, codes.Unavailable, "server closed")
+}

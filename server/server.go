@@ -88,6 +88,7 @@ type Server struct {
 	mu      sync.Mutex
 	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
+	closed  bool               // Close ran: AddParticipant refuses
 	live    map[string]int     // unfinished transactions by owner
 	// done lists the finished transactions still in txs, oldest first:
 	// forgetting them looks at its head only. Its first nSettled were
@@ -289,8 +290,11 @@ func (s *Server) AddParticipant(name, addr string) (*remote.Resource, error) {
 		return rr, nil
 	}
 	s.mu.Lock()
-	full := len(s.remotes) >= s.cfg.MaxParticipants
+	full, closed := len(s.remotes) >= s.cfg.MaxParticipants, s.closed
 	s.mu.Unlock()
+	if closed {
+		return nil, errServerClosed
+	}
 	if full {
 		return nil, fmt.Errorf("%w: %d remote participants are known, the most this server keeps (--max-participants); %s is refused", errFull, s.cfg.MaxParticipants, name)
 	}
@@ -313,8 +317,16 @@ func (s *Server) AddParticipant(name, addr string) (*remote.Resource, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	s.remotes = append(s.remotes, rr)
+	closed = s.closed
+	if !closed {
+		s.remotes = append(s.remotes, rr)
+	}
 	s.mu.Unlock()
+	if closed {
+		// Close ran meanwhile and will not see this connection.
+		_ = rr.Close()
+		return nil, errServerClosed
+	}
 	s.logger.Info("participant registered", "participant", name, "address", addr)
 	return rr, nil
 }
@@ -324,7 +336,7 @@ func (s *Server) AddParticipant(name, addr string) (*remote.Resource, error) {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	rs := s.remotes
-	s.remotes = nil
+	s.remotes, s.closed = nil, true
 	for _, e := range s.txs {
 		if e.timer != nil {
 			e.timer.Stop()
@@ -498,8 +510,24 @@ func (s *Server) ownGTRID(gtrid string, id ids.TxID) error {
 	return nil
 }
 
-// errFull refuses a participant past MaxParticipants.
-var errFull = errors.New("participant registry full")
+// errFull refuses a participant past MaxParticipants; errServerClosed,
+// one that calls in after Close.
+var (
+	errFull         = errors.New("participant registry full")
+	errServerClosed = errors.New("server closed")
+)
+
+// participantStatus is the status of an AddParticipant error: a full
+// registry or a closed server, else code (a bad name or address).
+func participantStatus(err error, code codes.Code) error {
+	switch {
+	case errors.Is(err, errFull):
+		code = codes.ResourceExhausted
+	case errors.Is(err, errServerClosed):
+		code = codes.Unavailable
+	}
+	return status.Error(code, err.Error())
+}
 
 // caller is the identity the authorization check put in ctx; a handler
 // called directly (not through Register) authenticates the caller itself.
@@ -690,11 +718,8 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 			"transaction %s has %d branches, the most one may have; branch %s is refused", id, s.cfg.MaxBranches, gid)
 	}
 	res, err := s.AddParticipant(req.GetParticipant(), req.GetAddress())
-	if errors.Is(err, errFull) {
-		return nil, status.Error(codes.ResourceExhausted, err.Error())
-	}
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, participantStatus(err, codes.InvalidArgument)
 	}
 	tx, _ := s.txOf(e)
 	if tx == nil {
@@ -1008,10 +1033,7 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 		return nil, err
 	}
 	if _, err := s.AddParticipant(req.GetParticipant(), req.GetAddress()); err != nil {
-		if errors.Is(err, errFull) {
-			return nil, status.Error(codes.ResourceExhausted, err.Error())
-		}
-		return nil, status.Error(codes.FailedPrecondition, err.Error())
+		return nil, participantStatus(err, codes.FailedPrecondition)
 	}
 	return &txcoordv1.AnnounceResponse{Instance: s.instance()}, nil
 }
