@@ -28,6 +28,7 @@ type Cluster struct {
 	members   []*embed.Etcd
 	procs     []*exec.Cmd
 	dirs      []string
+	taken     map[string]bool // addresses handed to members
 }
 
 func freeURL(scheme string) (url.URL, error) {
@@ -178,9 +179,29 @@ func (c *Cluster) place(scheme string) (dir string, client, peer url.URL, err er
 		return "", client, peer, err
 	}
 	c.dirs = append(c.dirs, dir)
-	client, err1 := freeURL(scheme)
-	peer, err2 := freeURL("http")
+	client, err1 := c.freshURL(scheme)
+	peer, err2 := c.freshURL("http")
 	return dir, client, peer, errors.Join(err1, err2)
+}
+
+// freshURL is freeURL with a port no member of c was given yet: the
+// kernel may hand the same free port out twice in a row, and etcd refuses
+// a cluster that names one URL twice.
+func (c *Cluster) freshURL(scheme string) (url.URL, error) {
+	if c.taken == nil {
+		c.taken = map[string]bool{}
+	}
+	for range 100 {
+		u, err := freeURL(scheme)
+		if err != nil {
+			return u, err
+		}
+		if !c.taken[u.Host] {
+			c.taken[u.Host] = true
+			return u, nil
+		}
+	}
+	return url.URL{}, errors.New("etcdtest: no fresh port in 100 tries")
 }
 
 // Stop stops member i (its data stays; it does not restart). A member
