@@ -53,7 +53,20 @@ func Start(n int) (*Cluster, error) { return start(n, nil) }
 // TLS and refuse a client without a certificate from tls.CA.
 func StartTLS(n int, tls TLS) (*Cluster, error) { return start(n, &tls) }
 
+// start starts a cluster, again with new ports when a port it was handed
+// was taken (by another process) before a member bound it.
 func start(n int, tls *TLS) (*Cluster, error) {
+	for attempt := 1; ; attempt++ {
+		c, err := startOnce(n, tls)
+		// etcd does not always wrap the listener's error.
+		taken := errors.Is(err, syscall.EADDRINUSE) || err != nil && strings.Contains(err.Error(), "address already in use")
+		if !taken || attempt == 5 {
+			return c, err
+		}
+	}
+}
+
+func startOnce(n int, tls *TLS) (*Cluster, error) {
 	scheme := "http"
 	if tls != nil {
 		scheme = "https"
