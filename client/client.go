@@ -84,7 +84,9 @@ func OutcomeOf(err error) Outcome {
 }
 
 // UnaryClientInterceptor sends the transaction in a call's context to the
-// called service. Install it on the connections to participant services.
+// called service, and collects the branches the service reports in its
+// reply for Commit to carry. Install it on the connections to participant
+// services.
 func UnaryClientInterceptor() grpc.UnaryClientInterceptor { return remote.UnaryClientInterceptor() }
 
 // Client talks to a txcoord server.
@@ -92,6 +94,7 @@ type Client struct {
 	coord           txcoordv1.CoordinatorClient
 	timeout         time.Duration
 	rollbackTimeout time.Duration
+	noReports       bool
 }
 
 // Option configures a Client.
@@ -105,6 +108,13 @@ func WithTxTimeout(d time.Duration) Option { return func(c *Client) { c.timeout 
 // fails (default 10s); an unanswered rollback is finished by the
 // coordinator's timeout.
 func WithRollbackTimeout(d time.Duration) Option { return func(c *Client) { c.rollbackTimeout = d } }
+
+// WithoutReports makes the services a transaction calls register their
+// branches with the coordinator themselves, one round trip each, instead
+// of reporting them in their replies for Commit to carry (the default
+// where the server and the service's SDK can). For calls whose replies'
+// trailers do not reach this client's interceptor.
+func WithoutReports() Option { return func(c *Client) { c.noReports = true } }
 
 // New returns a client of the coordinator at conn.
 func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
@@ -170,12 +180,27 @@ func (c *Client) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) {
 		}
 		tx.Holder = h
 	}
+	if inst := resp.GetInstance(); inst.GetLogId() != "" && !c.noReports {
+		tx.Report = remote.FormatInstance(inst.GetOwner(), inst.GetLogId(), inst.GetEpoch())
+		tx.Reports = &remote.Reports{}
+	}
 	return &Tx{c: c, tx: tx}, nil
 }
 
-// Commit commits the transaction; the error tells the outcome (OutcomeOf).
+// reported is what the transaction's services reported in their replies.
+func (t *Tx) reported() []*txcoordv1.ReportedBranch {
+	if t.tx.Reports == nil {
+		return nil
+	}
+	return t.tx.Reports.List()
+}
+
+// Commit commits the transaction, with the branches its services reported
+// in their replies; the error tells the outcome (OutcomeOf). A call still
+// running when Commit is sent has no branch in the transaction: what it
+// prepares is rolled back.
 func (t *Tx) Commit(ctx context.Context) error {
-	resp, err := t.c.coord.Commit(ctx, &txcoordv1.CommitRequest{Txid: t.tx.ID.String(), Gtrid: t.tx.GTRID()})
+	resp, err := t.c.coord.Commit(ctx, &txcoordv1.CommitRequest{Txid: t.tx.ID.String(), Gtrid: t.tx.GTRID(), Branches: t.reported()})
 	if err != nil {
 		switch status.Code(err) {
 		case codes.NotFound, codes.FailedPrecondition:
@@ -208,7 +233,7 @@ func (t *Tx) Commit(ctx context.Context) error {
 // Rollback rolls the transaction back. Participants that cannot be reached
 // now are rolled back by recovery.
 func (t *Tx) Rollback(ctx context.Context, reason string) error {
-	resp, err := t.c.coord.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: t.tx.ID.String(), Reason: reason, Gtrid: t.tx.GTRID()})
+	resp, err := t.c.coord.Rollback(ctx, &txcoordv1.RollbackRequest{Txid: t.tx.ID.String(), Reason: reason, Gtrid: t.tx.GTRID(), Branches: t.reported()})
 	if err != nil {
 		return fmt.Errorf("txcoord: rollback %s: %w", t.tx.ID, err)
 	}

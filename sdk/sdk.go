@@ -159,8 +159,11 @@ type Participant struct {
 // Stats counts what a participant did.
 type Stats struct {
 	Prepared, Registered, RolledBack, ReadOnly uint64
-	Committed, Aborted                         uint64 // finished on the coordinator's request
-	Resolved                                   uint64 // in-doubt branches settled by asking the outcome
+	// Reported counts prepared branches handed back in the reply for the
+	// client's Commit to carry, instead of registered.
+	Reported           uint64
+	Committed, Aborted uint64 // finished on the coordinator's request
+	Resolved           uint64 // in-doubt branches settled by asking the outcome
 }
 
 // New checks cfg and returns a participant. Call Register to serve the
@@ -234,9 +237,15 @@ func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
-		if ok {
-			ctx = remote.NewContext(ctx, tx)
+		if !ok {
+			return handler(ctx, req)
 		}
+		ctx = remote.NewContext(ctx, tx)
+		if tx.Report == "" {
+			return handler(ctx, req)
+		}
+		ctx, end := withReply(ctx)
+		defer end()
 		return handler(ctx, req)
 	}
 }
@@ -322,6 +331,10 @@ func Work[B participant.Branch](ctx context.Context, p *Participant, fn func(ctx
 	}
 	p.count(func(s *Stats) { s.Prepared++ })
 	failpoint.Hit(failpoint.SDKAfterPrepare)
+	if p.report(ctx, tx, gid) {
+		p.count(func(s *Stats) { s.Reported++ })
+		return nil
+	}
 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.CallTimeout)
 	defer cancel()

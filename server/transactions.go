@@ -153,7 +153,7 @@ func (s *Server) Begin(ctx context.Context, req *txcoordv1.BeginRequest) (*txcoo
 	deadline := time.Now().Add(timeout)
 	s.track(&entry{id: tx.ID(), tx: tx, owner: owner}, timeout)
 	gtrid := remote.Tx{Prefix: s.c.Prefix(), Coordinator: s.c.ID(), ID: tx.ID()}.GTRID()
-	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder}, nil
+	return &txcoordv1.BeginResponse{Txid: tx.ID().String(), Gtrid: gtrid, Deadline: timestamppb.New(deadline), DecisionHolder: holder, Instance: s.instance()}, nil
 }
 
 // beginHolder begins the holder branch of a transaction that has a
@@ -202,7 +202,19 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 		return nil, err
 	}
 	s.mu.Lock()
-	rolled := e.rolled
+	rolled, repeat := e.rolled, e.commit
+	s.mu.Unlock()
+	if rolled {
+		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back (by request or its timeout); it cannot commit", id)
+	}
+	if tx, _ := s.txOf(e); tx != nil && !repeat {
+		// A repeated Commit carries what the first one did; it joined then.
+		if err := s.joinReported(e, tx, id, req.GetBranches()); err != nil {
+			return s.abortReported(ctx, e, tx, id, err)
+		}
+	}
+	s.mu.Lock()
+	rolled = e.rolled
 	e.commit = e.commit || !rolled
 	s.mu.Unlock()
 	if rolled {
@@ -242,6 +254,30 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 		return nil, refused(err)
 	}
 	return commitResponse(err), nil
+}
+
+// abortReported rolls back a transaction whose Commit carried a branch
+// that cannot join it: committing without that branch would commit part
+// of what the client did.
+func (s *Server) abortReported(ctx context.Context, e *entry, tx *coordinator.Tx, id ids.TxID, why error) (*txcoordv1.CommitResponse, error) {
+	s.mu.Lock()
+	e.rolled = e.rolled || !e.commit
+	s.mu.Unlock()
+	s.logger.Warn("a branch reported to the client cannot join its transaction; rolling it back", "txid", id, "err", why)
+	switch err := tx.Rollback(context.WithoutCancel(ctx)); {
+	case errors.Is(err, coordinator.ErrTxDone):
+		// Another call finishes it: its outcome is the answer.
+		select {
+		case <-tx.Done():
+			return commitResponse(tx.Result()), nil
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	case err != nil:
+		// No COMMIT is logged: recovery finishes the rollback.
+		s.logger.Warn("rolling back after a reported branch failed to join", "txid", id, "err", err)
+	}
+	return &txcoordv1.CommitResponse{Outcome: txcoordv1.Outcome_OUTCOME_ABORTED, Reason: fmt.Sprintf("transaction %s rolled back: %v", id, why)}, nil
 }
 
 func commitResponse(err error) *txcoordv1.CommitResponse {
@@ -315,8 +351,14 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 	}
 	s.mu.Lock()
 	e.rolled = e.rolled || !e.commit
+	committing := e.commit
 	s.mu.Unlock()
 	tx, settled := s.txOf(e)
+	if tx != nil && !committing {
+		// The reported branches join to be rolled back with the rest; one
+		// that cannot is rolled back by its participant or recovery.
+		_ = s.joinReported(e, tx, id, req.GetBranches())
+	}
 	if tx == nil {
 		err = fmt.Errorf("%w: %w", coordinator.ErrTxDone, settled.result.err())
 	} else {

@@ -28,6 +28,15 @@ type Tx struct {
 	ID          ids.TxID
 	// Holder is the transaction's decision holder, if it has one.
 	Holder string
+	// Report is the coordinator instance that began the transaction
+	// (FormatInstance), under which a participant reports its branch
+	// instead of registering it (ReportMetadataKey). In a client, it is
+	// sent only with Reports; in a service, it is what the caller sent.
+	Report string
+	// Reports collects the branches services report in their replies. Only
+	// the client that began the transaction has it: nil in a service, so a
+	// transaction passed on is not reported to someone who would drop it.
+	Reports *Reports
 }
 
 // GTRID is the transaction part of the transaction's gids.
@@ -68,13 +77,17 @@ func FromContext(ctx context.Context) (Tx, bool) {
 }
 
 // UnaryClientInterceptor sends the transaction in ctx (if any) to the
-// called service as gRPC metadata.
+// called service as gRPC metadata. With the client's Reports, it asks the
+// service to report its prepared branches in its reply, and collects them.
 func UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if tx, ok := FromContext(ctx); ok {
 			ctx = metadata.AppendToOutgoingContext(ctx, MetadataKey, tx.GTRID())
 			if tx.Holder != "" {
 				ctx = metadata.AppendToOutgoingContext(ctx, HolderMetadataKey, tx.Holder)
+			}
+			if tx.Reports != nil && tx.Report != "" {
+				return invokeReporting(ctx, tx, method, req, reply, cc, invoker, opts)
 			}
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
@@ -105,6 +118,16 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 		tx.Holder = h[0]
 	default:
 		return Tx{}, false, fmt.Errorf("%w: %d %s values in one call", ids.ErrBadGID, len(h), HolderMetadataKey)
+	}
+	switch r := metadata.ValueFromIncomingContext(ctx, ReportMetadataKey); len(r) {
+	case 0:
+	case 1:
+		if _, _, _, err := ParseInstance(r[0]); err != nil {
+			return Tx{}, false, err
+		}
+		tx.Report = r[0]
+	default:
+		return Tx{}, false, fmt.Errorf("remote: %d %s values in one call", len(r), ReportMetadataKey)
 	}
 	return tx, true, nil
 }

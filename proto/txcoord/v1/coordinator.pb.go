@@ -299,8 +299,14 @@ type BeginResponse struct {
 	// branch whose gid does not name it keeps the transaction's decision in
 	// the log.
 	DecisionHolder string `protobuf:"bytes,4,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The coordinator instance that began the transaction. A client that
+	// collects the branches services hand back in their replies sends it to
+	// them (txcoord-report metadata): a participant that serves this very
+	// instance, and so is known to it, reports its prepared branch in the
+	// reply (ReportedBranch) instead of registering it.
+	Instance      *Instance `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BeginResponse) Reset() {
@@ -361,6 +367,83 @@ func (x *BeginResponse) GetDecisionHolder() string {
 	return ""
 }
 
+func (x *BeginResponse) GetInstance() *Instance {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
+}
+
+// ReportedBranch is a branch a participant service prepared and handed back
+// to its caller in its reply (the txcoord-branch-bin trailer, this message
+// in binary), for the client to give to Commit or Rollback in place of the
+// service's RegisterBranch. Commit takes it only if the participant is known
+// to this instance and the gid is one of the transaction's, named for the
+// participant; otherwise the transaction is rolled back.
+type ReportedBranch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The participant's name.
+	Participant string `protobuf:"bytes,1,opt,name=participant,proto3" json:"participant,omitempty"`
+	// The prepared branch's gid: <gtrid>.<branch>, the branch starting with
+	// "<participant>-".
+	Gid string `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	// The instance the participant serves.
+	Instance      *Instance `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportedBranch) Reset() {
+	*x = ReportedBranch{}
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportedBranch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportedBranch) ProtoMessage() {}
+
+func (x *ReportedBranch) ProtoReflect() protoreflect.Message {
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportedBranch.ProtoReflect.Descriptor instead.
+func (*ReportedBranch) Descriptor() ([]byte, []int) {
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReportedBranch) GetParticipant() string {
+	if x != nil {
+		return x.Participant
+	}
+	return ""
+}
+
+func (x *ReportedBranch) GetGid() string {
+	if x != nil {
+		return x.Gid
+	}
+	return ""
+}
+
+func (x *ReportedBranch) GetInstance() *Instance {
+	if x != nil {
+		return x.Instance
+	}
+	return nil
+}
+
 type RegisterBranchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The instance the participant serves, if it has recorded one: another
@@ -379,7 +462,7 @@ type RegisterBranchRequest struct {
 
 func (x *RegisterBranchRequest) Reset() {
 	*x = RegisterBranchRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[2]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -391,7 +474,7 @@ func (x *RegisterBranchRequest) String() string {
 func (*RegisterBranchRequest) ProtoMessage() {}
 
 func (x *RegisterBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[2]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -404,7 +487,7 @@ func (x *RegisterBranchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterBranchRequest.ProtoReflect.Descriptor instead.
 func (*RegisterBranchRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{2}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegisterBranchRequest) GetExpectedInstance() *Instance {
@@ -452,7 +535,7 @@ type RegisterBranchResponse struct {
 
 func (x *RegisterBranchResponse) Reset() {
 	*x = RegisterBranchResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[3]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +547,7 @@ func (x *RegisterBranchResponse) String() string {
 func (*RegisterBranchResponse) ProtoMessage() {}
 
 func (x *RegisterBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[3]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +560,7 @@ func (x *RegisterBranchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterBranchResponse.ProtoReflect.Descriptor instead.
 func (*RegisterBranchResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{3}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegisterBranchResponse) GetInstance() *Instance {
@@ -504,7 +587,7 @@ type Instance struct {
 
 func (x *Instance) Reset() {
 	*x = Instance{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +599,7 @@ func (x *Instance) String() string {
 func (*Instance) ProtoMessage() {}
 
 func (x *Instance) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[4]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +612,7 @@ func (x *Instance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instance.ProtoReflect.Descriptor instead.
 func (*Instance) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Instance) GetOwner() string {
@@ -559,14 +642,18 @@ type CommitRequest struct {
 	// The transaction's gtrid, <prefix>.<coordinator id>.<txid> (from
 	// BeginResponse). A coordinator that did not issue it answers
 	// PERMISSION_DENIED (ask the one that did), never an outcome.
-	Gtrid         string `protobuf:"bytes,2,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
+	Gtrid string `protobuf:"bytes,2,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
+	// Branches the transaction's services reported in their replies: they
+	// join it before it commits. One that cannot join rolls the transaction
+	// back (OUTCOME_ABORTED, with the reason).
+	Branches      []*ReportedBranch `protobuf:"bytes,3,rep,name=branches,proto3" json:"branches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +665,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[5]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +678,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CommitRequest) GetTxid() string {
@@ -606,6 +693,13 @@ func (x *CommitRequest) GetGtrid() string {
 		return x.Gtrid
 	}
 	return ""
+}
+
+func (x *CommitRequest) GetBranches() []*ReportedBranch {
+	if x != nil {
+		return x.Branches
+	}
+	return nil
 }
 
 type CommitResponse struct {
@@ -625,7 +719,7 @@ type CommitResponse struct {
 
 func (x *CommitResponse) Reset() {
 	*x = CommitResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +731,7 @@ func (x *CommitResponse) String() string {
 func (*CommitResponse) ProtoMessage() {}
 
 func (x *CommitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[6]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +744,7 @@ func (x *CommitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitResponse.ProtoReflect.Descriptor instead.
 func (*CommitResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CommitResponse) GetOutcome() Outcome {
@@ -688,14 +782,17 @@ type RollbackRequest struct {
 	// The transaction's gtrid, <prefix>.<coordinator id>.<txid> (from
 	// BeginResponse). A coordinator that did not issue it answers
 	// PERMISSION_DENIED (ask the one that did), never an outcome.
-	Gtrid         string `protobuf:"bytes,3,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
+	Gtrid string `protobuf:"bytes,3,opt,name=gtrid,proto3" json:"gtrid,omitempty"`
+	// Branches the transaction's services reported in their replies: rolled
+	// back with it.
+	Branches      []*ReportedBranch `protobuf:"bytes,4,rep,name=branches,proto3" json:"branches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RollbackRequest) Reset() {
 	*x = RollbackRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +804,7 @@ func (x *RollbackRequest) String() string {
 func (*RollbackRequest) ProtoMessage() {}
 
 func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[7]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +817,7 @@ func (x *RollbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackRequest.ProtoReflect.Descriptor instead.
 func (*RollbackRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RollbackRequest) GetTxid() string {
@@ -744,6 +841,13 @@ func (x *RollbackRequest) GetGtrid() string {
 	return ""
 }
 
+func (x *RollbackRequest) GetBranches() []*ReportedBranch {
+	if x != nil {
+		return x.Branches
+	}
+	return nil
+}
+
 type RollbackResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Outcome       Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=txcoord.v1.Outcome" json:"outcome,omitempty"`
@@ -753,7 +857,7 @@ type RollbackResponse struct {
 
 func (x *RollbackResponse) Reset() {
 	*x = RollbackResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +869,7 @@ func (x *RollbackResponse) String() string {
 func (*RollbackResponse) ProtoMessage() {}
 
 func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[8]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +882,7 @@ func (x *RollbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackResponse.ProtoReflect.Descriptor instead.
 func (*RollbackResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RollbackResponse) GetOutcome() Outcome {
@@ -801,7 +905,7 @@ type GetTransactionRequest struct {
 
 func (x *GetTransactionRequest) Reset() {
 	*x = GetTransactionRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +917,7 @@ func (x *GetTransactionRequest) String() string {
 func (*GetTransactionRequest) ProtoMessage() {}
 
 func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[9]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +930,7 @@ func (x *GetTransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTransactionRequest.ProtoReflect.Descriptor instead.
 func (*GetTransactionRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetTransactionRequest) GetTxid() string {
@@ -862,7 +966,7 @@ type Branch struct {
 
 func (x *Branch) Reset() {
 	*x = Branch{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +978,7 @@ func (x *Branch) String() string {
 func (*Branch) ProtoMessage() {}
 
 func (x *Branch) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[10]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +991,7 @@ func (x *Branch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Branch.ProtoReflect.Descriptor instead.
 func (*Branch) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Branch) GetParticipant() string {
@@ -959,7 +1063,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1075,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[11]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1088,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogRecord) GetLsn() uint64 {
@@ -1067,7 +1171,7 @@ type LoggedDecision struct {
 
 func (x *LoggedDecision) Reset() {
 	*x = LoggedDecision{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1183,7 @@ func (x *LoggedDecision) String() string {
 func (*LoggedDecision) ProtoMessage() {}
 
 func (x *LoggedDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[12]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1196,7 @@ func (x *LoggedDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoggedDecision.ProtoReflect.Descriptor instead.
 func (*LoggedDecision) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LoggedDecision) GetDecision() Decision {
@@ -1177,7 +1281,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1293,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[13]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1306,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Transaction) GetTxid() string {
@@ -1316,7 +1420,7 @@ type ListTransactionsRequest struct {
 
 func (x *ListTransactionsRequest) Reset() {
 	*x = ListTransactionsRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1432,7 @@ func (x *ListTransactionsRequest) String() string {
 func (*ListTransactionsRequest) ProtoMessage() {}
 
 func (x *ListTransactionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[14]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1445,7 @@ func (x *ListTransactionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTransactionsRequest.ProtoReflect.Descriptor instead.
 func (*ListTransactionsRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTransactionsRequest) GetStates() []TxState {
@@ -1390,7 +1494,7 @@ type ListTransactionsResponse struct {
 
 func (x *ListTransactionsResponse) Reset() {
 	*x = ListTransactionsResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1506,7 @@ func (x *ListTransactionsResponse) String() string {
 func (*ListTransactionsResponse) ProtoMessage() {}
 
 func (x *ListTransactionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[15]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1519,7 @@ func (x *ListTransactionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTransactionsResponse.ProtoReflect.Descriptor instead.
 func (*ListTransactionsResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTransactionsResponse) GetTransactions() []*Transaction {
@@ -1453,7 +1557,7 @@ type GetOutcomeRequest struct {
 
 func (x *GetOutcomeRequest) Reset() {
 	*x = GetOutcomeRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1569,7 @@ func (x *GetOutcomeRequest) String() string {
 func (*GetOutcomeRequest) ProtoMessage() {}
 
 func (x *GetOutcomeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[16]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1582,7 @@ func (x *GetOutcomeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutcomeRequest.ProtoReflect.Descriptor instead.
 func (*GetOutcomeRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetOutcomeRequest) GetExpectedInstance() *Instance {
@@ -1536,7 +1640,7 @@ type GetOutcomeResponse struct {
 
 func (x *GetOutcomeResponse) Reset() {
 	*x = GetOutcomeResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1652,7 @@ func (x *GetOutcomeResponse) String() string {
 func (*GetOutcomeResponse) ProtoMessage() {}
 
 func (x *GetOutcomeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[17]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1665,7 @@ func (x *GetOutcomeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOutcomeResponse.ProtoReflect.Descriptor instead.
 func (*GetOutcomeResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetOutcomeResponse) GetState() TxState {
@@ -1597,7 +1701,7 @@ type ResolveRequest struct {
 
 func (x *ResolveRequest) Reset() {
 	*x = ResolveRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1713,7 @@ func (x *ResolveRequest) String() string {
 func (*ResolveRequest) ProtoMessage() {}
 
 func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[18]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1726,7 @@ func (x *ResolveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveRequest.ProtoReflect.Descriptor instead.
 func (*ResolveRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResolveRequest) GetTxid() string {
@@ -1673,7 +1777,7 @@ type BranchResult struct {
 
 func (x *BranchResult) Reset() {
 	*x = BranchResult{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1789,7 @@ func (x *BranchResult) String() string {
 func (*BranchResult) ProtoMessage() {}
 
 func (x *BranchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[19]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1802,7 @@ func (x *BranchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchResult.ProtoReflect.Descriptor instead.
 func (*BranchResult) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BranchResult) GetParticipant() string {
@@ -1747,7 +1851,7 @@ type ResolveResponse struct {
 
 func (x *ResolveResponse) Reset() {
 	*x = ResolveResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1863,7 @@ func (x *ResolveResponse) String() string {
 func (*ResolveResponse) ProtoMessage() {}
 
 func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[20]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1876,7 @@ func (x *ResolveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveResponse.ProtoReflect.Descriptor instead.
 func (*ResolveResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResolveResponse) GetTransaction() *Transaction {
@@ -1818,7 +1922,7 @@ type RecoverRequest struct {
 
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +1934,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[21]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +1947,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 type RecoverResponse struct {
@@ -1876,7 +1980,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +1992,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[22]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2005,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RecoverResponse) GetRedriven() int32 {
@@ -2014,7 +2118,7 @@ type AnnounceRequest struct {
 
 func (x *AnnounceRequest) Reset() {
 	*x = AnnounceRequest{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2130,7 @@ func (x *AnnounceRequest) String() string {
 func (*AnnounceRequest) ProtoMessage() {}
 
 func (x *AnnounceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[23]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2143,7 @@ func (x *AnnounceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceRequest.ProtoReflect.Descriptor instead.
 func (*AnnounceRequest) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AnnounceRequest) GetExpectedInstance() *Instance {
@@ -2073,7 +2177,7 @@ type AnnounceResponse struct {
 
 func (x *AnnounceResponse) Reset() {
 	*x = AnnounceResponse{}
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2189,7 @@ func (x *AnnounceResponse) String() string {
 func (*AnnounceResponse) ProtoMessage() {}
 
 func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_txcoord_v1_coordinator_proto_msgTypes[24]
+	mi := &file_txcoord_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2202,7 @@ func (x *AnnounceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceResponse.ProtoReflect.Descriptor instead.
 func (*AnnounceResponse) Descriptor() ([]byte, []int) {
-	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_txcoord_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AnnounceResponse) GetInstance() *Instance {
@@ -2117,12 +2221,17 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\fBeginRequest\x123\n" +
 	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12'\n" +
 	"\x0fdecision_holder\x18\x02 \x01(\tR\x0edecisionHolder\x12!\n" +
-	"\flog_decision\x18\x03 \x01(\bR\vlogDecision\"\x9a\x01\n" +
+	"\flog_decision\x18\x03 \x01(\bR\vlogDecision\"\xcc\x01\n" +
 	"\rBeginResponse\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
 	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\x126\n" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12'\n" +
-	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\"\xbc\x01\n" +
+	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\x120\n" +
+	"\binstance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"v\n" +
+	"\x0eReportedBranch\x12 \n" +
+	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\tR\x03gid\x120\n" +
+	"\binstance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"\xbc\x01\n" +
 	"\x15RegisterBranchRequest\x12A\n" +
 	"\x11expected_instance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
@@ -2134,19 +2243,21 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\bInstance\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x15\n" +
 	"\x06log_id\x18\x02 \x01(\tR\x05logId\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"9\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"q\n" +
 	"\rCommitRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x14\n" +
-	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\"\xae\x01\n" +
+	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\x126\n" +
+	"\bbranches\x18\x03 \x03(\v2\x1a.txcoord.v1.ReportedBranchR\bbranches\"\xae\x01\n" +
 	"\x0eCommitResponse\x12-\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\x12)\n" +
 	"\x10heuristic_hazard\x18\x04 \x01(\bR\x0fheuristicHazard\x12*\n" +
 	"\x11phase_two_pending\x18\x02 \x01(\bR\x0fphaseTwoPending\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"S\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8b\x01\n" +
 	"\x0fRollbackRequest\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05gtrid\x18\x03 \x01(\tR\x05gtrid\"A\n" +
+	"\x05gtrid\x18\x03 \x01(\tR\x05gtrid\x126\n" +
+	"\bbranches\x18\x04 \x03(\v2\x1a.txcoord.v1.ReportedBranchR\bbranches\"A\n" +
 	"\x10RollbackResponse\x12-\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x13.txcoord.v1.OutcomeR\aoutcome\"A\n" +
 	"\x15GetTransactionRequest\x12\x12\n" +
@@ -2308,93 +2419,98 @@ func file_txcoord_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_txcoord_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_txcoord_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_txcoord_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_txcoord_v1_coordinator_proto_goTypes = []any{
 	(TxState)(0),                     // 0: txcoord.v1.TxState
 	(Outcome)(0),                     // 1: txcoord.v1.Outcome
 	(Decision)(0),                    // 2: txcoord.v1.Decision
 	(*BeginRequest)(nil),             // 3: txcoord.v1.BeginRequest
 	(*BeginResponse)(nil),            // 4: txcoord.v1.BeginResponse
-	(*RegisterBranchRequest)(nil),    // 5: txcoord.v1.RegisterBranchRequest
-	(*RegisterBranchResponse)(nil),   // 6: txcoord.v1.RegisterBranchResponse
-	(*Instance)(nil),                 // 7: txcoord.v1.Instance
-	(*CommitRequest)(nil),            // 8: txcoord.v1.CommitRequest
-	(*CommitResponse)(nil),           // 9: txcoord.v1.CommitResponse
-	(*RollbackRequest)(nil),          // 10: txcoord.v1.RollbackRequest
-	(*RollbackResponse)(nil),         // 11: txcoord.v1.RollbackResponse
-	(*GetTransactionRequest)(nil),    // 12: txcoord.v1.GetTransactionRequest
-	(*Branch)(nil),                   // 13: txcoord.v1.Branch
-	(*LogRecord)(nil),                // 14: txcoord.v1.LogRecord
-	(*LoggedDecision)(nil),           // 15: txcoord.v1.LoggedDecision
-	(*Transaction)(nil),              // 16: txcoord.v1.Transaction
-	(*ListTransactionsRequest)(nil),  // 17: txcoord.v1.ListTransactionsRequest
-	(*ListTransactionsResponse)(nil), // 18: txcoord.v1.ListTransactionsResponse
-	(*GetOutcomeRequest)(nil),        // 19: txcoord.v1.GetOutcomeRequest
-	(*GetOutcomeResponse)(nil),       // 20: txcoord.v1.GetOutcomeResponse
-	(*ResolveRequest)(nil),           // 21: txcoord.v1.ResolveRequest
-	(*BranchResult)(nil),             // 22: txcoord.v1.BranchResult
-	(*ResolveResponse)(nil),          // 23: txcoord.v1.ResolveResponse
-	(*RecoverRequest)(nil),           // 24: txcoord.v1.RecoverRequest
-	(*RecoverResponse)(nil),          // 25: txcoord.v1.RecoverResponse
-	(*AnnounceRequest)(nil),          // 26: txcoord.v1.AnnounceRequest
-	(*AnnounceResponse)(nil),         // 27: txcoord.v1.AnnounceResponse
-	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*ReportedBranch)(nil),           // 5: txcoord.v1.ReportedBranch
+	(*RegisterBranchRequest)(nil),    // 6: txcoord.v1.RegisterBranchRequest
+	(*RegisterBranchResponse)(nil),   // 7: txcoord.v1.RegisterBranchResponse
+	(*Instance)(nil),                 // 8: txcoord.v1.Instance
+	(*CommitRequest)(nil),            // 9: txcoord.v1.CommitRequest
+	(*CommitResponse)(nil),           // 10: txcoord.v1.CommitResponse
+	(*RollbackRequest)(nil),          // 11: txcoord.v1.RollbackRequest
+	(*RollbackResponse)(nil),         // 12: txcoord.v1.RollbackResponse
+	(*GetTransactionRequest)(nil),    // 13: txcoord.v1.GetTransactionRequest
+	(*Branch)(nil),                   // 14: txcoord.v1.Branch
+	(*LogRecord)(nil),                // 15: txcoord.v1.LogRecord
+	(*LoggedDecision)(nil),           // 16: txcoord.v1.LoggedDecision
+	(*Transaction)(nil),              // 17: txcoord.v1.Transaction
+	(*ListTransactionsRequest)(nil),  // 18: txcoord.v1.ListTransactionsRequest
+	(*ListTransactionsResponse)(nil), // 19: txcoord.v1.ListTransactionsResponse
+	(*GetOutcomeRequest)(nil),        // 20: txcoord.v1.GetOutcomeRequest
+	(*GetOutcomeResponse)(nil),       // 21: txcoord.v1.GetOutcomeResponse
+	(*ResolveRequest)(nil),           // 22: txcoord.v1.ResolveRequest
+	(*BranchResult)(nil),             // 23: txcoord.v1.BranchResult
+	(*ResolveResponse)(nil),          // 24: txcoord.v1.ResolveResponse
+	(*RecoverRequest)(nil),           // 25: txcoord.v1.RecoverRequest
+	(*RecoverResponse)(nil),          // 26: txcoord.v1.RecoverResponse
+	(*AnnounceRequest)(nil),          // 27: txcoord.v1.AnnounceRequest
+	(*AnnounceResponse)(nil),         // 28: txcoord.v1.AnnounceResponse
+	(*durationpb.Duration)(nil),      // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 30: google.protobuf.Timestamp
 }
 var file_txcoord_v1_coordinator_proto_depIdxs = []int32{
-	28, // 0: txcoord.v1.BeginRequest.timeout:type_name -> google.protobuf.Duration
-	29, // 1: txcoord.v1.BeginResponse.deadline:type_name -> google.protobuf.Timestamp
-	7,  // 2: txcoord.v1.RegisterBranchRequest.expected_instance:type_name -> txcoord.v1.Instance
-	7,  // 3: txcoord.v1.RegisterBranchResponse.instance:type_name -> txcoord.v1.Instance
-	1,  // 4: txcoord.v1.CommitResponse.outcome:type_name -> txcoord.v1.Outcome
-	1,  // 5: txcoord.v1.RollbackResponse.outcome:type_name -> txcoord.v1.Outcome
-	29, // 6: txcoord.v1.Branch.prepared_at:type_name -> google.protobuf.Timestamp
-	29, // 7: txcoord.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
-	2,  // 8: txcoord.v1.LoggedDecision.decision:type_name -> txcoord.v1.Decision
-	29, // 9: txcoord.v1.LoggedDecision.time:type_name -> google.protobuf.Timestamp
-	0,  // 10: txcoord.v1.Transaction.state:type_name -> txcoord.v1.TxState
-	29, // 11: txcoord.v1.Transaction.started:type_name -> google.protobuf.Timestamp
-	28, // 12: txcoord.v1.Transaction.age:type_name -> google.protobuf.Duration
-	13, // 13: txcoord.v1.Transaction.branches:type_name -> txcoord.v1.Branch
-	15, // 14: txcoord.v1.Transaction.decision:type_name -> txcoord.v1.LoggedDecision
-	14, // 15: txcoord.v1.Transaction.records:type_name -> txcoord.v1.LogRecord
-	0,  // 16: txcoord.v1.ListTransactionsRequest.states:type_name -> txcoord.v1.TxState
-	28, // 17: txcoord.v1.ListTransactionsRequest.older_than:type_name -> google.protobuf.Duration
-	16, // 18: txcoord.v1.ListTransactionsResponse.transactions:type_name -> txcoord.v1.Transaction
-	7,  // 19: txcoord.v1.GetOutcomeRequest.expected_instance:type_name -> txcoord.v1.Instance
-	0,  // 20: txcoord.v1.GetOutcomeResponse.state:type_name -> txcoord.v1.TxState
-	7,  // 21: txcoord.v1.GetOutcomeResponse.instance:type_name -> txcoord.v1.Instance
-	2,  // 22: txcoord.v1.ResolveRequest.decision:type_name -> txcoord.v1.Decision
-	16, // 23: txcoord.v1.ResolveResponse.transaction:type_name -> txcoord.v1.Transaction
-	22, // 24: txcoord.v1.ResolveResponse.branches:type_name -> txcoord.v1.BranchResult
-	22, // 25: txcoord.v1.RecoverResponse.actions:type_name -> txcoord.v1.BranchResult
-	7,  // 26: txcoord.v1.AnnounceRequest.expected_instance:type_name -> txcoord.v1.Instance
-	7,  // 27: txcoord.v1.AnnounceResponse.instance:type_name -> txcoord.v1.Instance
-	3,  // 28: txcoord.v1.Coordinator.Begin:input_type -> txcoord.v1.BeginRequest
-	5,  // 29: txcoord.v1.Coordinator.RegisterBranch:input_type -> txcoord.v1.RegisterBranchRequest
-	8,  // 30: txcoord.v1.Coordinator.Commit:input_type -> txcoord.v1.CommitRequest
-	10, // 31: txcoord.v1.Coordinator.Rollback:input_type -> txcoord.v1.RollbackRequest
-	12, // 32: txcoord.v1.Coordinator.GetTransaction:input_type -> txcoord.v1.GetTransactionRequest
-	17, // 33: txcoord.v1.Coordinator.ListTransactions:input_type -> txcoord.v1.ListTransactionsRequest
-	19, // 34: txcoord.v1.Coordinator.GetOutcome:input_type -> txcoord.v1.GetOutcomeRequest
-	21, // 35: txcoord.v1.Coordinator.Resolve:input_type -> txcoord.v1.ResolveRequest
-	24, // 36: txcoord.v1.Coordinator.Recover:input_type -> txcoord.v1.RecoverRequest
-	26, // 37: txcoord.v1.Coordinator.Announce:input_type -> txcoord.v1.AnnounceRequest
-	4,  // 38: txcoord.v1.Coordinator.Begin:output_type -> txcoord.v1.BeginResponse
-	6,  // 39: txcoord.v1.Coordinator.RegisterBranch:output_type -> txcoord.v1.RegisterBranchResponse
-	9,  // 40: txcoord.v1.Coordinator.Commit:output_type -> txcoord.v1.CommitResponse
-	11, // 41: txcoord.v1.Coordinator.Rollback:output_type -> txcoord.v1.RollbackResponse
-	16, // 42: txcoord.v1.Coordinator.GetTransaction:output_type -> txcoord.v1.Transaction
-	18, // 43: txcoord.v1.Coordinator.ListTransactions:output_type -> txcoord.v1.ListTransactionsResponse
-	20, // 44: txcoord.v1.Coordinator.GetOutcome:output_type -> txcoord.v1.GetOutcomeResponse
-	23, // 45: txcoord.v1.Coordinator.Resolve:output_type -> txcoord.v1.ResolveResponse
-	25, // 46: txcoord.v1.Coordinator.Recover:output_type -> txcoord.v1.RecoverResponse
-	27, // 47: txcoord.v1.Coordinator.Announce:output_type -> txcoord.v1.AnnounceResponse
-	38, // [38:48] is the sub-list for method output_type
-	28, // [28:38] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	29, // 0: txcoord.v1.BeginRequest.timeout:type_name -> google.protobuf.Duration
+	30, // 1: txcoord.v1.BeginResponse.deadline:type_name -> google.protobuf.Timestamp
+	8,  // 2: txcoord.v1.BeginResponse.instance:type_name -> txcoord.v1.Instance
+	8,  // 3: txcoord.v1.ReportedBranch.instance:type_name -> txcoord.v1.Instance
+	8,  // 4: txcoord.v1.RegisterBranchRequest.expected_instance:type_name -> txcoord.v1.Instance
+	8,  // 5: txcoord.v1.RegisterBranchResponse.instance:type_name -> txcoord.v1.Instance
+	5,  // 6: txcoord.v1.CommitRequest.branches:type_name -> txcoord.v1.ReportedBranch
+	1,  // 7: txcoord.v1.CommitResponse.outcome:type_name -> txcoord.v1.Outcome
+	5,  // 8: txcoord.v1.RollbackRequest.branches:type_name -> txcoord.v1.ReportedBranch
+	1,  // 9: txcoord.v1.RollbackResponse.outcome:type_name -> txcoord.v1.Outcome
+	30, // 10: txcoord.v1.Branch.prepared_at:type_name -> google.protobuf.Timestamp
+	30, // 11: txcoord.v1.LogRecord.time:type_name -> google.protobuf.Timestamp
+	2,  // 12: txcoord.v1.LoggedDecision.decision:type_name -> txcoord.v1.Decision
+	30, // 13: txcoord.v1.LoggedDecision.time:type_name -> google.protobuf.Timestamp
+	0,  // 14: txcoord.v1.Transaction.state:type_name -> txcoord.v1.TxState
+	30, // 15: txcoord.v1.Transaction.started:type_name -> google.protobuf.Timestamp
+	29, // 16: txcoord.v1.Transaction.age:type_name -> google.protobuf.Duration
+	14, // 17: txcoord.v1.Transaction.branches:type_name -> txcoord.v1.Branch
+	16, // 18: txcoord.v1.Transaction.decision:type_name -> txcoord.v1.LoggedDecision
+	15, // 19: txcoord.v1.Transaction.records:type_name -> txcoord.v1.LogRecord
+	0,  // 20: txcoord.v1.ListTransactionsRequest.states:type_name -> txcoord.v1.TxState
+	29, // 21: txcoord.v1.ListTransactionsRequest.older_than:type_name -> google.protobuf.Duration
+	17, // 22: txcoord.v1.ListTransactionsResponse.transactions:type_name -> txcoord.v1.Transaction
+	8,  // 23: txcoord.v1.GetOutcomeRequest.expected_instance:type_name -> txcoord.v1.Instance
+	0,  // 24: txcoord.v1.GetOutcomeResponse.state:type_name -> txcoord.v1.TxState
+	8,  // 25: txcoord.v1.GetOutcomeResponse.instance:type_name -> txcoord.v1.Instance
+	2,  // 26: txcoord.v1.ResolveRequest.decision:type_name -> txcoord.v1.Decision
+	17, // 27: txcoord.v1.ResolveResponse.transaction:type_name -> txcoord.v1.Transaction
+	23, // 28: txcoord.v1.ResolveResponse.branches:type_name -> txcoord.v1.BranchResult
+	23, // 29: txcoord.v1.RecoverResponse.actions:type_name -> txcoord.v1.BranchResult
+	8,  // 30: txcoord.v1.AnnounceRequest.expected_instance:type_name -> txcoord.v1.Instance
+	8,  // 31: txcoord.v1.AnnounceResponse.instance:type_name -> txcoord.v1.Instance
+	3,  // 32: txcoord.v1.Coordinator.Begin:input_type -> txcoord.v1.BeginRequest
+	6,  // 33: txcoord.v1.Coordinator.RegisterBranch:input_type -> txcoord.v1.RegisterBranchRequest
+	9,  // 34: txcoord.v1.Coordinator.Commit:input_type -> txcoord.v1.CommitRequest
+	11, // 35: txcoord.v1.Coordinator.Rollback:input_type -> txcoord.v1.RollbackRequest
+	13, // 36: txcoord.v1.Coordinator.GetTransaction:input_type -> txcoord.v1.GetTransactionRequest
+	18, // 37: txcoord.v1.Coordinator.ListTransactions:input_type -> txcoord.v1.ListTransactionsRequest
+	20, // 38: txcoord.v1.Coordinator.GetOutcome:input_type -> txcoord.v1.GetOutcomeRequest
+	22, // 39: txcoord.v1.Coordinator.Resolve:input_type -> txcoord.v1.ResolveRequest
+	25, // 40: txcoord.v1.Coordinator.Recover:input_type -> txcoord.v1.RecoverRequest
+	27, // 41: txcoord.v1.Coordinator.Announce:input_type -> txcoord.v1.AnnounceRequest
+	4,  // 42: txcoord.v1.Coordinator.Begin:output_type -> txcoord.v1.BeginResponse
+	7,  // 43: txcoord.v1.Coordinator.RegisterBranch:output_type -> txcoord.v1.RegisterBranchResponse
+	10, // 44: txcoord.v1.Coordinator.Commit:output_type -> txcoord.v1.CommitResponse
+	12, // 45: txcoord.v1.Coordinator.Rollback:output_type -> txcoord.v1.RollbackResponse
+	17, // 46: txcoord.v1.Coordinator.GetTransaction:output_type -> txcoord.v1.Transaction
+	19, // 47: txcoord.v1.Coordinator.ListTransactions:output_type -> txcoord.v1.ListTransactionsResponse
+	21, // 48: txcoord.v1.Coordinator.GetOutcome:output_type -> txcoord.v1.GetOutcomeResponse
+	24, // 49: txcoord.v1.Coordinator.Resolve:output_type -> txcoord.v1.ResolveResponse
+	26, // 50: txcoord.v1.Coordinator.Recover:output_type -> txcoord.v1.RecoverResponse
+	28, // 51: txcoord.v1.Coordinator.Announce:output_type -> txcoord.v1.AnnounceResponse
+	42, // [42:52] is the sub-list for method output_type
+	32, // [32:42] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_txcoord_v1_coordinator_proto_init() }
@@ -2408,7 +2524,7 @@ func file_txcoord_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_txcoord_v1_coordinator_proto_rawDesc), len(file_txcoord_v1_coordinator_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
