@@ -364,6 +364,20 @@ func TestCloseIsSafeTwiceAndRefusesNewWork(t *testing.T) {
 	}
 }
 
+// A rollback the closed coordinator refuses still answers nil, and whoever
+// waits on the transaction's Result reads aborted, never committed.
+func TestRollbackRefusedAtCloseReadsAborted(t *testing.T) {
+	r := newRig(t, 2, nil)
+	tx, _ := r.begin(t)
+	r.c.Close()
+	if err := tx.Rollback(context.Background()); err != nil {
+		t.Fatalf("rollback after close: %v", err)
+	}
+	if err := tx.Result(); OutcomeOf(err) != Aborted || !errors.Is(err, ErrClosed) {
+		t.Fatalf("result of a rollback refused at close: %v (%v)", err, OutcomeOf(err))
+	}
+}
+
 // TestI1AtomicityUnderRandomFaults runs concurrent transactions while the
 // fakes vote no, fail prepares, hang past the prepare timeout and fail
 // phase-two commits at random, then checks every transaction is all or

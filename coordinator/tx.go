@@ -326,7 +326,9 @@ func (t *Tx) finish(ctx context.Context, ev protocol.Event) error {
 		}
 		c.forget(t)
 		if _, ok := ev.(protocol.Rollback); ok {
-			t.result = nil
+			// Rolled back as asked (Rollback answers nil); whoever waits
+			// on Result reads aborted, not committed.
+			t.result = fmt.Errorf("%w: %w (%w)", ErrAborted, protocol.ErrRolledBack, refuse)
 		} else {
 			c.stats.aborted.Add(1)
 			t.result = fmt.Errorf("%w: %w", ErrAborted, refuse)
