@@ -187,18 +187,19 @@ func (c *Client) Begin(ctx context.Context, opts ...TxOption) (*Tx, error) {
 	return &Tx{c: c, tx: tx}, nil
 }
 
-// reported is what the transaction's services reported in their replies.
+// reported is what the transaction's services reported in their replies;
+// calls answered later fail (remote.ErrReportedLate).
 func (t *Tx) reported() []*txcoordv1.ReportedBranch {
 	if t.tx.Reports == nil {
 		return nil
 	}
-	return t.tx.Reports.List()
+	return t.tx.Reports.Seal()
 }
 
 // Commit commits the transaction, with the branches its services reported
 // in their replies; the error tells the outcome (OutcomeOf). A call still
-// running when Commit is sent has no branch in the transaction: what it
-// prepares is rolled back.
+// running when Commit is sent has no branch in the transaction: it fails,
+// and what it prepared is rolled back.
 func (t *Tx) Commit(ctx context.Context) error {
 	resp, err := t.c.coord.Commit(ctx, &txcoordv1.CommitRequest{Txid: t.tx.ID.String(), Gtrid: t.tx.GTRID(), Branches: t.reported()})
 	if err != nil {

@@ -1,8 +1,8 @@
 // A branch reported in the reply: when the caller collects reported
 // branches (the client package does) and names the coordinator instance
-// this participant serves, the prepared branch goes back in the reply's
-// trailer for the client's Commit to carry, instead of a RegisterBranch
-// call to the coordinator before the reply.
+// this participant gave its report key to, the prepared branch goes back
+// in the reply's trailer for the client's Commit to carry, instead of a
+// RegisterBranch call to the coordinator before the reply.
 
 package sdk
 
@@ -17,20 +17,51 @@ import (
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 )
 
-// reply is the reply of the call a handler is answering: a branch is
-// reported only while the handler runs, so that the trailer goes out with
-// the reply and is not lost after it.
-type reply struct {
+// reporter is the participant's report key and the coordinator instance
+// that took it (with Announce or RegisterBranch): the branches reported
+// under that instance carry proofs it can check.
+type reporter struct {
+	key []byte // fixed at New
+
 	mu   sync.Mutex
-	done bool
+	inst *txcoordv1.Instance
+	name string // inst as remote.FormatInstance
+}
+
+// keyed records that inst took the report key.
+func (r *reporter) keyed(inst *txcoordv1.Instance) {
+	if inst.GetLogId() == "" {
+		return
+	}
+	name := remote.FormatInstance(inst.GetOwner(), inst.GetLogId(), inst.GetEpoch())
+	r.mu.Lock()
+	r.inst, r.name = inst, name
+	r.mu.Unlock()
+}
+
+// instance is the instance that has the key, if one does.
+func (r *reporter) instance() (*txcoordv1.Instance, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inst, r.name
+}
+
+// reply is the reply of the call a handler is answering, for the
+// transaction the call carries: a branch is reported only while the
+// handler runs, so that the trailer goes out with the reply, and only for
+// that transaction.
+type reply struct {
+	gtrid string
+	mu    sync.Mutex
+	done  bool
 }
 
 type replyKey struct{}
 
-// withReply marks ctx as a call whose reply can carry reported branches;
-// end ends it, once the handler has returned.
-func withReply(ctx context.Context) (context.Context, func()) {
-	r := &reply{}
+// withReply marks ctx as a call in tx whose reply can carry reported
+// branches; end ends it, once the handler has returned.
+func withReply(ctx context.Context, tx remote.Tx) (context.Context, func()) {
+	r := &reply{gtrid: tx.GTRID()}
 	return context.WithValue(ctx, replyKey{}, r), func() {
 		r.mu.Lock()
 		r.done = true
@@ -38,22 +69,25 @@ func withReply(ctx context.Context) (context.Context, func()) {
 	}
 }
 
-// report puts prepared branch gid in the reply of the call in ctx, if the
-// caller collects reported branches under the instance this participant
-// serves and the handler is still answering the call. false: the branch
-// must be registered.
+// report puts prepared branch gid of tx in the reply of the call in ctx:
+// if the call carries tx and asked for reports under the instance that has
+// this participant's report key, and its handler is still answering.
+// false: the branch must be registered.
 func (p *Participant) report(ctx context.Context, tx remote.Tx, gid ids.GID) bool {
 	r, ok := ctx.Value(replyKey{}).(*reply)
-	if !ok || tx.Report == "" {
+	if !ok || tx.Reports != nil || tx.Report == "" || tx.GTRID() != r.gtrid {
+		// Not a call asking for reports, or a transaction other than
+		// the call's (the handler began its own).
 		return false
 	}
-	inst := p.expected(ctx)
-	if inst == nil || remote.FormatInstance(inst.Owner, inst.LogId, inst.Epoch) != tx.Report {
-		// Not known to that instance yet (it started since this
-		// participant last heard from it): registering tells it.
+	inst, name := p.rep.instance()
+	if name != tx.Report {
+		// That instance does not have the key (it started since this
+		// participant last called it): registering gives it the key.
 		return false
 	}
-	md, err := remote.ReportBranch(&txcoordv1.ReportedBranch{Participant: p.cfg.Name, Gid: gid.String(), Instance: inst})
+	g := gid.String()
+	md, err := remote.ReportBranch(&txcoordv1.ReportedBranch{Participant: p.cfg.Name, Gid: g, Instance: inst, Proof: remote.ReportProof(p.rep.key, g)})
 	if err != nil {
 		return false
 	}

@@ -8,22 +8,24 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/txcoord/txcoord/client"
+	"github.com/txcoord/txcoord/participant/remote"
 	"github.com/txcoord/txcoord/sdk"
 )
 
-// bankDesc is a service with one method, Move ("<account> <delta>"),
-// which moves money in the participant's database as its branch.
-func bankDesc(p *sdk.Participant) *grpc.ServiceDesc {
-	return &grpc.ServiceDesc{
-		ServiceName: "sdktest.Bank",
-		HandlerType: (*any)(nil),
-		Methods: []grpc.MethodDesc{{
-			MethodName: "Move",
+// bankDesc is a service whose methods take "<account> <delta>": Move
+// moves money in the participant's database as its branch of the caller's
+// transaction; MoveOwn does it in a transaction of its own, begun and
+// committed through cl inside the handler.
+func bankDesc(p *sdk.Participant, cl *client.Client) *grpc.ServiceDesc {
+	method := func(name string, run func(ctx context.Context, acct, delta int) error) grpc.MethodDesc {
+		return grpc.MethodDesc{
+			MethodName: name,
 			Handler: func(_ any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
 				in := &wrapperspb.StringValue{}
 				if err := dec(in); err != nil {
@@ -34,11 +36,21 @@ func bankDesc(p *sdk.Participant) *grpc.ServiceDesc {
 					if _, err := fmt.Sscanf(req.(*wrapperspb.StringValue).GetValue(), "%d %d", &acct, &delta); err != nil {
 						return nil, status.Error(codes.InvalidArgument, err.Error())
 					}
-					return &emptypb.Empty{}, move(ctx, &service{p: p}, acct, delta)
+					return &emptypb.Empty{}, run(ctx, acct, delta)
 				}
-				return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/sdktest.Bank/Move"}, h)
+				return icpt(ctx, in, &grpc.UnaryServerInfo{FullMethod: "/sdktest.Bank/" + name}, h)
 			},
-		}},
+		}
+	}
+	return &grpc.ServiceDesc{
+		ServiceName: "sdktest.Bank",
+		HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{
+			method("Move", func(ctx context.Context, acct, delta int) error { return move(ctx, &service{p: p}, acct, delta) }),
+			method("MoveOwn", func(ctx context.Context, acct, delta int) error {
+				return cl.Run(ctx, func(ctx context.Context) error { return move(ctx, &service{p: p}, acct, delta) })
+			}),
+		},
 	}
 }
 
@@ -259,5 +271,92 @@ func TestBranchOfALostReplyIsNotCommitted(t *testing.T) {
 	}
 	if ga, gb := balance(t, a, 2), balance(t, b, 2); ga != initial || gb != initial+10 {
 		t.Fatalf("bank_a holds %d (want %d: its branch was never the transaction's), bank_b %d (want %d: committed)", ga, initial, gb, initial+10)
+	}
+}
+
+// A service that forwards its incoming metadata to another method (here,
+// a client that sends the report request of another method) leaves the
+// called service registering its branch: the report would be lost with a
+// reply nobody reads.
+func TestReportAskedOfAnotherMethodRegisters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a := startService(t, "bank_a", dsns[0], cc)
+	defer a.close()
+	cl := client.New(cc)
+	ctx := context.Background()
+	if err := cl.Run(ctx, func(ctx context.Context) error { return callMove(ctx, dialService(t, a), 1, 0) }); err != nil {
+		t.Fatal(err)
+	}
+	plain, err := grpc.NewClient(a.addr, insecureDial) // no interceptor: the metadata is written by hand
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	tx, err := cl.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := a.p.Stats()
+	own, _ := remote.FromContext(tx.Context(ctx))
+	fwd := metadata.AppendToOutgoingContext(ctx, remote.MetadataKey, own.GTRID(), remote.ReportMetadataKey, remote.FormatReport(own.Report, "/front.Shop/Order"))
+	if err := plain.Invoke(fwd, "/sdktest.Bank/Move", wrapperspb.String("3 -5"), &emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.p.Stats(); st.Registered-before.Registered != 1 || st.Reported != before.Reported {
+		t.Fatalf("want the branch registered, not reported: %+v", st)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := balance(t, a, 3); got != initial-5 {
+		t.Fatalf("balance %d, want %d: the registered branch committed with the transaction", got, initial-5)
+	}
+}
+
+// A handler answering a call in one transaction that runs a branch in a
+// transaction of its own registers that branch with its own transaction:
+// it is not reported in the reply of the caller's.
+func TestHandlersOwnTransactionIsNotReportedToTheCaller(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	defer k.close()
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	a := startService(t, "bank_a", dsns[0], cc)
+	defer a.close()
+	ca := dialService(t, a)
+	cl := client.New(cc)
+	ctx := context.Background()
+	if err := cl.Run(ctx, func(ctx context.Context) error { return callMove(ctx, ca, 1, 0) }); err != nil {
+		t.Fatal(err)
+	}
+	before := a.p.Stats()
+	err = cl.Run(ctx, func(ctx context.Context) error {
+		return ca.Invoke(ctx, "/sdktest.Bank/MoveOwn", wrapperspb.String("4 -7"), &emptypb.Empty{})
+	})
+	if err != nil {
+		t.Fatalf("the caller's transaction: %v", err)
+	}
+	if st := a.p.Stats(); st.Registered-before.Registered != 1 || st.Reported != before.Reported {
+		t.Fatalf("want the handler's own branch registered: %+v", st)
+	}
+	if got, n := balance(t, a, 4), prepared(t, a); got != initial-7 || n != 0 {
+		t.Fatalf("balance %d (want %d), %d prepared: the handler's own transaction did not commit its branch", got, initial-7, n)
 	}
 }

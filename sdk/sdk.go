@@ -4,8 +4,10 @@
 // A handler called inside a global transaction (the caller used the client
 // package, whose interceptor sends the transaction in gRPC metadata) runs
 // its SQL through Participant.Branch. When the function returns nil, the
-// SDK prepares the branch (PREPARE TRANSACTION) and registers it with the
-// coordinator; the coordinator later commits or rolls it back through the
+// SDK prepares the branch (PREPARE TRANSACTION) and reports it in the reply
+// for the client's Commit to carry (when the caller is the client
+// package's interceptor) or registers it with the coordinator; the
+// coordinator later commits or rolls it back through the
 // Participant service that the SDK serves on the service's own gRPC server.
 // A branch left prepared too long (the coordinator could not reach the
 // service, or the service restarted) is settled by asking the coordinator
@@ -148,7 +150,8 @@ type Participant struct {
 	res    Resource
 	logger *slog.Logger
 
-	inst served // the coordinator instance served (instance.go)
+	inst served   // the coordinator instance served (instance.go)
+	rep  reporter // the report key, and the instance that has it (report.go)
 
 	mu      sync.Mutex
 	working map[ids.GID]bool // branches between BEGIN and the end of registration
@@ -209,9 +212,13 @@ func New(cfg Config) (*Participant, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("sdk: report key: %w", err)
+	}
 	return &Participant{
 		cfg: cfg, coord: txcoordv1.NewCoordinatorClient(cfg.Coordinator), res: cfg.Resource, logger: cfg.Logger,
-		working: map[ids.GID]bool{}, started: time.Now(),
+		rep: reporter{key: key}, working: map[ids.GID]bool{}, started: time.Now(),
 	}, nil
 }
 
@@ -241,10 +248,12 @@ func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		ctx = remote.NewContext(ctx, tx)
-		if tx.Report == "" {
+		if tx.Report == "" || tx.ReportMethod != info.FullMethod {
+			// Not asked, or asked of another method (metadata forwarded
+			// by a service in between, which would drop the report).
 			return handler(ctx, req)
 		}
-		ctx, end := withReply(ctx)
+		ctx, end := withReply(ctx, tx)
 		defer end()
 		return handler(ctx, req)
 	}
@@ -252,8 +261,10 @@ func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 
 // Branch runs fn as this service's branch of the global transaction in
 // ctx. If fn returns nil, the branch is prepared and registered with the
-// coordinator, and Branch returns nil: the work commits if and only if the
-// transaction does. If fn fails, the work is rolled back and fn's error is
+// coordinator, or reported in the reply to a caller that collects reports
+// (the client package), and Branch returns nil: the work commits if and
+// only if the transaction commits with it, which a reported branch does
+// unless its reply never reaches the caller (the call failed there). If fn fails, the work is rolled back and fn's error is
 // returned. Other failures wrap ErrNoTransaction, ErrVotedNo, ErrRefused
 // or ErrRegistrationUnknown.
 func (p *Participant) Branch(ctx context.Context, fn func(ctx context.Context, b *postgres.Branch) error) error {
@@ -340,7 +351,7 @@ func Work[B participant.Branch](ctx context.Context, p *Participant, fn func(ctx
 	defer cancel()
 	resp, err := p.coord.RegisterBranch(rctx, &txcoordv1.RegisterBranchRequest{
 		Txid: tx.ID.String(), Gid: gid.String(), Participant: p.cfg.Name, Address: p.cfg.Address,
-		ExpectedInstance: p.expected(rctx),
+		ExpectedInstance: p.expected(rctx), ReportKey: p.rep.key,
 	})
 	if err != nil {
 		switch status.Code(err) {
@@ -360,6 +371,7 @@ func Work[B participant.Branch](ctx context.Context, p *Participant, fn func(ctx
 		// its calls will be refused; the branch waits for an operator.
 		return fmt.Errorf("%w: %s: %v", ErrRegistrationUnknown, gid, err)
 	}
+	p.rep.keyed(resp.GetInstance())
 	p.count(func(s *Stats) { s.Registered++ })
 	failpoint.Hit(failpoint.SDKAfterRegister)
 	return nil
@@ -392,9 +404,12 @@ func (p *Participant) Run(ctx context.Context) error {
 	for {
 		if !announced {
 			actx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-			resp, err := p.coord.Announce(actx, &txcoordv1.AnnounceRequest{Participant: p.cfg.Name, Address: p.cfg.Address, ExpectedInstance: p.expected(actx)})
+			resp, err := p.coord.Announce(actx, &txcoordv1.AnnounceRequest{Participant: p.cfg.Name, Address: p.cfg.Address, ExpectedInstance: p.expected(actx), ReportKey: p.rep.key})
 			if err == nil {
 				err = p.learnAnswer(actx, resp.GetInstance())
+			}
+			if err == nil {
+				p.rep.keyed(resp.GetInstance())
 			}
 			cancel()
 			if err == nil {

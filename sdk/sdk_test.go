@@ -133,7 +133,7 @@ func startServiceWith(t *testing.T, name, dsn string, coordConn *grpc.ClientConn
 	}
 	gs := grpc.NewServer(append(opts, grpc.UnaryInterceptor(sdk.UnaryServerInterceptor()))...)
 	p.Register(gs)
-	gs.RegisterService(bankDesc(p), nil)
+	gs.RegisterService(bankDesc(p, client.New(coordConn)), nil)
 	go func() { _ = gs.Serve(lis) }()
 	rctx, stop := context.WithCancel(ctx)
 	s := &service{p: p, res: res, gs: gs, addr: lis.Addr().String(), stop: stop, done: make(chan struct{})}

@@ -137,6 +137,9 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := checkReportKey(req.GetReportKey()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
 		return nil, err
 	}
@@ -166,6 +169,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if err != nil {
 		return nil, participantStatus(err, codes.InvalidArgument)
 	}
+	s.keepReportKey(req.GetParticipant(), req.GetReportKey())
 	tx, _ := s.txOf(e)
 	if tx == nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is already being committed or rolled back; branch %s cannot join", id, gid)
@@ -300,6 +304,9 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := checkReportKey(req.GetReportKey()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
 		return nil, err
 	}
@@ -309,5 +316,6 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 	if _, err := s.AddParticipant(req.GetParticipant(), req.GetAddress()); err != nil {
 		return nil, participantStatus(err, codes.FailedPrecondition)
 	}
+	s.keepReportKey(req.GetParticipant(), req.GetReportKey())
 	return &txcoordv1.AnnounceResponse{Instance: s.instance()}, nil
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/txcoord/txcoord/participant/remote"
 	txcoordv1 "github.com/txcoord/txcoord/proto/txcoord/v1"
 	"github.com/txcoord/txcoord/server"
 	"github.com/txcoord/txcoord/wal"
@@ -26,8 +28,10 @@ func TestCommitWithABranchItCannotTakeRollsBack(t *testing.T) {
 	t.Cleanup(func() { log.Close() })
 	e := start(t, log, nil, server.Config{})
 	ctx := context.Background()
-	if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"pay", "inv"} {
+		if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: name, Address: "127.0.0.1:1", ReportKey: keyOf(name)}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	other := begin(t, e)
 	for _, c := range []struct {
@@ -49,6 +53,17 @@ func TestCommitWithABranchItCannotTakeRollsBack(t *testing.T) {
 		}, "reported branch"},
 		{"another run of the coordinator", func(b *txcoordv1.ReportedBranch, _ *txcoordv1.BeginResponse) { b.Instance.Epoch++ }, "not this one"},
 		{"no instance", func(b *txcoordv1.ReportedBranch, _ *txcoordv1.BeginResponse) { b.Instance = nil }, "not this one"},
+		// A client cannot speak for a participant: it names a branch
+		// the participant did not report, or one service reports in
+		// another's name.
+		{"no proof", func(b *txcoordv1.ReportedBranch, _ *txcoordv1.BeginResponse) { b.Proof = nil }, "no proof from participant pay"},
+		{"a made-up proof", func(b *txcoordv1.ReportedBranch, _ *txcoordv1.BeginResponse) { b.Proof = make([]byte, 16) }, "no proof"},
+		{"another participant's proof", func(b *txcoordv1.ReportedBranch, _ *txcoordv1.BeginResponse) {
+			b.Proof = remote.ReportProof(keyOf("inv"), b.Gid)
+		}, "no proof from participant pay"},
+		{"the proof of another gid", func(b *txcoordv1.ReportedBranch, tx *txcoordv1.BeginResponse) {
+			b.Proof = remote.ReportProof(keyOf("pay"), tx.Gtrid+".pay-2")
+		}, "no proof"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tx := begin(t, e)
@@ -57,6 +72,9 @@ func TestCommitWithABranchItCannotTakeRollsBack(t *testing.T) {
 			}
 			b := &txcoordv1.ReportedBranch{Participant: "pay", Gid: tx.Gtrid + ".pay-1", Instance: proto.Clone(tx.GetInstance()).(*txcoordv1.Instance)}
 			c.mod(b, tx)
+			if c.says != "no proof" && !strings.HasPrefix(c.says, "no proof from") {
+				b.Proof = remote.ReportProof(keyOf(b.Participant), b.Gid)
+			}
 			resp, err := e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: tx.Txid, Gtrid: tx.Gtrid, Branches: []*txcoordv1.ReportedBranch{b}})
 			if err != nil {
 				t.Fatal(err)
@@ -83,13 +101,13 @@ func TestReportedBranchesCountAgainstTheQuota(t *testing.T) {
 	t.Cleanup(func() { log.Close() })
 	e := start(t, log, nil, server.Config{MaxBranches: 1})
 	ctx := context.Background()
-	if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1"}); err != nil {
+	if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1", ReportKey: keyOf("pay")}); err != nil {
 		t.Fatal(err)
 	}
 	tx := begin(t, e)
 	two := []*txcoordv1.ReportedBranch{
-		{Participant: "pay", Gid: tx.Gtrid + ".pay-1", Instance: tx.GetInstance()},
-		{Participant: "pay", Gid: tx.Gtrid + ".pay-2", Instance: tx.GetInstance()},
+		{Participant: "pay", Gid: tx.Gtrid + ".pay-1", Instance: tx.GetInstance(), Proof: remote.ReportProof(keyOf("pay"), tx.Gtrid+".pay-1")},
+		{Participant: "pay", Gid: tx.Gtrid + ".pay-2", Instance: tx.GetInstance(), Proof: remote.ReportProof(keyOf("pay"), tx.Gtrid+".pay-2")},
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -107,5 +125,48 @@ func TestReportedBranchesCountAgainstTheQuota(t *testing.T) {
 	// The first joined, to be rolled back with the transaction.
 	if n := len(got.GetBranches()); n != 1 || got.GetBranches()[0].GetGid() != two[0].Gid {
 		t.Fatalf("want the first reported branch joined, got %v", got.GetBranches())
+	}
+}
+
+// keyOf is a test participant's report key.
+func keyOf(name string) []byte { return []byte(fmt.Sprintf("%-32s", "key of "+name)) }
+
+// Report keys are checked where a participant gives them, and only the
+// last few of a participant are kept: a proof under a key given before
+// them no longer joins.
+func TestReportKeysAreCheckedAndTheNewestKept(t *testing.T) {
+	log, err := wal.OpenBolt(filepath.Join(t.TempDir(), "txcoord.wal"), wal.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	e := start(t, log, nil, server.Config{})
+	ctx := context.Background()
+	for _, k := range [][]byte{make([]byte, 8), make([]byte, 65)} {
+		_, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1", ReportKey: k})
+		wantCode(t, err, codes.InvalidArgument, "report key")
+	}
+	for i := range 5 {
+		if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1", ReportKey: keyOf(fmt.Sprint("pay", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range []txcoordv1.Outcome{txcoordv1.Outcome_OUTCOME_ABORTED, txcoordv1.Outcome_OUTCOME_COMMITTED} {
+		// Key 0 was pushed out by keys 1 to 4; key 4 is kept.
+		key := keyOf(fmt.Sprint("pay", 4*i))
+		tx := begin(t, e)
+		gid := tx.Gtrid + ".pay-1"
+		b := &txcoordv1.ReportedBranch{Participant: "pay", Gid: gid, Instance: tx.GetInstance(), Proof: remote.ReportProof(key, gid)}
+		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		resp, err := e.api.Commit(cctx, &txcoordv1.CommitRequest{Txid: tx.Txid, Gtrid: tx.Gtrid, Branches: []*txcoordv1.ReportedBranch{b}})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The joined branch's participant cannot be reached: committed,
+		// phase two pending.
+		if resp.GetOutcome() != want {
+			t.Fatalf("key %d: want %v, got %v", 4*i, want, resp)
+		}
 	}
 }

@@ -85,7 +85,10 @@ type Server struct {
 	txs     map[ids.TxID]*entry
 	remotes []*remote.Resource // made by AddParticipant; closed by Close
 	closed  bool               // Close ran: AddParticipant refuses
-	live    map[string]int     // unfinished transactions by owner
+	// reportKeys are the report keys each remote participant gave, the
+	// newest last (reported.go).
+	reportKeys map[string][][]byte
+	live       map[string]int // unfinished transactions by owner
 	// done lists the finished transactions still in txs, oldest first:
 	// forgetting them looks at its head only. Its first nSettled were
 	// looked at by settle.
@@ -257,7 +260,7 @@ func New(cfg Config) (*Server, error) {
 	// Calls to participants name this coordinator's instance.
 	cfg.DialOptions = append(append([]grpc.DialOption(nil), cfg.DialOptions...),
 		grpc.WithChainUnaryInterceptor(remote.InstanceInterceptor(cfg.Coordinator.Instance)))
-	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}, live: map[string]int{}}, nil
+	return &Server{cfg: cfg, c: cfg.Coordinator, logger: cfg.Logger, txs: map[ids.TxID]*entry{}, live: map[string]int{}, reportKeys: map[string][][]byte{}}, nil
 }
 
 // Register serves the Coordinator service on r, every call checked by the

@@ -203,22 +203,19 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 	}
 	s.mu.Lock()
 	rolled, repeat := e.rolled, e.commit
+	e.commit = e.commit || !rolled
 	s.mu.Unlock()
 	if rolled {
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back (by request or its timeout); it cannot commit", id)
 	}
 	if tx, _ := s.txOf(e); tx != nil && !repeat {
-		// A repeated Commit carries what the first one did; it joined then.
-		if err := s.joinReported(e, tx, id, req.GetBranches()); err != nil {
+		// A repeated Commit carries what the first one did (the client
+		// seals its reports when it first sends Commit); they joined then.
+		// A branch that finds the transaction finishing is left to its
+		// participant and recovery: it is not the transaction's.
+		if _, err := s.joinReported(e, tx, id, req.GetBranches()); err != nil {
 			return s.abortReported(ctx, e, tx, id, err)
 		}
-	}
-	s.mu.Lock()
-	rolled = e.rolled
-	e.commit = e.commit || !rolled
-	s.mu.Unlock()
-	if rolled {
-		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back (by request or its timeout); it cannot commit", id)
 	}
 	// A commit asked for is carried out even if the caller goes away
 	// meanwhile (its connection cut, its reply lost): the caller hears
@@ -261,7 +258,7 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 // of what the client did.
 func (s *Server) abortReported(ctx context.Context, e *entry, tx *coordinator.Tx, id ids.TxID, why error) (*txcoordv1.CommitResponse, error) {
 	s.mu.Lock()
-	e.rolled = e.rolled || !e.commit
+	e.rolled = true
 	s.mu.Unlock()
 	s.logger.Warn("a branch reported to the client cannot join its transaction; rolling it back", "txid", id, "err", why)
 	switch err := tx.Rollback(context.WithoutCancel(ctx)); {
@@ -354,10 +351,17 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 	committing := e.commit
 	s.mu.Unlock()
 	tx, settled := s.txOf(e)
+	var orphans []orphan
 	if tx != nil && !committing {
-		// The reported branches join to be rolled back with the rest; one
-		// that cannot is rolled back by its participant or recovery.
-		_ = s.joinReported(e, tx, id, req.GetBranches())
+		// The reported branches join to be rolled back with the rest.
+		orphans, _ = s.joinReported(e, tx, id, req.GetBranches())
+	}
+	aborted := func() (*txcoordv1.RollbackResponse, error) {
+		// Branches that found the transaction already finishing (its
+		// timeout) are rolled back here, not left holding locks until
+		// their participant asks.
+		s.rollbackOrphans(ctx, orphans)
+		return &txcoordv1.RollbackResponse{Outcome: txcoordv1.Outcome_OUTCOME_ABORTED}, nil
 	}
 	if tx == nil {
 		err = fmt.Errorf("%w: %w", coordinator.ErrTxDone, settled.result.err())
@@ -379,12 +383,12 @@ func (s *Server) Rollback(ctx context.Context, req *txcoordv1.RollbackRequest) (
 		case coordinator.Committed:
 			return nil, status.Errorf(codes.FailedPrecondition, "transaction %s is committed; it cannot roll back", id)
 		case coordinator.Aborted:
-			return &txcoordv1.RollbackResponse{Outcome: txcoordv1.Outcome_OUTCOME_ABORTED}, nil
+			return aborted()
 		}
 		return &txcoordv1.RollbackResponse{Outcome: txcoordv1.Outcome_OUTCOME_UNKNOWN}, nil
 	}
 	if err != nil && coordinator.OutcomeOf(err) != coordinator.Aborted {
 		return nil, refused(err)
 	}
-	return &txcoordv1.RollbackResponse{Outcome: txcoordv1.Outcome_OUTCOME_ABORTED}, nil
+	return aborted()
 }

@@ -33,6 +33,9 @@ type Tx struct {
 	// instead of registering it (ReportMetadataKey). In a client, it is
 	// sent only with Reports; in a service, it is what the caller sent.
 	Report string
+	// ReportMethod, in a service, is the method the caller asked reports
+	// of: a participant reports only in that method's reply.
+	ReportMethod string
 	// Reports collects the branches services report in their replies. Only
 	// the client that began the transaction has it: nil in a service, so a
 	// transaction passed on is not reported to someone who would drop it.
@@ -122,10 +125,9 @@ func FromIncoming(ctx context.Context) (tx Tx, ok bool, err error) {
 	switch r := metadata.ValueFromIncomingContext(ctx, ReportMetadataKey); len(r) {
 	case 0:
 	case 1:
-		if _, _, _, err := ParseInstance(r[0]); err != nil {
+		if tx.Report, tx.ReportMethod, err = ParseReport(r[0]); err != nil {
 			return Tx{}, false, err
 		}
-		tx.Report = r[0]
 	default:
 		return Tx{}, false, fmt.Errorf("remote: %d %s values in one call", len(r), ReportMetadataKey)
 	}

@@ -2,6 +2,7 @@ package remote_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -77,27 +78,67 @@ func TestOnlyTheCollectingClientAsksForReports(t *testing.T) {
 	if err := icpt(remote.NewContext(context.Background(), tx), "/m", nil, nil, nil, answering(trailerOf(t, b), &sent, &asked)); err != nil {
 		t.Fatal(err)
 	}
-	if !asked || len(sent.Get(remote.ReportMetadataKey)) != 1 || sent.Get(remote.ReportMetadataKey)[0] != tx.Report {
-		t.Fatalf("the client did not ask for reports (%v, %v)", asked, sent)
-	}
-	if got := tx.Reports.List(); len(got) != 1 || got[0].GetGid() != gid.String() {
-		t.Fatalf("collected %v", got)
+	if !asked || len(sent.Get(remote.ReportMetadataKey)) != 1 || sent.Get(remote.ReportMetadataKey)[0] != tx.Report+" /m" {
+		t.Fatalf("the client did not ask for reports of its call (%v, %v)", asked, sent)
 	}
 
-	// A service reading the call finds the instance and no Reports.
+	// A service reading the call finds the instance, the method and no
+	// Reports.
 	in := metadata.NewIncomingContext(context.Background(), sent)
 	got, ok, err := remote.FromIncoming(in)
-	if err != nil || !ok || got.Report != tx.Report || got.Reports != nil {
+	if err != nil || !ok || got.Report != tx.Report || got.ReportMethod != "/m" || got.Reports != nil {
 		t.Fatalf("the service read %+v %v %v", got, ok, err)
 	}
-	bad := metadata.NewIncomingContext(context.Background(), metadata.Pairs(remote.MetadataKey, tx.GTRID(), remote.ReportMetadataKey, "junk"))
-	if _, _, err := remote.FromIncoming(bad); err == nil {
-		t.Fatal("a malformed report instance was accepted")
+	for _, junk := range []string{"junk", tx.Report, tx.Report + " m", "a b /m", "a b c /m"} {
+		bad := metadata.NewIncomingContext(context.Background(), metadata.Pairs(remote.MetadataKey, tx.GTRID(), remote.ReportMetadataKey, junk))
+		if _, _, err := remote.FromIncoming(bad); err == nil {
+			t.Fatalf("a malformed report request %q was accepted", junk)
+		}
+	}
+
+	// Commit seals the collection: what a call reports later fails it,
+	// and later calls do not ask.
+	if got := tx.Reports.Seal(); len(got) != 1 || got[0].GetGid() != gid.String() {
+		t.Fatalf("collected %v", got)
+	}
+	late, _ := tx.GID("pay-2")
+	lb := &txcoordv1.ReportedBranch{Participant: "pay", Gid: late.String()}
+	asked = false
+	if err := icpt(remote.NewContext(context.Background(), tx), "/m", nil, nil, nil, answering(trailerOf(t, lb), &sent, &asked)); err != nil || asked || len(sent.Get(remote.ReportMetadataKey)) != 0 {
+		t.Fatalf("a call after the seal asked for reports: %v %v %v", err, asked, sent)
+	}
+	if got := tx.Reports.Seal(); len(got) != 1 {
+		t.Fatalf("a branch joined after the seal: %v", got)
+	}
+}
+
+// A call whose report arrives after Commit was sent fails: its branch is
+// not the transaction's.
+func TestReportAfterTheSealFailsTheCall(t *testing.T) {
+	tx := reportedTx(t)
+	tx.Reports = &remote.Reports{}
+	gid, _ := tx.GID("pay-1")
+	b := &txcoordv1.ReportedBranch{Participant: "pay", Gid: gid.String()}
+	sealing := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+		tx.Reports.Seal() // Commit is sent while the call runs
+		for _, o := range opts {
+			if tr, ok := o.(grpc.TrailerCallOption); ok {
+				*tr.TrailerAddr = trailerOf(t, b)
+			}
+		}
+		return nil
+	}
+	err := remote.UnaryClientInterceptor()(remote.NewContext(context.Background(), tx), "/m", nil, nil, nil, sealing)
+	if !errors.Is(err, remote.ErrReportedLate) {
+		t.Fatalf("a report after the seal: %v", err)
+	}
+	if got := tx.Reports.Seal(); len(got) != 0 {
+		t.Fatalf("kept %v", got)
 	}
 }
 
 // A reply reporting something that is not a branch of the transaction
-// fails the call; the branches before it are kept.
+// fails the call, and none of what it reported is kept.
 func TestMalformedReportFailsTheCall(t *testing.T) {
 	tx := reportedTx(t)
 	tx.Reports = &remote.Reports{}
@@ -122,7 +163,7 @@ func TestMalformedReportFailsTheCall(t *testing.T) {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 	}
-	if got := tx.Reports.List(); len(got) != 1 || got[0].GetGid() != gid.String() {
-		t.Fatalf("kept %v, want the one good branch", got)
+	if got := tx.Reports.Seal(); len(got) != 0 {
+		t.Fatalf("kept %v from replies that failed their calls", got)
 	}
 }

@@ -301,9 +301,10 @@ type BeginResponse struct {
 	DecisionHolder string `protobuf:"bytes,4,opt,name=decision_holder,json=decisionHolder,proto3" json:"decision_holder,omitempty"`
 	// The coordinator instance that began the transaction. A client that
 	// collects the branches services hand back in their replies sends it to
-	// them (txcoord-report metadata): a participant that serves this very
-	// instance, and so is known to it, reports its prepared branch in the
-	// reply (ReportedBranch) instead of registering it.
+	// them with the method it calls (txcoord-report metadata): a participant
+	// that gave this very instance its report key reports its prepared
+	// branch in that method's reply (ReportedBranch) instead of registering
+	// it.
 	Instance      *Instance `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -378,8 +379,9 @@ func (x *BeginResponse) GetInstance() *Instance {
 // to its caller in its reply (the txcoord-branch-bin trailer, this message
 // in binary), for the client to give to Commit or Rollback in place of the
 // service's RegisterBranch. Commit takes it only if the participant is known
-// to this instance and the gid is one of the transaction's, named for the
-// participant; otherwise the transaction is rolled back.
+// to this instance, the gid is one of the transaction's, named for the
+// participant, and the proof is the participant's; otherwise the
+// transaction is rolled back.
 type ReportedBranch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The participant's name.
@@ -388,7 +390,11 @@ type ReportedBranch struct {
 	// "<participant>-".
 	Gid string `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"`
 	// The instance the participant serves.
-	Instance      *Instance `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	Instance *Instance `protobuf:"bytes,3,opt,name=instance,proto3" json:"instance,omitempty"`
+	// HMAC-SHA256 of the gid under the participant's report key (given with
+	// Announce or RegisterBranch to this run of the coordinator), its first
+	// 16 bytes.
+	Proof         []byte `protobuf:"bytes,4,opt,name=proof,proto3" json:"proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -444,6 +450,13 @@ func (x *ReportedBranch) GetInstance() *Instance {
 	return nil
 }
 
+func (x *ReportedBranch) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
 type RegisterBranchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The instance the participant serves, if it has recorded one: another
@@ -455,7 +468,9 @@ type RegisterBranchRequest struct {
 	// The participant's name: unique among participants, [A-Za-z0-9_-].
 	Participant string `protobuf:"bytes,3,opt,name=participant,proto3" json:"participant,omitempty"`
 	// Where the participant serves the Participant service (host:port).
-	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// As in AnnounceRequest.
+	ReportKey     []byte `protobuf:"bytes,6,opt,name=report_key,json=reportKey,proto3" json:"report_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,6 +538,13 @@ func (x *RegisterBranchRequest) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *RegisterBranchRequest) GetReportKey() []byte {
+	if x != nil {
+		return x.ReportKey
+	}
+	return nil
 }
 
 type RegisterBranchResponse struct {
@@ -2112,8 +2134,13 @@ type AnnounceRequest struct {
 	ExpectedInstance *Instance `protobuf:"bytes,3,opt,name=expected_instance,json=expectedInstance,proto3" json:"expected_instance,omitempty"`
 	Participant      string    `protobuf:"bytes,1,opt,name=participant,proto3" json:"participant,omitempty"`
 	Address          string    `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The participant's report key (16 to 64 random bytes): its reported
+	// branches carry HMAC-SHA256 proofs under it, so that a client cannot
+	// name a branch the participant did not prepare. The coordinator keeps
+	// the last few keys of each participant, for this run only.
+	ReportKey     []byte `protobuf:"bytes,4,opt,name=report_key,json=reportKey,proto3" json:"report_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AnnounceRequest) Reset() {
@@ -2165,6 +2192,13 @@ func (x *AnnounceRequest) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *AnnounceRequest) GetReportKey() []byte {
+	if x != nil {
+		return x.ReportKey
+	}
+	return nil
 }
 
 type AnnounceResponse struct {
@@ -2227,17 +2261,20 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x05gtrid\x18\x02 \x01(\tR\x05gtrid\x126\n" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12'\n" +
 	"\x0fdecision_holder\x18\x04 \x01(\tR\x0edecisionHolder\x120\n" +
-	"\binstance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"v\n" +
+	"\binstance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"\x8c\x01\n" +
 	"\x0eReportedBranch\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x120\n" +
-	"\binstance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"\xbc\x01\n" +
+	"\binstance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\x12\x14\n" +
+	"\x05proof\x18\x04 \x01(\fR\x05proof\"\xdb\x01\n" +
 	"\x15RegisterBranchRequest\x12A\n" +
 	"\x11expected_instance\x18\x05 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12\x12\n" +
 	"\x04txid\x18\x01 \x01(\tR\x04txid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\tR\x03gid\x12 \n" +
 	"\vparticipant\x18\x03 \x01(\tR\vparticipant\x12\x18\n" +
-	"\aaddress\x18\x04 \x01(\tR\aaddress\"J\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"report_key\x18\x06 \x01(\fR\treportKey\"J\n" +
 	"\x16RegisterBranchResponse\x120\n" +
 	"\binstance\x18\x01 \x01(\v2\x14.txcoord.v1.InstanceR\binstance\"M\n" +
 	"\bInstance\x12\x14\n" +
@@ -2364,11 +2401,13 @@ const file_txcoord_v1_coordinator_proto_rawDesc = "" +
 	"\x04held\x18\v \x01(\x05R\x04held\x12\x1c\n" +
 	"\tforgotten\x18\f \x01(\x05R\tforgotten\x12\x18\n" +
 	"\ahazards\x18\r \x03(\tR\ahazards\x12\x12\n" +
-	"\x04down\x18\x0e \x03(\tR\x04down\"\x90\x01\n" +
+	"\x04down\x18\x0e \x03(\tR\x04down\"\xaf\x01\n" +
 	"\x0fAnnounceRequest\x12A\n" +
 	"\x11expected_instance\x18\x03 \x01(\v2\x14.txcoord.v1.InstanceR\x10expectedInstance\x12 \n" +
 	"\vparticipant\x18\x01 \x01(\tR\vparticipant\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"D\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"report_key\x18\x04 \x01(\fR\treportKey\"D\n" +
 	"\x10AnnounceResponse\x120\n" +
 	"\binstance\x18\x01 \x01(\v2\x14.txcoord.v1.InstanceR\binstance*\x88\x02\n" +
 	"\aTxState\x12\x18\n" +
