@@ -54,6 +54,30 @@ func bankDesc(p *sdk.Participant, cl *client.Client) *grpc.ServiceDesc {
 	}
 }
 
+// banks starts PostgreSQL, a coordinator, and n of the services bank_a
+// and bank_b, all closed when the test ends.
+func banks(t *testing.T, n int) (*coord, *grpc.ClientConn, []*service) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts PostgreSQL")
+	}
+	_, dsns := setupDBs(t)
+	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
+	t.Cleanup(k.close)
+	cc, err := grpc.NewClient(k.addr, insecureDial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	var svcs []*service
+	for i, name := range []string{"bank_a", "bank_b"}[:n] {
+		s := startService(t, name, dsns[i], cc)
+		t.Cleanup(s.close)
+		svcs = append(svcs, s)
+	}
+	return k, cc, svcs
+}
+
 // callMove asks the service at conn to move delta on acct.
 func callMove(ctx context.Context, conn *grpc.ClientConn, acct, delta int) error {
 	return conn.Invoke(ctx, "/sdktest.Bank/Move", wrapperspb.String(fmt.Sprintf("%d %d", acct, delta)), &emptypb.Empty{})
@@ -84,20 +108,8 @@ func balance(t *testing.T, s *service, acct int) int {
 // no RegisterBranch call, and every transfer lands in both databases or
 // in neither, with nothing left prepared and no recovery pass run.
 func TestBranchesReportedInTheReplyCommitWithTheTransaction(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
-	_, dsns := setupDBs(t)
-	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
-	defer k.close()
-	cc, err := grpc.NewClient(k.addr, insecureDial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
-	defer a.close()
-	defer b.close()
+	k, cc, svcs := banks(t, 2)
+	a, b := svcs[0], svcs[1]
 	ca, cb := dialService(t, a), dialService(t, b)
 	cl := client.New(cc)
 	ctx := context.Background()
@@ -165,19 +177,8 @@ func TestBranchesReportedInTheReplyCommitWithTheTransaction(t *testing.T) {
 // A client built WithoutReports leaves the services to register their
 // branches, as clients that do not collect reports do.
 func TestWithoutReportsServicesRegister(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
-	_, dsns := setupDBs(t)
-	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
-	defer k.close()
-	cc, err := grpc.NewClient(k.addr, insecureDial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a := startService(t, "bank_a", dsns[0], cc)
-	defer a.close()
+	_, cc, svcs := banks(t, 1)
+	a := svcs[0]
 	ca := dialService(t, a)
 	ctx := context.Background()
 	for _, c := range []struct {
@@ -219,20 +220,8 @@ func loseReply(ctx context.Context, method string, req, reply any, cc *grpc.Clie
 // committed for what the coordinator holds (bank_b's branch), and the
 // lost branch, prepared at bank_a, is rolled back when bank_a asks.
 func TestBranchOfALostReplyIsNotCommitted(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
-	_, dsns := setupDBs(t)
-	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
-	defer k.close()
-	cc, err := grpc.NewClient(k.addr, insecureDial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a, b := startService(t, "bank_a", dsns[0], cc), startService(t, "bank_b", dsns[1], cc)
-	defer a.close()
-	defer b.close()
+	_, cc, svcs := banks(t, 2)
+	a, b := svcs[0], svcs[1]
 	cl := client.New(cc)
 	ctx := context.Background()
 	// Both services learn the coordinator's instance first.
@@ -279,19 +268,8 @@ func TestBranchOfALostReplyIsNotCommitted(t *testing.T) {
 // called service registering its branch: the report would be lost with a
 // reply nobody reads.
 func TestReportAskedOfAnotherMethodRegisters(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
-	_, dsns := setupDBs(t)
-	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
-	defer k.close()
-	cc, err := grpc.NewClient(k.addr, insecureDial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a := startService(t, "bank_a", dsns[0], cc)
-	defer a.close()
+	_, cc, svcs := banks(t, 1)
+	a := svcs[0]
 	cl := client.New(cc)
 	ctx := context.Background()
 	if err := cl.Run(ctx, func(ctx context.Context) error { return callMove(ctx, dialService(t, a), 1, 0) }); err != nil {
@@ -327,19 +305,8 @@ func TestReportAskedOfAnotherMethodRegisters(t *testing.T) {
 // transaction of its own registers that branch with its own transaction:
 // it is not reported in the reply of the caller's.
 func TestHandlersOwnTransactionIsNotReportedToTheCaller(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts PostgreSQL")
-	}
-	_, dsns := setupDBs(t)
-	k := startCoord(t, t.TempDir(), "127.0.0.1:0")
-	defer k.close()
-	cc, err := grpc.NewClient(k.addr, insecureDial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	a := startService(t, "bank_a", dsns[0], cc)
-	defer a.close()
+	_, cc, svcs := banks(t, 1)
+	a := svcs[0]
 	ca := dialService(t, a)
 	cl := client.New(cc)
 	ctx := context.Background()
@@ -347,7 +314,7 @@ func TestHandlersOwnTransactionIsNotReportedToTheCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := a.p.Stats()
-	err = cl.Run(ctx, func(ctx context.Context) error {
+	err := cl.Run(ctx, func(ctx context.Context) error {
 		return ca.Invoke(ctx, "/sdktest.Bank/MoveOwn", wrapperspb.String("4 -7"), &emptypb.Empty{})
 	})
 	if err != nil {
