@@ -344,6 +344,7 @@ func Work[B participant.Branch](ctx context.Context, p *Participant, fn func(ctx
 	failpoint.Hit(failpoint.SDKAfterPrepare)
 	if p.report(ctx, tx, gid) {
 		p.count(func(s *Stats) { s.Reported++ })
+		failpoint.Hit(failpoint.SDKAfterReport)
 		return nil
 	}
 

@@ -71,7 +71,7 @@ func TestE2E(t *testing.T) {
 		run  func(*testing.T)
 	}{
 		{"orders commit everywhere or nowhere", r.testOrders},
-		{"payment killed after prepare", r.testServiceCrash},
+		{"payment killed with its prepared branch reported, before its reply", r.testServiceCrash},
 		{"txcoord killed after the commit decision", r.testCoordinatorCrash},
 		{"client command", r.testClientCommand},
 	}
@@ -387,7 +387,7 @@ func (r *rig) testServiceCrash(t *testing.T) {
 	if err := pay.stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	r.crashRun(t, pay, failpoint.SDKAfterPrepare+":5", "b-", func(t *testing.T, rep *shop.Report) {
+	r.crashRun(t, pay, failpoint.SDKAfterReport+":5", "b-", func(t *testing.T, rep *shop.Report) {
 		if rep.Unknown != 0 {
 			t.Errorf("%d orders' outcome still unknown with the coordinator up", rep.Unknown)
 		}

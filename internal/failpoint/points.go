@@ -64,9 +64,10 @@ const (
 	MySQLAfterForgetMarkers  = "mysql-after-forget-markers"  // markers deleted
 
 	// Participant SDK (a remote service), around registering a prepared
-	// branch with the coordinator.
-	SDKAfterPrepare  = "sdk-after-prepare"  // branch prepared, not yet registered
+	// branch with the coordinator or reporting it in the reply.
+	SDKAfterPrepare  = "sdk-after-prepare"  // branch prepared, not yet registered or reported
 	SDKAfterRegister = "sdk-after-register" // registered, the caller not yet told
+	SDKAfterReport   = "sdk-after-report"   // reported in the reply's trailer, the reply not yet sent
 
 	// Recovery, around resolving one branch.
 	RecoveryBeforeResolve = "recovery-before-resolve"
@@ -84,7 +85,7 @@ var all = []string{
 	KVBeforePrepare, KVAfterPrepare, KVBeforeCommit, KVAfterCommit,
 	MySQLBeforePrepare, MySQLAfterPrepare, MySQLBeforeCommit, MySQLAfterCommit, MySQLBeforeRollback, MySQLAfterRollback,
 	MySQLBeforeForgetMarkers, MySQLAfterForgetMarkers,
-	SDKAfterPrepare, SDKAfterRegister,
+	SDKAfterPrepare, SDKAfterRegister, SDKAfterReport,
 	RecoveryBeforeResolve, RecoveryAfterResolve,
 }
 

@@ -226,7 +226,7 @@ var (
 		failpoint.PGBeforeForgetMarkers, failpoint.PGAfterForgetMarkers,
 	}
 	serviceCrashPoints = []string{
-		failpoint.SDKAfterPrepare, failpoint.SDKAfterRegister, failpoint.PGBeforePrepare, failpoint.PGAfterPrepare,
+		failpoint.SDKAfterPrepare, failpoint.SDKAfterRegister, failpoint.SDKAfterReport, failpoint.PGBeforePrepare, failpoint.PGAfterPrepare,
 		failpoint.PGBeforeCommit, failpoint.PGAfterCommit, failpoint.PGBeforeRollback, failpoint.PGAfterRollback,
 	}
 )
