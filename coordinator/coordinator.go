@@ -151,8 +151,10 @@ type Coordinator struct {
 	tracing   bool                       // Config.Tracer was given: spans are made
 	holder    participant.DecisionHolder // Config.Holder, or nil
 	forgetter *forgetter
-	usedMu    sync.Mutex
-	used      map[string]participant.DecisionHolder // holders chosen by WithHolder this run
+	// stopForgetter ends the forgetter after one last batch, and waits.
+	stopForgetter func()
+	usedMu        sync.Mutex
+	used          map[string]participant.DecisionHolder // holders chosen by WithHolder this run
 
 	stats counters
 
@@ -299,10 +301,16 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.workers = newWorkers(c.ctx)
 	c.forgetter = newForgetter(c, cfg.ForgetInterval)
-	c.wg.Add(1)
+	// The forgetter outlives the transactions' drivers: Close stops it
+	// once they are done, so that its last batch has every END they wrote.
+	stop, done := make(chan struct{}), make(chan struct{})
+	c.stopForgetter = sync.OnceFunc(func() {
+		close(stop)
+		<-done
+	})
 	go func() {
-		defer c.wg.Done()
-		c.forgetter.run(c.ctx)
+		defer close(done)
+		c.forgetter.run(c.ctx, stop)
 	}()
 	if !cfg.SkipStartupRecovery {
 		_, err := c.recover(ctx, true)
@@ -316,6 +324,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		if err != nil {
 			c.cancel()
 			c.wg.Wait()
+			c.stopForgetter()
 			c.unclaim()
 			return nil, fmt.Errorf("coordinator: start-up recovery: %w", err)
 		}
@@ -344,6 +353,7 @@ func (c *Coordinator) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	c.workers.wait()
+	c.stopForgetter()
 	if !already {
 		// Not while a pass (Recover, ResolveHeuristic) checks the claims.
 		c.passLock <- struct{}{}

@@ -151,14 +151,16 @@ func (f *forgetter) pending() int {
 	return f.n
 }
 
-// run deletes what is queued every interval until ctx ends, then once
-// more.
-func (f *forgetter) run(ctx context.Context) {
+// run deletes what is queued every interval until stop is closed, then
+// once more. Once ctx ends (the coordinator closing, its transactions'
+// drivers still finishing) it only waits for stop: a batch cut short by
+// ctx would leave its rows and proofs to the next start.
+func (f *forgetter) run(ctx context.Context, stop <-chan struct{}) {
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-stop:
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			f.flush(fctx)
 			cancel()
@@ -166,7 +168,9 @@ func (f *forgetter) run(ctx context.Context) {
 		case <-t.C:
 		case <-f.kick:
 		}
-		f.flush(ctx)
+		if ctx.Err() == nil {
+			f.flush(ctx)
+		}
 	}
 }
 
