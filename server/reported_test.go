@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/txcoord/txcoord/participant/remote"
@@ -86,8 +87,12 @@ func TestCommitWithABranchItCannotTakeRollsBack(t *testing.T) {
 			if err != nil || out.GetState() != txcoordv1.TxState_TX_STATE_ABORTED {
 				t.Fatalf("outcome after the refused commit: %v %v", out, err)
 			}
+			// Asked again, it says why.
 			_, err = e.api.Commit(ctx, &txcoordv1.CommitRequest{Txid: tx.Txid, Gtrid: tx.Gtrid})
-			wantCode(t, err, codes.FailedPrecondition, "rolled back")
+			wantCode(t, err, codes.FailedPrecondition, "rolled back at its commit")
+			if !strings.Contains(status.Convert(err).Message(), c.says) {
+				t.Fatalf("the repeated commit does not say why: %v", err)
+			}
 		})
 	}
 }

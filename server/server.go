@@ -122,8 +122,9 @@ type entry struct {
 	tx       *coordinator.Tx
 	settled  *settledTx
 	owner    string      // the identity that began it
-	branches int         // registered through RegisterBranch
+	branches int         // registered through RegisterBranch, or reported
 	rolled   bool        // rollback asked (request or timeout): Commit is refused
+	why      string      // why Commit rolled it back (a reported branch that could not join), if it did
 	commit   bool        // commit asked: rollbacks wait for its outcome
 	finished time.Time   // when the outcome became known (zero before)
 	timer    *time.Timer // rolls it back at its deadline

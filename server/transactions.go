@@ -202,10 +202,13 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 		return nil, err
 	}
 	s.mu.Lock()
-	rolled, repeat := e.rolled, e.commit
+	rolled, repeat, why := e.rolled, e.commit, e.why
 	e.commit = e.commit || !rolled
 	s.mu.Unlock()
-	if rolled {
+	switch {
+	case rolled && why != "":
+		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back at its commit: %s", id, why)
+	case rolled:
 		return nil, status.Errorf(codes.FailedPrecondition, "transaction %s was rolled back (by request or its timeout); it cannot commit", id)
 	}
 	if tx, _ := s.txOf(e); tx != nil && !repeat {
@@ -258,7 +261,7 @@ func (s *Server) Commit(ctx context.Context, req *txcoordv1.CommitRequest) (*txc
 // of what the client did.
 func (s *Server) abortReported(ctx context.Context, e *entry, tx *coordinator.Tx, id ids.TxID, why error) (*txcoordv1.CommitResponse, error) {
 	s.mu.Lock()
-	e.rolled = true
+	e.rolled, e.why = true, why.Error()
 	s.mu.Unlock()
 	s.logger.Warn("a branch reported to the client cannot join its transaction; rolling it back", "txid", id, "err", why)
 	switch err := tx.Rollback(context.WithoutCancel(ctx)); {
