@@ -131,16 +131,7 @@ func (s *Server) RegisterBranch(ctx context.Context, req *txcoordv1.RegisterBran
 	if !gid.Owned(s.c.Prefix(), s.c.ID()) {
 		return nil, status.Errorf(codes.InvalidArgument, "gid %s was not issued by this coordinator (%s.%s)", gid, s.c.Prefix(), s.c.ID())
 	}
-	if err := ids.ValidateName("participant name", req.GetParticipant()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := checkReportKey(req.GetReportKey()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
+	if err := s.callingIn(ctx, req.GetParticipant(), req.GetAddress(), req.GetReportKey()); err != nil {
 		return nil, err
 	}
 	if !strings.HasPrefix(gid.Branch, req.GetParticipant()+"-") {
@@ -298,16 +289,7 @@ func (s *Server) GetOutcome(ctx context.Context, req *txcoordv1.GetOutcomeReques
 }
 
 func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (*txcoordv1.AnnounceResponse, error) {
-	if err := ids.ValidateName("participant name", req.GetParticipant()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := remote.ValidateAddress(req.GetAddress()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := checkReportKey(req.GetReportKey()); err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err := s.speaksFor(ctx, req.GetParticipant()); err != nil {
+	if err := s.callingIn(ctx, req.GetParticipant(), req.GetAddress(), req.GetReportKey()); err != nil {
 		return nil, err
 	}
 	if err := s.expected(req.GetParticipant(), req.GetExpectedInstance()); err != nil {
@@ -318,4 +300,19 @@ func (s *Server) Announce(ctx context.Context, req *txcoordv1.AnnounceRequest) (
 	}
 	s.keepReportKey(req.GetParticipant(), req.GetReportKey())
 	return &txcoordv1.AnnounceResponse{Instance: s.instance()}, nil
+}
+
+// callingIn checks what a participant calling in (Announce,
+// RegisterBranch) says of itself, and that the caller may speak for it.
+func (s *Server) callingIn(ctx context.Context, name, addr string, reportKey []byte) error {
+	if err := ids.ValidateName("participant name", name); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := remote.ValidateAddress(addr); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := checkReportKey(reportKey); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return s.speaksFor(ctx, name)
 }
