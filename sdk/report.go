@@ -9,6 +9,7 @@ package sdk
 import (
 	"context"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -25,8 +26,17 @@ type reporter struct {
 
 	mu   sync.Mutex
 	inst *txcoordv1.Instance
-	name string // inst as remote.FormatInstance
+	name string    // inst as remote.FormatInstance
+	at   time.Time // when inst last took the key
 }
+
+// keyRefresh is how long after giving its key to the coordinator a
+// participant reports branches; then it registers one, which gives the key
+// again. The coordinator keeps the last few keys of each participant name,
+// and processes of one participant (replicas, restarts) each have their
+// own: one that stayed quiet while others gave theirs would find its key
+// forgotten and every branch it reports refused.
+const keyRefresh = time.Minute
 
 // keyed records that inst took the report key.
 func (r *reporter) keyed(inst *txcoordv1.Instance) {
@@ -35,14 +45,18 @@ func (r *reporter) keyed(inst *txcoordv1.Instance) {
 	}
 	name := remote.FormatInstance(inst.GetOwner(), inst.GetLogId(), inst.GetEpoch())
 	r.mu.Lock()
-	r.inst, r.name = inst, name
+	r.inst, r.name, r.at = inst, name, time.Now()
 	r.mu.Unlock()
 }
 
-// instance is the instance that has the key, if one does.
+// instance is the instance that has the key, if one took it within
+// keyRefresh.
 func (r *reporter) instance() (*txcoordv1.Instance, string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if time.Since(r.at) >= keyRefresh {
+		return nil, ""
+	}
 	return r.inst, r.name
 }
 
@@ -83,7 +97,8 @@ func (p *Participant) report(ctx context.Context, tx remote.Tx, gid ids.GID) boo
 	inst, name := p.rep.instance()
 	if name != tx.Report {
 		// That instance does not have the key (it started since this
-		// participant last called it): registering gives it the key.
+		// participant last called it), or had it too long ago:
+		// registering gives it the key.
 		return false
 	}
 	g := gid.String()

@@ -115,10 +115,11 @@ func (s *Server) reportedBranch(b *txcoordv1.ReportedBranch, id ids.TxID, owner,
 	return rr, gid, nil
 }
 
-// maxReportKeys is how many report keys of one participant the server
-// keeps: two processes of one participant overlap in a restart, each with
-// its own key.
-const maxReportKeys = 4
+// maxReportKeys is how many report keys of one participant name the
+// server keeps: processes of one participant (replicas, and old and new
+// ones in a restart) each have their own key, and give it again at least
+// once a minute (sdk's keyRefresh).
+const maxReportKeys = 64
 
 // checkReportKey refuses a report key too short to be secret or too long
 // to keep.
@@ -151,8 +152,8 @@ func (s *Server) proven(name, gid string, proof []byte) bool {
 	s.mu.Lock()
 	ks := s.reportKeys[name]
 	s.mu.Unlock()
-	for _, k := range ks {
-		if hmac.Equal(remote.ReportProof(k, gid), proof) {
+	for i := len(ks) - 1; i >= 0; i-- { // the newest, most used, first
+		if hmac.Equal(remote.ReportProof(ks[i], gid), proof) {
 			return true
 		}
 	}

@@ -151,14 +151,15 @@ func TestReportKeysAreCheckedAndTheNewestKept(t *testing.T) {
 		_, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1", ReportKey: k})
 		wantCode(t, err, codes.InvalidArgument, "report key")
 	}
-	for i := range 5 {
+	const keys = 65 // one more than the server keeps
+	for i := range keys {
 		if _, err := e.api.Announce(ctx, &txcoordv1.AnnounceRequest{Participant: "pay", Address: "127.0.0.1:1", ReportKey: keyOf(fmt.Sprint("pay", i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i, want := range []txcoordv1.Outcome{txcoordv1.Outcome_OUTCOME_ABORTED, txcoordv1.Outcome_OUTCOME_COMMITTED} {
-		// Key 0 was pushed out by keys 1 to 4; key 4 is kept.
-		key := keyOf(fmt.Sprint("pay", 4*i))
+		// Key 0 was pushed out by the 64 after it; key 1 is kept.
+		key := keyOf(fmt.Sprint("pay", i))
 		tx := begin(t, e)
 		gid := tx.Gtrid + ".pay-1"
 		b := &txcoordv1.ReportedBranch{Participant: "pay", Gid: gid, Instance: tx.GetInstance(), Proof: remote.ReportProof(key, gid)}
@@ -171,7 +172,7 @@ func TestReportKeysAreCheckedAndTheNewestKept(t *testing.T) {
 		// The joined branch's participant cannot be reached: committed,
 		// phase two pending.
 		if resp.GetOutcome() != want {
-			t.Fatalf("key %d: want %v, got %v", 4*i, want, resp)
+			t.Fatalf("key %d: want %v, got %v", i, want, resp)
 		}
 	}
 }
